@@ -1,0 +1,5 @@
+"""``python -m ebcap``."""
+
+from ebcap.cli import main
+
+main()

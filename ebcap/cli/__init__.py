@@ -1,0 +1,99 @@
+"""The ``ebcap`` command line: a thin layer over the library.
+
+Each command lives in its own module and registers itself on :data:`app`.
+:func:`main` is the one place that turns errors into a single stderr line
+and an exit code (2 for usage and bad files), so no command prints a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from ebcap import __version__
+from ebcap.errors import EbcapError
+
+app = typer.Typer(
+    name="ebcap",
+    help=(
+        "Record and replay eBPF event streams.\n\n"
+        "Examples:\n\n"
+        "  ebcap record -o run.arrow --duration 5\n\n"
+        "  ebcap replay --sorted run.arrow\n\n"
+        "  ebcap info run.arrow"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+COMMAND_MODULES: tuple[str, ...] = ()
+"""Modules whose ``register(app)`` adds their commands, in --help order."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ebcap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Record and replay eBPF event streams."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def _fail(message: str, code: int) -> int:
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    sys.stderr.write(f"ebcap: error: {first}\n")
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit code instead of exiting."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args or ["--help"], prog_name="ebcap", standalone_mode=False)
+    except EbcapError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except typer.TyperException as exc:
+        return _fail(exc.format_message(), exc.exit_code)
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("ebcap: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+    return int(result) if isinstance(result, int) else 0
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's flush stays quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    code = run()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    sys.exit(code)
