@@ -1,0 +1,158 @@
+"""Payload layouts: how the bytes an eBPF program emits map to typed columns.
+
+A layout is a packed little-endian numpy structured dtype plus the names of
+the fields that carry the kernel timestamp and the CPU (they fill the core
+``ts_ns``/``cpu`` columns). Built-in sources define theirs next to their BPF
+program; ``ebcap record --pin`` takes one on the command line, e.g.
+``ts:u64,cpu:u32,seq:u32,pad:8x``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from ebcap.format.schema import CORE_COLUMNS
+
+from ebcap.errors import UsageError
+
+_SCALARS: dict[str, str] = {
+    "u8": "<u1", "u16": "<u2", "u32": "<u4", "u64": "<u8",
+    "i8": "<i1", "i16": "<i2", "i32": "<i4", "i64": "<i8",
+    "f32": "<f4", "f64": "<f8",
+}  # fmt: skip
+_FIELD = re.compile(r"^(?P<name>[A-Za-z_]\w*):(?P<type>u8|u16|u32|u64|i8|i16|i32|i64|f32|f64"
+                    r"|char\[(?P<clen>\d+)\]|bytes\[(?P<blen>\d+)\]|(?P<pad>\d+)x)$")  # fmt: skip
+TS_NAMES = ("ts_ns", "ts")
+CPU_NAMES = ("cpu",)
+RENAMED_PREFIX = "ev_"
+"""Prefix of a payload field whose name is a core column (e.g. ``seq`` -> ``ev_seq``)."""
+
+
+@dataclass(frozen=True)
+class PayloadLayout:
+    """A fixed-size event layout: a packed structured dtype and its roles."""
+
+    dtype: np.dtype
+    ts_field: str | None = None
+    cpu_field: str | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.dtype.itemsize)
+
+    @property
+    def column_fields(self) -> list[str]:
+        """Payload fields that become their own columns (ts/cpu go to the core ones)."""
+        names = self.dtype.names or ()
+        return [n for n in names if n not in (self.ts_field, self.cpu_field)]
+
+    def column_name(self, field: str) -> str:
+        return RENAMED_PREFIX + field if field in CORE_COLUMNS else field
+
+    def arrow_fields(self) -> list[pa.Field]:
+        out = []
+        for name in self.column_fields:
+            out.append(pa.field(self.column_name(name), _arrow_type(self.dtype.fields[name][0])))
+        return out
+
+    def decode(self, events: np.ndarray) -> dict[str, pa.Array]:
+        """Columns for a structured array of events of this layout."""
+        columns: dict[str, pa.Array] = {}
+        for name in self.column_fields:
+            columns[self.column_name(name)] = _to_arrow(events[name])
+        return columns
+
+    def to_json(self) -> str:
+        fields = []
+        for name in self.dtype.names or ():
+            sub, offset = self.dtype.fields[name][:2]
+            fields.append({"name": name, "type": _type_name(sub), "offset": offset})
+        return json.dumps(
+            {"size": self.size, "ts": self.ts_field, "cpu": self.cpu_field, "fields": fields}
+        )
+
+
+def parse_layout(spec: str) -> PayloadLayout:
+    """Parse ``name:type,...`` (types u8..u64, i8..i64, f32, f64, char[N], bytes[N], Nx pad)."""
+    names: list[str] = []
+    formats: list[object] = []
+    offsets: list[int] = []
+    offset = 0
+    for part in (p.strip() for p in spec.split(",")):
+        match = _FIELD.match(part)
+        if match is None:
+            raise UsageError(
+                f"bad layout field {part!r}: expected NAME:TYPE with TYPE one of "
+                "u8..u64, i8..i64, f32, f64, char[N], bytes[N] or Nx (padding)"
+            )
+        if match["pad"]:
+            offset += int(match["pad"])
+            continue
+        name = match["name"]
+        if name in names:
+            raise UsageError(f"bad layout: field {name!r} appears twice")
+        if match["clen"] or match["blen"]:
+            length = int(match["clen"] or match["blen"])
+            if not 0 < length <= 4096:
+                raise UsageError(f"bad layout field {part!r}: length must be 1..4096")
+            fmt: object = f"S{length}" if match["clen"] else (np.uint8, (length,))
+        else:
+            fmt = _SCALARS[match["type"]]
+        names.append(name)
+        formats.append(fmt)
+        offsets.append(offset)
+        offset += np.dtype(fmt).itemsize  # type: ignore[call-overload]
+    if not names:
+        raise UsageError("bad layout: no fields")
+    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": offset})
+    ts = next((n for n in TS_NAMES if n in names), None)
+    cpu = next((n for n in CPU_NAMES if n in names), None)
+    for role, field in (("timestamp", ts), ("cpu", cpu)):
+        if field is not None and dtype.fields[field][0].kind not in "ui":
+            raise UsageError(f"bad layout: the {role} field {field!r} must be an integer")
+    return PayloadLayout(dtype, ts, cpu)
+
+
+def _type_name(sub: np.dtype) -> str:
+    if sub.kind == "S":
+        return f"char[{sub.itemsize}]"
+    if sub.subdtype is not None:
+        return f"bytes[{sub.itemsize}]"
+    return {v: k for k, v in _SCALARS.items()}[sub.str]
+
+
+def _arrow_type(sub: np.dtype) -> pa.DataType:
+    if sub.kind == "S":
+        return pa.string()
+    if sub.subdtype is not None:
+        return pa.binary()
+    return pa.from_numpy_dtype(sub.newbyteorder("="))
+
+
+def _to_arrow(values: np.ndarray) -> pa.Array:
+    if values.dtype.kind == "S":
+        return strings_from_bytes(values)
+    if values.dtype.subdtype is not None or values.ndim == 2:
+        flat = np.ascontiguousarray(values).view(np.uint8).reshape(len(values), -1)
+        width = flat.shape[1]
+        return pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(width), len(values), [None, pa.py_buffer(flat.tobytes())]
+        ).cast(pa.binary())
+    return pa.array(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("=")))
+
+
+def strings_from_bytes(values: np.ndarray) -> pa.Array:
+    """NUL-terminated fixed char arrays to an Arrow string column.
+
+    Decodes each distinct value once (commands and names repeat a lot), bytes
+    after the first NUL ignored, invalid UTF-8 replaced.
+    """
+    if len(values) == 0:
+        return pa.array([], pa.string())
+    unique, inverse = np.unique(values, return_inverse=True)
+    texts = [bytes(u).split(b"\0", 1)[0].decode("utf-8", "replace") for u in unique]
+    return pa.array(texts, pa.string()).take(pa.array(inverse.astype(np.int32)))
