@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from ebcap.format.schema import CORE_COLUMNS
 
 from ebcap.errors import UsageError
+from ebcap.format.schema import CORE_COLUMNS
 
 _SCALARS: dict[str, str] = {
     "u8": "<u1", "u16": "<u2", "u32": "<u4", "u64": "<u8",
