@@ -1,0 +1,213 @@
+"""BPF maps: create, open by pin or id, read and write elements.
+
+A :class:`Map` owns one fd and closes it exactly once (``close()`` or the
+``with`` block); there is no finalizer, so a forgotten map is a visible leak
+rather than a close at an arbitrary moment.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, Self
+
+from ebcap.bpf import _sys, fs
+from ebcap.bpf.cpus import possible_cpus
+from ebcap.errors import ClosedError, KernelError, UsageError
+
+_OBJ_NAME: Final = re.compile(r"^[A-Za-z0-9_.]{0,15}$")
+
+
+def encode_obj_name(name: str) -> bytes:
+    """A map or program name as the kernel accepts it: up to 15 of ``[A-Za-z0-9_.]``."""
+    if not _OBJ_NAME.match(name):
+        raise UsageError(f"bad BPF object name {name!r}: up to 15 characters of [A-Za-z0-9_.]")
+    return name.encode()
+
+
+def round_up(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
+
+
+def validate_ringbuf_size(n: int, page_size: int) -> int:
+    """Return ``n`` if it can be a BPF ring buffer's max_entries, else raise UsageError."""
+    if n <= 0 or n & (n - 1) or n % page_size:
+        raise UsageError(
+            f"ring buffer size {n} must be a power of two and a multiple of the page size "
+            f"({page_size})"
+        )
+    return n
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What the kernel reports about a map (struct bpf_map_info)."""
+
+    id: int
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    name: str
+
+
+class Map:
+    """One BPF map fd. Build with :meth:`create`, :meth:`open_pinned` or :meth:`from_id`."""
+
+    def __init__(self, fd: int) -> None:
+        """Take ownership of ``fd``; it is closed if reading its info fails."""
+        self._fd = fd
+        try:
+            self._info = _read_info(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def create(
+        cls,
+        map_type: int,
+        key_size: int,
+        value_size: int,
+        max_entries: int,
+        *,
+        flags: int = 0,
+        name: str = "",
+    ) -> Self:
+        """BPF_MAP_CREATE; EINVAL is reported as this kernel lacking the map type."""
+        if map_type == _sys.BPF_MAP_TYPE_RINGBUF:
+            validate_ringbuf_size(max_entries, os.sysconf("SC_PAGE_SIZE"))
+        attr = _sys.MapCreateAttr(
+            map_type=map_type,
+            key_size=key_size,
+            value_size=value_size,
+            max_entries=max_entries,
+            map_flags=flags,
+            map_name=encode_obj_name(name),
+        )
+        fd = _sys.bpf(_sys.BPF_MAP_CREATE, attr, feature=f"map type {map_type} with these sizes")
+        return cls(fd)
+
+    @classmethod
+    def open_pinned(cls, path: str | os.PathLike[str]) -> Self:
+        """BPF_OBJ_GET: open a map pinned on bpffs."""
+        raw = ctypes.create_string_buffer(os.fsencode(path))
+        attr = _sys.ObjPinAttr(pathname=ctypes.addressof(raw))
+        return cls(_sys.bpf(_sys.BPF_OBJ_GET, attr))
+
+    @classmethod
+    def from_id(cls, map_id: int) -> Self:
+        """BPF_MAP_GET_FD_BY_ID: open a loaded map by its id."""
+        return cls(_sys.get_fd_by_id(_sys.BPF_MAP_GET_FD_BY_ID, map_id))
+
+    @property
+    def fd(self) -> int:
+        if self._fd < 0:
+            raise ClosedError("map is closed")
+        return self._fd
+
+    @property
+    def info(self) -> MapInfo:
+        return self._info
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def _check_size(self, what: str, data: bytes, size: int) -> None:
+        if len(data) != size:
+            raise UsageError(
+                f"map {self._info.name or self._info.id}: {what} is {len(data)} "
+                f"bytes, expected {size}"
+            )
+
+    def _elem(self, cmd: int, key: bytes, value: ctypes.Array[ctypes.c_char], flags: int) -> None:
+        self._check_size("key", key, self._info.key_size)
+        key_buf = ctypes.create_string_buffer(key, len(key))
+        attr = _sys.MapElemAttr(
+            map_fd=self.fd,
+            key=ctypes.addressof(key_buf),
+            value=ctypes.addressof(value),
+            flags=flags,
+        )
+        _sys.bpf(cmd, attr)
+
+    def _lookup_raw(self, key: bytes, size: int) -> bytes | None:
+        value = ctypes.create_string_buffer(size)
+        try:
+            self._elem(_sys.BPF_MAP_LOOKUP_ELEM, key, value, 0)
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        return value.raw
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """The value stored under ``key``, or None when there is none."""
+        return self._lookup_raw(key, self._info.value_size)
+
+    def lookup_percpu(self, key: bytes) -> list[bytes]:
+        """A per-CPU map's values under ``key``, one per possible CPU (index = CPU)."""
+        stride = round_up(self._info.value_size, 8)
+        ncpus = len(possible_cpus())
+        raw = self._lookup_raw(key, stride * ncpus)
+        if raw is None:
+            return []
+        return [raw[i * stride : i * stride + self._info.value_size] for i in range(ncpus)]
+
+    def update(self, key: bytes, value: bytes, flags: int = _sys.BPF_ANY) -> None:
+        """BPF_MAP_UPDATE_ELEM (flags: BPF_ANY, BPF_NOEXIST, BPF_EXIST)."""
+        self._check_size("value", value, self._info.value_size)
+        self._elem(
+            _sys.BPF_MAP_UPDATE_ELEM, key, ctypes.create_string_buffer(value, len(value)), flags
+        )
+
+    def pin(self, path: str | os.PathLike[str]) -> None:
+        """BPF_OBJ_PIN: keep the map alive at ``path`` on a bpf filesystem."""
+        parent = os.path.dirname(os.path.abspath(path))
+        if fs.filesystem_type(parent) != fs.BPFFS_NAME:
+            raise UsageError(
+                f"cannot pin at {os.fspath(path)}: {parent} is not on a bpf filesystem"
+            )
+        raw = ctypes.create_string_buffer(os.fsencode(path))
+        _sys.bpf(_sys.BPF_OBJ_PIN, _sys.ObjPinAttr(pathname=ctypes.addressof(raw), bpf_fd=self.fd))
+
+    def close(self) -> None:
+        """Close the fd; calling it again does nothing."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self._fd}"
+        return f"<Map {self._info.name!r} id={self._info.id} type={self._info.type} {state}>"
+
+
+def _read_info(fd: int) -> MapInfo:
+    raw = _sys.BpfMapInfo()
+    _sys.obj_get_info_by_fd(fd, raw)
+    return MapInfo(
+        id=raw.id,
+        type=raw.type,
+        key_size=raw.key_size,
+        value_size=raw.value_size,
+        max_entries=raw.max_entries,
+        flags=raw.map_flags,
+        name=raw.name.decode(errors="replace"),
+    )
