@@ -1,0 +1,224 @@
+"""Loading BPF programs, running them on test input, and listing what is loaded.
+
+A rejected program raises :class:`~ebcap.errors.VerifierError` carrying the
+verifier's log: the first load goes without a log (fast path), and only a
+failure is repeated with logging on, as libbpf does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, Self
+
+from ebcap.bpf import _sys
+from ebcap.bpf.asm import INSN_SIZE, Item, assemble
+from ebcap.bpf.maps import encode_obj_name
+from ebcap.errors import ClosedError, KernelError, MissingCapabilityError, UsageError, VerifierError
+
+VERIFIER_LOG_SIZE: Final = 4 << 20
+"""Bytes of verifier log kept when a load fails (the kernel keeps the tail)."""
+
+_LOG_NOISE: Final = ("processed ", "verification time", "stack depth", "max_states_per_insn")
+
+
+@dataclass(frozen=True)
+class ProgramInfo:
+    """What the kernel reports about a loaded program (struct bpf_prog_info)."""
+
+    id: int
+    type: int
+    name: str
+    tag: str
+
+
+@dataclass(frozen=True)
+class TestRunResult:
+    """Outcome of BPF_PROG_TEST_RUN: the program's return value and mean ns per run."""
+
+    __test__ = False  # not a pytest class despite the name
+
+    retval: int
+    duration_ns: int
+
+
+def verifier_summary(log: str) -> str:
+    """The line of a verifier log that says what went wrong.
+
+    The kernel ends a rejection with the reason followed by statistics
+    ("processed N insns ..."); the reason is the last line that is not one.
+    """
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith(_LOG_NOISE):
+            return line
+    return "no reason given"
+
+
+class Program:
+    """One loaded BPF program fd. Build with :meth:`load`."""
+
+    def __init__(self, fd: int, verifier_log: str = "") -> None:
+        """Take ownership of ``fd``; it is closed if reading its info fails."""
+        self._fd = fd
+        self.verifier_log = verifier_log
+        """The verifier's log of a load with ``log_level`` > 0, else empty."""
+        try:
+            self._info = _read_info(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def load(
+        cls,
+        prog_type: int,
+        instructions: bytes | Sequence[Item],
+        *,
+        license: str = "GPL",
+        name: str = "",
+        expected_attach_type: int = 0,
+        log_level: int = 0,
+    ) -> Self:
+        """BPF_PROG_LOAD; a rejection raises VerifierError with the verifier log."""
+        code = instructions if isinstance(instructions, bytes) else assemble(instructions)
+        if not code or len(code) % INSN_SIZE:
+            raise UsageError(f"program of {len(code)} bytes: need a non-empty multiple of 8")
+        code_buf = ctypes.create_string_buffer(code, len(code))
+        license_buf = ctypes.create_string_buffer(license.encode())
+        attr = _sys.ProgLoadAttr(
+            prog_type=prog_type,
+            insn_cnt=len(code) // INSN_SIZE,
+            insns=ctypes.addressof(code_buf),
+            license=ctypes.addressof(license_buf),
+            prog_name=encode_obj_name(name),
+            expected_attach_type=expected_attach_type,
+        )
+        log_buf = ctypes.create_string_buffer(VERIFIER_LOG_SIZE) if log_level else None
+        try:
+            fd = _load(attr, log_level, log_buf)
+        except KernelError as exc:
+            if isinstance(exc, MissingCapabilityError) and exc.errno == errno.EPERM:
+                raise
+            failure = exc
+        else:
+            return cls(fd, _text(log_buf))
+        if log_buf is None:  # load again with the log on, to say why
+            log_buf = ctypes.create_string_buffer(VERIFIER_LOG_SIZE)
+            try:
+                fd = _load(attr, 1, log_buf)
+            except KernelError as exc:
+                failure = exc
+            else:
+                return cls(fd)
+        log = _text(log_buf)
+        if not log.strip():
+            raise failure
+        label = f"program {name!r}" if name else "program"
+        raise VerifierError(
+            f"{label} rejected by the verifier: {verifier_summary(log)} (see .log)",
+            log,
+            failure.errno,
+        )
+
+    @property
+    def fd(self) -> int:
+        if self._fd < 0:
+            raise ClosedError("program is closed")
+        return self._fd
+
+    @property
+    def info(self) -> ProgramInfo:
+        return self._info
+
+    @property
+    def id(self) -> int:
+        return self._info.id
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def test_run(self, data: bytes, repeat: int = 1, ctx: bytes | None = None) -> TestRunResult:
+        """BPF_PROG_TEST_RUN: run the program ``repeat`` times on ``data`` (and ``ctx``)."""
+        if repeat < 1:
+            raise UsageError(f"repeat must be at least 1, not {repeat}")
+        data_buf = ctypes.create_string_buffer(data, len(data))
+        attr = _sys.ProgTestRunAttr(
+            prog_fd=self.fd,
+            data_size_in=len(data),
+            data_in=ctypes.addressof(data_buf),
+            repeat=repeat,
+        )
+        if ctx is not None:
+            ctx_buf = ctypes.create_string_buffer(ctx, len(ctx))
+            attr.ctx_size_in = len(ctx)
+            attr.ctx_in = ctypes.addressof(ctx_buf)
+        _sys.bpf(_sys.BPF_PROG_TEST_RUN, attr, feature="BPF_PROG_TEST_RUN for this program type")
+        return TestRunResult(retval=attr.retval, duration_ns=attr.duration)
+
+    def close(self) -> None:
+        """Close the fd; calling it again does nothing."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self._fd}"
+        return f"<Program {self._info.name!r} id={self._info.id} type={self._info.type} {state}>"
+
+
+def _load(
+    attr: _sys.ProgLoadAttr, log_level: int, log_buf: ctypes.Array[ctypes.c_char] | None = None
+) -> int:
+    """One BPF_PROG_LOAD attempt; with no log buffer, no log is asked for."""
+    attr.log_level = log_level if log_buf is not None else 0
+    attr.log_size = len(log_buf) if log_buf is not None else 0
+    attr.log_buf = ctypes.addressof(log_buf) if log_buf is not None else 0
+    return _sys.bpf(_sys.BPF_PROG_LOAD, attr)
+
+
+def _text(log_buf: ctypes.Array[ctypes.c_char] | None) -> str:
+    return "" if log_buf is None else log_buf.value.decode(errors="replace")
+
+
+def _read_info(fd: int) -> ProgramInfo:
+    raw = _sys.BpfProgInfo()
+    _sys.obj_get_info_by_fd(fd, raw)
+    return ProgramInfo(
+        id=raw.id,
+        type=raw.type,
+        name=raw.name.decode(errors="replace"),
+        tag=bytes(raw.tag).hex(),
+    )
+
+
+def loaded_program_ids() -> list[int]:
+    """Ids of every BPF program loaded in the kernel right now."""
+    ids: list[int] = []
+    next_id = _sys.get_next_id(_sys.BPF_PROG_GET_NEXT_ID, 0)
+    while next_id is not None:
+        ids.append(next_id)
+        next_id = _sys.get_next_id(_sys.BPF_PROG_GET_NEXT_ID, next_id)
+    return ids
+
+
+def program_name_by_id(prog_id: int) -> str:
+    """Name of the loaded program ``prog_id`` (BpfObjectNotFoundError if it is gone)."""
+    with Program(_sys.get_fd_by_id(_sys.BPF_PROG_GET_FD_BY_ID, prog_id)) as prog:
+        return prog.info.name
