@@ -1,0 +1,143 @@
+"""Attaching programs to raw tracepoints and tracepoints, and detaching them.
+
+A :class:`Link` owns every fd an attachment needs (a bpf_link, and for
+tracepoints also the perf event it hangs on); closing it detaches the
+program. The kernel keeps a program attached only while those fds are open.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+from ebcap.bpf import _sys, fs
+from ebcap.bpf.prog import Program
+from ebcap.errors import KernelError, NotSupportedError, UsageError
+
+_EVENT_NAME: Final = re.compile(r"^\w+$")
+
+
+class Link:
+    """An attachment; ``close()`` (idempotent) or the ``with`` block detaches it."""
+
+    def __init__(self, description: str, link_fd: int | None, perf_fd: int | None = None) -> None:
+        """Take ownership of the bpf_link fd and/or the perf event fd."""
+        self.description = description
+        self._fds = [fd for fd in (link_fd, perf_fd) if fd is not None]
+        self._id: int | None = None
+        if link_fd is not None:
+            info = _sys.BpfLinkInfo()
+            try:
+                _sys.obj_get_info_by_fd(link_fd, info)
+            except BaseException:
+                self.close()
+                raise
+            self._id = info.id
+
+    @property
+    def id(self) -> int | None:
+        """The bpf_link id, or None for a perf event attached with PERF_EVENT_IOC_SET_BPF."""
+        return self._id
+
+    @property
+    def closed(self) -> bool:
+        return not self._fds
+
+    def close(self) -> None:
+        """Detach: close the link fd first, then the perf event; again does nothing."""
+        while self._fds:
+            os.close(self._fds.pop(0))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "attached"
+        return f"<Link {self.description} id={self._id} {state}>"
+
+
+def attach_raw_tracepoint(prog: Program, name: str) -> Link:
+    """BPF_RAW_TRACEPOINT_OPEN: run ``prog`` (RAW_TRACEPOINT) at raw tracepoint ``name``."""
+    if not _EVENT_NAME.match(name):
+        raise UsageError(f"bad raw tracepoint name {name!r}")
+    raw_name = ctypes.create_string_buffer(name.encode())
+    attr = _sys.RawTracepointOpenAttr(name=ctypes.addressof(raw_name), prog_fd=prog.fd)
+    fd = _sys.bpf(_sys.BPF_RAW_TRACEPOINT_OPEN, attr)
+    return Link(f"raw_tp/{name}", fd)
+
+
+def tracepoint_id(category: str, name: str, tracefs_root: str | os.PathLike[str]) -> int:
+    """The perf config of tracepoint ``category:name``, from tracefs ``events/CAT/NAME/id``."""
+    for part in (category, name):
+        if not _EVENT_NAME.match(part):
+            raise UsageError(f"bad tracepoint name {category}:{name}")
+    path = Path(tracefs_root, "events", category, name, "id")
+    try:
+        return int(path.read_text())
+    except FileNotFoundError:
+        raise NotSupportedError(
+            f"no tracepoint {category}:{name} in this kernel ({path} is missing)",
+            f"tracepoint {category}:{name}",
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise KernelError(f"cannot read tracepoint id from {path}: {exc}") from None
+
+
+def attach_tracepoint(
+    prog: Program, category: str, name: str, tracefs_root: str | os.PathLike[str] | None = None
+) -> Link:
+    """Run ``prog`` (TRACEPOINT) at ``category:name``.
+
+    Opens the tracepoint as a perf event, then attaches with BPF_LINK_CREATE
+    (BPF_PERF_EVENT), or with PERF_EVENT_IOC_SET_BPF on kernels without
+    perf links.
+    """
+    root = fs.ensure_tracefs() if tracefs_root is None else tracefs_root
+    attr = _sys.PerfEventAttr(
+        type=_sys.PERF_TYPE_TRACEPOINT,
+        size=_sys.PERF_ATTR_SIZE,
+        config=tracepoint_id(category, name, root),
+        sample_period=1,
+        wakeup_events=1,
+    )
+    perf_fd = _sys.perf_event_open(attr, -1, 0, -1, _sys.PERF_FLAG_FD_CLOEXEC)
+    link_fd: int | None = None
+    try:
+        link_attr = _sys.LinkCreateAttr(
+            prog_fd=prog.fd, target_fd=perf_fd, attach_type=_sys.BPF_PERF_EVENT
+        )
+        try:
+            link_fd = _sys.bpf(
+                _sys.BPF_LINK_CREATE, link_attr, feature="BPF_LINK_CREATE for perf events"
+            )
+        except NotSupportedError:
+            _sys.ioctl(perf_fd, _sys.PERF_EVENT_IOC_SET_BPF, prog.fd)
+        _sys.ioctl(perf_fd, _sys.PERF_EVENT_IOC_ENABLE, 0)
+    except BaseException:
+        for fd in (link_fd, perf_fd):
+            if fd is not None:
+                os.close(fd)
+        raise
+    return Link(f"tracepoint/{category}:{name}", link_fd, perf_fd)
+
+
+def loaded_link_ids() -> list[int]:
+    """Ids of every bpf_link in the kernel right now."""
+    ids: list[int] = []
+    next_id = _sys.get_next_id(_sys.BPF_LINK_GET_NEXT_ID, 0)
+    while next_id is not None:
+        ids.append(next_id)
+        next_id = _sys.get_next_id(_sys.BPF_LINK_GET_NEXT_ID, next_id)
+    return ids
