@@ -10,7 +10,10 @@ are stored as custom metadata on the last record batch under
 
 from __future__ import annotations
 
-from typing import Final
+import json
+import operator
+from collections.abc import Mapping
+from typing import Any, Final
 
 import pyarrow as pa
 
@@ -57,10 +60,34 @@ META_START_TIME: Final = "ebcap.start_time"  # ISO 8601 UTC
 META_FLUSH_INTERVAL: Final = "ebcap.flush_interval_s"
 META_CPUS: Final = "ebcap.cpus"  # CPUs recorded, JSON list
 
+META_RECOVERED: Final = "ebcap.recovered"  # JSON: written by `ebcap recover`, see FORMAT.md
+
 REQUIRED_META: Final = (MAGIC_KEY, VERSION_KEY, META_TRANSPORT, META_SOURCE)
+
+_META_INT: Final = frozenset(
+    {VERSION_KEY, META_NCPUS, META_PAGE_SIZE, META_BUFFER_SIZE, META_REALTIME_OFFSET}
+)
+_META_FLOAT: Final = frozenset({META_FLUSH_INTERVAL})
+_META_JSON: Final = frozenset({META_SOURCE_LAYOUT, META_COMMAND, META_CPUS, META_RECOVERED})
 
 TOTALS_KEY: Final = "ebcap.totals"
 """Custom metadata of the last batch: JSON with end_time, events/lost/drops per CPU."""
+
+TOTAL_END_TIME: Final = "end_time"  # ISO 8601 UTC, when the capture stopped
+TOTAL_DURATION: Final = "duration_s"  # seconds the capture ran
+TOTAL_EVENTS: Final = "events"  # sample records written, all CPUs
+TOTAL_LOST: Final = "lost"  # events the kernel reported lost (sum of the lost column)
+TOTAL_DROPS: Final = "drops"  # events the BPF program counted as dropped
+TOTAL_EVENTS_PER_CPU: Final = "events_per_cpu"  # {cpu: count}, likewise below
+TOTAL_LOST_PER_CPU: Final = "lost_per_cpu"
+TOTAL_DROPS_PER_CPU: Final = "drops_per_cpu"
+TOTAL_RECOVERED: Final = "recovered"  # true when recomputed from the rows by `ebcap recover`
+COUNT_TOTALS: Final = (TOTAL_EVENTS, TOTAL_LOST, TOTAL_DROPS)
+PER_CPU_TOTALS: Final = (TOTAL_EVENTS_PER_CPU, TOTAL_LOST_PER_CPU, TOTAL_DROPS_PER_CPU)
+
+RECOVERED_DAMAGE_OFFSET: Final = "damage_offset"  # byte offset where the source file broke
+RECOVERED_REASON: Final = "reason"
+RECOVERED_FROM: Final = "from"  # file name of the damaged source
 
 
 def make_schema(
@@ -75,3 +102,110 @@ def make_schema(
     meta = {MAGIC_KEY: MAGIC_VALUE, VERSION_KEY: str(FORMAT_VERSION)}
     meta.update(metadata or {})
     return pa.schema([*CORE_FIELDS, *extra_fields], metadata=meta)
+
+
+def encode_metadata(values: Mapping[str, Any]) -> dict[str, str]:
+    """Schema metadata as Arrow stores it (strings), each key in its documented encoding."""
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        if key in _META_JSON:
+            out[key] = json.dumps(value, separators=(",", ":"))
+        elif key in _META_INT:
+            out[key] = str(int(value))
+        elif key in _META_FLOAT:
+            out[key] = repr(float(value))
+        else:
+            out[key] = str(value)
+    return out
+
+
+def decode_metadata(raw: Mapping[bytes, bytes] | Mapping[str, str] | None) -> dict[str, Any]:
+    """The ``ebcap.*`` keys of a schema, decoded (ints as int, JSON as objects).
+
+    Raises ValueError on a value that does not decode; readers turn it into a
+    bad-file error naming the key.
+    """
+    out: dict[str, Any] = {}
+    for k, v in (raw or {}).items():
+        key = k.decode("utf-8", "replace") if isinstance(k, bytes) else k
+        text = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+        if not key.startswith("ebcap."):
+            continue
+        try:
+            if key in _META_JSON:
+                out[key] = json.loads(text)
+            elif key in _META_INT:
+                out[key] = int(text)
+            elif key in _META_FLOAT:
+                out[key] = float(text)
+            else:
+                out[key] = text
+        except ValueError:
+            raise ValueError(f"metadata {key} has a bad value {text[:40]!r}") from None
+    return out
+
+
+def encode_totals(totals: Mapping[str, Any]) -> str:
+    """Totals as the JSON text stored under :data:`TOTALS_KEY` (per-CPU keys as strings).
+
+    Counts must be non-negative integers (numpy ones welcome); other keys pass
+    through as JSON. Keys whose value is None are left out (e.g. no
+    ``end_time`` in a recovered file). ValueError on a malformed count.
+    """
+    out: dict[str, Any] = {}
+    for key, value in totals.items():
+        if value is None:
+            continue
+        if key in PER_CPU_TOTALS:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"totals[{key!r}] must map cpu -> count")
+            per_cpu = {_count(key, _cpu(key, c)): _count(key, n) for c, n in value.items()}
+            out[key] = {str(c): n for c, n in sorted(per_cpu.items())}
+        elif key in COUNT_TOTALS:
+            out[key] = _count(key, value)
+        else:
+            out[key] = value
+    try:
+        return json.dumps(out, separators=(",", ":"))
+    except TypeError as exc:
+        raise ValueError(f"totals are not JSON-serialisable: {exc}") from None
+
+
+def decode_totals(text: str | bytes) -> dict[str, Any]:
+    """Totals read back: per-CPU maps get int keys; counts are checked. ValueError if malformed."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ValueError("totals are not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("totals are not a JSON object")
+    for key in COUNT_TOTALS:
+        if key in data:
+            data[key] = _count(key, data[key])
+    for key in PER_CPU_TOTALS:
+        if key in data:
+            per_cpu = data[key]
+            if not isinstance(per_cpu, dict):
+                raise ValueError(f"totals[{key!r}] is not an object")
+            data[key] = {_count(key, _cpu(key, c)): _count(key, n) for c, n in per_cpu.items()}
+    return data
+
+
+def _cpu(key: str, cpu: Any) -> Any:
+    """A CPU number given as text ("3", the JSON form) becomes an int; others pass to _count."""
+    if isinstance(cpu, str):
+        if not cpu.isdigit():
+            raise ValueError(f"totals[{key!r}] has a bad cpu {cpu!r}")
+        return int(cpu)
+    return cpu
+
+
+def _count(key: str, n: Any) -> int:
+    """A count as a plain int (numpy integers welcome, bools and floats not)."""
+    try:
+        value = -1 if isinstance(n, bool) else operator.index(n)
+    except TypeError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"totals[{key!r}] needs non-negative integers, got {n!r}")
+    return value

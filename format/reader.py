@@ -1,0 +1,249 @@
+"""Open an ebcap file: check it is one, then hand out its batches, metadata and totals.
+
+Every way a file can be wrong (missing, empty, not Arrow, not ebcap, too new,
+cut short, damaged) becomes one :class:`~ebcap.errors.BadFileError` with a
+one-line message; no pyarrow exception escapes to the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import pyarrow as pa
+
+from ebcap.errors import (
+    BadFileError,
+    ClosedError,
+    NotAnArrowFileError,
+    NotAnEbcapFileError,
+    TruncatedFileError,
+    UnsupportedVersionError,
+)
+from ebcap.format import schema as fs
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+ARROW_MAGIC = b"ARROW1"
+"""Opens and closes every Arrow IPC file; at the start it is padded to 8 bytes."""
+ARROW_MAGIC_PADDED = ARROW_MAGIC + b"\0\0"
+FOOTER_LENGTH_SIZE = 4
+"""The int32 footer length that sits just before the closing magic."""
+
+
+def recover_hint(path: Path | str) -> str:
+    return f"run `ebcap recover {path} -o FIXED`"
+
+
+def check_input_path(path: str | os.PathLike[str]) -> Path:
+    """The path of a readable, non-empty regular file, or a BadFileError saying why not."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise BadFileError(f"{p}: no such file") from None
+    except OSError as exc:
+        raise BadFileError(f"cannot read {p}: {exc.strerror}") from None
+    if p.is_dir():
+        raise BadFileError(f"{p} is a directory, not an ebcap file")
+    if st.st_size == 0:
+        raise BadFileError(f"{p} is empty")
+    if not os.access(p, os.R_OK):
+        raise BadFileError(f"cannot read {p}: permission denied")
+    return p
+
+
+def check_magic(path: Path, head: bytes, size: int) -> None:
+    """Reject what is not the start of an Arrow IPC file (or a prefix of one)."""
+    expected = ARROW_MAGIC_PADDED[: min(size, len(ARROW_MAGIC_PADDED))]
+    if head[: len(expected)] == expected:
+        return
+    if head[:4] == b"\xff\xff\xff\xff":
+        raise NotAnArrowFileError(f"{path} is an Arrow IPC stream, not an Arrow IPC file")
+    raise NotAnArrowFileError(f"{path} is not an Arrow IPC file (it does not start with ARROW1)")
+
+
+def check_schema(path: Path, schema: pa.Schema) -> dict[str, Any]:
+    """The decoded ``ebcap.*`` metadata of a schema that ebcap can read, or why it cannot."""
+    raw = schema.metadata or {}
+    if raw.get(fs.MAGIC_KEY.encode()) != fs.MAGIC_VALUE.encode():
+        raise NotAnEbcapFileError(f"{path} is an Arrow file but not an ebcap capture")
+    version_text = raw.get(fs.VERSION_KEY.encode(), b"").decode("utf-8", "replace")
+    if not version_text.isdigit():
+        raise UnsupportedVersionError(f"{path} has an unknown format version {version_text!r}")
+    version = int(version_text)
+    if version < 1 or version > fs.FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"{path} is format version {version}; this ebcap reads up to {fs.FORMAT_VERSION}"
+        )
+    try:
+        metadata = fs.decode_metadata(raw)
+    except ValueError as exc:
+        raise BadFileError(f"{path}: {exc}") from None
+    missing = [key for key in fs.REQUIRED_META if key not in metadata]
+    if missing:
+        raise NotAnEbcapFileError(f"{path} lacks ebcap metadata {', '.join(missing)}")
+    for want in fs.CORE_FIELDS:
+        index = schema.get_field_index(want.name)
+        if index < 0:
+            raise NotAnEbcapFileError(f"{path} lacks the core column {want.name!r}")
+        got = schema.field(index).type
+        if got != want.type:
+            raise BadFileError(f"{path}: column {want.name!r} is {got}, expected {want.type}")
+    return metadata
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class CaptureReader:
+    """A capture file opened for reading (memory-mapped; :meth:`close` releases it)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = check_input_path(path)
+        self._source: pa.MemoryMappedFile | None = None
+        self._ipc: pa.ipc.RecordBatchFileReader | None = None
+        self._totals: dict[str, Any] | None = None
+        self._totals_read = False
+        try:
+            self._source = pa.memory_map(str(self.path))
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        source = self._source
+        if source is None:
+            raise ClosedError(f"reader for {self.path} is closed")
+        size = source.size()
+        head = bytes(source.read_at(min(size, len(ARROW_MAGIC_PADDED)), 0))
+        check_magic(self.path, head, size)
+        tail = bytes(source.read_at(len(ARROW_MAGIC), max(0, size - len(ARROW_MAGIC))))
+        min_size = len(ARROW_MAGIC_PADDED) + FOOTER_LENGTH_SIZE + len(ARROW_MAGIC)
+        if size < min_size or tail != ARROW_MAGIC:
+            raise TruncatedFileError(
+                f"{self.path} is truncated (no Arrow footer; the capture did not finish): "
+                f"{recover_hint(self.path)}"
+            )
+        try:
+            ipc = pa.ipc.open_file(source)
+            file_schema = ipc.schema
+        except (pa.ArrowException, OSError) as exc:
+            raise TruncatedFileError(
+                f"{self.path} has a damaged Arrow footer ({one_line(exc)}): "
+                f"{recover_hint(self.path)}"
+            ) from None
+        self.metadata: dict[str, Any] = check_schema(self.path, file_schema)
+        self.schema: pa.Schema = file_schema
+        self.num_batches: int = ipc.num_record_batches
+        self._ipc = ipc
+        self.format_version: int = self.metadata[fs.VERSION_KEY]
+        self.source_columns: list[str] = [
+            name for name in file_schema.names if name not in fs.CORE_COLUMNS
+        ]
+
+    def _require(self) -> pa.ipc.RecordBatchFileReader:
+        if self._source is None or self._ipc is None:
+            raise ClosedError(f"reader for {self.path} is closed")
+        return self._ipc
+
+    def _damaged(self, what: str, exc: BaseException) -> BadFileError:
+        return BadFileError(f"{self.path}: {what} is damaged ({one_line(exc)})")
+
+    @property
+    def file_size(self) -> int:
+        self._require()
+        return self.path.stat().st_size
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the file, counted from batch headers (no decompression)."""
+        ipc = self._require()
+        try:
+            return int(ipc.count_rows())
+        except (pa.ArrowException, OSError) as exc:
+            raise self._damaged("a batch header", exc) from None
+
+    @property
+    def totals(self) -> dict[str, Any] | None:
+        """The end-of-capture totals (per-CPU maps keyed by int CPU), or None if absent."""
+        self._require()
+        if not self._totals_read:
+            self._totals = self._read_totals()
+            self._totals_read = True
+        return self._totals
+
+    def _read_totals(self) -> dict[str, Any] | None:
+        if self.num_batches == 0:
+            return None
+        try:
+            last = self._require().get_batch_with_custom_metadata(self.num_batches - 1)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._damaged("the last batch", exc) from None
+        custom = last.custom_metadata or {}
+        text = custom.get(fs.TOTALS_KEY.encode())
+        if text is None:
+            return None
+        try:
+            return fs.decode_totals(text)
+        except ValueError as exc:
+            raise BadFileError(f"{self.path}: bad totals: {exc}") from None
+
+    def batch(self, index: int) -> pa.RecordBatch:
+        """One record batch, checked so damaged buffers cannot reach the caller."""
+        ipc = self._require()
+        if not 0 <= index < self.num_batches:
+            raise IndexError(f"batch {index} out of range 0..{self.num_batches - 1}")
+        try:
+            batch = ipc.get_batch(index)
+            batch.validate(full=True)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._damaged(f"batch {index}", exc) from None
+        return batch
+
+    def iter_batches(self) -> Iterator[pa.RecordBatch]:
+        """The record batches in file (= arrival) order."""
+        for index in range(self.num_batches):
+            yield self.batch(index)
+
+    def to_table(self) -> pa.Table:
+        """The whole capture in memory, with the file's schema and metadata."""
+        return pa.Table.from_batches(list(self.iter_batches()), schema=self.schema)
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self.to_table().to_pandas()
+
+    def close(self) -> None:
+        """Release the memory map. Idempotent."""
+        source, self._source = self._source, None
+        self._ipc = None
+        if source is not None:
+            source.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._source is None else f"{self.num_batches} batches"
+        return f"<CaptureReader {str(self.path)!r} {state}>"
+
+
+def open_capture(path: str | os.PathLike[str]) -> CaptureReader:
+    """Open an ebcap file for reading (what ``ebcap.open`` calls)."""
+    return CaptureReader(path)

@@ -1,0 +1,403 @@
+"""Write a capture as a zstd-compressed Arrow IPC file, crash-safely.
+
+Rows are buffered and flushed as record batches at a row threshold or after
+``flush_interval`` seconds, so a crash loses at most one interval: everything
+flushed before stays in ``NAME.partial``, which ``ebcap recover`` turns into a
+valid file. Only :meth:`CaptureWriter.close` writes the footer and renames the
+file into place, so an existing output is never clobbered by a failed start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Self, TypeAlias
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ebcap.errors import CaptureError, ClosedError, OutputExistsError, UsageError
+from ebcap.format import schema as fs
+
+WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+FILE_MODE = 0o600
+"""Events can hold secrets (paths, arguments, packet bytes): owner-only."""
+
+PARTIAL_SUFFIX = ".partial"
+
+ColumnValues: TypeAlias = pa.Array | pa.ChunkedArray | np.ndarray | Sequence[Any]
+Rows: TypeAlias = pa.RecordBatch | Mapping[str, ColumnValues]
+
+
+def partial_path(path: str | os.PathLike[str]) -> Path:
+    """Where a capture into ``path`` lives until it is closed."""
+    p = Path(path)
+    return p.with_name(p.name + PARTIAL_SUFFIX)
+
+
+def utc_now_iso() -> str:
+    """The current wall-clock time, ISO 8601 UTC with microseconds."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class CpuCounts:
+    """Per-CPU sample records and lost-event sums of the rows seen, for the totals."""
+
+    def __init__(self) -> None:
+        self.events: dict[int, int] = {}
+        self.lost: dict[int, int] = {}
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        cpu = batch.column("cpu").to_numpy()
+        kind = batch.column("kind").indices.to_numpy()
+        is_sample = kind == fs.KINDS.index(fs.KIND_SAMPLE)
+        _add_bincount(self.events, np.bincount(cpu[is_sample]))
+        lost_rows = ~is_sample
+        if lost_rows.any():
+            lost = batch.column("lost").to_numpy()[lost_rows]
+            for c, n in zip(cpu[lost_rows].tolist(), lost.tolist(), strict=True):
+                self.lost[c] = self.lost.get(c, 0) + n
+
+    def totals(self) -> dict[str, Any]:
+        """The event and lost totals (sums and per CPU) as stored in the file."""
+        return {
+            fs.TOTAL_EVENTS: sum(self.events.values()),
+            fs.TOTAL_LOST: sum(self.lost.values()),
+            fs.TOTAL_EVENTS_PER_CPU: dict(sorted(self.events.items())),
+            fs.TOTAL_LOST_PER_CPU: dict(sorted(self.lost.items())),
+        }
+
+
+def _add_bincount(into: dict[int, int], counts: np.ndarray) -> None:
+    for c in np.flatnonzero(counts).tolist():
+        into[c] = into.get(c, 0) + int(counts[c])
+
+
+class CaptureWriter:
+    """Append rows to ``path`` (via ``path.partial``); :meth:`close` finishes the file.
+
+    ``clock`` (seconds, monotonic) decides when ``flush_interval`` has passed;
+    tests inject a fake one.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        schema: pa.Schema,
+        *,
+        force: bool = False,
+        flush_interval: float = 1.0,
+        flush_rows: int = 65536,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not flush_interval > 0:
+            raise UsageError(f"flush interval must be positive, got {flush_interval}")
+        if flush_rows < 1:
+            raise UsageError(f"flush rows must be at least 1, got {flush_rows}")
+        self.path = Path(path)
+        self.partial_path = partial_path(self.path)
+        self.schema = schema
+        self.flush_interval = flush_interval
+        self.flush_rows = flush_rows
+        self.rows_written = 0
+        self.batches_written = 0
+        self.counts = CpuCounts()
+        self._force = force
+        self._clock = clock
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered_rows = 0
+        self._oldest: float | None = None
+        self._last_seq: int | None = None
+        self._state = "open"
+        self._failure = ""
+        _check_schema(schema)
+        self._check_destination()
+        self._file = self._create_partial()
+        try:
+            self._ipc = pa.ipc.new_file(self._file, schema, options=WRITE_OPTIONS)
+        except BaseException:
+            self._discard()
+            raise
+
+    def _check_destination(self) -> None:
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise UsageError(f"output directory {parent} does not exist")
+        if self.path.is_dir():
+            raise UsageError(f"output {self.path} is a directory")
+        if self.path.exists() and not self._force:
+            raise OutputExistsError(f"{self.path} exists (use --force to overwrite it)")
+
+    def _create_partial(self) -> BinaryIO:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            if self._force:
+                self.partial_path.unlink(missing_ok=True)
+            fd = os.open(self.partial_path, flags, FILE_MODE)
+        except FileExistsError:
+            raise OutputExistsError(
+                f"{self.partial_path} exists (an unfinished capture? "
+                f"`ebcap recover` it, remove it, or use --force)"
+            ) from None
+        except OSError as exc:
+            raise UsageError(f"cannot create {self.partial_path}: {exc.strerror}") from None
+        return os.fdopen(fd, "wb")
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, rows: Rows) -> None:
+        """Buffer rows (a record batch or a dict of columns); flush when due."""
+        self._check_open()
+        batch = conform_batch(rows, self.schema)
+        if batch.num_rows == 0:
+            self.maybe_flush()
+            return
+        self._check_seq(batch)
+        self._buffer.append(batch)
+        self._buffered_rows += batch.num_rows
+        self.counts.add(batch)
+        if self._oldest is None:
+            self._oldest = self._clock()
+        if self._buffered_rows >= self.flush_rows:
+            self.flush()
+        else:
+            self.maybe_flush()
+
+    def maybe_flush(self) -> bool:
+        """Flush if the oldest buffered row has waited ``flush_interval``; True if it did."""
+        self._check_open()
+        if self._oldest is not None and self._clock() - self._oldest >= self.flush_interval:
+            self.flush()
+            return True
+        return False
+
+    def flush(self) -> None:
+        """Write the buffered rows as record batches now."""
+        self._check_open()
+        self._write_buffer(custom_metadata=None)
+
+    def _write_buffer(self, custom_metadata: dict[str, str] | None) -> None:
+        """Write the buffer in batches of at most ``flush_rows``; the last carries the metadata."""
+        pending = self._buffer
+        self._buffer, self._buffered_rows, self._oldest = [], 0, None
+        if not pending and custom_metadata is None:
+            return
+        whole = pa.concat_batches(pending) if pending else _empty_batch(self.schema)
+        step = self.flush_rows
+        pieces = [whole.slice(off, step) for off in range(0, whole.num_rows, step)] or [whole]
+        rows = 0
+        try:
+            for i, piece in enumerate(pieces):
+                meta = custom_metadata if i == len(pieces) - 1 else None
+                self._ipc.write_batch(piece, custom_metadata=meta)
+                rows += piece.num_rows
+            self._file.flush()
+        except OSError as exc:
+            self._fail(exc)
+        self.rows_written += rows
+        self.batches_written += len(pieces)
+
+    def _check_seq(self, batch: pa.RecordBatch) -> None:
+        seq = batch.column("seq").to_numpy()
+        first = int(seq[0])
+        if (self._last_seq is not None and first <= self._last_seq) or (
+            len(seq) > 1 and not bool(np.all(seq[1:] > seq[:-1]))
+        ):
+            raise ValueError("seq must be strictly increasing across all rows written")
+        self._last_seq = int(seq[-1])
+
+    # -- finishing -------------------------------------------------------------
+
+    def close(self, totals: Mapping[str, Any] | None = None) -> Path:
+        """Write the last batch carrying the totals, the footer; fsync; rename into place.
+
+        ``totals`` gives what only the caller knows (``drops_per_cpu``,
+        ``duration_s``, ...); ``events``/``lost`` and their per-CPU maps default
+        to the counts of the rows written, ``end_time`` to now. ValueError on
+        malformed totals. Idempotent: returns the final path.
+        """
+        if self._state == "closed":
+            return self.path
+        self._check_open()
+        merged: dict[str, Any] = {fs.TOTAL_END_TIME: utc_now_iso(), **self.counts.totals()}
+        merged.update(totals or {})
+        text = fs.encode_totals(merged)
+        self._write_buffer(custom_metadata={fs.TOTALS_KEY: text})
+        try:
+            self._ipc.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._fail(exc)
+        self._file.close()
+        self._state = "closed"
+        self._publish()
+        return self.path
+
+    def _publish(self) -> None:
+        """Move NAME.partial to NAME: never over a file that appeared meanwhile unless forced."""
+        try:
+            if self._force:
+                os.replace(self.partial_path, self.path)
+            else:
+                try:
+                    os.link(self.partial_path, self.path)
+                except FileExistsError:
+                    raise OutputExistsError(
+                        f"{self.path} appeared during the capture; "
+                        f"the data is in {self.partial_path}"
+                    ) from None
+                self.partial_path.unlink()
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise CaptureError(
+                f"cannot rename {self.partial_path} to {self.path}: {exc.strerror}"
+            ) from None
+
+    def abort(self) -> None:
+        """Stop without a footer: keep NAME.partial for `ebcap recover` if anything was flushed."""
+        if self._state in ("closed", "aborted"):
+            return
+        self._state = "aborted"
+        self._buffer = []
+        if self.batches_written:
+            # The flushed batches are on disk already; a failing close loses nothing more.
+            with contextlib.suppress(OSError):
+                self._file.close()
+        else:
+            self._discard()
+
+    def _discard(self) -> None:
+        self._state = "aborted"
+        with contextlib.suppress(OSError):  # the file is removed next
+            self._file.close()
+        self.partial_path.unlink(missing_ok=True)
+
+    def _fail(self, exc: OSError) -> None:
+        what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        self._failure = (
+            f"{what} writing {self.partial_path}: {self.rows_written} rows flushed before "
+            f"are recoverable with `ebcap recover {self.partial_path} -o FIXED`"
+        )
+        self.abort()
+        raise CaptureError(self._failure) from None
+
+    def _check_open(self) -> None:
+        if self._state == "open":
+            return
+        if self._failure:
+            raise CaptureError(self._failure)
+        raise ClosedError(f"writer for {self.path} is {self._state}")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and self._state == "open":
+            self.close()
+        else:
+            self.abort()
+
+
+def _check_schema(schema: pa.Schema) -> None:
+    meta = fs.decode_metadata(schema.metadata)
+    if meta.get(fs.MAGIC_KEY) != fs.MAGIC_VALUE or meta.get(fs.VERSION_KEY) != fs.FORMAT_VERSION:
+        raise ValueError("schema lacks ebcap's format metadata: build it with make_schema()")
+    core = [schema.field(i) for i in range(min(len(fs.CORE_FIELDS), len(schema)))]
+    if tuple(f.remove_metadata() for f in core) != fs.CORE_FIELDS:
+        raise ValueError("schema must start with the core columns: build it with make_schema()")
+    for field in list(schema)[len(fs.CORE_FIELDS) :]:
+        if pa.types.is_dictionary(field.type):
+            raise ValueError(f"source column {field.name!r}: dictionary types are not supported")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- conforming input rows to the schema ----------------------------------------
+
+_KINDS_ARRAY = pa.array(fs.KINDS, pa.string())
+
+
+def conform_batch(rows: Rows, schema: pa.Schema) -> pa.RecordBatch:
+    """``rows`` as a record batch of exactly ``schema``; ValueError naming what does not fit.
+
+    Columns may come as Arrow arrays or numpy arrays of a castable type; ``kind``
+    may be strings, integer codes (index into :data:`KINDS`) or a dictionary array.
+    """
+    if isinstance(rows, pa.RecordBatch):
+        columns: Mapping[str, Any] = {name: rows.column(name) for name in rows.schema.names}
+    elif isinstance(rows, Mapping):
+        columns = rows
+    else:
+        raise TypeError(f"rows must be a RecordBatch or a mapping of columns, not {type(rows)}")
+    missing = [name for name in schema.names if name not in columns]
+    extra = [name for name in columns if schema.get_field_index(name) < 0]
+    if missing or extra:
+        raise ValueError(f"columns do not match the schema: missing {missing}, unexpected {extra}")
+    arrays = [_conform_column(columns[field.name], field) for field in schema]
+    lengths = {len(a) for a in arrays}
+    if len(lengths) > 1:
+        raise ValueError(f"columns have different lengths: {sorted(lengths)}")
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _conform_column(values: Any, field: pa.Field) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    try:
+        if field.name == "kind":
+            array = _kind_array(values)
+        elif isinstance(values, pa.Array):
+            array = values if values.type == field.type else values.cast(field.type)
+        else:
+            array = pa.array(values, type=field.type)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"column {field.name!r} does not fit {field.type}: {first}") from None
+    if not field.nullable and array.null_count:
+        raise ValueError(f"column {field.name!r} has nulls")
+    return array
+
+
+def _kind_array(values: Any) -> pa.DictionaryArray:
+    """The ``kind`` column on the fixed dictionary, whatever form it came in."""
+    array = values if isinstance(values, pa.Array) else pa.array(values)
+    if pa.types.is_dictionary(array.type):
+        if array.dictionary.equals(_KINDS_ARRAY) or len(array) == 0:
+            return pa.DictionaryArray.from_arrays(array.indices.cast(pa.int8()), _KINDS_ARRAY)
+        array = array.dictionary_decode()
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        codes = pc.index_in(array, value_set=_KINDS_ARRAY)
+        if codes.null_count > array.null_count:
+            raise ValueError(f"kind must be one of {list(fs.KINDS)}")
+    elif pa.types.is_integer(array.type):
+        codes = array
+        low, high = pc.min_max(codes).values()
+        if len(codes) and (low.as_py() < 0 or high.as_py() >= len(fs.KINDS)):
+            raise ValueError(f"kind codes must be 0..{len(fs.KINDS) - 1}")
+    else:
+        raise ValueError(f"kind must be strings or integer codes, not {array.type}")
+    return pa.DictionaryArray.from_arrays(codes.cast(pa.int8()), _KINDS_ARRAY)
+
+
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    """No rows, but the same ``kind`` dictionary: an IPC file cannot replace dictionaries."""
+    return conform_batch({f.name: pa.array([], f.type) for f in schema}, schema)
