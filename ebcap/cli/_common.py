@@ -1,0 +1,42 @@
+"""Output helpers shared by the commands: JSON, aligned fields, per-CPU tables.
+
+Commands print through these so every ``--json`` is one JSON object and every
+human-readable report lines up the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import typer
+
+
+def print_json(obj: Mapping[str, Any]) -> None:
+    """One JSON object on stdout (indented: still one object for ``jq``)."""
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def print_fields(fields: Sequence[tuple[str, str | None]]) -> None:
+    """``label  value`` lines with the values aligned; fields whose value is None are left out."""
+    shown = [(label, value) for label, value in fields if value is not None]
+    width = max((len(label) for label, _ in shown), default=0)
+    for label, value in shown:
+        typer.echo(f"{label:<{width}}  {value}")
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A table whose first column is left-aligned and the others right-aligned."""
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        cells = [
+            f"{cell:<{w}}" if i == 0 else f"{cell:>{w}}"
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        typer.echo("  ".join(cells).rstrip())
+
+
+def count(n: int) -> str:
+    """An exact count with thousands separators: 1,234,567."""
+    return f"{n:,}"
