@@ -49,8 +49,9 @@ from ebcap.errors import UsageError
 
 MIN_SIZE: Final = 16
 MAX_SIZE: Final = 4096
-STACK_EVENT_MAX: Final = 400
-"""Largest perf event built on the 512-byte stack; bigger ones use a scratch map value."""
+STACK_EVENT_MAX: Final = 496
+"""Largest perf event built on the 512-byte stack (below two 8-byte slots); bigger
+ones use a scratch map value."""
 
 PAD_MAGIC: Final = 0x5A5AA5A5C3C33C3C
 """Every padding word is ``ts ^ PAD_MAGIC``."""

@@ -32,7 +32,9 @@ from ebcap.bpf.asm import (
     call,
     exit_,
     jmp_imm,
+    jmp_reg,
     label,
+    ld_imm64,
     ldx_mem,
     mov64_imm,
     mov64_reg,
@@ -52,7 +54,7 @@ SYSCALL_EVENT: Final = np.dtype(
         ("cpu", "<u4"),  # bpf_get_smp_processor_id()
         ("pid", "<u4"),  # tgid: the process
         ("tid", "<u4"),  # the thread
-        ("nr", "<i4"),  # syscall number (raw tracepoint args[1])
+        ("nr", "<u4"),  # syscall number (raw tracepoint args[1])
         ("comm", f"S{COMM_LEN}"),  # bpf_get_current_comm()
         ("args", "<u8", (NUM_ARGS,)),  # di, si, dx, r10, r8, r9 of the caller's pt_regs
     ]
@@ -73,8 +75,11 @@ _SKIP: Final = "skip"
 
 def _at(field: str, index: int = 0) -> int:
     """Stack offset (from FP) of ``field`` (element ``index`` of an array field)."""
-    sub, offset = SYSCALL_EVENT.fields[field][:2]
-    return _EVENT + offset + index * sub.base.itemsize
+    fields = SYSCALL_EVENT.fields
+    if fields is None:  # pragma: no cover - SYSCALL_EVENT is a structured dtype
+        raise TypeError("SYSCALL_EVENT has no fields")
+    sub, offset = fields[field][:2]
+    return _EVENT + int(offset) + index * int(sub.base.itemsize)
 
 
 def build_syscalls_program(
@@ -84,15 +89,20 @@ def build_syscalls_program(
     *,
     exclude_tgid: int = 0,
     only_tgid: int = 0,
+    only_comm: bytes = b"",
 ) -> list[Instruction]:
     """The sys_enter program (BPF_PROG_TYPE_RAW_TRACEPOINT), labels resolved.
 
     ``exclude_tgid`` drops the events of one process (ebcap's own);
-    ``only_tgid``, when not 0, keeps the events of that process only.
+    ``only_tgid``, when not 0, keeps the events of that process only;
+    ``only_comm``, when not empty, keeps the events of tasks of that name only
+    (compared on the kernel's first 15 bytes, as ``comm`` is truncated).
     """
     for name, tgid in (("exclude_tgid", exclude_tgid), ("only_tgid", only_tgid)):
         if not 0 <= tgid < 1 << 31:
             raise UsageError(f"{name} {tgid} is not a process id")
+    if b"\0" in only_comm:
+        raise UsageError(f"process name {only_comm!r} contains a NUL byte")
     items: list[Item] = [
         mov64_reg(R6, R1),  # r6 = ctx, kept across calls
         call("BPF_FUNC_get_current_pid_tgid"),
@@ -105,6 +115,20 @@ def build_syscalls_program(
     if only_tgid:
         items.append(jmp_imm("jne", R8, only_tgid, _SKIP))
     items += [
+        mov64_reg(R1, FP),
+        add64_imm(R1, _at("comm")),
+        mov64_imm(R2, COMM_LEN),
+        call("BPF_FUNC_get_current_comm"),  # NUL-padded to 16 bytes
+    ]
+    if only_comm:
+        wanted = only_comm[: COMM_LEN - 1].ljust(COMM_LEN, b"\0")
+        for half in (0, 8):
+            items += [
+                ldx_mem(DW, R1, FP, _at("comm") + half),
+                ld_imm64(R2, int.from_bytes(wanted[half : half + 8], "little")),
+                jmp_reg("jne", R1, R2, _SKIP),
+            ]
+    items += [
         stx_mem(W, FP, R8, _at("pid")),
         stx_mem(W, FP, R7, _at("tid")),  # a 32-bit store keeps the low half: tid
         ldx_mem(DW, R1, R6, RAW_TP_ARGS["id"]),
@@ -113,10 +137,6 @@ def build_syscalls_program(
         stx_mem(DW, FP, R0, _at("ts_ns")),
         call("BPF_FUNC_get_smp_processor_id"),
         stx_mem(W, FP, R0, _at("cpu")),
-        mov64_reg(R1, FP),
-        add64_imm(R1, _at("comm")),
-        mov64_imm(R2, COMM_LEN),
-        call("BPF_FUNC_get_current_comm"),
         ldx_mem(DW, R7, R6, RAW_TP_ARGS["regs"]),  # r7 = struct pt_regs *
     ]
     for index, reg_offset in enumerate(PT_REGS_ARG_OFFSETS):
