@@ -1,0 +1,208 @@
+"""The two replay orders: arrival (``seq``) and exact time order, both streaming.
+
+Arrival order is the file order. Time order is exact, by (ts_ns, cpu, seq),
+without loading the file: a first pass reads only ``ts_ns``, ``cpu`` and
+``kind`` and records, for every slice, the smallest timestamp of all slices
+after it. The second pass holds back only rows at or above that bound (no
+later row can precede them) and emits the rest sorted, so memory follows the
+reordering window, not the file. The perf buffer reorders across CPUs only,
+which keeps that window small; the sort does not rely on it. If the window
+would exceed ``max_window_rows`` (an event delivered very late, or a CPU whose
+own stream is out of order) the rest of the file is sorted externally: sorted
+runs spilled to temporary Arrow files, then merged. :class:`SortReport` says
+what happened, for the CLI to tell the user.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+
+from ebcap.errors import BadFileError
+from ebcap.format.reader import CaptureReader
+from ebcap.replay.lateness import LatenessTracker
+from ebcap.replay.runs import SpilledRuns, sort_keys, sort_order
+from ebcap.replay.scan import is_sample, iter_slices, scan_columns, u64
+
+DEFAULT_MAX_WINDOW_ROWS: Final = 1 << 20
+"""Rows the time sort may hold in memory before it spills to disk."""
+
+LATE_FIELD: Final = pa.field("__ebcap_late_ns", pa.uint64(), nullable=False)
+"""Lateness travels with its row through the sort as this extra column."""
+
+
+@dataclass
+class OrderedBatch:
+    """Rows in replay order, with each row's lateness in arrival order (0: on time).
+
+    In time order a non-zero lateness means the sort moved the row earlier.
+    """
+
+    rows: pa.RecordBatch
+    late_ns: np.ndarray
+
+
+@dataclass
+class SortReport:
+    """What the time sort met and did; filled in while it runs."""
+
+    rows: int = 0
+    peak_window_rows: int = 0
+    spilled_runs: int = 0
+    spilled_rows: int = 0
+    cpu_disorder: dict[int, int] = field(default_factory=dict)
+    """CPU -> samples delivered after a later-stamped sample of the same CPU."""
+
+    def notes(self) -> list[str]:
+        """One line per noteworthy fact, for stderr."""
+        out = []
+        for cpu, count in sorted(self.cpu_disorder.items()):
+            out.append(
+                f"CPU {cpu}'s own stream is out of timestamp order ({count} events); "
+                "the sort is still exact"
+            )
+        if self.spilled_runs:
+            out.append(
+                f"reordering exceeded the in-memory window: sorted {self.spilled_rows} events "
+                f"externally in {self.spilled_runs} temporary runs (exact)"
+            )
+        return out
+
+
+def arrival_order(reader: CaptureReader) -> Iterator[OrderedBatch]:
+    """The capture as delivered, checking that ``seq`` only grows."""
+    tracker = LatenessTracker()
+    last = -1
+    for rows in iter_slices(reader):
+        seq = u64(rows, "seq")
+        if int(seq[0]) <= last or (len(seq) > 1 and bool(np.any(seq[1:] <= seq[:-1]))):
+            raise BadFileError(f"{reader.path}: seq does not increase in file order (damaged file)")
+        last = int(seq[-1])
+        yield OrderedBatch(rows, tracker.update(u64(rows, "ts_ns"), is_sample(rows)))
+
+
+def time_order(
+    reader: CaptureReader,
+    *,
+    max_window_rows: int = DEFAULT_MAX_WINDOW_ROWS,
+    spill_dir: str | Path | None = None,
+    report: SortReport | None = None,
+) -> Iterator[OrderedBatch]:
+    """The capture sorted exactly by (ts_ns, cpu, seq), in bounded memory."""
+    report = report if report is not None else SortReport()
+    bounds = _later_minimums(reader, report)
+    schema = reader.schema.append(LATE_FIELD)
+    tracker = LatenessTracker()
+    window = _Window(schema)
+    runs: SpilledRuns | None = None
+    try:
+        for index, rows in enumerate(iter_slices(reader)):
+            late = tracker.update(u64(rows, "ts_ns"), is_sample(rows))
+            window.add(rows.append_column(LATE_FIELD, pa.array(late, pa.uint64())))
+            report.rows += rows.num_rows
+            report.peak_window_rows = max(report.peak_window_rows, window.rows)
+            if runs is None:
+                if index + 1 < len(bounds):
+                    yield from _split(window.release_below(int(bounds[index + 1])))
+                if window.rows > max_window_rows:
+                    runs = SpilledRuns(schema, spill_dir)
+            if runs is not None and window.rows >= max_window_rows:
+                runs.add(window.take_all(sort=False))
+        if runs is None:
+            yield from _split(window.take_all())
+            return
+        runs.add(window.take_all(sort=False))
+        report.spilled_runs, report.spilled_rows = len(runs.paths), runs.rows
+        for table in runs.merge():
+            yield from _split(table)
+    finally:
+        if runs is not None:
+            runs.close()
+
+
+def _later_minimums(reader: CaptureReader, report: SortReport) -> np.ndarray:
+    """First pass: for slice i, the smallest ts_ns of slices i..end (per-CPU order checked)."""
+    minimums: list[int] = []
+    highs: dict[int, int] = {}
+    for part in scan_columns(reader, ("cpu", "ts_ns", "kind")):
+        ts = u64(part, "ts_ns")
+        minimums.append(int(ts.min()))
+        sample = is_sample(part)
+        _count_cpu_disorder(part.column("cpu").to_numpy()[sample], ts[sample], highs, report)
+    if not minimums:
+        return np.zeros(0, dtype=np.uint64)
+    values = np.array(minimums, dtype=np.uint64)
+    return np.minimum.accumulate(values[::-1])[::-1]
+
+
+def _count_cpu_disorder(
+    cpu: np.ndarray, ts: np.ndarray, highs: dict[int, int], report: SortReport
+) -> None:
+    """Count samples older than an earlier sample of the same CPU (carrying across slices)."""
+    if len(cpu) == 0:
+        return
+    order = np.argsort(cpu, kind="stable")
+    cpus, stamps = cpu[order], ts[order]
+    edges = [0, *(np.flatnonzero(cpus[1:] != cpus[:-1]) + 1).tolist(), len(cpus)]
+    for start, end in itertools.pairwise(edges):
+        which = int(cpus[start])
+        group = stamps[start:end]
+        carry = highs.get(which, 0)
+        running = np.maximum.accumulate(group)
+        prior = np.concatenate(([np.uint64(carry)], running[:-1])).astype(np.uint64)
+        behind = int(np.count_nonzero(group < np.maximum(prior, np.uint64(carry))))
+        if behind:
+            report.cpu_disorder[which] = report.cpu_disorder.get(which, 0) + behind
+        highs[which] = max(carry, int(running[-1]))
+
+
+class _Window:
+    """Rows read but not yet emitted, as a list of batches."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.batches: list[pa.RecordBatch] = []
+        self.rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.batches.append(batch)
+        self.rows += batch.num_rows
+
+    def take_all(self, *, sort: bool = True) -> pa.Table:
+        """Everything held (sorted unless ``sort`` is False), leaving the window empty."""
+        table = pa.Table.from_batches(self.batches, schema=self.schema)
+        self.batches, self.rows = [], 0
+        if not sort or table.num_rows == 0:
+            return table
+        return table.take(pa.array(sort_order(*sort_keys(table))))
+
+    def release_below(self, bound: int) -> pa.Table:
+        """Rows with ts_ns < ``bound``, sorted; the rest stay held."""
+        table = pa.Table.from_batches(self.batches, schema=self.schema)
+        ts, cpu, seq = sort_keys(table)
+        below = ts < np.uint64(bound)
+        ready = np.flatnonzero(below)
+        if len(ready) == 0:
+            return table.slice(0, 0)
+        if len(ready) == len(ts):
+            self.batches, self.rows = [], 0
+        else:
+            kept = table.take(pa.array(np.flatnonzero(~below))).combine_chunks()
+            self.batches, self.rows = kept.to_batches(), kept.num_rows
+        order = ready[sort_order(ts[ready], cpu[ready], seq[ready])]
+        return table.take(pa.array(order))
+
+
+def _split(table: pa.Table) -> Iterator[OrderedBatch]:
+    """Sorted table -> OrderedBatches without the lateness column."""
+    for batch in table.combine_chunks().to_batches():
+        if batch.num_rows == 0:
+            continue
+        late = batch.column(LATE_FIELD.name).to_numpy().astype(np.uint64, copy=False)
+        yield OrderedBatch(batch.drop_columns([LATE_FIELD.name]), late)

@@ -1,0 +1,90 @@
+"""Reading a capture in fixed-size slices, whole or a few columns at a time.
+
+Replay and analysis walk a file once or twice. Both walks must cut it into the
+same slices (the sorter's first pass describes each slice, its second pass
+acts on it), so slicing lives here, once. A first pass usually needs two or
+three columns: reading only those decompresses a fraction of the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+
+from ebcap.errors import BadFileError
+from ebcap.format import schema as fs
+from ebcap.format.reader import CaptureReader, one_line
+
+SLICE_ROWS: Final = 65_536
+"""Rows per slice: big enough for vectorised work, small enough to bound memory."""
+
+KIND_DICTIONARY: Final = pa.array(list(fs.KINDS), pa.string())
+KIND_SAMPLE_CODE: Final = fs.KINDS.index(fs.KIND_SAMPLE)
+KIND_LOST_CODE: Final = fs.KINDS.index(fs.KIND_LOST)
+
+
+def slices_of(batch: pa.RecordBatch, rows: int = SLICE_ROWS) -> Iterator[pa.RecordBatch]:
+    """Zero-copy slices of at most ``rows`` rows (none for an empty batch)."""
+    for start in range(0, batch.num_rows, rows):
+        yield batch.slice(start, rows)
+
+
+def iter_slices(reader: CaptureReader, rows: int = SLICE_ROWS) -> Iterator[pa.RecordBatch]:
+    """Every row of the capture in file order, as slices with ``kind`` normalised."""
+    for batch in reader.iter_batches():
+        for piece in slices_of(batch, rows):
+            yield normalise_kind(piece)
+
+
+def scan_columns(
+    reader: CaptureReader, names: Sequence[str], rows: int = SLICE_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Only the named columns, sliced exactly like :func:`iter_slices`."""
+    indices = [reader.schema.get_field_index(name) for name in names]
+    if min(indices, default=0) < 0:
+        missing = [n for n, i in zip(names, indices, strict=True) if i < 0]
+        raise BadFileError(f"{reader.path} lacks the column(s) {', '.join(missing)}")
+    options = pa.ipc.IpcReadOptions(included_fields=indices)
+    try:
+        with pa.memory_map(str(reader.path)) as source:
+            ipc = pa.ipc.open_file(source, options=options)
+            for index in range(ipc.num_record_batches):
+                batch = ipc.get_batch(index)
+                batch.validate()
+                yield from slices_of(batch, rows)
+    except (pa.ArrowException, OSError) as exc:
+        raise BadFileError(f"{reader.path}: cannot read columns ({one_line(exc)})") from None
+
+
+def normalise_kind(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with ``kind`` coded against the fixed dictionary (sample=0, lost=1).
+
+    Files written by ebcap already are; re-coding those written otherwise lets
+    batches be concatenated and spilled without dictionary mismatches.
+    """
+    index = batch.schema.get_field_index("kind")
+    kind = batch.column(index)
+    if kind.dictionary.equals(KIND_DICTIONARY):
+        return batch
+    dictionary = kind.dictionary.to_pylist()
+    unknown = sorted({str(v) for v in dictionary} - set(fs.KINDS))
+    if unknown:
+        raise BadFileError(f"unknown kind value(s) {', '.join(unknown)} in the file")
+    remap = np.array([fs.KINDS.index(v) for v in dictionary], dtype=np.int8)
+    codes = remap[kind.indices.to_numpy(zero_copy_only=False)]
+    fixed = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), KIND_DICTIONARY)
+    return batch.set_column(index, batch.schema.field(index), fixed)
+
+
+def is_sample(batch: pa.RecordBatch) -> np.ndarray:
+    """Boolean mask of the sample rows of a normalised batch."""
+    codes = batch.column("kind").indices.to_numpy(zero_copy_only=False)
+    return codes == KIND_SAMPLE_CODE
+
+
+def u64(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    """A uint64 core column as a numpy array (zero-copy: core columns have no nulls)."""
+    return batch.column(name).to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
