@@ -417,11 +417,11 @@ def kernel_error(
     ``capability`` names what EPERM/EACCES means for this call; ``feature``,
     when given, says which missing kernel feature EINVAL points to.
     """
-    reason = os.strerror(err).lower()
     if err in (_errno.EPERM, _errno.EACCES):
         return MissingCapabilityError(
-            f"{call}: {reason}: needs {capability} (run as root)", capability, err
+            f"{call}: permission denied: needs {capability} (run as root)", capability, err
         )
+    reason = os.strerror(err).lower()
     if err in (_errno.ENOSYS, _errno.EOPNOTSUPP, _ENOTSUPP) or (
         err == _errno.EINVAL and feature is not None
     ):
