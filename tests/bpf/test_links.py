@@ -1,0 +1,174 @@
+"""Attaching on the real kernel: a program counts this process's getppid() calls.
+
+The count must equal the number of calls made while attached, and must stop
+growing once the link is closed; no program or link may be left loaded.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import time
+from collections.abc import Callable
+
+import pytest
+
+from ebcap.bpf import _sys
+from ebcap.bpf.asm import (
+    DW,
+    R0,
+    R1,
+    R6,
+    Instruction,
+    alu64_imm,
+    call,
+    exit_,
+    jmp_imm,
+    label,
+    ldx_mem,
+    mov64_imm,
+    mov64_reg,
+    resolve,
+)
+from ebcap.bpf.fs import ensure_tracefs
+from ebcap.bpf.links import attach_raw_tracepoint, attach_tracepoint, loaded_link_ids
+from ebcap.bpf.maps import Map
+from ebcap.bpf.prog import Program, loaded_program_ids
+from ebcap.bpf.programs.common import increment_counter
+from ebcap.errors import KernelError, NotSupportedError, UsageError
+
+pytestmark = pytest.mark.privileged
+
+NR_GETPPID = 110  # x86-64
+RAW_TP_ID_OFFSET = 8  # sys_enter raw tracepoint: args[1] is the syscall number
+
+
+def counting_program(counter_fd: int, *, syscall_nr: int | None) -> list[Instruction]:
+    """counter[0] += 1 for each hit from this process (and of ``syscall_nr``, if given)."""
+    items = [
+        mov64_reg(R6, R1),
+        call("BPF_FUNC_get_current_pid_tgid"),
+        alu64_imm("rsh", R0, 32),
+        jmp_imm("jne", R0, os.getpid(), "out"),
+    ]
+    if syscall_nr is not None:
+        items += [
+            ldx_mem(DW, R1, R6, RAW_TP_ID_OFFSET),
+            jmp_imm("jne", R1, syscall_nr, "out"),
+        ]
+    items += [
+        *increment_counter(counter_fd, key_slot=-8, field_off=0, skip="out"),
+        label("out"),
+        mov64_imm(R0, 0),
+        exit_(),
+    ]
+    return resolve(items)
+
+
+def total(counter: Map) -> int:
+    return sum(struct.unpack("<Q", v)[0] for v in counter.lookup_percpu(bytes(4)))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """The kernel frees detached objects after an RCU grace period: poll briefly."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def counter_map() -> Map:
+    return Map.create(_sys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, name="ebcap_t_count")
+
+
+def test_raw_tracepoint_counts_exactly_the_calls_made_while_attached() -> None:
+    with counter_map() as counter:
+        program = counting_program(counter.fd, syscall_nr=NR_GETPPID)
+        with Program.load(_sys.BPF_PROG_TYPE_RAW_TRACEPOINT, program, name="ebcap_t_rawtp") as prog:
+            prog_id = prog.id
+            os.getppid()  # before attaching: not counted
+            with attach_raw_tracepoint(prog, "sys_enter") as link:
+                assert link.id is not None and link.id in loaded_link_ids()
+                link_id = link.id
+                for _ in range(37):
+                    os.getppid()
+            assert link.closed
+            for _ in range(5):
+                os.getppid()  # after detaching: not counted
+            assert total(counter) == 37
+    assert wait_until(lambda: link_id not in loaded_link_ids())
+    assert wait_until(lambda: prog_id not in loaded_program_ids())
+
+
+def test_tracepoint_counts_exactly_the_calls_made_while_attached() -> None:
+    tracefs = ensure_tracefs()
+    assert os.path.isdir(os.path.join(tracefs, "events", "syscalls"))
+    with counter_map() as counter:
+        program = counting_program(counter.fd, syscall_nr=None)
+        with Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, program, name="ebcap_t_tp") as prog:
+            prog_id = prog.id
+            with attach_tracepoint(prog, "syscalls", "sys_enter_getppid", tracefs) as link:
+                link_id = link.id
+                assert link_id is not None and link_id in loaded_link_ids()
+                for _ in range(23):
+                    os.getppid()
+            link.close()  # again: nothing happens
+            os.getppid()
+            assert total(counter) == 23
+    assert wait_until(lambda: link_id not in loaded_link_ids())
+    assert wait_until(lambda: prog_id not in loaded_program_ids())
+
+
+def test_unknown_tracepoint_is_not_supported() -> None:
+    with (
+        Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, [mov64_imm(R0, 0), exit_()]) as prog,
+        pytest.raises(NotSupportedError, match="no tracepoint sched:no_such_event"),
+    ):
+        attach_tracepoint(prog, "sched", "no_such_event")
+
+
+def test_bad_names_are_usage_errors() -> None:
+    with Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, [mov64_imm(R0, 0), exit_()]) as prog:
+        with pytest.raises(UsageError):
+            attach_tracepoint(prog, "..", "x")
+        with pytest.raises(UsageError):
+            attach_raw_tracepoint(prog, "sys/enter")
+
+
+def test_wrong_program_type_for_a_raw_tracepoint_fails_cleanly() -> None:
+    before = set(loaded_link_ids())
+    with (
+        Program.load(_sys.BPF_PROG_TYPE_SOCKET_FILTER, [mov64_imm(R0, 0), exit_()]) as prog,
+        pytest.raises(KernelError, match=r"^bpf\(BPF_RAW_TRACEPOINT_OPEN\): ") as err,
+    ):
+        attach_raw_tracepoint(prog, "sys_enter")
+    assert err.value.errno == errno.EINVAL
+    assert set(loaded_link_ids()) <= before
+
+
+def test_tracepoint_falls_back_to_ioctl_without_perf_links(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kernels before 5.15 have no BPF_LINK_CREATE for perf events: PERF_EVENT_IOC_SET_BPF."""
+    real_bpf = _sys.bpf
+
+    def bpf_without_perf_links(cmd: int, attr: object, *, feature: str | None = None) -> int:
+        if cmd == _sys.BPF_LINK_CREATE:
+            raise NotSupportedError("bpf(BPF_LINK_CREATE): not here", "perf links", errno.EINVAL)
+        return real_bpf(cmd, attr, feature=feature)  # type: ignore[arg-type]
+
+    with counter_map() as counter:
+        program = counting_program(counter.fd, syscall_nr=None)
+        with Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, program) as prog:
+            monkeypatch.setattr(_sys, "bpf", bpf_without_perf_links)
+            link = attach_tracepoint(prog, "syscalls", "sys_enter_getppid")
+            monkeypatch.undo()
+            with link:
+                assert link.id is None
+                for _ in range(11):
+                    os.getppid()
+            os.getppid()
+            assert total(counter) == 11
