@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +58,7 @@ class PayloadLayout:
     def arrow_fields(self) -> list[pa.Field]:
         out = []
         for name in self.column_fields:
-            out.append(pa.field(self.column_name(name), _arrow_type(self.dtype.fields[name][0])))
+            out.append(pa.field(self.column_name(name), _arrow_type(_fields(self.dtype)[name][0])))
         return out
 
     def decode(self, events: np.ndarray) -> dict[str, pa.Array]:
@@ -69,7 +71,7 @@ class PayloadLayout:
     def to_json(self) -> str:
         fields = []
         for name in self.dtype.names or ():
-            sub, offset = self.dtype.fields[name][:2]
+            sub, offset = _fields(self.dtype)[name][:2]
             fields.append({"name": name, "type": _type_name(sub), "offset": offset})
         return json.dumps(
             {"size": self.size, "ts": self.ts_field, "cpu": self.cpu_field, "fields": fields}
@@ -112,9 +114,16 @@ def parse_layout(spec: str) -> PayloadLayout:
     ts = next((n for n in TS_NAMES if n in names), None)
     cpu = next((n for n in CPU_NAMES if n in names), None)
     for role, field in (("timestamp", ts), ("cpu", cpu)):
-        if field is not None and dtype.fields[field][0].kind not in "ui":
+        if field is not None and _fields(dtype)[field][0].kind not in "ui":
             raise UsageError(f"bad layout: the {role} field {field!r} must be an integer")
     return PayloadLayout(dtype, ts, cpu)
+
+
+def _fields(dtype: np.dtype) -> Mapping[str, tuple[Any, ...]]:
+    """The fields of a structured dtype (layouts are always structured)."""
+    if dtype.fields is None:
+        raise TypeError(f"{dtype} is not a structured dtype")
+    return dtype.fields
 
 
 def _type_name(sub: np.dtype) -> str:

@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Side-by-side: the libbpf anchor consumer vs `ebcap record`, same producer, one run.
+
+Builds ../shared/anchors (C producer + libbpf consumer; needs clang, llvm,
+libbpf-dev, bpftool, libelf-dev, make from apt) in a scratch copy, then for
+each transport x event size x producer layout runs, back to back:
+
+  1. producer (pins rb/pb/stats) + the libbpf consumer,
+  2. producer + `ebcap record --pin ... --layout ...` to a real file,
+
+and reports medians of each, and ebcap/libbpf ratios of consumed/s.
+Run as root:  python3 bench/anchor_compare.py [--reps 3] [--duration 3]
+Writes bench/results/anchor_compare.csv and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ANCHORS = ROOT.parent / "shared" / "anchors"
+PIN_DIR = Path("/sys/fs/bpf/ebcap-bench")
+APT = ["clang", "llvm", "libbpf-dev", "bpftool", "libelf-dev", "make"]
+
+
+def build_anchors(scratch: Path) -> Path:
+    if not shutil.which("clang") or not shutil.which("bpftool"):
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *APT], check=True)
+    work = scratch / "anchors"
+    shutil.copytree(ANCHORS, work, ignore=shutil.ignore_patterns("build", "results"))
+    subprocess.run(["make", "-s", "-C", str(work)], check=True)
+    return work / "build"
+
+
+def kv(line: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in line.split() if "=" in part)
+
+
+def result_line(text: str, who: str) -> dict[str, str]:
+    for line in text.splitlines():
+        if line.startswith(f"RESULT {who}"):
+            return kv(line)
+    raise RuntimeError(f"no RESULT {who} line in:\n{text}")
+
+
+def start_producer(
+    build: Path, transport: str, size: int, cpus: str, duration: float, ready: Path
+) -> subprocess.Popen[str]:
+    subprocess.run([str(build / "producer"), "-X"], check=False, capture_output=True)
+    ready.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [
+            str(build / "producer"),
+            "-t",
+            transport,
+            "-s",
+            str(size),
+            "-C",
+            cpus,
+            "-d",
+            str(duration),
+            "-W",
+            str(ready),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while not (PIN_DIR / "stats").exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"producer did not pin its maps: {proc.communicate()[0]}")
+        time.sleep(0.01)
+    return proc
+
+
+def run_libbpf(
+    build: Path, transport: str, size: int, cpus: str, duration: float, wakeup: int, tmp: Path
+) -> dict[str, float]:
+    ready = tmp / "ready"
+    producer = start_producer(build, transport, size, cpus, duration, ready)
+    args = [str(build / "consumer"), "-t", transport, "-s", str(size), "-c", "1", "-R", str(ready)]
+    if transport == "pb" and wakeup > 1:
+        args += ["-w", str(wakeup)]
+    consumer = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60)
+    p_out = producer.communicate(timeout=60)[0]
+    c = result_line(consumer.stdout, "consumer")
+    p = result_line(p_out, "producer")
+    return {
+        "produced_per_s": float(p["produced_per_s"]),
+        "consumed_per_s": float(c["consumed_per_s"]),
+        "loss_pct": float(c["loss_pct"]),
+        "unaccounted": float(c["unaccounted"]),
+    }
+
+
+def run_ebcap(
+    build: Path, transport: str, size: int, cpus: str, duration: float, wakeup: int, tmp: Path
+) -> dict[str, float]:
+    ready = tmp / "ready"
+    out = tmp / "ebcap.arrow"
+    producer = start_producer(build, transport, size, cpus, duration, ready)
+    layout = "ts:u64,cpu:u32,seq:u32" + (f",pad:{size - 16}x" if size > 16 else "")
+    pin = PIN_DIR / ("rb" if transport == "rb" else "pb")
+    cmd = [
+        sys.executable,
+        "-m",
+        "ebcap",
+        "record",
+        "-o",
+        str(out),
+        "--force",
+        "--json",
+        "--pin",
+        str(pin),
+        "--layout",
+        layout,
+        "--ready-file",
+        str(ready),
+        "--wakeup",
+        str(wakeup),
+    ]
+    # Consumer on CPU1 like the anchor's `-c 1`.
+    recorder = subprocess.Popen(
+        ["taskset", "-c", "1", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    p_out = producer.communicate(timeout=duration + 60)[0]
+    time.sleep(0.5)  # the anchor consumer stops after 500 ms idle; give ebcap the same
+    recorder.send_signal(signal.SIGINT)
+    r_out, r_err = recorder.communicate(timeout=120)
+    if recorder.returncode != 0:
+        raise RuntimeError(f"ebcap record failed: {r_err}")
+    summary = json.loads(r_out)
+    p = result_line(p_out, "producer")
+    produced = int(p["produced"])
+    import pyarrow.compute as pc
+
+    import ebcap
+
+    with ebcap.open(out) as reader:
+        table = reader.to_table(columns=["ts_ns", "kind"])
+        last_drain_ns = int(reader.totals["last_drain_ns"])
+    samples = table.filter(pc.equal(table["kind"].dictionary_decode(), "sample"))
+    first_ts = int(pc.min(samples["ts_ns"]).as_py())
+    received = samples.num_rows
+    dropped = int(p["rb_drops"]) if transport == "rb" else int(p["pb_fail"])
+    return {
+        "produced_per_s": float(p["produced_per_s"]),
+        "consumed_per_s": received / ((last_drain_ns - first_ts) / 1e9),
+        "loss_pct": 100.0 * (produced - received) / produced,
+        "unaccounted": produced - received - dropped,
+        "bytes_per_event": summary["bytes_per_event"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--sizes", default="24,256")
+    parser.add_argument("--transports", default="rb,pb")
+    parser.add_argument("--layouts", default="1P,2P")
+    parser.add_argument("--wakeup", type=int, default=64, help="perf wakeup_events for both")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("anchor_compare: run as root", file=sys.stderr)
+        return 2
+    subprocess.run(
+        ["sh", "-c", "mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf"], check=True
+    )
+    results_dir = ROOT / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="ebcap-anchor-") as scratch:
+        build = build_anchors(Path(scratch))
+        tmp = Path(scratch)
+        for transport in args.transports.split(","):
+            for size in (int(s) for s in args.sizes.split(",")):
+                for layout in args.layouts.split(","):
+                    cpus = "0" if layout == "1P" else "0,1"
+                    for rep in range(args.reps):
+                        for who, fn in (("libbpf", run_libbpf), ("ebcap", run_ebcap)):
+                            r = fn(build, transport, size, cpus, args.duration, args.wakeup, tmp)
+                            row = {
+                                "who": who,
+                                "transport": transport,
+                                "size": size,
+                                "layout": layout,
+                                "rep": rep,
+                                **r,
+                            }
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
+        subprocess.run([str(build / "producer"), "-X"], check=False, capture_output=True)
+    with open(results_dir / "anchor_compare.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(summarize(rows, args.wakeup))
+    return 0
+
+
+def summarize(rows: list[dict[str, object]], wakeup: int) -> str:
+    lines = [
+        f"perf wakeup_events = {wakeup} for both consumers; medians of each configuration",
+        "",
+        "| transport | size | layout | libbpf consumed/s | ebcap consumed/s | ratio | "
+        "libbpf loss % | ebcap loss % | ebcap unaccounted | ebcap B/event |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    configs = sorted({(str(r["transport"]), int(str(r["size"])), str(r["layout"])) for r in rows})
+    for config in configs:
+
+        def med(who: str, key: str, config: tuple[str, int, str] = config) -> float:
+            values = [
+                float(str(r[key]))
+                for r in rows
+                if r["who"] == who and (r["transport"], r["size"], r["layout"]) == config
+            ]
+            return statistics.median(values) if values else float("nan")
+
+        libbpf, ebcap = med("libbpf", "consumed_per_s"), med("ebcap", "consumed_per_s")
+        t, s, lay = config
+        lines.append(
+            f"| {t} | {s} | {lay} | {libbpf / 1e6:.2f}M | {ebcap / 1e6:.2f}M "
+            f"| {ebcap / libbpf:.2f} | {med('libbpf', 'loss_pct'):.2f} "
+            f"| {med('ebcap', 'loss_pct'):.2f} | {med('ebcap', 'unaccounted'):.0f} "
+            f"| {med('ebcap', 'bytes_per_event'):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Turn what a reader drained into rows of the ebcap file.
+
+The readers know rings, not sources; the sources know payloads, not files.
+This is where the two meet: arrival numbering (``seq``), the drain ``round``,
+``ts_ns``/``cpu`` taken from the payload where the layout carries them, the
+source's decoded columns, and ``lost`` rows for drops counted inside BPF.
+Everything is vectorised over the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from ebcap.capture.batch import EventBatch
+from ebcap.capture.sources import Source
+from ebcap.format.schema import CORE_COLUMNS, KIND_LOST, KIND_SAMPLE, KINDS
+
+KIND_CODE_SAMPLE = KINDS.index(KIND_SAMPLE)
+KIND_CODE_LOST = KINDS.index(KIND_LOST)
+_KIND_DICTIONARY = pa.array(KINDS, pa.string())
+
+
+@dataclass
+class RowAssembler:
+    """Numbers rows across the whole capture and builds record batches."""
+
+    source: Source
+    schema: pa.Schema
+    next_seq: int = 0
+    samples_per_cpu: dict[int, int] = field(default_factory=dict)
+    lost_per_cpu: dict[int, int] = field(default_factory=dict)
+    payload_bytes: int = 0
+    last_drain_ns: int = 0
+    """CLOCK_MONOTONIC when the last batch with events was assembled."""
+    undecodable: int = 0
+    """Samples whose payload is shorter than the layout (kept raw, decoded columns null)."""
+
+    def assemble(self, batch: EventBatch, round_no: int) -> pa.RecordBatch | None:
+        """One record batch for one drain round (None when it drained nothing)."""
+        n = len(batch)
+        if n == 0:
+            return None
+        cpu = batch.cpu.astype(np.uint16, copy=True)
+        ts = batch.ts_ns.astype(np.uint64, copy=True)
+        is_sample = batch.kind == KIND_CODE_SAMPLE
+        extra = self._decode(batch, is_sample, cpu, ts)
+        seq = np.arange(self.next_seq, self.next_seq + n, dtype=np.uint64)
+        self.next_seq += n
+        self._count(cpu, is_sample, batch.lost)
+        self.payload_bytes += int(batch.offsets[-1] - batch.offsets[0])
+        self.last_drain_ns = time.monotonic_ns()
+        columns = {
+            "seq": pa.array(seq),
+            "cpu": pa.array(cpu),
+            "ts_ns": pa.array(ts),
+            "kind": pa.DictionaryArray.from_arrays(
+                pa.array(batch.kind.astype(np.int8)), _KIND_DICTIONARY
+            ),
+            "lost": pa.array(batch.lost.astype(np.uint64)),
+            "round": pa.array(np.full(n, round_no, dtype=np.uint32)),
+            "data": batch.to_arrow_binary(),
+        }
+        columns.update(extra)
+        return pa.RecordBatch.from_arrays(
+            [columns[f.name] for f in self.schema], schema=self.schema
+        )
+
+    def drop_rows(self, deltas: dict[int, int], ts_ns: int, round_no: int) -> pa.RecordBatch | None:
+        """``lost`` rows for events the BPF program counted as dropped since last time."""
+        cpus_with_drops = sorted(c for c, d in deltas.items() if d > 0)
+        if not cpus_with_drops:
+            return None
+        n = len(cpus_with_drops)
+        lost_batch = EventBatch(
+            cpu=np.array(cpus_with_drops, dtype=np.uint16),
+            ts_ns=np.full(n, ts_ns, dtype=np.uint64),
+            kind=np.full(n, KIND_CODE_LOST, dtype=np.int8),
+            lost=np.array([deltas[c] for c in cpus_with_drops], dtype=np.uint64),
+            offsets=np.zeros(n + 1, dtype=np.int64),
+            values=np.zeros(0, dtype=np.uint8),
+        )
+        return self.assemble(lost_batch, round_no)
+
+    def _count(self, cpu: np.ndarray, is_sample: np.ndarray, lost: np.ndarray) -> None:
+        for c, k in zip(*np.unique(cpu[is_sample], return_counts=True), strict=True):
+            self.samples_per_cpu[int(c)] = self.samples_per_cpu.get(int(c), 0) + int(k)
+        lost_rows = ~is_sample
+        if lost_rows.any():
+            for c in np.unique(cpu[lost_rows]):
+                total = int(lost[lost_rows & (cpu == c)].sum())
+                self.lost_per_cpu[int(c)] = self.lost_per_cpu.get(int(c), 0) + total
+
+    def _decode(
+        self, batch: EventBatch, is_sample: np.ndarray, cpu: np.ndarray, ts: np.ndarray
+    ) -> dict[str, pa.Array]:
+        """Decoded columns for the batch; fills cpu/ts in place from the payload."""
+        layout = self.source.layout
+        names = [f.name for f in self.schema][len(CORE_COLUMNS) :]
+        if layout is None or (not names and layout.ts_field is None and layout.cpu_field is None):
+            return {}
+        n = len(batch)
+        lengths = np.diff(batch.offsets)
+        usable = is_sample & (lengths >= layout.size)
+        self.undecodable += int((is_sample & ~usable).sum())
+        rows = np.flatnonzero(usable)
+        if len(rows) == 0:
+            return {name: pa.nulls(n, self.schema.field(name).type) for name in names}
+        events = _gather(batch, rows, layout.size).view(layout.dtype).reshape(-1)
+        if layout.ts_field:
+            ts[rows] = events[layout.ts_field].astype(np.uint64)
+        if layout.cpu_field:
+            cpu[rows] = events[layout.cpu_field].astype(np.uint16)
+        decoded = self.source.decode(events)
+        if len(rows) == n:
+            return {name: decoded[name] for name in names}
+        # Scatter the decoded values back among lost rows and short payloads (null there).
+        positions = np.full(n, -1, dtype=np.int64)
+        positions[rows] = np.arange(len(rows))
+        take = pa.array(positions, mask=positions < 0)
+        return {name: decoded[name].take(take) for name in names}
+
+
+def _gather(batch: EventBatch, rows: np.ndarray, size: int) -> np.ndarray:
+    """The first ``size`` bytes of the chosen payloads as a contiguous (n, size) array."""
+    fixed = batch.fixed_payloads(size)
+    if fixed is not None and len(rows) == len(batch):
+        return np.ascontiguousarray(fixed[:, :size])
+    starts = batch.offsets[rows]
+    index = starts[:, None] + np.arange(size)[None, :]
+    return batch.values[index]

@@ -1,0 +1,77 @@
+"""The schema metadata of a capture: what, where, when and how it was recorded."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from ebcap import __version__
+from ebcap.bpf import cpus
+from ebcap.format import schema as s
+
+if TYPE_CHECKING:
+    from ebcap.capture.recorder import Recorder, RecordOptions
+
+CLOCK_NAME = "CLOCK_MONOTONIC"
+
+
+def realtime_offset_ns(samples: int = 16) -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC, from the tightest of a few paired readings.
+
+    Adding it to a ``ts_ns`` gives wall-clock nanoseconds since the epoch.
+    """
+    best: tuple[int, int] | None = None
+    for _ in range(samples):
+        before = time.monotonic_ns()
+        wall = time.time_ns()
+        after = time.monotonic_ns()
+        if best is None or after - before < best[0]:
+            best = (after - before, wall - (before + after) // 2)
+    assert best is not None
+    return best[1]
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def wakeup_description(transport: str, wakeup_events: int | None, watermark: int | None) -> str:
+    """How the kernel wakes the reader, as stored in ``ebcap.wakeup``."""
+    if transport == "ringbuf":
+        return "ringbuf:adaptive"
+    if watermark:
+        return f"watermark:{watermark}"
+    return f"events:{wakeup_events or 1}"
+
+
+def capture_metadata(recorder: Recorder, opts: RecordOptions) -> dict[str, str]:
+    """Schema metadata for a recording about to start."""
+    source = recorder.source
+    layout = source.layout
+    meta = {
+        s.META_EBCAP_VERSION: __version__,
+        s.META_TRANSPORT: recorder.transport,
+        s.META_SOURCE: source.spec,
+        s.META_COMMAND: json.dumps(opts.command),
+        s.META_HOSTNAME: socket.gethostname(),
+        s.META_KERNEL: os.uname().release,
+        s.META_NCPUS: str(len(cpus.online_cpus())),
+        s.META_CPUS: json.dumps(recorder.cpus),
+        s.META_PAGE_SIZE: str(mmap.PAGESIZE),
+        s.META_BUFFER_SIZE: str(opts.buffer_bytes),
+        s.META_WAKEUP: wakeup_description(
+            recorder.transport, opts.wakeup_events, opts.watermark_bytes
+        ),
+        s.META_CLOCK: CLOCK_NAME,
+        s.META_REALTIME_OFFSET: str(realtime_offset_ns()),
+        s.META_START_TIME: utc_now_iso(),
+        s.META_FLUSH_INTERVAL: str(opts.flush_interval_s),
+    }
+    if layout is not None:
+        meta[s.META_SOURCE_LAYOUT] = layout.to_json()
+    return meta

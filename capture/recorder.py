@@ -1,0 +1,275 @@
+"""The recording loop: source -> reader -> rows -> writer, until told to stop.
+
+Order matters for correctness. The output is opened first (so an existing
+file is refused before anything is attached), then the source is started and
+the reader installed. On stop the program is detached *before* the final
+drain, so the last events are not cut off mid-ring, and the totals written at
+close (events, lost, drops per CPU) match the rows. Every kernel object is
+held by one ExitStack and released on every exit path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ebcap.bpf import _sys
+from ebcap.bpf import cpus as cpu_info
+from ebcap.capture.assemble import KIND_CODE_SAMPLE, RowAssembler
+from ebcap.capture.batch import EventBatch
+from ebcap.capture.metadata import capture_metadata, utc_now_iso
+from ebcap.capture.readers import Reader, open_reader
+from ebcap.capture.sources import KernelSide, Source, read_percpu_u64
+from ebcap.format.schema import make_schema
+from ebcap.format.writer import CaptureWriter
+
+POLL_INTERVAL_S = 0.1
+DROP_POLL_INTERVAL_S = 0.5
+FINAL_DRAIN_ROUNDS = 8
+
+
+@dataclass
+class RecordOptions:
+    """Everything `ebcap record` decides before it starts."""
+
+    output: Path
+    transport: str = "perf"
+    buffer_bytes: int = 8 << 20
+    """Perf: per CPU; ring buffer: the whole ring."""
+    wakeup_events: int | None = 64
+    watermark_bytes: int | None = None
+    cpus: list[int] | None = None
+    duration_s: float | None = None
+    count: int | None = None
+    flush_interval_s: float = 1.0
+    force: bool = False
+    command: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """A snapshot for live display."""
+
+    elapsed_s: float
+    events: int
+    lost: int
+    drops: int
+    payload_bytes: int
+    events_per_cpu: dict[int, int]
+    lost_per_cpu: dict[int, int]
+
+
+@dataclass
+class RecordSummary:
+    """What a finished recording reports (and `--json` prints)."""
+
+    path: str
+    transport: str
+    source: str
+    duration_s: float
+    events: int
+    lost: int
+    drops: int
+    events_per_cpu: dict[int, int]
+    lost_per_cpu: dict[int, int]
+    drops_per_cpu: dict[int, int]
+    file_bytes: int
+    rounds: int
+    stopped_by: str
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def bytes_per_event(self) -> float:
+        return self.file_bytes / self.events if self.events else 0.0
+
+
+class Recorder:
+    """Records one source into one file."""
+
+    def __init__(self, source: Source, options: RecordOptions) -> None:
+        self.source = source
+        self.options = options
+        self.transport = source.transport_of(options.transport)
+        self.cpus = options.cpus or cpu_info.online_cpus()
+
+    def run(
+        self,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_started: Callable[[], None] | None = None,
+    ) -> RecordSummary:
+        """Record until ``should_stop()``, the duration or the count; ``on_started``
+        runs once the rings are installed (e.g. to start a producer)."""
+        opts = self.options
+        schema = make_schema(self.source.arrow_fields(), capture_metadata(self, opts))
+        writer = CaptureWriter(
+            opts.output, schema, force=opts.force, flush_interval=opts.flush_interval_s
+        )
+        try:
+            with ExitStack() as stack:
+                kernel = self.source.start(self.transport, opts.buffer_bytes, stack)
+                reader = open_reader(self.transport, kernel.events, self.cpus, opts, self.source)
+                stack.callback(reader.close)
+                if on_started is not None:
+                    on_started()
+                summary = self._loop(writer, reader, kernel, should_stop, on_progress)
+        except BaseException:
+            writer.abort()
+            raise
+        return summary
+
+    def _loop(
+        self,
+        writer: CaptureWriter,
+        reader: Reader,
+        kernel: KernelSide,
+        should_stop: Callable[[], bool],
+        on_progress: Callable[[Progress], None] | None,
+    ) -> RecordSummary:
+        opts = self.options
+        rows = RowAssembler(self.source, writer.schema)
+        drops = _DropTracker(kernel, self.source, self.cpus)
+        start = time.monotonic()
+        last_tick = start
+        rounds = 0
+        stopped_by = "signal"
+        while True:
+            now = time.monotonic()
+            if should_stop():
+                break
+            if opts.duration_s is not None and now - start >= opts.duration_s:
+                stopped_by = "duration"
+                break
+            if opts.count is not None and _samples(rows) >= opts.count:
+                stopped_by = "count"
+                break
+            reader.wait(POLL_INTERVAL_S)
+            rounds += self._drain_once(reader, rows, writer, rounds)
+            if time.monotonic() - last_tick >= DROP_POLL_INTERVAL_S:
+                last_tick = time.monotonic()
+                self._write(writer, drops.rows(rows, rounds))
+                if on_progress:
+                    on_progress(_progress(rows, drops, last_tick - start))
+            writer.maybe_flush()
+        if kernel.detach is not None:
+            kernel.detach()
+        for _ in range(FINAL_DRAIN_ROUNDS):
+            if opts.count is not None and _samples(rows) >= opts.count:
+                break
+            if not self._drain_once(reader, rows, writer, rounds):
+                break
+            rounds += 1
+        self._write(writer, drops.rows(rows, rounds))
+        elapsed = time.monotonic() - start
+        totals = _totals(rows, drops, elapsed)
+        path = writer.close(totals)
+        if on_progress:
+            on_progress(_progress(rows, drops, elapsed))
+        return RecordSummary(
+            path=str(path),
+            transport=self.transport,
+            source=self.source.spec,
+            duration_s=elapsed,
+            events=_samples(rows),
+            lost=sum(rows.lost_per_cpu.values()),
+            drops=sum(drops.total.values()),
+            events_per_cpu=dict(sorted(rows.samples_per_cpu.items())),
+            lost_per_cpu=dict(sorted(rows.lost_per_cpu.items())),
+            drops_per_cpu=dict(sorted(drops.total.items())),
+            file_bytes=Path(path).stat().st_size,
+            rounds=rounds,
+            stopped_by=stopped_by,
+        )
+
+    def _drain_once(
+        self, reader: Reader, rows: RowAssembler, writer: CaptureWriter, round_no: int
+    ) -> int:
+        """Read what the rings hold; 1 if it was anything, else 0."""
+        batch = reader.read()
+        if len(batch) == 0:
+            return 0
+        if self.options.count is not None:
+            batch = _trim_to_count(batch, self.options.count - _samples(rows))
+        self._write(writer, rows.assemble(batch, round_no))
+        return 1
+
+    @staticmethod
+    def _write(writer: CaptureWriter, batch: pa.RecordBatch | None) -> None:
+        if batch is not None and batch.num_rows:
+            writer.write(batch)
+
+
+class _DropTracker:
+    """Turns the BPF drop counters into ``lost`` rows (ring buffer) and totals."""
+
+    def __init__(self, kernel: KernelSide, source: Source, cpus: list[int]) -> None:
+        self._map = kernel.drops
+        self._field = kernel.drops_field
+        self._as_rows = (
+            source.drops_are_lost_events and kernel.events.info.type == _sys.BPF_MAP_TYPE_RINGBUF
+        )
+        self.cpus = set(cpus)
+        self.total: dict[int, int] = {}
+
+    def rows(self, rows: RowAssembler, round_no: int) -> pa.RecordBatch | None:
+        if self._map is None:
+            return None
+        counts = read_percpu_u64(self._map, self._field)
+        deltas = {}
+        for cpu, count in enumerate(counts):
+            if cpu in self.cpus and count != self.total.get(cpu, 0):
+                deltas[cpu] = count - self.total.get(cpu, 0)
+                self.total[cpu] = count
+        if not self._as_rows or not deltas:
+            return None
+        return rows.drop_rows(deltas, time.monotonic_ns(), round_no)
+
+
+def _samples(rows: RowAssembler) -> int:
+    return sum(rows.samples_per_cpu.values())
+
+
+def _trim_to_count(batch: EventBatch, remaining: int) -> EventBatch:
+    """Keep rows up to and including the ``remaining``-th sample."""
+    is_sample = np.flatnonzero(batch.kind == KIND_CODE_SAMPLE)
+    if remaining <= 0:
+        return batch.take(np.zeros(0, dtype=np.int64))
+    if len(is_sample) <= remaining:
+        return batch
+    return batch.take(np.arange(is_sample[remaining - 1] + 1))
+
+
+def _progress(rows: RowAssembler, drops: _DropTracker, elapsed: float) -> Progress:
+    return Progress(
+        elapsed_s=elapsed,
+        events=_samples(rows),
+        lost=sum(rows.lost_per_cpu.values()),
+        drops=sum(drops.total.values()),
+        payload_bytes=rows.payload_bytes,
+        events_per_cpu=dict(rows.samples_per_cpu),
+        lost_per_cpu=dict(rows.lost_per_cpu),
+    )
+
+
+def _totals(rows: RowAssembler, drops: _DropTracker, elapsed: float) -> dict[str, object]:
+    return {
+        "end_time": utc_now_iso(),
+        "duration_s": round(elapsed, 6),
+        "events": _samples(rows),
+        "lost": sum(rows.lost_per_cpu.values()),
+        "drops": sum(drops.total.values()),
+        "events_per_cpu": {str(c): n for c, n in sorted(rows.samples_per_cpu.items())},
+        "lost_per_cpu": {str(c): n for c, n in sorted(rows.lost_per_cpu.items())},
+        "drops_per_cpu": {str(c): n for c, n in sorted(drops.total.items())},
+        "undecodable": rows.undecodable,
+        "last_drain_ns": rows.last_drain_ns,
+    }

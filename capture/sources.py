@@ -1,0 +1,203 @@
+"""Event sources: what `ebcap record` loads, attaches and how it decodes events.
+
+A source owns its kernel side (BPF program, transport map, drop counters,
+attachment) for the duration of a recording, and knows the layout of its
+payloads so the recorder can fill the core columns and add decoded ones.
+Every kernel object a source creates is registered on the caller's
+``ExitStack``, so it is released on every exit path.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from ebcap.bpf import _sys, cpus
+from ebcap.bpf.maps import Map
+from ebcap.capture.layout import PayloadLayout
+from ebcap.errors import UsageError
+
+TRANSPORTS = ("perf", "ringbuf")
+
+
+@dataclass
+class KernelSide:
+    """The maps a running source exposes to the recorder."""
+
+    events: Map
+    drops: Map | None = None
+    """PERCPU_ARRAY[1] of u64: events the BPF program failed to emit, per CPU."""
+    drops_field: int = 0
+    """Which u64 of the drops map's value counts drops."""
+    detach: Callable[[], None] | None = None
+    """Stops new events (closes the attachment) so a final drain can empty the rings."""
+
+
+class Source(ABC):
+    """A producer of events and the knowledge to decode them."""
+
+    spec: str
+    layout: PayloadLayout | None
+    drops_are_lost_events: bool = True
+    """Whether BPF-counted drops are events missing from the stream (ring buffer)
+    rather than a second count of what PERF_RECORD_LOST already reports (perf)."""
+
+    def arrow_fields(self) -> list[pa.Field]:
+        return self.layout.arrow_fields() if self.layout else []
+
+    def decode(self, events: np.ndarray) -> dict[str, pa.Array]:
+        """Decoded columns for a structured array of this source's payloads."""
+        return self.layout.decode(events) if self.layout else {}
+
+    @abstractmethod
+    def start(self, transport: str, buffer_bytes: int, stack: ExitStack) -> KernelSide:
+        """Create maps, load and attach; register every object on ``stack``."""
+
+    def transport_of(self, requested: str) -> str:
+        """The transport this source will use (a pinned map decides for itself)."""
+        return requested
+
+
+def create_events_map(transport: str, buffer_bytes: int, stack: ExitStack) -> Map:
+    """The transport map: a PERF_EVENT_ARRAY over possible CPUs, or a RINGBUF."""
+    if transport == "perf":
+        ncpus = len(cpus.possible_cpus())
+        events = Map.create(_sys.BPF_MAP_TYPE_PERF_EVENT_ARRAY, 4, 4, ncpus, name="ebcap_events")
+    elif transport == "ringbuf":
+        events = Map.create(_sys.BPF_MAP_TYPE_RINGBUF, 0, 0, buffer_bytes, name="ebcap_events")
+    else:
+        raise UsageError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
+    stack.callback(events.close)
+    return events
+
+
+def create_counter_map(name: str, value_size: int, stack: ExitStack) -> Map:
+    """A one-slot PERCPU_ARRAY the program counts in (drops, invocations)."""
+    counters = Map.create(_sys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, value_size, 1, name=name)
+    stack.callback(counters.close)
+    return counters
+
+
+def read_percpu_u64(counters: Map, field: int = 0) -> list[int]:
+    """The ``field``-th u64 of slot 0, for every possible CPU."""
+    values = counters.lookup_percpu(struct.pack("<I", 0))
+    return [struct.unpack_from("<Q", value, 8 * field)[0] for value in values]
+
+
+class SyscallsSource(Source):
+    """Every syscall entry (raw tracepoint ``sys_enter``) with pid, tid, comm and arguments."""
+
+    def __init__(self, *, pid: int = 0, comm: str | None = None, exclude_pid: int | None = None):
+        from ebcap.bpf.programs import syscalls
+
+        self._program = syscalls
+        self.pid = pid
+        self.comm = comm
+        self.exclude_pid = os.getpid() if exclude_pid is None else exclude_pid
+        self.spec = "syscalls"
+        self.layout = PayloadLayout(syscalls.SYSCALL_EVENT, "ts_ns", "cpu")
+
+    def arrow_fields(self) -> list[pa.Field]:
+        return [
+            pa.field("pid", pa.uint32()),
+            pa.field("tid", pa.uint32()),
+            pa.field("comm", pa.string()),
+            pa.field("syscall_nr", pa.uint32()),
+            pa.field("syscall", pa.string()),
+            *(pa.field(f"arg{i}", pa.uint64()) for i in range(6)),
+        ]
+
+    def decode(self, events: np.ndarray) -> dict[str, pa.Array]:
+        from ebcap.capture.layout import strings_from_bytes
+        from ebcap.capture.syscall_table import syscall_name
+
+        nrs = events["nr"]
+        unique, inverse = np.unique(nrs, return_inverse=True)
+        names = pa.array([syscall_name(int(n)) for n in unique], pa.string())
+        columns = {
+            "pid": pa.array(events["pid"]),
+            "tid": pa.array(events["tid"]),
+            "comm": strings_from_bytes(events["comm"]),
+            "syscall_nr": pa.array(nrs),
+            "syscall": names.take(pa.array(inverse.astype(np.int32))),
+        }
+        args = events["args"]
+        for i in range(6):
+            columns[f"arg{i}"] = pa.array(np.ascontiguousarray(args[:, i]))
+        return columns
+
+    def start(self, transport: str, buffer_bytes: int, stack: ExitStack) -> KernelSide:
+        from ebcap.bpf import links
+        from ebcap.bpf.prog import Program
+
+        events = create_events_map(transport, buffer_bytes, stack)
+        drops = create_counter_map("ebcap_drops", 8, stack)
+        insns = self._program.build_syscalls_program(
+            transport,
+            events.fd,
+            drops.fd,
+            exclude_tgid=self.exclude_pid,
+            only_tgid=self.pid,
+            only_comm=self.comm.encode() if self.comm else b"",
+        )
+        program = Program.load(_sys.BPF_PROG_TYPE_RAW_TRACEPOINT, insns, name="ebcap_syscalls")
+        stack.callback(program.close)
+        link = links.attach_raw_tracepoint(program, "sys_enter")
+        stack.callback(link.close)
+        return KernelSide(events, drops, detach=link.close)
+
+
+class PinnedSource(Source):
+    """Someone else's pinned RINGBUF or PERF_EVENT_ARRAY, decoded by a given layout."""
+
+    def __init__(self, path: str, layout: PayloadLayout | None):
+        self.path = path
+        self.layout = layout
+        self.spec = f"pin:{path}"
+        self._map_type: int | None = None
+
+    def _open(self) -> Map:
+        pinned = Map.open_pinned(self.path)
+        kind = pinned.info.type
+        if kind not in (_sys.BPF_MAP_TYPE_RINGBUF, _sys.BPF_MAP_TYPE_PERF_EVENT_ARRAY):
+            pinned.close()
+            raise UsageError(
+                f"{self.path} is a BPF map of type {kind}, not a ring buffer or perf event array"
+            )
+        self._map_type = kind
+        return pinned
+
+    def transport_of(self, requested: str) -> str:
+        if self._map_type is None:
+            self._open().close()
+        return "ringbuf" if self._map_type == _sys.BPF_MAP_TYPE_RINGBUF else "perf"
+
+    def start(self, transport: str, buffer_bytes: int, stack: ExitStack) -> KernelSide:
+        pinned = self._open()
+        stack.callback(pinned.close)
+        return KernelSide(pinned)
+
+
+def parse_source(
+    spec: str,
+    *,
+    pin: str | None = None,
+    layout: PayloadLayout | None = None,
+    pid: int = 0,
+    comm: str | None = None,
+) -> Source:
+    """The source named on the command line."""
+    if pin is not None:
+        return PinnedSource(pin, layout)
+    if layout is not None:
+        raise UsageError("--layout describes a pinned map's events: use it with --pin PATH")
+    if spec == "syscalls":
+        return SyscallsSource(pid=pid, comm=comm)
+    raise UsageError(f"unknown source {spec!r}: built-in sources are: syscalls")
