@@ -103,6 +103,8 @@ BPF_FUNC_IDS: Final[Mapping[str, int]] = MappingProxyType(
         "BPF_FUNC_perf_event_output": 25,
         "BPF_FUNC_probe_read_user": 112,
         "BPF_FUNC_probe_read_kernel": 113,
+        "BPF_FUNC_probe_read_user_str": 114,
+        "BPF_FUNC_probe_read_kernel_str": 115,
         "BPF_FUNC_ringbuf_output": 130,
         "BPF_FUNC_ringbuf_reserve": 131,
         "BPF_FUNC_ringbuf_submit": 132,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from ebcap.bpf import _sys
-from ebcap.errors import KernelError, NotSupportedError
+from ebcap.errors import KernelError, NotSupportedError, UsageError
 
 BPFFS_NAME: Final = "bpf"
 TRACEFS_NAME: Final = "tracefs"
@@ -62,7 +62,7 @@ def ensure_bpffs(path: str = "/sys/fs/bpf") -> str:
     if filesystem_type(path) == BPFFS_NAME:
         return path
     if not os.path.isdir(path):
-        raise NotSupportedError(f"cannot mount bpffs: {path} is not a directory", "bpffs")
+        raise UsageError(f"cannot mount a bpf filesystem at {path}: not a directory")
     _sys.mount("bpf", path, BPFFS_NAME, _sys.MS_NOSUID | _sys.MS_NODEV | _sys.MS_NOEXEC)
     return path
 
