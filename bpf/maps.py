@@ -19,6 +19,7 @@ from ebcap.bpf import _sys, fs
 from ebcap.bpf.cpus import possible_cpus
 from ebcap.errors import ClosedError, KernelError, UsageError
 
+_MAP_FD_LINK: Final = "anon_inode:bpf-map"  # what /proc/self/fd/N points to for a map fd
 _OBJ_NAME: Final = re.compile(r"^[A-Za-z0-9_.]{0,15}$")
 
 
@@ -63,6 +64,8 @@ class Map:
         """Take ownership of ``fd``; it is closed if reading its info fails."""
         self._fd = fd
         try:
+            if os.readlink(f"/proc/self/fd/{fd}") != _MAP_FD_LINK:
+                raise UsageError("that BPF object is not a map")
             self._info = _read_info(fd)
         except BaseException:
             os.close(fd)

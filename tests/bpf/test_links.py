@@ -123,11 +123,13 @@ def test_tracepoint_counts_exactly_the_calls_made_while_attached() -> None:
 
 
 def test_unknown_tracepoint_is_not_supported() -> None:
+    fds_before = set(os.listdir("/proc/self/fd"))
     with (
         Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, [mov64_imm(R0, 0), exit_()]) as prog,
         pytest.raises(NotSupportedError, match="no tracepoint sched:no_such_event"),
     ):
         attach_tracepoint(prog, "sched", "no_such_event")
+    assert set(os.listdir("/proc/self/fd")) == fds_before
 
 
 def test_bad_names_are_usage_errors() -> None:
@@ -140,12 +142,14 @@ def test_bad_names_are_usage_errors() -> None:
 
 def test_wrong_program_type_for_a_raw_tracepoint_fails_cleanly() -> None:
     before = set(loaded_link_ids())
+    fds_before = set(os.listdir("/proc/self/fd"))
     with (
         Program.load(_sys.BPF_PROG_TYPE_SOCKET_FILTER, [mov64_imm(R0, 0), exit_()]) as prog,
         pytest.raises(KernelError, match=r"^bpf\(BPF_RAW_TRACEPOINT_OPEN\): ") as err,
     ):
         attach_raw_tracepoint(prog, "sys_enter")
     assert err.value.errno == errno.EINVAL
+    assert set(os.listdir("/proc/self/fd")) == fds_before
     assert set(loaded_link_ids()) <= before
 
 
@@ -172,3 +176,14 @@ def test_tracepoint_falls_back_to_ioctl_without_perf_links(
                     os.getppid()
             os.getppid()
             assert total(counter) == 11
+
+
+def test_wrong_program_type_for_a_tracepoint_closes_the_perf_event() -> None:
+    fds_before = set(os.listdir("/proc/self/fd"))
+    with (
+        Program.load(_sys.BPF_PROG_TYPE_SOCKET_FILTER, [mov64_imm(R0, 0), exit_()]) as prog,
+        pytest.raises(KernelError, match="PERF_EVENT_IOC_SET_BPF") as err,
+    ):
+        attach_tracepoint(prog, "syscalls", "sys_enter_getppid")
+    assert err.value.errno == errno.EINVAL
+    assert set(os.listdir("/proc/self/fd")) == fds_before

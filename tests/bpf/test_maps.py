@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import struct
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from ebcap.bpf import _sys
+from ebcap.bpf.asm import R0, exit_, mov64_imm
 from ebcap.bpf.cpus import possible_cpus
 from ebcap.bpf.fs import ensure_bpffs
 from ebcap.bpf.maps import Map, validate_ringbuf_size
+from ebcap.bpf.prog import Program
 from ebcap.errors import ClosedError, KernelError, UsageError
 
 pytestmark = pytest.mark.privileged
@@ -126,3 +129,14 @@ def test_ringbuf_size_rules() -> None:
 def test_bad_name_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="bad BPF object name"):
         Map.create(_sys.BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="has space")
+
+
+def test_open_pinned_refuses_a_program_pin_without_leaking(pin_dir: Path) -> None:
+    path = pin_dir / "prog"
+    with Program.load(_sys.BPF_PROG_TYPE_SOCKET_FILTER, [mov64_imm(R0, 0), exit_()]) as prog:
+        raw = ctypes.create_string_buffer(os.fsencode(path))
+        _sys.bpf(_sys.BPF_OBJ_PIN, _sys.ObjPinAttr(pathname=ctypes.addressof(raw), bpf_fd=prog.fd))
+    fds_before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(UsageError, match="not a map"):
+        Map.open_pinned(path)
+    assert set(os.listdir("/proc/self/fd")) == fds_before
