@@ -29,14 +29,11 @@ from ebcap.errors import (
 BPF_MAP_CREATE: Final = 0
 BPF_MAP_LOOKUP_ELEM: Final = 1
 BPF_MAP_UPDATE_ELEM: Final = 2
-BPF_MAP_DELETE_ELEM: Final = 3
-BPF_MAP_GET_NEXT_KEY: Final = 4
 BPF_PROG_LOAD: Final = 5
 BPF_OBJ_PIN: Final = 6
 BPF_OBJ_GET: Final = 7
 BPF_PROG_TEST_RUN: Final = 10
 BPF_PROG_GET_NEXT_ID: Final = 11
-BPF_MAP_GET_NEXT_ID: Final = 12
 BPF_PROG_GET_FD_BY_ID: Final = 13
 BPF_MAP_GET_FD_BY_ID: Final = 14
 BPF_OBJ_GET_INFO_BY_FD: Final = 15
@@ -58,7 +55,6 @@ BPF_CMD_NAMES: Final[Mapping[int, str]] = MappingProxyType(
 BPF_MAP_TYPE_HASH: Final = 1
 BPF_MAP_TYPE_ARRAY: Final = 2
 BPF_MAP_TYPE_PERF_EVENT_ARRAY: Final = 4
-BPF_MAP_TYPE_PERCPU_HASH: Final = 5
 BPF_MAP_TYPE_PERCPU_ARRAY: Final = 6
 BPF_MAP_TYPE_RINGBUF: Final = 27
 
@@ -75,8 +71,6 @@ BPF_PERF_EVENT: Final = 41
 BPF_ANY: Final = 0
 BPF_NOEXIST: Final = 1
 BPF_EXIST: Final = 2
-BPF_F_RDONLY: Final = 1 << 3
-BPF_F_WRONLY: Final = 1 << 4
 BPF_F_CURRENT_CPU: Final = 0xFFFFFFFF
 BPF_OBJ_NAME_LEN: Final = 16
 
@@ -93,12 +87,9 @@ BPF_FUNC_IDS: Final[Mapping[str, int]] = MappingProxyType(
         "BPF_FUNC_map_lookup_elem": 1,
         "BPF_FUNC_map_update_elem": 2,
         "BPF_FUNC_map_delete_elem": 3,
-        "BPF_FUNC_probe_read": 4,
         "BPF_FUNC_ktime_get_ns": 5,
-        "BPF_FUNC_get_prandom_u32": 7,
         "BPF_FUNC_get_smp_processor_id": 8,
         "BPF_FUNC_get_current_pid_tgid": 14,
-        "BPF_FUNC_get_current_uid_gid": 15,
         "BPF_FUNC_get_current_comm": 16,
         "BPF_FUNC_perf_event_output": 25,
         "BPF_FUNC_probe_read_user": 112,
@@ -114,12 +105,10 @@ BPF_FUNC_IDS: Final[Mapping[str, int]] = MappingProxyType(
 """Helper name (uapi ``enum bpf_func_id``) -> id, used by ``call()``."""
 
 # --- perf_event_open(2) -------------------------------------------------------
-PERF_TYPE_HARDWARE: Final = 0
 PERF_TYPE_SOFTWARE: Final = 1
 PERF_TYPE_TRACEPOINT: Final = 2
 PERF_COUNT_SW_BPF_OUTPUT: Final = 10
 
-PERF_SAMPLE_IP: Final = 1 << 0
 PERF_SAMPLE_TID: Final = 1 << 1
 PERF_SAMPLE_TIME: Final = 1 << 2
 PERF_SAMPLE_CPU: Final = 1 << 7
@@ -157,7 +146,6 @@ PERF_EVENT_HEADER_SIZE: Final = 8
 MS_NOSUID: Final = 1 << 1
 MS_NODEV: Final = 1 << 2
 MS_NOEXEC: Final = 1 << 3
-MS_RELATIME: Final = 1 << 21
 
 BPF_ATTR_SIZE: Final = 144
 """sizeof(union bpf_attr) on this kernel; every bpf() call passes this much."""
@@ -405,9 +393,8 @@ def _syscall_number(name: str) -> int:
 
 def _syscall(name: str, *args: int) -> tuple[int, int]:
     """Call syscall ``name``; returns (result, errno), errno 0 on success."""
-    libc = _libc()
     ctypes.set_errno(0)
-    ret = libc.syscall(ctypes.c_long(_syscall_number(name)), *(ctypes.c_long(a) for a in args))
+    ret = _libc().syscall(ctypes.c_long(_syscall_number(name)), *(ctypes.c_long(a) for a in args))
     return ret, (ctypes.get_errno() if ret < 0 else 0)
 
 
@@ -462,11 +449,8 @@ def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int, group_fd: int, flag
     ret, err = _syscall("perf_event_open", ctypes.addressof(attr), pid, cpu, group_fd, flags)
     if err:
         if err == _errno.ENOENT:
-            raise NotSupportedError(
-                f"perf_event_open(type={attr.type}, config={attr.config}): no such event",
-                f"perf event type {attr.type} config {attr.config}",
-                err,
-            )
+            event = f"perf event type {attr.type} config {attr.config}"
+            raise NotSupportedError(f"perf_event_open(): no {event} here", event, err)
         raise kernel_error("perf_event_open()", err, capability="CAP_PERFMON")
     return int(ret)
 
