@@ -75,7 +75,16 @@ class BenchSource(Source):
     def start(self, transport: str, buffer_bytes: int, stack: ExitStack) -> KernelSide:
         events = create_events_map(transport, buffer_bytes, stack)
         self.stats = create_counter_map("ebcap_bstats", 16, stack)
-        insns = self._bench.build_bench_program(transport, self.size, events.fd, self.stats.fd)
+        scratch = None
+        if self._bench.needs_scratch_map(transport, self.size):
+            scratch = create_counter_map("ebcap_bscratch", self.size, stack)
+        insns = self._bench.build_bench_program(
+            transport,
+            self.size,
+            events.fd,
+            self.stats.fd,
+            scratch_map_fd=scratch.fd if scratch is not None else None,
+        )
         program = Program.load(_sys.BPF_PROG_TYPE_SOCKET_FILTER, insns, name="ebcap_bench")
         stack.callback(program.close)
         self._program = program

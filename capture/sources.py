@@ -79,7 +79,7 @@ def create_events_map(transport: str, buffer_bytes: int, stack: ExitStack) -> Ma
 
 
 def create_counter_map(name: str, value_size: int, stack: ExitStack) -> Map:
-    """A one-slot PERCPU_ARRAY the program counts in (drops, invocations)."""
+    """A one-slot PERCPU_ARRAY: counters (drops, invocations) or per-CPU scratch space."""
     counters = Map.create(_sys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, value_size, 1, name=name)
     stack.callback(counters.close)
     return counters
