@@ -78,8 +78,6 @@ BPF_OBJ_NAME_LEN: Final = 16
 BPF_RINGBUF_BUSY_BIT: Final = 1 << 31
 BPF_RINGBUF_DISCARD_BIT: Final = 1 << 30
 BPF_RINGBUF_HDR_SZ: Final = 8
-BPF_RB_NO_WAKEUP: Final = 1 << 0
-BPF_RB_FORCE_WAKEUP: Final = 1 << 1
 
 # --- helper function ids (enum bpf_func_id) ---------------------------------
 BPF_FUNC_IDS: Final[Mapping[str, int]] = MappingProxyType(
@@ -92,6 +90,7 @@ BPF_FUNC_IDS: Final[Mapping[str, int]] = MappingProxyType(
         "BPF_FUNC_get_current_pid_tgid": 14,
         "BPF_FUNC_get_current_comm": 16,
         "BPF_FUNC_perf_event_output": 25,
+        "BPF_FUNC_skb_load_bytes": 26,
         "BPF_FUNC_probe_read_user": 112,
         "BPF_FUNC_probe_read_kernel": 113,
         "BPF_FUNC_probe_read_user_str": 114,
@@ -100,6 +99,8 @@ BPF_FUNC_IDS: Final[Mapping[str, int]] = MappingProxyType(
         "BPF_FUNC_ringbuf_reserve": 131,
         "BPF_FUNC_ringbuf_submit": 132,
         "BPF_FUNC_ringbuf_discard": 133,
+        "BPF_FUNC_xdp_get_buff_len": 188,
+        "BPF_FUNC_xdp_load_bytes": 189,
     }
 )
 """Helper name (uapi ``enum bpf_func_id``) -> id, used by ``call()``."""
@@ -109,7 +110,6 @@ PERF_TYPE_SOFTWARE: Final = 1
 PERF_TYPE_TRACEPOINT: Final = 2
 PERF_COUNT_SW_BPF_OUTPUT: Final = 10
 
-PERF_SAMPLE_TID: Final = 1 << 1
 PERF_SAMPLE_TIME: Final = 1 << 2
 PERF_SAMPLE_CPU: Final = 1 << 7
 PERF_SAMPLE_RAW: Final = 1 << 10
