@@ -16,7 +16,7 @@ what happened, for the CLI to tell the user.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -75,7 +75,7 @@ class SortReport:
         return out
 
 
-def arrival_order(reader: CaptureReader) -> Iterator[OrderedBatch]:
+def arrival_order(reader: CaptureReader) -> Generator[OrderedBatch, None, None]:
     """The capture as delivered, checking that ``seq`` only grows."""
     tracker = LatenessTracker()
     last = -1
@@ -93,7 +93,7 @@ def time_order(
     max_window_rows: int = DEFAULT_MAX_WINDOW_ROWS,
     spill_dir: str | Path | None = None,
     report: SortReport | None = None,
-) -> Iterator[OrderedBatch]:
+) -> Generator[OrderedBatch, None, None]:
     """The capture sorted exactly by (ts_ns, cpu, seq), in bounded memory."""
     report = report if report is not None else SortReport()
     bounds = _later_minimums(reader, report)

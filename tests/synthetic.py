@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ebcap.format import schema as fs
 
@@ -47,7 +48,7 @@ class Synthetic:
     """Swap some neighbouring events of this CPU so its own stream is out of order."""
     disorder_swaps: int = 3
     syscalls: bool = False
-    """Add the columns of the syscalls source (pid, comm, syscall, arg0..arg5)."""
+    """Add the syscalls source columns (pid, comm, syscall, arg0..arg5; null on lost rows)."""
     batch_rows: int = 64
     transport: str = "perf"
     start_ns: int = 1_000_000_000
@@ -151,7 +152,9 @@ def build_table(spec: Synthetic) -> pa.Table:
     }
     extra: list[pa.Field] = []
     if spec.syscalls:
+        lost_rows = pa.array(columns["kind"] == 1)
         for name, values in syscall_columns(n, rng).items():
+            values = pc.if_else(lost_rows, pa.scalar(None, values.type), values)
             arrays[name] = values
             extra.append(pa.field(name, values.type))
     schema = fs.make_schema(extra, metadata=metadata(spec))

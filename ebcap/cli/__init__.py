@@ -32,7 +32,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-COMMAND_MODULES: tuple[str, ...] = ("ebcap.cli.info", "ebcap.cli.recover")
+COMMAND_MODULES: tuple[str, ...] = ("ebcap.cli.info", "ebcap.cli.recover", "ebcap.cli.replay")
 """Modules whose ``register(app)`` adds their commands, in --help order."""
 
 

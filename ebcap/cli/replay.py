@@ -1,0 +1,91 @@
+"""``ebcap replay``: print a capture as it arrived, or exactly sorted by time."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from ebcap.errors import UsageError
+from ebcap.replay.sink import inner_suffix
+
+FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "replay",
+        help=(
+            "Print the events of a capture, in arrival order or (--sorted) exact time order.\n\n"
+            "Arrival order marks late events (<< 20.4 us late); sorted order marks the events "
+            "the sort moved. Lost rows print as loss lines.\n\n"
+            "Examples:\n\n"
+            "  ebcap replay run.arrow | head\n\n"
+            "  ebcap replay --sorted --cpu 0-1 --kind sample run.arrow\n\n"
+            "  ebcap replay --sorted -o events.jsonl.zst run.arrow\n\n"
+            "  ebcap replay --speed 1 --limit 100 run.arrow"
+        ),
+    )(replay)
+
+
+def replay(
+    file: Path = typer.Argument(..., help="The capture to replay."),
+    sorted_: bool = typer.Option(
+        False, "--sorted", help="Exact time order: by ts_ns, ties by cpu, then seq."
+    ),
+    fmt: str | None = typer.Option(
+        None,
+        "--format",
+        "-f",
+        help="text, jsonl or csv (default: from the -o extension, else text).",
+    ),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Write here instead of stdout (NAME.zst: compressed)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    cpu: str | None = typer.Option(None, "--cpu", help="Only these CPUs, e.g. 0,2-3."),
+    kind: str | None = typer.Option(None, "--kind", help="Only sample or only lost rows."),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Stop after N rows."),
+    speed: float | None = typer.Option(
+        None, "--speed", help="Pace output at the original gaps / X (1 = real time)."
+    ),
+    wall: bool = typer.Option(False, "--wall", help="Also print the wall-clock time (UTC)."),
+) -> None:
+    from ebcap.bpf.cpus import parse_cpu_list
+    from ebcap.format.reader import CaptureReader
+    from ebcap.replay.player import ReplayOptions
+    from ebcap.replay.player import replay as run_replay
+    from ebcap.replay.sink import Output, check_output_path
+    from ebcap.replay.text import ARRIVAL, TIME
+
+    if output is not None:
+        check_output_path(output, force=force, inputs=[file])
+    chosen = fmt if fmt is not None else _format_from(output)
+    options = ReplayOptions(
+        order=TIME if sorted_ else ARRIVAL,
+        fmt=chosen,
+        cpus=parse_cpu_list(cpu) if cpu is not None else None,
+        kind=kind,
+        limit=limit,
+        speed=speed,
+        wall=wall,
+    )
+    options.check()
+    with CaptureReader(file) as reader, Output(output, force=force, inputs=[file]) as out:
+        options.colour = chosen == "text" and out.is_terminal and not os.environ.get("NO_COLOR")
+        summary = run_replay(reader, out, options)
+    for note in summary.sort.notes():
+        typer.echo(f"ebcap: note: {note}", err=True)
+
+
+def _format_from(output: Path | None) -> str:
+    """The format an output name asks for: .jsonl / .csv (optionally .zst), else text."""
+    if output is None:
+        return "text"
+    suffix = inner_suffix(output)
+    if suffix in FORMAT_BY_SUFFIX:
+        return FORMAT_BY_SUFFIX[suffix]
+    if suffix in ("", ".txt", ".log", ".text"):
+        return "text"
+    raise UsageError(f"cannot tell the format of {output} from its name: give --format")

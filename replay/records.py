@@ -1,0 +1,136 @@
+"""Machine-readable rows: JSON lines and CSV, every column, bytes as hex.
+
+Both encoders turn a whole record batch into bytes with Arrow compute (the
+JSON text of each column is built column-wise, then joined per row), so no
+Python code runs per event except for string values, which are escaped once
+per distinct value.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from ebcap.replay.hexfmt import bytes_hex
+from ebcap.replay.text import lines_bytes
+
+JSONL: Final = "jsonl"
+CSV: Final = "csv"
+
+
+class RowEncoder(Protocol):
+    """Turns record batches into output bytes; ``header`` is written once, first."""
+
+    def header(self) -> bytes: ...
+
+    def encode(self, batch: pa.RecordBatch) -> bytes | memoryview: ...
+
+
+def plain_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Dictionaries decoded and binary columns as hex strings: what text formats can hold."""
+    arrays, fields = [], []
+    for field, column in zip(batch.schema, batch.columns, strict=True):
+        if pa.types.is_dictionary(field.type):
+            column = column.dictionary_decode()
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            column = bytes_hex(column)
+        arrays.append(column)
+        fields.append(pa.field(field.name, column.type, field.nullable))
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _needs_escape(column: pa.Array) -> bool:
+    """Whether any value holds a quote, a backslash or a control character."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    for chunk in chunks:
+        data = chunk.buffers()[2]
+        if data is None:
+            continue
+        raw = np.frombuffer(data, dtype=np.uint8)
+        if np.any((raw < 0x20) | (raw == ord('"')) | (raw == ord("\\"))):
+            return True
+    return False
+
+
+def _json_strings(column: pa.Array) -> pa.Array:
+    """String values as JSON string literals, escaped once per distinct value if needed."""
+    if not _needs_escape(column):
+        return pc.binary_join_element_wise('"', column, '"', "")
+    encoded = pc.dictionary_encode(column)
+    literals = [json.dumps(v, ensure_ascii=False) for v in encoded.dictionary.to_pylist()]
+    return pa.array(literals, pa.string()).take(encoded.indices)
+
+
+def json_values(column: pa.Array) -> pa.Array:
+    """Each value of a plain column as JSON text (``null`` for nulls)."""
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        text = _json_strings(column)
+    elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        text = pc.cast(column, pa.string())
+    elif pa.types.is_floating(kind):
+        finite = pc.is_finite(column)
+        text = pc.if_else(finite, pc.cast(column, pa.string()), pa.scalar(None, pa.string()))
+    elif pa.types.is_timestamp(kind):
+        iso = pc.strftime(column, format="%Y-%m-%dT%H:%M:%S")
+        suffix = "Z" if kind.tz in ("UTC", "+00:00") else ""
+        text = pc.binary_join_element_wise('"', iso, f'{suffix}"', "")
+    else:
+        values = column.to_pylist()
+        text = pa.array(
+            [None if v is None else json.dumps(v, default=str) for v in values], pa.string()
+        )
+    return pc.fill_null(text, "null")
+
+
+class JsonlEncoder:
+    """One JSON object per line, keys in column order."""
+
+    def header(self) -> bytes:
+        return b""
+
+    def encode(self, batch: pa.RecordBatch) -> bytes | memoryview:
+        if batch.num_rows == 0:
+            return b""
+        plain = plain_columns(batch)
+        pieces: list[object] = []
+        for i, (name, column) in enumerate(zip(plain.schema.names, plain.columns, strict=True)):
+            pieces += [("{" if i == 0 else ",") + json.dumps(name) + ":", json_values(column)]
+        pieces.append("}\n")
+        return lines_bytes(pc.binary_join_element_wise(*pieces, ""))
+
+
+class CsvEncoder:
+    """RFC 4180 CSV with a header row (Arrow's CSV writer)."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+
+    def header(self) -> bytes:
+        empty = pa.RecordBatch.from_pylist([], schema=self.schema)
+        return self._csv(plain_columns(empty), header=True)
+
+    def encode(self, batch: pa.RecordBatch) -> bytes | memoryview:
+        if batch.num_rows == 0:
+            return b""
+        return self._csv(plain_columns(batch), header=False)
+
+    @staticmethod
+    def _csv(batch: pa.RecordBatch, *, header: bool) -> bytes:
+        out = pa.BufferOutputStream()
+        pacsv.write_csv(batch, out, write_options=pacsv.WriteOptions(include_header=header))
+        return out.getvalue().to_pybytes()
+
+
+def encoder_for(fmt: str, schema: pa.Schema) -> RowEncoder:
+    """The encoder of ``jsonl`` or ``csv``."""
+    if fmt == JSONL:
+        return JsonlEncoder()
+    if fmt == CSV:
+        return CsvEncoder(schema)
+    raise ValueError(f"no row encoder for {fmt!r}")
