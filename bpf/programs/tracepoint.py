@@ -1,0 +1,205 @@
+"""A program generated for one tracepoint: copy its record, resolve its strings, emit.
+
+A BPF_PROG_TYPE_TRACEPOINT program receives a pointer to the raw record the
+kernel fills for the event (the layout ``events/CAT/NAME/format`` describes).
+The generated program builds the event in a per-CPU scratch slot (events can
+be larger than the 512-byte BPF stack)::
+
+    u64 ts_ns; u32 cpu; u32 pad;            the built-in header
+    u8  record[record_bytes];               the fixed part, copied as is
+    char strings[n][string_bytes];          one slot per __data_loc / __rel_loc field
+
+and hands it to the transport. The fixed part is copied with one
+``bpf_probe_read_kernel`` (bounded by :data:`RECORD_MAX`); each dynamic field
+is copied from where its u32 locator points: text with
+``bpf_probe_read_kernel_str`` (always NUL-terminated, truncated to the
+slot), bytes with ``bpf_probe_read_kernel`` after a u32 holding how many
+were copied. A failed read leaves a zeroed slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from ebcap.bpf.asm import (
+    DW,
+    FP,
+    R0,
+    R1,
+    R2,
+    R3,
+    R6,
+    R7,
+    R8,
+    Instruction,
+    Item,
+    W,
+    add64_imm,
+    alu64_imm,
+    alu64_reg,
+    call,
+    exit_,
+    jmp_imm,
+    label,
+    ld_map_fd,
+    ldx_mem,
+    mov64_imm,
+    mov64_reg,
+    resolve,
+    st_mem,
+    stx_mem,
+)
+from ebcap.bpf.programs.common import emit_event
+from ebcap.bpf.tracefs import LOC_LENGTH_SHIFT, LOC_OFFSET_MASK, FieldKind, TracepointFormat
+from ebcap.errors import UsageError
+
+HEADER_TS: Final = 0
+HEADER_CPU: Final = 8
+HEADER_SIZE: Final = 16
+"""``u64 ts_ns; u32 cpu; u32 pad``: the header of every built-in event."""
+
+RECORD_MAX: Final = 1024
+"""Bytes of the fixed record copied at most; fields beyond are not decoded."""
+STRING_BYTES_DEFAULT: Final = 256
+STRING_BYTES_MAX: Final = 4096
+"""PATH_MAX: the longest string a slot holds (longer ones are truncated)."""
+BYTES_LENGTH_SIZE: Final = 4
+"""A dynamic-bytes slot starts with the u32 count of bytes copied into it."""
+
+_KEY_SLOT: Final = -8
+_DONE: Final = "done"
+
+
+@dataclass(frozen=True)
+class DynamicSlot:
+    """Where the copy of one ``__data_loc`` / ``__rel_loc`` field lives in the event."""
+
+    name: str
+    offset: int
+    """Event offset of the slot (for bytes: of the u32 length, data follows)."""
+    size: int
+    """Bytes of data the slot holds."""
+    text: bool
+
+
+@dataclass(frozen=True)
+class TracepointEventLayout:
+    """Byte positions of a tracepoint event as the generated program writes it."""
+
+    record_bytes: int
+    """Bytes of the record copied after the header (a multiple of 8)."""
+    slots: tuple[DynamicSlot, ...]
+    size: int
+
+    @property
+    def record_offset(self) -> int:
+        return HEADER_SIZE
+
+
+def event_layout(fmt: TracepointFormat, string_bytes: int) -> TracepointEventLayout:
+    """Where everything goes for ``fmt``, strings truncated to ``string_bytes``."""
+    if not 8 <= string_bytes <= STRING_BYTES_MAX:
+        raise UsageError(f"string size {string_bytes} out of range: use 8..{STRING_BYTES_MAX}")
+    record_bytes = min(-(-fmt.record_size // 8) * 8, RECORD_MAX)
+    offset = HEADER_SIZE + record_bytes
+    slots = []
+    for field in fmt.fields:
+        if not field.is_dynamic or field.end > record_bytes:
+            continue
+        text = field.kind is FieldKind.DYNAMIC_STRING
+        slots.append(DynamicSlot(field.name, offset, string_bytes, text))
+        offset += string_bytes + (0 if text else BYTES_LENGTH_SIZE)
+    return TracepointEventLayout(record_bytes, tuple(slots), -(-offset // 8) * 8)
+
+
+def _copy_dynamic(fmt: TracepointFormat, slot: DynamicSlot) -> list[Item]:
+    """Copy one dynamic field into its slot: r6 = record, r7 = event; R0-R3, R8 clobbered."""
+    field = fmt.field(slot.name)
+    items: list[Item] = [
+        ldx_mem(W, R8, R6, field.offset),  # r8 = length << 16 | offset
+        mov64_reg(R3, R8),
+        alu64_imm("and", R3, LOC_OFFSET_MASK),
+    ]
+    if field.relative:
+        items.append(add64_imm(R3, field.end))
+    items.append(alu64_reg("add", R3, R6))  # r3 = record + offset
+    data_at = slot.offset if slot.text else slot.offset + BYTES_LENGTH_SIZE
+    if slot.text:
+        return [
+            *items,
+            mov64_reg(R1, R7),
+            add64_imm(R1, data_at),
+            mov64_imm(R2, slot.size),
+            call("BPF_FUNC_probe_read_kernel_str"),
+        ]
+    clamped = f"clamped_{slot.name}"
+    empty = f"empty_{slot.name}"
+    return [
+        *items,
+        alu64_imm("rsh", R8, LOC_LENGTH_SHIFT),  # r8 = length
+        jmp_imm("jle", R8, slot.size, clamped),
+        mov64_imm(R8, slot.size),
+        label(clamped),
+        stx_mem(W, R7, R8, slot.offset),
+        jmp_imm("jlt", R8, 1, empty),
+        mov64_reg(R1, R7),
+        add64_imm(R1, data_at),
+        mov64_reg(R2, R8),
+        call("BPF_FUNC_probe_read_kernel"),
+        jmp_imm("jeq", R0, 0, empty),
+        st_mem(W, R7, slot.offset, 0),  # the read failed: nothing was copied
+        label(empty),
+    ]
+
+
+def build_tracepoint_program(
+    fmt: TracepointFormat,
+    layout: TracepointEventLayout,
+    transport: str,
+    events_map_fd: int,
+    drops_map_fd: int,
+    scratch_map_fd: int,
+) -> list[Instruction]:
+    """The TRACEPOINT program for ``fmt``, labels resolved.
+
+    ``scratch_map_fd`` is a one-slot PERCPU_ARRAY whose value holds
+    ``layout.size`` bytes: the event is built there, not on the stack.
+    """
+    items: list[Item] = [
+        mov64_reg(R6, R1),  # r6 = the raw record, kept across calls
+        st_mem(W, FP, _KEY_SLOT, 0),
+        ld_map_fd(R1, scratch_map_fd),
+        mov64_reg(R2, FP),
+        add64_imm(R2, _KEY_SLOT),
+        call("BPF_FUNC_map_lookup_elem"),
+        jmp_imm("jeq", R0, 0, _DONE),
+        mov64_reg(R7, R0),  # r7 = the event being built
+        call("BPF_FUNC_ktime_get_ns"),
+        stx_mem(DW, R7, R0, HEADER_TS),
+        call("BPF_FUNC_get_smp_processor_id"),
+        stx_mem(W, R7, R0, HEADER_CPU),
+        st_mem(W, R7, HEADER_CPU + 4, 0),
+        mov64_reg(R1, R7),
+        add64_imm(R1, layout.record_offset),
+        mov64_imm(R2, layout.record_bytes),
+        mov64_reg(R3, R6),
+        call("BPF_FUNC_probe_read_kernel"),  # zero-fills on failure
+    ]
+    for slot in layout.slots:
+        items += _copy_dynamic(fmt, slot)
+    items += [
+        *emit_event(
+            transport,
+            events_map_fd,
+            drops_map_fd,
+            ctx_reg=R6,
+            buf_reg=R7,
+            size=layout.size,
+            key_slot=_KEY_SLOT,
+        ),
+        label(_DONE),
+        mov64_imm(R0, 0),
+        exit_(),
+    ]
+    return resolve(items)

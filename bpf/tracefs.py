@@ -1,0 +1,275 @@
+"""Tracepoint descriptions from tracefs: ``events/CAT/NAME/format`` parsed into fields.
+
+Every tracepoint record starts with the common header (``common_type``,
+``common_flags``, ``common_preempt_count``, ``common_pid``) followed by the
+event's own fields, each described by one line of its ``format`` file::
+
+    field:char prev_comm[16];	offset:8;	size:16;	signed:0;
+    field:__data_loc char[] filename;	offset:8;	size:4;	signed:0;
+
+A ``__data_loc`` field is a u32 in the fixed part: the low 16 bits are the
+offset of the variable-length data from the start of the record, the high 16
+bits its length (``__rel_loc``: the offset counts from the end of the field).
+Parsing is pure text work, so it is tested on copies of real format files;
+reading and listing need a mounted tracefs (:func:`ebcap.bpf.fs.ensure_tracefs`).
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ebcap.bpf import fs
+from ebcap.errors import KernelError, NotSupportedError, UsageError
+
+COMMON_PREFIX: Final = "common_"
+DATA_LOC: Final = "__data_loc"
+REL_LOC: Final = "__rel_loc"
+LOC_OFFSET_MASK: Final = 0xFFFF
+LOC_LENGTH_SHIFT: Final = 16
+
+_NAME: Final = re.compile(r"^\w+$")
+_FIELD_LINE: Final = re.compile(
+    r"^\s*field:(?P<decl>[^;]+);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);"
+    r"\s*signed:(?P<signed>-?\d+);"
+)
+_DECL: Final = re.compile(r"^(?P<type>.*?)\s*(?P<name>[A-Za-z_]\w*)\s*(?P<dims>(?:\[[^\]]*\])*)$")
+_DIM: Final = re.compile(r"\[([^\]]*)\]")
+_CHAR_TYPES: Final = frozenset({"char", "signed char", "const char"})
+_SCALAR_SIZES: Final = frozenset({1, 2, 4, 8})
+
+
+class FieldKind(enum.Enum):
+    """How a field's bytes are to be read."""
+
+    INT = "int"
+    """An integer of 1, 2, 4 or 8 bytes (``signed`` says which)."""
+    POINTER = "pointer"
+    """An address; kept as an unsigned 64-bit number."""
+    STRING = "string"
+    """A fixed ``char x[N]``: NUL-terminated text."""
+    INT_ARRAY = "int_array"
+    """A fixed array of integers, ``count`` elements of ``element_size`` bytes."""
+    BYTES = "bytes"
+    """Raw bytes: arrays of u8 and anything without an integer size."""
+    DYNAMIC_STRING = "dynamic_string"
+    """``__data_loc char[]`` / ``__rel_loc char[]``: text stored after the fixed part."""
+    DYNAMIC_BYTES = "dynamic_bytes"
+    """Any other ``__data_loc`` / ``__rel_loc``: bytes stored after the fixed part."""
+    FLEXIBLE = "flexible"
+    """A trailing ``x[]`` of size 0: no fixed bytes to read."""
+
+
+@dataclass(frozen=True)
+class TracepointField:
+    """One line of a format file."""
+
+    name: str
+    type: str
+    """The C type as written, without the name and array dimensions."""
+    offset: int
+    size: int
+    signed: bool
+    kind: FieldKind
+    count: int = 1
+    """Elements of an array field; 1 otherwise."""
+    relative: bool = False
+    """A ``__rel_loc`` field: the data offset counts from the end of this field."""
+
+    @property
+    def is_common(self) -> bool:
+        return self.name.startswith(COMMON_PREFIX)
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.kind in (FieldKind.DYNAMIC_STRING, FieldKind.DYNAMIC_BYTES)
+
+    @property
+    def element_size(self) -> int:
+        return self.size // self.count if self.count else self.size
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass(frozen=True)
+class TracepointFormat:
+    """A parsed ``format`` file: the record layout of one tracepoint."""
+
+    category: str
+    name: str
+    id: int
+    fields: tuple[TracepointField, ...]
+    print_fmt: str = ""
+
+    @property
+    def spec(self) -> str:
+        return f"{self.category}:{self.name}"
+
+    @property
+    def record_size(self) -> int:
+        """Bytes of the fixed part: common header and every fixed field."""
+        return max((f.end for f in self.fields), default=0)
+
+    def field(self, name: str) -> TracepointField:
+        for candidate in self.fields:
+            if candidate.name == name:
+                return candidate
+        raise UsageError(f"tracepoint {self.spec} has no field {name!r}")
+
+
+def classify(ctype: str, dims: str, size: int) -> tuple[FieldKind, int, bool]:
+    """(kind, element count, relative) of a declaration split into type and dimensions."""
+    ctype = " ".join(ctype.split())
+    for marker, relative in ((DATA_LOC, False), (REL_LOC, True)):
+        if ctype.startswith(marker + " "):
+            inner = ctype[len(marker) :].strip()
+            is_text = inner.removesuffix("[]").strip() in _CHAR_TYPES
+            kind = FieldKind.DYNAMIC_STRING if is_text else FieldKind.DYNAMIC_BYTES
+            return kind, 1, relative
+    if "*" in ctype:
+        return FieldKind.POINTER, 1, False
+    if dims:
+        if size == 0:
+            return FieldKind.FLEXIBLE, 0, False
+        count = _array_count(dims)
+        if ctype in _CHAR_TYPES:
+            return FieldKind.STRING, size, False
+        if count is None or count == 0 or size % count:
+            return FieldKind.BYTES, size, False
+        element = size // count
+        if element == 1 or element not in _SCALAR_SIZES:
+            return FieldKind.BYTES, size, False
+        return FieldKind.INT_ARRAY, count, False
+    if size in _SCALAR_SIZES:
+        return FieldKind.INT, 1, False
+    return FieldKind.BYTES, size, False
+
+
+def _array_count(dims: str) -> int | None:
+    """Elements of ``[a][b]...`` when every dimension is a number (some are C expressions)."""
+    count = 1
+    for dim in _DIM.findall(dims):
+        if not dim.strip().isdigit():
+            return None
+        count *= int(dim)
+    return count
+
+
+def parse_field_line(line: str) -> TracepointField | None:
+    """The field a ``field:...`` line describes, or None for any other line."""
+    match = _FIELD_LINE.match(line)
+    if match is None:
+        return None
+    decl = " ".join(match["decl"].split())
+    parts = _DECL.match(decl)
+    if parts is None:
+        raise KernelError(f"cannot parse tracepoint field declaration {decl!r}")
+    size = int(match["size"])
+    kind, count, relative = classify(parts["type"], parts["dims"], size)
+    return TracepointField(
+        name=parts["name"],
+        type=" ".join(parts["type"].split()),
+        offset=int(match["offset"]),
+        size=size,
+        signed=match["signed"] == "1",
+        kind=kind,
+        count=count,
+        relative=relative,
+    )
+
+
+def parse_format(text: str, category: str = "") -> TracepointFormat:
+    """Parse the text of a ``format`` file (KernelError if it is not one)."""
+    name = ""
+    event_id: int | None = None
+    fields: list[TracepointField] = []
+    print_fmt = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("name:"):
+            name = stripped.removeprefix("name:").strip()
+        elif stripped.startswith("ID:"):
+            try:
+                event_id = int(stripped.removeprefix("ID:"))
+            except ValueError:
+                raise KernelError(f"bad tracepoint ID line {stripped!r}") from None
+        elif stripped.startswith("print fmt:"):
+            print_fmt = stripped.removeprefix("print fmt:").strip()
+        elif stripped.startswith("field:"):
+            field = parse_field_line(stripped)
+            if field is None:
+                raise KernelError(f"cannot parse tracepoint field line {stripped!r}")
+            fields.append(field)
+    if not name or event_id is None or not fields:
+        raise KernelError("not a tracepoint format file: it lacks name, ID or fields")
+    return TracepointFormat(category, name, event_id, tuple(fields), print_fmt)
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``"CAT:NAME"`` as (category, name); UsageError if it is not that."""
+    category, sep, name = spec.partition(":")
+    if not sep or not _NAME.match(category) or not _NAME.match(name):
+        raise UsageError(
+            f"bad tracepoint {spec!r}: expected CATEGORY:NAME, e.g. sched:sched_switch"
+        )
+    return category, name
+
+
+def _root(tracefs_root: str | os.PathLike[str] | None) -> Path:
+    return Path(fs.ensure_tracefs() if tracefs_root is None else tracefs_root)
+
+
+def read_format(
+    category: str, name: str, tracefs_root: str | os.PathLike[str] | None = None
+) -> TracepointFormat:
+    """The format of tracepoint ``category:name`` on this kernel."""
+    split_spec(f"{category}:{name}")
+    path = _root(tracefs_root) / "events" / category / name / "format"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise NotSupportedError(
+            f"no tracepoint {category}:{name} in this kernel "
+            "(ebcap record --list-sources PATTERN lists them)",
+            f"tracepoint {category}:{name}",
+        ) from None
+    except OSError as exc:
+        raise KernelError(f"cannot read {path}: {exc.strerror}", exc.errno or 0) from None
+    return parse_format(text, category)
+
+
+def list_tracepoints(
+    pattern: str = "*", tracefs_root: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """Sorted ``CAT:NAME`` of the tracepoints matching a shell glob.
+
+    A pattern with a colon is matched against ``CAT:NAME``; one without is
+    matched against either part, so ``sched_*`` and ``sched`` both work.
+    """
+    events = _root(tracefs_root) / "events"
+    try:
+        categories = sorted(p for p in events.iterdir() if p.is_dir())
+    except OSError as exc:
+        raise KernelError(f"cannot list {events}: {exc.strerror}", exc.errno or 0) from None
+    found = []
+    for category in categories:
+        for event in sorted(category.iterdir()):
+            if not (event / "format").is_file():
+                continue
+            spec = f"{category.name}:{event.name}"
+            if ":" in pattern:
+                hit = fnmatch.fnmatchcase(spec, pattern)
+            else:
+                hit = fnmatch.fnmatchcase(event.name, pattern) or fnmatch.fnmatchcase(
+                    category.name, pattern
+                )
+            if hit:
+                found.append(spec)
+    return found

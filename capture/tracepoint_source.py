@@ -1,0 +1,187 @@
+"""Any tracepoint as a source: every field of its record becomes a typed column.
+
+The tracefs ``format`` file says where each field sits; the generated program
+(:mod:`ebcap.bpf.programs.tracepoint`) copies the record and the dynamic
+strings behind the standard header, and this module turns the copies into
+columns: integers of their own width and sign, pointers as uint64, char
+arrays and ``__data_loc`` strings as text, other arrays as fixed-size lists
+or bytes. A field named like a core column gets the ``ev_`` prefix
+(``cpu`` -> ``ev_cpu``); a trailing flexible array (``x[]``) has no column.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+
+from ebcap.bpf import _sys, tracefs
+from ebcap.bpf.maps import Map
+from ebcap.bpf.programs import tracepoint as program
+from ebcap.bpf.tracefs import FieldKind, TracepointField, TracepointFormat
+from ebcap.capture.layout import PayloadLayout, strings_from_bytes
+from ebcap.capture.sources import KernelSide, Source, create_counter_map, create_events_map
+from ebcap.errors import UsageError
+from ebcap.format.schema import CORE_COLUMNS
+
+SPEC_PREFIX: Final = "tracepoint:"
+PROGRAM_NAME: Final = "ebcap_tp"
+LENGTH_SUFFIX: Final = ".len"
+"""Layout name of a dynamic-bytes slot's length (not a C identifier: cannot clash)."""
+_RENAMED: Final = "ev_"
+
+
+def column_name(field: TracepointField) -> str:
+    return _RENAMED + field.name if field.name in CORE_COLUMNS else field.name
+
+
+def _int_dtype(size: int, signed: bool) -> str:
+    return f"<{'i' if signed else 'u'}{size}"
+
+
+def _int_type(size: int, signed: bool) -> pa.DataType:
+    return pa.from_numpy_dtype(np.dtype(_int_dtype(size, signed)).newbyteorder("="))
+
+
+class TracepointSource(Source):
+    """Records tracepoint ``category:name`` with every field decoded."""
+
+    def __init__(
+        self,
+        category: str,
+        name: str,
+        *,
+        string_bytes: int = program.STRING_BYTES_DEFAULT,
+        tracefs_root: str | os.PathLike[str] | None = None,
+        fmt: TracepointFormat | None = None,
+    ) -> None:
+        """Reads the tracepoint's format now (the schema is needed before start);
+        ``fmt`` gives it instead (decoding alone needs no tracefs)."""
+        if fmt is None:
+            fmt = tracefs.read_format(category, name, tracefs_root)
+        elif (fmt.category, fmt.name) != (category, name):
+            raise UsageError(f"format of {fmt.spec} given for tracepoint {category}:{name}")
+        self.format = fmt
+        self.spec = SPEC_PREFIX + fmt.spec
+        self.event = program.event_layout(fmt, string_bytes)
+        self._tracefs_root = tracefs_root
+        dtype, self.fields = _event_dtype(fmt, self.event)
+        self.layout = PayloadLayout(dtype, "ts_ns", "cpu")
+
+    def arrow_fields(self) -> list[pa.Field]:
+        return [pa.field(column_name(f), _arrow_type(f)) for f in self.fields]
+
+    def decode(self, events: np.ndarray) -> dict[str, pa.Array]:
+        return {column_name(f): _decode_field(f, events) for f in self.fields}
+
+    def start(self, transport: str, buffer_bytes: int, stack: ExitStack) -> KernelSide:
+        from ebcap.bpf import links
+        from ebcap.bpf.prog import Program
+
+        events = create_events_map(transport, buffer_bytes, stack)
+        drops = create_counter_map("ebcap_drops", 8, stack)
+        scratch = Map.create(
+            _sys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, self.event.size, 1, name="ebcap_tp_buf"
+        )
+        stack.callback(scratch.close)
+        insns = program.build_tracepoint_program(
+            self.format, self.event, transport, events.fd, drops.fd, scratch.fd
+        )
+        prog = Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, insns, name=PROGRAM_NAME)
+        stack.callback(prog.close)
+        link = links.attach_tracepoint(
+            prog, self.format.category, self.format.name, self._tracefs_root
+        )
+        stack.callback(link.close)
+        return KernelSide(events, drops, detach=link.close)
+
+
+def _event_dtype(
+    fmt: TracepointFormat, event: program.TracepointEventLayout
+) -> tuple[np.dtype, list[TracepointField]]:
+    """The event's structured dtype (named by column) and the fields that get a column."""
+    slots = {slot.name: slot for slot in event.slots}
+    names: list[str] = ["ts_ns", "cpu"]
+    formats: list[object] = ["<u8", "<u4"]
+    offsets: list[int] = [program.HEADER_TS, program.HEADER_CPU]
+    kept: list[TracepointField] = []
+    for field in fmt.fields:
+        if field.kind is FieldKind.FLEXIBLE or field.end > event.record_bytes:
+            continue
+        column = column_name(field)
+        if not field.is_dynamic:
+            names.append(column)
+            formats.append(_field_format(field))
+            offsets.append(event.record_offset + field.offset)
+        elif slots[field.name].text:
+            names.append(column)
+            formats.append(f"S{slots[field.name].size}")
+            offsets.append(slots[field.name].offset)
+        else:
+            slot = slots[field.name]
+            names += [column, column + LENGTH_SUFFIX]
+            formats += [(np.uint8, (slot.size,)), "<u4"]
+            offsets += [slot.offset + program.BYTES_LENGTH_SIZE, slot.offset]
+        kept.append(field)
+    dtype = np.dtype(
+        {"names": names, "formats": formats, "offsets": offsets, "itemsize": event.size}
+    )
+    return dtype, kept
+
+
+def _field_format(field: TracepointField) -> object:
+    """The numpy format of a fixed field's bytes."""
+    if field.kind is FieldKind.INT:
+        return _int_dtype(field.size, field.signed)
+    if field.kind is FieldKind.POINTER:
+        return "<u8"
+    if field.kind is FieldKind.STRING:
+        return f"S{field.size}"
+    if field.kind is FieldKind.INT_ARRAY:
+        return (_int_dtype(field.element_size, field.signed), (field.count,))
+    return (np.uint8, (field.size,))
+
+
+def _arrow_type(field: TracepointField) -> pa.DataType:
+    if field.kind is FieldKind.INT:
+        return _int_type(field.size, field.signed)
+    if field.kind is FieldKind.POINTER:
+        return pa.uint64()
+    if field.kind in (FieldKind.STRING, FieldKind.DYNAMIC_STRING):
+        return pa.string()
+    if field.kind is FieldKind.INT_ARRAY:
+        return pa.list_(_int_type(field.element_size, field.signed), field.count)
+    return pa.binary()
+
+
+def _decode_field(field: TracepointField, events: np.ndarray) -> pa.Array:
+    name = column_name(field)
+    values = events[name]
+    if field.kind in (FieldKind.INT, FieldKind.POINTER):
+        return pa.array(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("=")))
+    if field.kind in (FieldKind.STRING, FieldKind.DYNAMIC_STRING):
+        return strings_from_bytes(values)
+    if field.kind is FieldKind.INT_ARRAY:
+        flat = np.ascontiguousarray(values).astype(values.dtype.newbyteorder("=")).reshape(-1)
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat), field.count)
+    data = np.ascontiguousarray(values).reshape(len(events), -1)
+    if field.kind is FieldKind.DYNAMIC_BYTES:
+        lengths = np.minimum(events[name + LENGTH_SUFFIX].astype(np.int64), data.shape[1])
+    else:
+        lengths = np.full(len(events), data.shape[1], dtype=np.int64)
+    return _binary(data, lengths)
+
+
+def _binary(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """Rows of ``data`` cut to ``lengths`` as one Arrow binary column."""
+    keep = np.arange(data.shape[1])[None, :] < lengths[:, None]
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.BinaryArray.from_buffers(
+        pa.binary(),
+        len(lengths),
+        [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data[keep].tobytes())],
+    )
