@@ -34,6 +34,9 @@ ARROW_MAGIC_PADDED = ARROW_MAGIC + b"\0\0"
 FOOTER_LENGTH_SIZE = 4
 """The int32 footer length that sits just before the closing magic."""
 
+DAMAGE_ERRORS = (pa.ArrowException, OSError, UnicodeDecodeError)
+"""What pyarrow raises on damaged bytes; turned into BadFileError, never passed on."""
+
 
 def recover_hint(path: Path | str) -> str:
     return f"run `ebcap recover {path} -o FIXED`"
@@ -69,6 +72,10 @@ def check_magic(path: Path, head: bytes, size: int) -> None:
 
 def check_schema(path: Path, schema: pa.Schema) -> dict[str, Any]:
     """The decoded ``ebcap.*`` metadata of a schema that ebcap can read, or why it cannot."""
+    try:
+        _ = schema.names
+    except UnicodeDecodeError:
+        raise BadFileError(f"{path}: the schema is damaged (column names are not UTF-8)") from None
     raw = schema.metadata or {}
     if raw.get(fs.MAGIC_KEY.encode()) != fs.MAGIC_VALUE.encode():
         raise NotAnEbcapFileError(f"{path} is an Arrow file but not an ebcap capture")
@@ -101,6 +108,18 @@ def one_line(exc: BaseException) -> str:
     """The first line of an exception's message, for one-line errors."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def batch_problem(batch: pa.RecordBatch) -> str:
+    """Why a batch that parsed must still not be trusted ('' when it is fine)."""
+    try:
+        batch.validate(full=True)
+    except DAMAGE_ERRORS as exc:
+        return one_line(exc)
+    dictionary = batch.column("kind").dictionary
+    if dictionary.type != pa.string() or dictionary.to_pylist() != list(fs.KINDS):
+        return f"the kind dictionary is not {'|'.join(fs.KINDS)}"
+    return ""
 
 
 class CaptureReader:
@@ -136,7 +155,7 @@ class CaptureReader:
         try:
             ipc = pa.ipc.open_file(source)
             file_schema = ipc.schema
-        except (pa.ArrowException, OSError) as exc:
+        except DAMAGE_ERRORS as exc:
             raise TruncatedFileError(
                 f"{self.path} has a damaged Arrow footer ({one_line(exc)}): "
                 f"{recover_hint(self.path)}"
@@ -169,7 +188,7 @@ class CaptureReader:
         ipc = self._require()
         try:
             return int(ipc.count_rows())
-        except (pa.ArrowException, OSError) as exc:
+        except DAMAGE_ERRORS as exc:
             raise self._damaged("a batch header", exc) from None
 
     @property
@@ -186,7 +205,7 @@ class CaptureReader:
             return None
         try:
             last = self._require().get_batch_with_custom_metadata(self.num_batches - 1)
-        except (pa.ArrowException, OSError) as exc:
+        except DAMAGE_ERRORS as exc:
             raise self._damaged("the last batch", exc) from None
         custom = last.custom_metadata or {}
         text = custom.get(fs.TOTALS_KEY.encode())
@@ -204,9 +223,11 @@ class CaptureReader:
             raise IndexError(f"batch {index} out of range 0..{self.num_batches - 1}")
         try:
             batch = ipc.get_batch(index)
-            batch.validate(full=True)
-        except (pa.ArrowException, OSError) as exc:
+        except DAMAGE_ERRORS as exc:
             raise self._damaged(f"batch {index}", exc) from None
+        problem = batch_problem(batch)
+        if problem:
+            raise BadFileError(f"{self.path}: batch {index} is damaged ({problem})")
         return batch
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:

@@ -25,12 +25,14 @@ from ebcap.errors import BadFileError, UsageError
 from ebcap.format import schema as fs
 from ebcap.format.reader import (
     ARROW_MAGIC_PADDED,
+    DAMAGE_ERRORS,
+    batch_problem,
     check_input_path,
     check_magic,
     check_schema,
     one_line,
 )
-from ebcap.format.writer import CaptureWriter
+from ebcap.format.writer import CaptureWriter, conform_batch
 
 REASON_COMPLETE = "the file is complete"
 REASON_NO_FOOTER = "the stream ends cleanly but the footer is missing"
@@ -140,7 +142,7 @@ class _StreamWalk:
         mm.seek(len(ARROW_MAGIC_PADDED))
         try:
             self._stream = pa.ipc.open_stream(mm)
-        except (pa.ArrowException, OSError):
+        except DAMAGE_ERRORS:
             raise BadFileError(
                 f"{source} is cut before its schema ends: nothing to recover"
             ) from None
@@ -163,7 +165,7 @@ class _StreamWalk:
                 )
                 self.reason = REASON_NO_FOOTER if self.reached_eos else REASON_CUT_AT_BOUNDARY
                 return
-            except (pa.ArrowException, OSError) as exc:
+            except DAMAGE_ERRORS as exc:
                 self.reason = f"batch {self.batches + 1} is cut short or corrupt ({one_line(exc)})"
                 return
             problem = self._problem(batch, custom)
@@ -176,10 +178,13 @@ class _StreamWalk:
 
     def _problem(self, batch: pa.RecordBatch, custom: pa.KeyValueMetadata | None) -> str:
         """Why a batch that parsed must still not be trusted ('' when it is fine)."""
+        problem = batch_problem(batch)
+        if problem:
+            return f"is corrupt ({problem})"
         try:
-            batch.validate(full=True)
-        except (pa.ArrowException, OSError) as exc:
-            return f"is corrupt ({one_line(exc)})"
+            conform_batch(batch, self.schema)  # what the writer would refuse, refuse here
+        except ValueError as exc:
+            return f"is corrupt ({exc})"
         seq = batch.column("seq").to_numpy()
         if len(seq):
             if (self._last_seq is not None and int(seq[0]) <= self._last_seq) or bool(
@@ -203,15 +208,16 @@ def _mark_recovered(walk: _StreamWalk, source: Path) -> pa.Schema:
         fs.RECOVERED_DAMAGE_OFFSET: walk.end,
         fs.RECOVERED_REASON: walk.reason,
     }
-    meta = {k.decode(): v.decode() for k, v in (walk.schema.metadata or {}).items()}
-    meta.update(fs.encode_metadata({fs.META_RECOVERED: damage}))
+    meta = dict(walk.schema.metadata or {})  # bytes as found: other keys pass through untouched
+    text = fs.encode_metadata({fs.META_RECOVERED: damage})[fs.META_RECOVERED]
+    meta[fs.META_RECOVERED.encode()] = text.encode()
     return walk.schema.with_metadata(meta)
 
 
 def _has_valid_footer(mm: pa.MemoryMappedFile) -> bool:
     try:
         pa.ipc.open_file(mm)
-    except (pa.ArrowException, OSError):
+    except DAMAGE_ERRORS:
         return False
     return True
 

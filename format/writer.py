@@ -369,7 +369,7 @@ def _conform_column(values: Any, field: pa.Field) -> pa.Array:
             array = values if values.type == field.type else values.cast(field.type)
         else:
             array = pa.array(values, type=field.type)
-    except (pa.ArrowException, TypeError, ValueError) as exc:
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"column {field.name!r} does not fit {field.type}: {first}") from None
     if not field.nullable and array.null_count:
@@ -388,6 +388,8 @@ def _kind_array(values: Any) -> pa.DictionaryArray:
         codes = pc.index_in(array, value_set=_KINDS_ARRAY)
         if codes.null_count > array.null_count:
             raise ValueError(f"kind must be one of {list(fs.KINDS)}")
+    elif pa.types.is_null(array.type) and len(array) == 0:
+        codes = pa.array([], pa.int8())  # an empty list carries no type
     elif pa.types.is_integer(array.type):
         codes = array
         low, high = pc.min_max(codes).values()
