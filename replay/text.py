@@ -173,7 +173,7 @@ class TextFormatter:
     def _sample_body(self, rows: pa.RecordBatch) -> list[Any]:
         pieces: list[Any] = []
         if self.syscall_style:
-            columns = [rows.column(a).to_numpy(zero_copy_only=False) for a in SYSCALL_ARGS]
+            columns = [pc.fill_null(rows.column(a), 0).to_numpy() for a in SYSCALL_ARGS]
             name = pc.fill_null(rows.column(SYSCALL_COLUMN), "?")
             pieces += [*self._paint([name], _BOLD), "(", u64_hex_joined(columns, ", "), ")"]
         for name in self.field_columns:

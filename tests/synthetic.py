@@ -14,6 +14,7 @@ of order, odd batch sizes).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,3 +206,50 @@ def lateness_by_loop(ts: list[int], is_sample: list[bool]) -> list[int]:
         out.append(high - t if high is not None and t < high else 0)
         high = t if high is None else max(high, t)
     return out
+
+
+# Reading replay output back, for tests of the text format.
+
+
+class Collect:
+    """A replay sink that keeps everything written (and counts flushes)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.flushes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.data += bytes(data)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def lines(self) -> list[str]:
+        return self.data.decode().splitlines()
+
+
+LINE = re.compile(
+    r"^\s*(?P<time>-?\d+\.\d{9})(?: (?P<wall>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{9}))?"
+    r" \[(?P<cpu>\d{3,})\] #(?P<seq>\d+) (?P<body>.*?)"
+    r"(?:  << (?P<late>\d+\.\d) us late"
+    r"|  \[moved from seq (?P<moved>\d+): (?P<mlate>\d+\.\d) us late\])?$"
+)
+
+
+def parse(line: str) -> dict[str, str | None]:
+    match = LINE.match(line)
+    if match is None:
+        raise AssertionError(f"line does not parse: {line!r}")
+    return match.groupdict()
+
+
+def us(late_ns: int) -> str:
+    """Lateness as the text output rounds it (one decimal, half up)."""
+    tenths = (late_ns + 50) // 100
+    return f"{tenths // 10}.{tenths % 10}"
+
+
+def seconds(delta_ns: int) -> str:
+    sign = "-" if delta_ns < 0 else ""
+    value = abs(delta_ns)
+    return f"{sign}{value // 1_000_000_000}.{value % 1_000_000_000:09d}"

@@ -1,0 +1,76 @@
+"""Output files: refusals, atomic rename, zstd, nothing half-written left behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from ebcap.errors import OutputExistsError, UsageError
+from ebcap.replay.sink import Output, inner_suffix
+
+
+def test_commit_renames_into_place_with_owner_only_mode(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    with Output(target) as out:
+        out.write(b"hello\n")
+        assert not target.exists()  # only a hidden temporary name so far
+        assert len(list(tmp_path.iterdir())) == 1
+    assert target.read_bytes() == b"hello\n"
+    assert os.stat(target).st_mode & 0o777 == 0o600
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_zst_output_decompresses_to_what_was_written(tmp_path: Path) -> None:
+    target = tmp_path / "out.jsonl.zst"
+    payload = b"".join(b'{"n":%d}\n' % i for i in range(10_000))
+    with Output(target) as out:
+        for start in range(0, len(payload), 777):
+            out.write(memoryview(payload)[start : start + 777])
+    compressed = target.read_bytes()
+    assert len(compressed) < len(payload) // 5
+    assert zstandard.ZstdDecompressor().stream_reader(compressed).read() == payload
+
+
+def test_an_error_leaves_no_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.csv.zst"
+    with pytest.raises(RuntimeError), Output(target) as out:
+        out.write(b"partial")
+        raise RuntimeError("formatter failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_bytes(b"keep me")
+    with pytest.raises(OutputExistsError, match="--force"):
+        Output(target)
+    assert target.read_bytes() == b"keep me"
+    with Output(target, force=True) as out:
+        out.write(b"new")
+    assert target.read_bytes() == b"new"
+
+
+def test_refuses_the_input_itself_even_through_another_name(tmp_path: Path) -> None:
+    source = tmp_path / "in.arrow"
+    source.write_bytes(b"capture")
+    (tmp_path / "link.arrow").symlink_to(source)
+    for name in ("in.arrow", "link.arrow"):
+        with pytest.raises(UsageError, match="is the input"):
+            Output(tmp_path / name, force=True, inputs=[source])
+    assert source.read_bytes() == b"capture"
+
+
+def test_missing_directory_and_directory_target(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        Output(tmp_path / "nope" / "out.txt")
+    with pytest.raises(UsageError, match="is a directory"):
+        Output(tmp_path)
+
+
+def test_format_suffix_ignores_zst() -> None:
+    assert inner_suffix("a/b.JSONL.zst") == ".jsonl"
+    assert inner_suffix("b.csv") == ".csv"
+    assert inner_suffix("b") == ""
