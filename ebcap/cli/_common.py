@@ -40,3 +40,9 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def count(n: int) -> str:
     """An exact count with thousands separators: 1,234,567."""
     return f"{n:,}"
+
+
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """``1 batch``, ``2 batches``: an exact count with the noun agreeing."""
+    noun = singular if n == 1 else (plural or singular + "s")
+    return f"{count(n)} {noun}"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ebcap.cli._common import count, print_fields, print_json, print_table
+from ebcap.cli._common import count, counted, print_fields, print_json, print_table
 from ebcap.cli._values import human_bytes
 
 if TYPE_CHECKING:
@@ -108,8 +108,8 @@ def _monotonic(s: CaptureSummary) -> str | None:
 
 def _rows(s: CaptureSummary) -> str:
     return (
-        f"{count(s.rows)} in {count(s.batches)} batches "
-        f"({count(s.samples)} samples, {count(s.lost_records)} lost records)"
+        f"{count(s.rows)} in {counted(s.batches, 'batch', 'batches')} "
+        f"({counted(s.samples, 'sample')}, {counted(s.lost_records, 'lost record')})"
     )
 
 

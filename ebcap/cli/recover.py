@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ebcap.cli._common import count
+from ebcap.cli._common import count, counted
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +30,8 @@ def recover(
 
     report = recover_file(broken, output, force=force)
     saved = (
-        f"{count(report.batches_saved)} batches, {count(report.rows_saved)} rows "
-        f"({count(report.events_saved)} events)"
+        f"{counted(report.batches_saved, 'batch', 'batches')}, {counted(report.rows_saved, 'row')} "
+        f"({counted(report.events_saved, 'event')})"
     )
     if report.complete:
         typer.echo(f"{broken} is complete: copied {saved} to {output}")
@@ -40,7 +40,7 @@ def recover(
         f"saved {saved} to {output} from the first {count(report.bytes_used)} "
         f"of {count(report.source_size)} bytes"
     )
-    typer.echo(f"damage starts at byte {count(report.bytes_used)}: {report.reason}")
+    typer.echo(f"damage starts at byte {count(report.damage_offset or 0)}: {report.reason}")
     if report.totals_present:
         typer.echo("totals: kept from the end of the capture")
     else:
