@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -72,11 +74,29 @@ def replay(
         wall=wall,
     )
     options.check()
-    with CaptureReader(file) as reader, Output(output, force=force, inputs=[file]) as out:
+    with (
+        closed_pipe_ends_quietly(),
+        CaptureReader(file) as reader,
+        Output(output, force=force, inputs=[file]) as out,
+    ):
         options.colour = chosen == "text" and out.is_terminal and not os.environ.get("NO_COLOR")
         summary = run_replay(reader, out, options)
     for note in summary.sort.notes():
         typer.echo(f"ebcap: note: {note}", err=True)
+
+
+@contextlib.contextmanager
+def closed_pipe_ends_quietly() -> Iterator[None]:
+    """A reader that went away (``| head``) ends the command quietly, with status 0.
+
+    Click turns an EPIPE escaping a command into status 1 before the entry
+    point's own BrokenPipeError handling can see it, so commands that stream
+    to stdout end here instead.
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        raise typer.Exit(0) from None
 
 
 def _format_from(output: Path | None) -> str:

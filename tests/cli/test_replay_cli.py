@@ -1,0 +1,122 @@
+"""`ebcap replay` through the CLI entry point and as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import zstandard
+from synthetic import Synthetic, parse, write_capture
+
+from ebcap.cli import run
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> tuple[Path, pa.Table]:
+    path = tmp_path / "c.arrow"
+    spec = Synthetic(seed=51, ncpus=3, syscalls=True, lost_every=10, disorder_cpu=2)
+    return path, write_capture(path, spec)
+
+
+def test_text_to_stdout_in_both_orders(capture, capsys: pytest.CaptureFixture[str]) -> None:
+    path, table = capture
+    assert run(["replay", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert [int(parse(line)["seq"]) for line in out.splitlines()] == table.column("seq").to_pylist()
+    assert err == ""
+    assert run(["replay", "--sorted", str(path)]) == 0
+    out, err = capsys.readouterr()
+    rows = {r["seq"]: r for r in table.to_pylist()}
+    keys = [
+        (rows[s]["ts_ns"], rows[s]["cpu"], s)
+        for s in (int(parse(x)["seq"]) for x in out.splitlines())
+    ]
+    assert keys == sorted(keys) and len(keys) == table.num_rows
+    # CPU 2 delivered its own events out of order: the note says so, on stderr only.
+    assert err.startswith("ebcap: note: CPU 2's own stream is out of timestamp order")
+    assert "\x1b" not in out
+
+
+@pytest.mark.parametrize(("name", "fmt"), [("o.jsonl.zst", "jsonl"), ("o.csv.zst", "csv")])
+def test_compressed_output_named_by_extension(capture, tmp_path: Path, name: str, fmt: str) -> None:
+    path, table = capture
+    out = tmp_path / name
+    assert run(["replay", str(path), "--sorted", "-o", str(out)]) == 0
+    text = zstandard.ZstdDecompressor().stream_reader(out.read_bytes()).read().decode()
+    lines = text.splitlines()
+    if fmt == "jsonl":
+        assert len(lines) == table.num_rows
+        assert list(json.loads(lines[0])) == table.schema.names
+    else:
+        assert len(lines) == table.num_rows + 1
+        assert lines[0].split(",")[0] == '"seq"'
+
+
+def test_filters_and_limit_on_the_command_line(capture, capsys: pytest.CaptureFixture[str]) -> None:
+    path, table = capture
+    args = ["replay", str(path), "--cpu", "0,2", "--kind", "sample", "--limit", "7", "-f", "jsonl"]
+    assert run(args) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = [r for r in table.to_pylist() if r["cpu"] in (0, 2) and r["kind"] == "sample"][:7]
+    assert [g["seq"] for g in got] == [w["seq"] for w in want]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.arrow"], "no such file"),
+        (["{capture}", "--kind", "nope"], "--kind must be one of"),
+        (["{capture}", "--cpu", "x"], "bad CPU list"),
+        (["{capture}", "--format", "xml"], "--format must be one of"),
+        (["{capture}", "--speed", "-1"], "--speed must be a positive number"),
+        (["{capture}", "-o", "{capture}"], "is the input"),
+        (["{capture}", "-o", "{dir}/no/such/out.txt"], "does not exist"),
+        (["{capture}", "-o", "{dir}/out.arrow"], "cannot tell the format"),
+        (["{capture}", "--limit", "ten"], "--limit"),
+        (["{text}"], "not an Arrow IPC file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    capture, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    path, _ = capture
+    text = tmp_path / "notes.txt"
+    text.write_text("not a capture\n")
+    filled = [a.format(capture=path, dir=tmp_path, text=text) for a in args]
+    assert run(["replay", *filled]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.splitlines()) == 1 and message in err and err.startswith("ebcap: error:")
+
+
+def test_existing_output_needs_force(capture, tmp_path: Path, capsys) -> None:
+    path, table = capture
+    out = tmp_path / "out.txt"
+    out.write_text("precious")
+    assert run(["replay", str(path), "-o", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert out.read_text() == "precious"
+    assert run(["replay", str(path), "-o", str(out), "--force"]) == 0
+    assert len(out.read_text().splitlines()) == table.num_rows
+
+
+def test_piping_into_head_ends_quietly(capture) -> None:
+    path, _ = capture
+    big = path.with_name("big.arrow")
+    write_capture(big, Synthetic(seed=52, events_per_cpu=30_000, syscalls=True))
+    pipeline = f"{sys.executable} -m ebcap replay --sorted {big} | head -1"
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", pipeline],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    assert result.stderr == ""
+    assert result.returncode == 0
+    assert parse(result.stdout.strip())["time"] == "0.000000000"
