@@ -7,6 +7,8 @@ columns: integers of their own width and sign, pointers as uint64, char
 arrays and ``__data_loc`` strings as text, other arrays as fixed-size lists
 or bytes. A field named like a core column gets the ``ev_`` prefix
 (``cpu`` -> ``ev_cpu``); a trailing flexible array (``x[]``) has no column.
+Of the common header only ``common_pid`` is kept: BPF never sees the others
+(see :mod:`ebcap.bpf.programs.tracepoint`).
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ def _event_dtype(
     kept: list[TracepointField] = []
     for field in fmt.fields:
         if field.kind is FieldKind.FLEXIBLE or field.end > event.record_bytes:
+            continue
+        if field.is_common and field.name != program.COMMON_PID:
             continue
         column = column_name(field)
         if not field.is_dynamic:

@@ -9,7 +9,14 @@ be larger than the 512-byte BPF stack)::
     u8  record[record_bytes];               the fixed part, copied as is
     char strings[n][string_bytes];          one slot per __data_loc / __rel_loc field
 
-and hands it to the transport. The fixed part is copied with one
+and hands it to the transport.
+
+The kernel overwrites the first 8 bytes of the record (the common header)
+with a ``struct pt_regs *`` before it runs a BPF program
+(``perf_trace_run_bpf_submit``), so ``common_type``, ``common_flags`` and
+``common_preempt_count`` are lost: the program zeroes them (no kernel address
+ends up in a file) and writes ``common_pid`` itself, from
+``bpf_get_current_pid_tgid`` (the thread id, as the kernel would). The fixed part is copied with one
 ``bpf_probe_read_kernel`` (bounded by :data:`RECORD_MAX`); each dynamic field
 is copied from where its u32 locator points: text with
 ``bpf_probe_read_kernel_str`` (always NUL-terminated, truncated to the
@@ -59,6 +66,9 @@ HEADER_CPU: Final = 8
 HEADER_SIZE: Final = 16
 """``u64 ts_ns; u32 cpu; u32 pad``: the header of every built-in event."""
 
+COMMON_PID: Final = "common_pid"
+COMMON_HEADER_SIZE: Final = 8
+"""``struct trace_entry``: what the kernel replaces with a pointer for BPF."""
 RECORD_MAX: Final = 1024
 """Bytes of the fixed record copied at most; fields beyond are not decoded."""
 STRING_BYTES_DEFAULT: Final = 256
@@ -185,7 +195,13 @@ def build_tracepoint_program(
         mov64_imm(R2, layout.record_bytes),
         mov64_reg(R3, R6),
         call("BPF_FUNC_probe_read_kernel"),  # zero-fills on failure
+        st_mem(DW, R7, layout.record_offset, 0),  # the struct pt_regs * of the kernel
     ]
+    if any(field.name == COMMON_PID for field in fmt.fields):
+        items += [
+            call("BPF_FUNC_get_current_pid_tgid"),
+            stx_mem(W, R7, R0, layout.record_offset + fmt.field(COMMON_PID).offset),  # the tid
+        ]
     for slot in layout.slots:
         items += _copy_dynamic(fmt, slot)
     items += [

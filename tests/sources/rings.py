@@ -78,10 +78,18 @@ def _ringbuf_records(ring: Map) -> list[bytes]:
     return records
 
 
+def _drops(counters: Map | None) -> list[int]:
+    return read_percpu_u64(counters) if counters is not None else []
+
+
 def collect(
     source: Source, transport: str, action: Callable[[], None]
 ) -> tuple[list[bytes], list[int]]:
-    """Start ``source``, run ``action``, detach; return (payloads, drops per CPU)."""
+    """Start ``source``, run ``action``, detach; return (payloads, drops per CPU during it).
+
+    Drops are counted from when the rings are in place: before that a perf
+    event array has no ring to write to, which the program counts too.
+    """
     with ExitStack() as stack:
         kernel = source.start(transport, RING_BYTES, stack)
         rings = (
@@ -89,11 +97,12 @@ def collect(
             if transport == "perf"
             else {}
         )
+        start = _drops(kernel.drops)
         action()
         time.sleep(0.05)
         if kernel.detach is not None:
             kernel.detach()
-        drops = read_percpu_u64(kernel.drops) if kernel.drops is not None else []
+        drops = [after - before for after, before in zip(_drops(kernel.drops), start, strict=True)]
         if transport == "perf":
             payloads = [p for area in rings.values() for p in _perf_samples(area)]
         else:
