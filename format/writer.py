@@ -234,11 +234,12 @@ class CaptureWriter:
             self._ipc.close()
             self._file.flush()
             os.fsync(self._file.fileno())
+            self._file.close()
         except OSError as exc:
             self._fail(exc)
-        self._file.close()
-        self._state = "closed"
+        self._state = "finished but not renamed"
         self._publish()
+        self._state = "closed"
         return self.path
 
     def _publish(self) -> None:
@@ -263,7 +264,7 @@ class CaptureWriter:
 
     def abort(self) -> None:
         """Stop without a footer: keep NAME.partial for `ebcap recover` if anything was flushed."""
-        if self._state in ("closed", "aborted"):
+        if self._state != "open":
             return
         self._state = "aborted"
         self._buffer = []
@@ -282,10 +283,14 @@ class CaptureWriter:
 
     def _fail(self, exc: OSError) -> None:
         what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        self._failure = (
-            f"{what} writing {self.partial_path}: {self.rows_written} rows flushed before "
-            f"are recoverable with `ebcap recover {self.partial_path} -o FIXED`"
-        )
+        if self.batches_written:
+            kept = (
+                f"the {self.rows_written} rows flushed before are recoverable with "
+                f"`ebcap recover {self.partial_path} -o FIXED`"
+            )
+        else:
+            kept = "nothing had been flushed yet"
+        self._failure = f"{what} writing {self.partial_path}: {kept}"
         self.abort()
         raise CaptureError(self._failure) from None
 

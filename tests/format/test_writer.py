@@ -188,6 +188,10 @@ def test_output_appearing_during_the_capture_is_kept(tmp_path: Path) -> None:
     assert out.read_bytes() == b"someone else's"
     with CaptureReader(partial_path(out)) as reader:  # the footer was written before the rename
         assert reader.num_rows == 4
+    with pytest.raises(ClosedError, match="not renamed"):
+        writer.close()
+    writer.abort()
+    assert partial_path(out).exists()
 
 
 def test_bad_destinations(tmp_path: Path) -> None:
@@ -375,6 +379,7 @@ def test_disk_full_is_one_capture_error_and_the_flushed_rows_survive(
     tiny_fs: Path, tmp_path: Path
 ) -> None:
     out = tiny_fs / "cap.arrow"
+    fds = open_fds()
     writer = CaptureWriter(out, SCHEMA, flush_rows=100)
     rng = np.random.default_rng(7)
     written = 0
@@ -392,7 +397,21 @@ def test_disk_full_is_one_capture_error_and_the_flushed_rows_survive(
     with pytest.raises(CaptureError):  # and it stays failed
         writer.write(rows(10**6, 1))
     writer.abort()
+    assert open_fds() == fds
     report = recover(partial_path(out), tmp_path / "fixed.arrow")
     assert report.rows_saved == flushed
     with CaptureReader(tmp_path / "fixed.arrow") as reader:
         assert reader.to_table().column("seq").to_pylist() == list(range(flushed))
+
+
+@pytest.mark.privileged
+def test_disk_full_before_any_flush_leaves_nothing(tiny_fs: Path) -> None:
+    out = tiny_fs / "cap.arrow"
+    rng = np.random.default_rng(8)
+    data = rows(0, 1000, payload=256)
+    data["data"] = [rng.bytes(256) for _ in range(1000)]  # 256 KB incompressible > 192 KiB
+    writer = CaptureWriter(out, SCHEMA)
+    writer.write(data)
+    with pytest.raises(CaptureError, match="nothing had been flushed yet"):
+        writer.flush()
+    assert list(tiny_fs.iterdir()) == []
