@@ -96,7 +96,7 @@ def time_order(
 ) -> Generator[OrderedBatch, None, None]:
     """The capture sorted exactly by (ts_ns, cpu, seq), in bounded memory."""
     report = report if report is not None else SortReport()
-    bounds = _later_minimums(reader, report)
+    bounds = later_minimums(reader, report)
     schema = reader.schema.append(LATE_FIELD)
     tracker = LatenessTracker()
     window = _Window(schema)
@@ -126,7 +126,7 @@ def time_order(
             runs.close()
 
 
-def _later_minimums(reader: CaptureReader, report: SortReport) -> np.ndarray:
+def later_minimums(reader: CaptureReader, report: SortReport) -> np.ndarray:
     """First pass: for slice i, the smallest ts_ns of slices i..end (per-CPU order checked)."""
     minimums: list[int] = []
     highs: dict[int, int] = {}

@@ -32,7 +32,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-COMMAND_MODULES: tuple[str, ...] = ("ebcap.cli.info", "ebcap.cli.recover", "ebcap.cli.replay")
+COMMAND_MODULES: tuple[str, ...] = (
+    "ebcap.cli.info",
+    "ebcap.cli.recover",
+    "ebcap.cli.replay",
+    "ebcap.cli.reorder",
+)
 """Modules whose ``register(app)`` adds their commands, in --help order."""
 
 

@@ -1,0 +1,117 @@
+"""``ebcap reorder``: how out of order a capture was delivered, and the window to sort it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from ebcap.cli._common import count, print_fields, print_json, print_table
+from ebcap.cli.replay import closed_pipe_ends_quietly
+
+if TYPE_CHECKING:
+    from ebcap.replay.reorder import ReorderReport
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "reorder",
+        help=(
+            "Measure reordering: events delivered out of timestamp order, how late, "
+            "per CPU pair and drain round, and the window an online sort would need.\n\n"
+            "A sample is late if its ts_ns is below the largest ts_ns delivered before it; "
+            "its lateness is the difference.\n\n"
+            "Examples:\n\n"
+            "  ebcap reorder run.arrow\n\n"
+            "  ebcap reorder run.arrow --json | jq .window\n\n"
+            "  ebcap reorder run.arrow --plot reorder.png"
+        ),
+    )(reorder)
+
+
+def reorder(
+    file: Path = typer.Argument(..., help="The capture to analyse."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object instead of text."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also draw a PNG: timestamps vs arrival, lateness histogram."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --plot file."),
+) -> None:
+    from ebcap.format.reader import CaptureReader
+    from ebcap.replay.reorder import analyze
+    from ebcap.replay.sink import Output, check_output_path
+
+    if plot is not None:
+        check_output_path(plot, force=force, inputs=[file])
+    with CaptureReader(file) as reader:
+        report = analyze(reader, keep_plot_points=plot is not None)
+    if plot is not None:
+        from ebcap.replay.plot import draw
+
+        with Output(plot, force=force, inputs=[file], compress=False) as out:
+            draw(report, out, title=str(file))
+    with closed_pipe_ends_quietly():
+        if as_json:
+            print_json({"file": str(file), **report.to_dict()})
+        else:
+            _print_text(file, report)
+
+
+def _us(ns: float) -> str:
+    return f"{ns / 1e3:.1f} us"
+
+
+def _print_text(file: Path, report: ReorderReport) -> None:
+    data = report.to_dict()
+    lateness, displacement = data["lateness_us"], data["displacement_events"]
+    rounds = data["rounds"]
+    distance = rounds["distance"]
+    print_fields(
+        [
+            ("file", str(file)),
+            ("transport", report.transport),
+            ("samples", count(report.samples)),
+            ("late", f"{count(report.late)} ({report.late_percent:.2f}%)"),
+            (
+                "lateness",
+                f"max {lateness['max']:.1f} us, p50 {lateness['p50']:.1f}, "
+                f"p99 {lateness['p99']:.1f}, p999 {lateness['p999']:.1f}",
+            ),
+            (
+                "displacement",
+                f"max {displacement['max']} events, p50 {displacement['p50']}, "
+                f"p99 {displacement['p99']}, p999 {displacement['p999']}",
+            ),
+            (
+                "sort window needed",
+                f"{count(report.max_lateness_ns)} ns / {count(report.max_displacement)} events",
+            ),
+            (
+                "drain rounds",
+                f"{count(report.rounds)}, {count(report.rounds_with_late)} with late events "
+                f"(at most {count(report.max_late_in_round)} in one)",
+            ),
+            (
+                "late vs its round",
+                f"same round {distance.get('0', 0)}, next {distance.get('1', 0)}, "
+                f"later {distance['2+']}",
+            ),
+        ]
+    )
+    if report.per_cpu:
+        typer.echo("")
+        rows = [
+            [str(cpu), count(v["samples"]), count(v["late"]), _us(v["max_lateness_ns"])]
+            for cpu, v in sorted(report.per_cpu.items())
+        ]
+        print_table(["cpu", "samples", "late", "max lateness"], rows)
+    if report.cpu_pairs:
+        typer.echo("")
+        pairs = [
+            [f"{a} after {b}", count(v["count"]), _us(v["max_lateness_ns"])]
+            for (a, b), v in sorted(report.cpu_pairs.items())
+        ]
+        print_table(["late cpu", "events", "max lateness"], pairs)
+    for cpu, n in sorted(report.cpu_disorder.items()):
+        typer.echo(f"\nnote: CPU {cpu}'s own stream is out of timestamp order ({count(n)} events)")
