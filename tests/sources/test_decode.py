@@ -1,0 +1,220 @@
+"""Decoding without a kernel: events built byte by byte, columns checked value by value."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ebcap.bpf import tracefs
+from ebcap.bpf.programs import packet as packet_program
+from ebcap.bpf.programs import tracepoint as tp_program
+from ebcap.capture.packet_source import PACKET_FIELDS, TcSource, XdpSource, decode_packets
+from ebcap.capture.tracepoint_source import TracepointSource
+from ebcap.errors import UsageError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def source_for(name: str, category: str, string_bytes: int = 64) -> TracepointSource:
+    fmt = tracefs.parse_format((FIXTURES / f"{name}.format").read_text(), category)
+    return TracepointSource(category, fmt.name, fmt=fmt, string_bytes=string_bytes)
+
+
+def events_of(source: TracepointSource, raw: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(raw), dtype=source.layout.dtype)
+
+
+def event(
+    source: TracepointSource, ts: int, cpu: int, record: bytes, slots: dict[str, bytes]
+) -> bytes:
+    """An event as the generated program writes it."""
+    out = bytearray(source.event.size)
+    struct.pack_into("<QI", out, 0, ts, cpu)
+    out[tp_program.HEADER_SIZE : tp_program.HEADER_SIZE + len(record)] = record
+    for slot in source.event.slots:
+        data = slots[slot.name]
+        if slot.text:
+            out[slot.offset : slot.offset + len(data)] = data
+        else:
+            struct.pack_into("<I", out, slot.offset, len(data))
+            start = slot.offset + tp_program.BYTES_LENGTH_SIZE
+            out[start : start + len(data)] = data
+    return bytes(out)
+
+
+def test_fork_strings_and_pids() -> None:
+    source = source_for("sched_sched_process_fork", "sched")
+    assert [s.name for s in source.event.slots] == ["parent_comm", "child_comm"]
+    record = struct.pack("<HBBi", 0, 0, 0, 4242) + struct.pack("<IiIi", 0, 4242, 0, 4343)
+    raw = [
+        event(source, 10, 1, record, {"parent_comm": b"bash\0", "child_comm": b"bash\0"}),
+        event(source, 11, 0, record, {"parent_comm": b"x" * 63 + b"\0", "child_comm": b"\0"}),
+    ]
+    columns = source.decode(events_of(source, raw))
+    assert list(columns) == ["common_pid", "parent_comm", "parent_pid", "child_comm", "child_pid"]
+    assert columns["parent_comm"].to_pylist() == ["bash", "x" * 63]
+    assert columns["child_comm"].to_pylist() == ["bash", ""]
+    assert columns["child_pid"].to_pylist() == [4343, 4343]
+    assert columns["common_pid"].type == pa.int32()
+    assert [f.name for f in source.arrow_fields()] == list(columns)
+
+
+def test_ints_of_each_width_and_sign_pointers_and_bytes() -> None:
+    source = source_for("sock_inet_sock_set_state", "sock")
+    record = struct.pack(
+        "<HBBiQiiHHHH4s4s16s16s", 0, 0, 0, -7, 0xFFFF_8880_0000_1000, -1, 10, 443, 65535, 2, 6,
+        bytes([192, 0, 2, 1]), bytes([198, 51, 100, 2]), V6_SRC, b"\xff" * 16,
+    )  # fmt: skip
+    columns = source.decode(events_of(source, [event(source, 1, 0, record, {})]))
+    types = {f.name: f.type for f in source.arrow_fields()}
+    assert types["common_pid"] == pa.int32() and types["oldstate"] == pa.int32()
+    assert types["skaddr"] == pa.uint64() and types["sport"] == pa.uint16()
+    assert types["saddr"] == pa.binary()
+    row = {name: array[0].as_py() for name, array in columns.items()}
+    assert row["common_pid"] == -7
+    assert row["skaddr"] == 0xFFFF_8880_0000_1000
+    assert (row["oldstate"], row["newstate"]) == (-1, 10)
+    assert (row["sport"], row["dport"], row["family"], row["protocol"]) == (443, 65535, 2, 6)
+    assert row["saddr"] == bytes([192, 0, 2, 1]) and row["daddr"] == bytes([198, 51, 100, 2])
+    assert row["daddr_v6"] == b"\xff" * 16
+
+
+def test_int_array_dynamic_bytes_and_core_name_clash() -> None:
+    sys_enter = source_for("raw_syscalls_sys_enter", "raw_syscalls")
+    record = struct.pack("<HBBiq6Q", 0, 0, 0, 5, -1, 1, 2, 3, 4, 5, 2**64 - 1)
+    columns = sys_enter.decode(events_of(sys_enter, [event(sys_enter, 1, 0, record, {})]))
+    assert columns["id"].to_pylist() == [-1]
+    assert columns["args"].type == pa.list_(pa.uint64(), 6)
+    assert columns["args"].to_pylist() == [[1, 2, 3, 4, 5, 2**64 - 1]]
+
+    ipi = source_for("ipi_ipi_send_cpumask", "ipi", string_bytes=8)
+    record = struct.pack("<HBBiIIQQ", 0, 0, 0, 1, 0, 0, 0xAA, 0xBB)
+    raw = [
+        event(ipi, 1, 0, record, {"cpumask": b"\x03"}),
+        event(ipi, 2, 0, record, {"cpumask": b""}),
+        event(ipi, 3, 0, record, {"cpumask": bytes(range(8))}),
+    ]
+    columns = ipi.decode(events_of(ipi, raw))
+    assert columns["cpumask"].to_pylist() == [b"\x03", b"", bytes(range(8))]
+    assert columns["callsite"].to_pylist() == [0xAA] * 3
+
+    cpuhp = source_for("cpuhp_cpuhp_enter", "cpuhp")
+    assert "ev_cpu" in [f.name for f in cpuhp.arrow_fields()]
+    record = struct.pack("<HBBiIiiIQ", 0, 0, 0, 9, 3, 1, 2, 0, 0x1234)
+    columns = cpuhp.decode(events_of(cpuhp, [event(cpuhp, 1, 1, record, {})]))
+    assert columns["ev_cpu"].to_pylist() == [3] and columns["fun"].to_pylist() == [0x1234]
+
+
+def test_flexible_array_has_no_column_and_format_must_match() -> None:
+    source = source_for("ftrace_bprint", "ftrace")
+    assert [f.name for f in source.arrow_fields()] == ["common_pid", "ip", "fmt"]
+    fmt = source.format
+    with pytest.raises(UsageError):
+        TracepointSource("sched", "other", fmt=fmt)
+    with pytest.raises(UsageError):
+        TracepointSource("ftrace", "bprint", fmt=fmt, string_bytes=4)
+
+
+# --- packets ------------------------------------------------------------------
+def eth(ethertype: int, *vlans: int) -> bytes:
+    head = bytes.fromhex("020000000001") + bytes.fromhex("020000000002")
+    for tpid in vlans:
+        head += struct.pack(">HH", tpid, 100)
+    return head + struct.pack(">H", ethertype)
+
+
+def ipv4(
+    proto: int, src: str, dst: str, payload: bytes, *, options: bytes = b"", frag: int = 0
+) -> bytes:
+    ihl = (20 + len(options)) // 4
+    header = struct.pack(
+        ">BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(options) + len(payload), 1, frag, 64, proto, 0,
+        bytes(int(x) for x in src.split(".")), bytes(int(x) for x in dst.split(".")),
+    )  # fmt: skip
+    return header + options + payload
+
+
+def ipv6(next_header: int, src: bytes, dst: bytes, payload: bytes) -> bytes:
+    return struct.pack(">IHBB", 6 << 28, len(payload), next_header, 64) + src + dst + payload
+
+
+def ports(sport: int, dport: int) -> bytes:
+    return struct.pack(">HHHH", sport, dport, 8, 0)
+
+
+def packet_events(frames: list[bytes], caps: list[int] | None = None) -> np.ndarray:
+    out = np.zeros(len(frames), dtype=packet_program.PACKET_EVENT)
+    for i, frame in enumerate(frames):
+        cap = min(len(frame), caps[i] if caps else len(frame), packet_program.PACKET_HEAD_BYTES)
+        out[i]["ifindex"], out[i]["pkt_len"], out[i]["cap_len"] = 7, len(frame), cap
+        out[i]["packet"][:cap] = np.frombuffer(frame[:cap], dtype=np.uint8)
+    return out
+
+
+V6_SRC = bytes.fromhex("20010db8000000000000000000000001")
+V6_DST = bytes.fromhex("20010db8000000000000000000000002")
+
+
+def test_packet_headers() -> None:
+    frames = [
+        eth(0x0800) + ipv4(17, "192.0.2.1", "198.51.100.2", ports(53, 40000)),
+        eth(0x0800) + ipv4(6, "198.51.100.9", "192.0.2.7", ports(443, 1), options=b"\x01" * 40),
+        eth(0x86DD) + ipv6(17, V6_SRC, V6_DST, ports(5353, 5353)),
+        eth(0x0800, 0x8100) + ipv4(17, "192.0.2.3", "192.0.2.4", ports(1, 2)),
+        eth(0x86DD, 0x88A8, 0x8100) + ipv6(6, V6_DST, V6_SRC, ports(22, 50000)),
+        eth(0x0806) + b"\0" * 28,
+        eth(0x0800) + ipv4(1, "192.0.2.5", "192.0.2.6", b"\x08\0" + b"\0" * 6),
+        eth(0x0800) + ipv4(17, "192.0.2.5", "192.0.2.6", ports(9, 9), frag=185),
+        eth(0x0800) + ipv4(17, "192.0.2.8", "192.0.2.9", ports(7, 8)),  # cut in the IP header
+        eth(0x0800)[:10],  # not even an Ethernet header
+    ]
+    caps = [999] * 8 + [14 + 16, 10]
+    columns = {k: v.to_pylist() for k, v in decode_packets(packet_events(frames, caps)).items()}
+    assert list(columns) == [f.name for f in PACKET_FIELDS]
+    assert columns["ethertype"] == [
+        0x0800,
+        0x0800,
+        0x86DD,
+        0x0800,
+        0x86DD,
+        0x0806,
+        0x0800,
+        0x0800,
+        0x0800,
+        None,
+    ]
+    assert columns["src_addr"] == [
+        "192.0.2.1", "198.51.100.9", "2001:db8::1", "192.0.2.3", "2001:db8::2", None,
+        "192.0.2.5", "192.0.2.5", None, None,
+    ]  # fmt: skip
+    assert columns["dst_addr"][:5] == [
+        "198.51.100.2",
+        "192.0.2.7",
+        "2001:db8::2",
+        "192.0.2.4",
+        "2001:db8::1",
+    ]
+    assert columns["ip_proto"] == [17, 6, 17, 17, 6, None, 1, 17, None, None]
+    assert columns["src_port"] == [53, 443, 5353, 1, 22, None, None, None, None, None]
+    assert columns["dst_port"] == [40000, 1, 5353, 2, 50000, None, None, None, None, None]
+    assert columns["pkt_len"] == [len(f) for f in frames]
+    assert columns["cap_len"] == [min(len(f), c) for f, c in zip(frames, caps, strict=True)]
+    assert set(columns["ifindex"]) == {7}
+
+
+def test_packet_source_arguments_are_checked() -> None:
+    for snaplen in (0, packet_program.SNAPLEN_MIN - 1, packet_program.SNAPLEN_MAX + 1):
+        with pytest.raises(UsageError, match="snaplen"):
+            XdpSource("lo", snaplen=snaplen)
+    with pytest.raises(UsageError, match="XDP mode"):
+        XdpSource("lo", mode="offload")
+    with pytest.raises(UsageError, match="direction"):
+        TcSource("lo", direction="both")
+    assert XdpSource("eth9").spec == "xdp:eth9"
+    assert TcSource("eth9", "egress").spec == "tc:eth9:egress"
+    with pytest.raises(UsageError, match="hook"):
+        packet_program.build_packet_program("socket", "perf", 0, 0, 0)

@@ -1,0 +1,148 @@
+"""pcapng output, read back with a parser written from the specification here."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+
+import pyarrow as pa
+import pytest
+from sources import netns
+from sources.rings import collect, structured
+
+from ebcap.bpf.programs.packet import PACKET_OFFSET
+from ebcap.capture.packet_source import XdpSource
+from ebcap.errors import UsageError
+from ebcap.format import schema as s
+from ebcap.format.pcapng import PcapngWriter, write_pcapng
+
+
+def parse_pcapng(data: bytes) -> dict:
+    """Sections, interfaces and packets of a little-endian pcapng file."""
+    out: dict = {"interfaces": [], "packets": [], "shb_options": {}}
+    pos = 0
+    while pos < len(data):
+        block_type, total = struct.unpack_from("<II", data, pos)
+        assert total % 4 == 0 and total >= 12
+        assert struct.unpack_from("<I", data, pos + total - 4)[0] == total
+        body = data[pos + 8 : pos + total - 4]
+        if block_type == 0x0A0D0D0A:
+            magic, major, minor, length = struct.unpack_from("<IHHq", body)
+            assert (magic, major, minor, length) == (0x1A2B3C4D, 1, 0, -1)
+            out["shb_options"] = options(body[16:])
+        elif block_type == 1:
+            linktype, _, snaplen = struct.unpack_from("<HHI", body)
+            out["interfaces"].append(
+                {"linktype": linktype, "snaplen": snaplen, **options(body[8:])}
+            )
+        elif block_type == 6:
+            iface, high, low, cap, orig = struct.unpack_from("<IIIII", body)
+            assert len(body) == 20 + cap + (-cap % 4)
+            out["packets"].append((iface, high << 32 | low, orig, body[20 : 20 + cap]))
+        else:
+            raise AssertionError(f"unexpected block type {block_type:#x}")
+        pos += total
+    return out
+
+
+def options(raw: bytes) -> dict[int, bytes]:
+    found, pos = {}, 0
+    while pos < len(raw):
+        code, length = struct.unpack_from("<HH", raw, pos)
+        if code == 0:
+            break
+        found[code] = raw[pos + 4 : pos + 4 + length]
+        pos += 4 + length + (-length % 4)
+    return found
+
+
+def test_writer_blocks() -> None:
+    out = io.BytesIO()
+    writer = PcapngWriter(
+        out, snaplen=256, realtime_offset_ns=1_700_000_000_000_000_000, os_name="Linux 6.18",
+        interface_names={4: "veth0"},
+    )  # fmt: skip
+    writer.write_packet(4, 123, b"\x01\x02\x03", 60)
+    writer.write_packet(9, 2**33, b"\xaa" * 8, 8)
+    writer.write_packet(4, 124, b"", 0)
+    parsed = parse_pcapng(out.getvalue())
+    assert parsed["shb_options"] == {4: b"ebcap", 3: b"Linux 6.18"}
+    assert parsed["interfaces"] == [
+        {"linktype": 1, "snaplen": 256, 2: b"veth0", 9: b"\x09"},
+        {"linktype": 1, "snaplen": 256, 9: b"\x09"},
+    ]
+    base = 1_700_000_000_000_000_000
+    assert parsed["packets"] == [
+        (0, base + 123, 60, b"\x01\x02\x03"),
+        (1, base + 2**33, 8, b"\xaa" * 8),
+        (0, base + 124, 0, b""),
+    ]
+    assert writer.packets == 3
+    with pytest.raises(UsageError):
+        writer.write_packet(4, 1, b"1234", 3)
+    with pytest.raises(UsageError):
+        PcapngWriter(io.BytesIO(), snaplen=-1)
+
+
+def _layout_meta(source: XdpSource) -> dict:
+    return {
+        s.META_SOURCE: source.spec,
+        s.META_SOURCE_LAYOUT: json.loads(source.layout.to_json()),
+        s.META_REALTIME_OFFSET: 1_000,
+        s.META_KERNEL: "6.18-test",
+    }
+
+
+def test_write_pcapng_refuses_other_captures() -> None:
+    with pytest.raises(UsageError, match="did not record packets"):
+        write_pcapng(pa.table({"ts_ns": [1]}), {s.META_SOURCE: "syscalls"}, io.BytesIO())
+    meta = _layout_meta(XdpSource("eth9"))
+    with pytest.raises(UsageError, match="no column"):
+        write_pcapng(pa.table({"ts_ns": [1]}), meta, io.BytesIO())
+
+
+@pytest.mark.privileged
+@pytest.mark.network
+def test_captured_datagrams_to_pcapng(veth: netns.VethPair) -> None:
+    """XDP capture of known datagrams -> rows -> pcapng: frames and times survive exactly."""
+    sizes = [5, 200, 1200, 60]  # distinct, so each datagram is known by its length
+    snaplen, headers = 128, 42
+    source = XdpSource(veth.host, mode="generic", snaplen=snaplen)
+    send = dict(netns=veth.netns, src=veth.peer_ip, dst=veth.host_ip, sport=41000, dport=41001)
+    payloads, _ = collect(source, "ringbuf", lambda: netns.send_udp(**send, sizes=sizes))
+    events = structured(source, payloads)
+    samples = pa.table(
+        {
+            "ts_ns": pa.array(events["ts_ns"]),
+            "kind": _kinds([0] * len(events)),
+            "data": pa.array(payloads, pa.binary()),
+            **source.decode(events),
+        }
+    )
+    lost_row = pa.table(
+        {field.name: pa.nulls(1, field.type) for field in samples.schema}
+    ).set_column(1, "kind", _kinds([1]))
+    table = pa.concat_tables([samples, lost_row])  # a lost row is no packet
+    out = io.BytesIO()
+    assert write_pcapng(table, _layout_meta(source), out) == len(sizes)
+    parsed = parse_pcapng(out.getvalue())
+    assert parsed["interfaces"] == [
+        {"linktype": 1, "snaplen": snaplen, 2: veth.host.encode(), 9: b"\x09"}
+    ]
+    assert len(parsed["packets"]) == len(sizes)
+    for row, (iface, ts, orig, frame) in enumerate(parsed["packets"]):
+        cap = int(events["cap_len"][row])
+        assert (iface, ts, orig) == (
+            0,
+            int(events["ts_ns"][row]) + 1_000,
+            int(events["pkt_len"][row]),
+        )
+        assert frame == payloads[row][PACKET_OFFSET : PACKET_OFFSET + cap]
+        index = sizes.index(orig - headers)
+        assert cap == min(orig, snaplen)
+        assert frame[headers:] == netns.payload(index, sizes[index])[: cap - headers]
+
+
+def _kinds(codes: list[int]) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(s.KINDS))
