@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from ebcap.errors import CaptureError, ClosedError, OutputExistsError, UsageError
 from ebcap.format import schema as fs
 
-WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+COMPRESSION = "zstd"
 FILE_MODE = 0o600
 """Events can hold secrets (paths, arguments, packet bytes): owner-only."""
 
@@ -121,7 +121,8 @@ class CaptureWriter:
         self._check_destination()
         self._file = self._create_partial()
         try:
-            self._ipc = pa.ipc.new_file(self._file, schema, options=WRITE_OPTIONS)
+            options = pa.ipc.IpcWriteOptions(compression=COMPRESSION)
+            self._ipc = pa.ipc.new_file(self._file, schema, options=options)
         except BaseException:
             self._discard()
             raise
