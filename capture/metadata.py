@@ -7,12 +7,12 @@ import mmap
 import os
 import socket
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ebcap import __version__
 from ebcap.bpf import cpus
 from ebcap.format import schema as s
+from ebcap.format.writer import utc_now_iso
 
 if TYPE_CHECKING:
     from ebcap.capture.recorder import Recorder, RecordOptions
@@ -25,19 +25,13 @@ def realtime_offset_ns(samples: int = 16) -> int:
 
     Adding it to a ``ts_ns`` gives wall-clock nanoseconds since the epoch.
     """
-    best: tuple[int, int] | None = None
-    for _ in range(samples):
+    readings = []
+    for _ in range(max(samples, 1)):
         before = time.monotonic_ns()
         wall = time.time_ns()
         after = time.monotonic_ns()
-        if best is None or after - before < best[0]:
-            best = (after - before, wall - (before + after) // 2)
-    assert best is not None
-    return best[1]
-
-
-def utc_now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        readings.append((after - before, wall - (before + after) // 2))
+    return min(readings)[1]
 
 
 def wakeup_description(transport: str, wakeup_events: int | None, watermark: int | None) -> str:

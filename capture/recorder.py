@@ -23,11 +23,11 @@ from ebcap.bpf import _sys
 from ebcap.bpf import cpus as cpu_info
 from ebcap.capture.assemble import KIND_CODE_SAMPLE, RowAssembler
 from ebcap.capture.batch import EventBatch
-from ebcap.capture.metadata import capture_metadata, utc_now_iso
+from ebcap.capture.metadata import capture_metadata
 from ebcap.capture.readers import Reader, open_reader
 from ebcap.capture.sources import KernelSide, Source, read_percpu_u64
 from ebcap.format.schema import make_schema
-from ebcap.format.writer import CaptureWriter
+from ebcap.format.writer import CaptureWriter, utc_now_iso
 
 POLL_INTERVAL_S = 0.1
 DROP_POLL_INTERVAL_S = 0.5
