@@ -65,6 +65,43 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+class AtomicPath:
+    """A temporary path next to ``path`` for writers that need a path (Parquet).
+
+    Leaving the block normally renames it into place; an exception removes it.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        force: bool = False,
+        inputs: Iterable[str | os.PathLike[str]] = (),
+    ) -> None:
+        self.path = check_output_path(path, force=force, inputs=inputs)
+        fd, temp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.close(fd)
+        self.temp = Path(temp)
+
+    def __enter__(self) -> Path:
+        return self.temp
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            os.chmod(self.temp, 0o600)
+            os.replace(self.temp, self.path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.temp.unlink()
+
+
 class Output:
     """A binary sink: stdout, or a file committed by rename on success.
 

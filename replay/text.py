@@ -78,8 +78,8 @@ def microseconds(ns: np.ndarray) -> pa.Array:
     return _join(_ints(tenths // np.uint64(10)), ".", _ints(tenths % np.uint64(10)), " us")
 
 
-def value_strings(column: pa.Array) -> pa.Array:
-    """Any column as display strings: hex for bytes, control characters replaced, nulls ``-``."""
+def value_strings(column: pa.Array, null: str = "-") -> pa.Array:
+    """Any column as display strings: hex for bytes, control characters replaced, nulls ``null``."""
     kind = column.type
     if pa.types.is_dictionary(kind):
         column = column.dictionary_decode()
@@ -96,7 +96,7 @@ def value_strings(column: pa.Array) -> pa.Array:
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
             values = column.to_pylist()
             text = pa.array([None if v is None else str(v) for v in values], pa.string())
-    return pc.fill_null(text, "-")
+    return pc.fill_null(text, null)
 
 
 def _has_control_chars(column: pa.Array) -> bool:

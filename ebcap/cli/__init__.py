@@ -37,6 +37,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ebcap.cli.recover",
     "ebcap.cli.replay",
     "ebcap.cli.reorder",
+    "ebcap.cli.sql",
+    "ebcap.cli.export",
 )
 """Modules whose ``register(app)`` adds their commands, in --help order."""
 

@@ -1,0 +1,44 @@
+"""``ebcap export``: convert a capture to Parquet, CSV or JSON lines, with wall-clock time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ebcap.cli._common import count
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "export",
+        help=(
+            "Convert a capture to Parquet (zstd), CSV or JSON lines (NAME.zst: compressed), "
+            "adding a wall-clock `time` column (UTC). The format comes from the output "
+            "name unless --format says.\n\n"
+            "Examples:\n\n"
+            "  ebcap export run.arrow -o run.parquet\n\n"
+            "  ebcap export run.arrow -o run.jsonl.zst --sorted"
+        ),
+    )(export)
+
+
+def export(
+    file: Path = typer.Argument(..., help="The capture to convert."),
+    output: Path = typer.Option(..., "-o", "--output", help="The file to write."),
+    fmt: str | None = typer.Option(
+        None, "--format", "-f", help="parquet, csv or jsonl (default: from the output name)."
+    ),
+    sorted_: bool = typer.Option(False, "--sorted", help="Rows in exact time order."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+) -> None:
+    from ebcap.format.reader import CaptureReader
+    from ebcap.replay.export import export as run_export
+    from ebcap.replay.export import export_format
+    from ebcap.replay.sink import check_output_path
+
+    check_output_path(output, force=force, inputs=[file])
+    chosen = export_format(output, fmt)
+    with CaptureReader(file) as reader:
+        summary = run_export(reader, output, fmt=chosen, force=force, in_time_order=sorted_)
+    typer.echo(f"wrote {count(summary.rows)} rows to {summary.path} ({summary.fmt})", err=True)

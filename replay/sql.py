@@ -1,0 +1,99 @@
+"""SQL over a capture with DuckDB, streaming, and an aligned-table rendering.
+
+DuckDB cannot open Arrow IPC files by path, so the capture is registered as
+a pyarrow dataset under the name ``events``: DuckDB then scans it batch by
+batch and reads only the columns a query uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Final, Self
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from ebcap.errors import ClosedError, UsageError
+from ebcap.format.reader import CaptureReader
+from ebcap.replay.text import value_strings
+
+VIEW: Final = "events"
+BATCH_ROWS: Final = 65_536
+NULL_TEXT: Final = "NULL"
+
+
+class SqlSession:
+    """A DuckDB connection with the capture registered as ``events``."""
+
+    def __init__(self, reader: CaptureReader) -> None:
+        import duckdb
+
+        self._duckdb = duckdb
+        self._con: duckdb.DuckDBPyConnection | None = duckdb.connect()
+        try:
+            self._con.register(VIEW, pads.dataset(str(reader.path), format="arrow"))
+        except BaseException:
+            self.close()
+            raise
+
+    def query(self, sql: str, batch_rows: int = BATCH_ROWS) -> pa.RecordBatchReader | None:
+        """The result as a stream of record batches; None for a statement without rows.
+
+        A query DuckDB rejects (syntax, unknown column, ...) is a UsageError
+        carrying DuckDB's first line.
+        """
+        if self._con is None:
+            raise ClosedError("SQL session is closed")
+        if not sql.strip():
+            raise UsageError("SQL: the query is empty")
+        try:
+            relation = self._con.sql(sql)
+            return None if relation is None else relation.to_arrow_reader(batch_rows)
+        except self._duckdb.Error as exc:
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            raise UsageError(f"SQL: {lines[0] if lines else type(exc).__name__}") from None
+
+    def close(self) -> None:
+        """Close the connection. Idempotent."""
+        con, self._con = self._con, None
+        if con is not None:
+            con.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def render_table(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> list[str]:
+    """Rows as aligned text lines under a header; numbers right-aligned, bytes as hex."""
+    columns: list[list[str]] = [[] for _ in schema]
+    for batch in batches:
+        for i, column in enumerate(batch.columns):
+            columns[i] += value_strings(column, null=NULL_TEXT).to_pylist()
+    names = list(schema.names)
+    widths = [
+        max([len(name), *(len(v) for v in values)])
+        for name, values in zip(names, columns, strict=True)
+    ]
+    right = [
+        pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)
+        for f in schema
+    ]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        ).rstrip()
+
+    out = [line(names), line(["-" * w for w in widths])]
+    rows = len(columns[0]) if columns else 0
+    out += [line([values[i] for values in columns]) for i in range(rows)]
+    return out
