@@ -8,13 +8,13 @@ Both programs only observe (see :mod:`ebcap.bpf.programs.packet`).
 Leftovers. Netlink attachments are held by the interface, not by ebcap's
 file descriptors: if ebcap dies without cleaning up (SIGKILL, power cut of
 the process), the XDP program ``ebcap_xdp`` stays attached, the tc filter
-``ebcap_tc.<pid>`` stays on its hook and a clsact qdisc ebcap created stays
+``ebcap_tc.<pid>.<program id>`` stays on its hook and a clsact qdisc ebcap created stays
 on the interface (its creation is remembered in ``/run/ebcap/clsact/``).
 The next packet source started on that interface removes them first and
 reports each removal through ``notify``:
 
 - an ``ebcap_xdp`` program that no process holds a file descriptor of;
-- a ``ebcap_tc.<pid>`` filter whose process is gone;
+- an ``ebcap_tc.<pid>.<program id>`` filter whose process is gone;
 - a clsact qdisc ebcap created that has no filter left on either hook
   (the same rule applies when a capture ends normally, so two captures on
   one interface never pull the qdisc from under each other).
@@ -60,7 +60,8 @@ from ebcap.errors import (
 XDP_PROGRAM_NAME: Final = "ebcap_xdp"
 TC_PROGRAM_NAME: Final = "ebcap_tc"
 TC_FILTER_PREFIX: Final = TC_PROGRAM_NAME + "."
-"""A tc filter is named ``ebcap_tc.<pid>``: whose it is, and whether he is still alive."""
+"""A tc filter is named ``ebcap_tc.<pid>.<program id>``: whose it is (is he still
+alive?) and which of possibly several captures of that process."""
 CLSACT_MARKERS: Final = Path("/run/ebcap/clsact")
 
 XDP_MODES: Final = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
@@ -236,7 +237,7 @@ class TcSource(PacketSource):
             _marker(index).parent.mkdir(parents=True, exist_ok=True)
             _marker(index).touch()
         parent = TC_HOOKS[self.direction]
-        name = f"{TC_FILTER_PREFIX}{os.getpid()}"
+        name = f"{TC_FILTER_PREFIX}{os.getpid()}.{prog.id}"
         try:
             with _netlink(f"adding a tc {self.direction} filter to {self.iface}"):
                 ipr.tc(
@@ -355,9 +356,9 @@ def _filter_name(flt: Any) -> str:
 
 
 def _filter_pid(flt: Any) -> int | None:
-    """The pid in an ``ebcap_tc.<pid>`` filter name, or None for anyone else's filter."""
+    """The pid in an ``ebcap_tc.<pid>.<id>`` filter name, or None for anyone else's filter."""
     name = _filter_name(flt)
-    digits = name.removeprefix(TC_FILTER_PREFIX)
+    digits = name.removeprefix(TC_FILTER_PREFIX).split(".")[0]
     return int(digits) if name.startswith(TC_FILTER_PREFIX) and digits.isdigit() else None
 
 

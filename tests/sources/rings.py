@@ -78,6 +78,25 @@ def _ringbuf_records(ring: Map) -> list[bytes]:
     return records
 
 
+SOURCE_PROGRAMS = frozenset({"ebcap_tp", "ebcap_xdp", "ebcap_tc"})
+"""Names of the programs these sources load (other tests may load other ebcap programs)."""
+
+
+def source_programs() -> set[tuple[int, str]]:
+    """(id, name) of the loaded programs of the sources tested here."""
+    from kernel_helpers import ebcap_programs
+
+    return {(i, name) for i, name in ebcap_programs() if name in SOURCE_PROGRAMS}
+
+
+def wait_programs_gone(before: set[tuple[int, str]], timeout: float = 5.0) -> None:
+    """Assert no program beyond ``before`` stays (tc frees its programs after RCU)."""
+    deadline = time.monotonic() + timeout
+    while source_programs() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert source_programs() - before == set()
+
+
 def _drops(counters: Map | None) -> list[int]:
     return read_percpu_u64(counters) if counters is not None else []
 

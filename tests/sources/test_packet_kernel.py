@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 import pytest
-from kernel_helpers import ebcap_programs, open_fds
+from kernel_helpers import open_fds
 from pyroute2 import IPRoute
 from sources import netns
-from sources.rings import collect, structured
+from sources.rings import collect, source_programs, structured, wait_programs_gone
 
 from ebcap.bpf.cpus import online_cpus
 from ebcap.bpf.programs.packet import PACKET_OFFSET
@@ -103,7 +103,7 @@ def _check_datagrams(
 @pytest.mark.parametrize("mode", ["native", "generic"])
 @pytest.mark.parametrize("transport", ["perf", "ringbuf"])
 def test_xdp_sees_every_datagram(veth: netns.VethPair, transport: str, mode: str) -> None:
-    before_progs, before_fds = ebcap_programs(), open_fds()
+    before_progs, before_fds = source_programs(), open_fds()
     receiver = _receiver(veth.host_ip, 40001)
     send = dict(
         netns=veth.netns, src=veth.peer_ip, dst=veth.host_ip, sport=40000, dport=40001, sizes=SIZES
@@ -120,13 +120,13 @@ def test_xdp_sees_every_datagram(veth: netns.VethPair, transport: str, mode: str
     assert [len(r) for r in received] == SIZES, "XDP_PASS must hand every packet on"
     with IPRoute() as ipr:
         assert xdp_programs(ipr, veth.host_index) == []
-    _assert_programs_gone(before_progs)
+    wait_programs_gone(before_progs)
     assert open_fds() == before_fds
 
 
 @pytest.mark.parametrize("transport", ["perf", "ringbuf"])
 def test_tc_ingress_sees_every_datagram(veth: netns.VethPair, transport: str) -> None:
-    before_progs = ebcap_programs()
+    before_progs = source_programs()
     receiver = _receiver(veth.host_ip, 40011)
     send = dict(
         netns=veth.netns, src=veth.peer_ip, dst=veth.host_ip, sport=40010, dport=40011, sizes=SIZES
@@ -141,12 +141,12 @@ def test_tc_ingress_sees_every_datagram(veth: netns.VethPair, transport: str) ->
     receiver.close()
     assert [len(r) for r in received] == SIZES, "the filter must let every packet through"
     _assert_no_tc_left(veth)
-    _assert_programs_gone(before_progs)
+    wait_programs_gone(before_progs)
 
 
 @pytest.mark.parametrize("transport", ["perf", "ringbuf"])
 def test_tc_egress_sees_every_datagram(veth: netns.VethPair, transport: str) -> None:
-    before_progs = ebcap_programs()
+    before_progs = source_programs()
     send = dict(
         netns=None, src=veth.host_ip, dst=veth.peer_ip, sport=40020, dport=40021, sizes=SIZES
     )
@@ -157,15 +157,7 @@ def test_tc_egress_sees_every_datagram(veth: netns.VethPair, transport: str) -> 
         src=(veth.host_ip, 40020), dst=(veth.peer_ip, 40021),
     )  # fmt: skip
     _assert_no_tc_left(veth)
-    _assert_programs_gone(before_progs)
-
-
-def _assert_programs_gone(before: set[tuple[int, str]]) -> None:
-    """No ebcap program beyond ``before`` (tc frees its programs after an RCU grace period)."""
-    deadline = time.monotonic() + 5
-    while ebcap_programs() - before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert ebcap_programs() - before == set()
+    wait_programs_gone(before_progs)
 
 
 def _assert_no_tc_left(veth: netns.VethPair) -> None:

@@ -11,8 +11,8 @@ import time
 
 import pyarrow as pa
 import pytest
-from kernel_helpers import ebcap_programs, open_fds
-from sources.rings import collect, structured
+from kernel_helpers import open_fds
+from sources.rings import collect, source_programs, structured
 
 from ebcap.bpf.cpus import online_cpus
 from ebcap.capture.tracepoint_source import TracepointSource
@@ -32,10 +32,10 @@ _libc.syscall.restype = ctypes.c_long
 
 def _record(source: TracepointSource, transport: str, action) -> dict[str, list]:
     """Decoded columns (as Python lists) of what ``source`` saw while ``action`` ran."""
-    before_progs, before_fds = ebcap_programs(), open_fds()
+    before_progs, before_fds = source_programs(), open_fds()
     payloads, drops = collect(source, transport, action)
     assert sum(drops) == 0
-    assert ebcap_programs() == before_progs
+    assert source_programs() == before_progs
     assert open_fds() == before_fds
     events = structured(source, payloads)
     decoded = source.decode(events)
