@@ -1,0 +1,105 @@
+"""`ebcap export`: Parquet, CSV and JSON lines with a correct wall-clock time column."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from synthetic import REALTIME_OFFSET_NS, Synthetic, write_capture
+
+from ebcap.cli import run
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> tuple[Path, pa.Table]:
+    path = tmp_path / "c.arrow"
+    return path, write_capture(path, Synthetic(seed=91, ncpus=2, syscalls=True, lost_every=8))
+
+
+def iso(ts_ns: int, sep: str = "T") -> str:
+    import datetime as dt
+
+    wall = ts_ns + REALTIME_OFFSET_NS
+    day = dt.datetime.fromtimestamp(wall // 10**9, dt.UTC)
+    return f"{day:%Y-%m-%d}{sep}{day:%H:%M:%S}.{wall % 10**9:09d}Z"
+
+
+def test_parquet_keeps_columns_and_adds_time(capture, tmp_path: Path) -> None:
+    path, table = capture
+    out = tmp_path / "c.parquet"
+    assert run(["export", str(path), "-o", str(out)]) == 0
+    got = pq.read_table(out)
+    assert got.schema.names[:4] == ["seq", "cpu", "ts_ns", "time"]
+    assert got.schema.field("time").type == pa.timestamp("ns", tz="UTC")
+    assert got.drop_columns(["time"]).to_pylist() == table.to_pylist()
+    times = got.column("time").cast(pa.int64()).to_pylist()
+    assert times == [t + REALTIME_OFFSET_NS for t in table.column("ts_ns").to_pylist()]
+    assert pq.ParquetFile(out).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert got.schema.metadata[b"ebcap.source"] == b"syscalls"
+    assert os.stat(out).st_mode & 0o777 == 0o600
+
+
+def test_sorted_jsonl_zst(capture, tmp_path: Path) -> None:
+    path, table = capture
+    out = tmp_path / "c.jsonl.zst"
+    assert run(["export", str(path), "-o", str(out), "--sorted"]) == 0
+    text = zstandard.ZstdDecompressor().stream_reader(out.read_bytes()).read().decode()
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert [r["seq"] for r in rows] == [
+        r["seq"] for r in sorted(table.to_pylist(), key=lambda r: (r["ts_ns"], r["cpu"], r["seq"]))
+    ]
+    assert all(r["time"] == iso(r["ts_ns"]) for r in rows)
+
+
+def test_csv_with_explicit_format(capture, tmp_path: Path) -> None:
+    path, table = capture
+    out = tmp_path / "c.txt"
+    assert run(["export", str(path), "-o", str(out), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == table.num_rows
+    for row, want in zip(rows, table.to_pylist(), strict=True):
+        assert row["time"] == iso(want["ts_ns"], sep=" ")
+        assert row["data"] == want["data"].hex() and int(row["seq"]) == want["seq"]
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "message"),
+    [
+        ("c.parquet.zst", [], "drop the .zst"),
+        ("c.bin", [], "cannot tell the format"),
+        ("c.csv", ["--format", "xls"], "--format must be one of"),
+        ("{capture}", [], "is the input"),
+        ("nodir/c.csv", [], "does not exist"),
+    ],
+)
+def test_bad_exports_are_one_line(
+    capture,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    extra: list[str],
+    message: str,
+) -> None:
+    path, _ = capture
+    target = name.format(capture=path) if "{" in name else str(tmp_path / name)
+    assert run(["export", str(path), "-o", target, *extra]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.arrow"]  # nothing half-written
+
+
+def test_refuses_to_overwrite(capture, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = capture
+    out = tmp_path / "c.parquet"
+    out.write_bytes(b"old")
+    assert run(["export", str(path), "-o", str(out)]) == 2
+    assert out.read_bytes() == b"old"
+    assert run(["export", str(path), "-o", str(out), "--force"]) == 0
+    assert pq.read_table(out).num_rows > 0

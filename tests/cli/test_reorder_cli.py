@@ -1,0 +1,65 @@
+"""`ebcap reorder` on the command line: text, --json and --plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from synthetic import Synthetic, write_capture
+
+from ebcap.cli import run
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> tuple[Path, pa.Table]:
+    path = tmp_path / "c.arrow"
+    return path, write_capture(path, Synthetic(seed=71, ncpus=2, lost_every=11))
+
+
+def late_by_loop(table: pa.Table) -> list[int]:
+    out, high = [], None
+    for row in table.to_pylist():
+        if row["kind"] != "sample":
+            continue
+        if high is not None and row["ts_ns"] < high:
+            out.append(high - row["ts_ns"])
+        high = row["ts_ns"] if high is None else max(high, row["ts_ns"])
+    return out
+
+
+def test_json_report(capture, capsys: pytest.CaptureFixture[str]) -> None:
+    path, table = capture
+    assert run(["reorder", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    late = late_by_loop(table)
+    samples = sum(1 for k in table.column("kind").to_pylist() if k == "sample")
+    assert data["file"] == str(path)
+    assert (data["samples"], data["late"]) == (samples, len(late))
+    assert data["late_percent"] == round(100 * len(late) / samples, 4)
+    assert data["window"]["ns"] == max(late)
+    assert data["lateness_us"]["max"] == max(late) / 1e3
+    assert sum(p["count"] for p in data["cpu_pairs"]) == len(late)
+    assert sum(v["late"] for v in data["per_cpu"].values()) == len(late)
+
+
+def test_text_report_and_plot(capture, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, table = capture
+    png = tmp_path / "r.png"
+    assert run(["reorder", str(path), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    late = late_by_loop(table)
+    assert f"sort window needed  {max(late):,} ns" in out
+    assert f"late                {len(late):,} (" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert run(["reorder", str(path), "--plot", str(png)]) == 2  # exists, no --force
+    assert "--force" in capsys.readouterr().err
+
+
+def test_bad_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "x.arrow"
+    bad.write_bytes(b"ARROW1\0\0garbage")
+    assert run(["reorder", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("ebcap: error:")
