@@ -95,8 +95,8 @@ def u64_hex_joined(columns: Sequence[np.ndarray], sep: str) -> pa.Array:
     big_endian = np.empty((rows, count), dtype=">u8")
     for i, column in enumerate(columns):
         big_endian[:, i] = column
-    digits = _BYTE_PAIRS[big_endian.view(np.uint8).reshape(rows, count, 8)]
-    digits = digits.view(np.uint8).reshape(rows, count, 16)
+    pairs = _BYTE_PAIRS[big_endian.view(np.uint8).reshape(rows, count, 8)]
+    digits = pairs.view(np.uint8).reshape(rows, count, 16)
     significant = digits != ord("0")
     significant[:, :, -1] = True
     first = significant.argmax(axis=2)

@@ -7,7 +7,8 @@ state alone.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+import os
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,11 +18,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
-class _Writable(Protocol):
-    def write(self, data: bytes | bytearray | memoryview) -> object: ...
-
-
-def draw(report: ReorderReport, out: BinaryIO | _Writable, *, title: str = "") -> None:
+def draw(report: ReorderReport, out: str | os.PathLike[str] | IO[Any], *, title: str = "") -> None:
     """Write a PNG: timestamp vs arrival order coloured by CPU, and a lateness histogram."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -33,10 +33,11 @@ Key = tuple[int, int, int]
 def sort_keys(table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The (ts_ns, cpu, seq) columns as numpy arrays."""
     if isinstance(table, pa.Table):
-        return tuple(  # type: ignore[return-value]
+        ts, cpu, seq = (
             table.column(name).to_numpy().astype(np.uint64, copy=False) for name in SORT_KEY
         )
-    return tuple(u64(table, name) for name in SORT_KEY)  # type: ignore[return-value]
+        return ts, cpu, seq
+    return u64(table, "ts_ns"), u64(table, "cpu"), u64(table, "seq")
 
 
 def sort_order(ts: np.ndarray, cpu: np.ndarray, seq: np.ndarray) -> np.ndarray:

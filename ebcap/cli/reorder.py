@@ -40,7 +40,7 @@ def reorder(
 ) -> None:
     from ebcap.format.reader import CaptureReader
     from ebcap.replay.reorder import analyze
-    from ebcap.replay.sink import Output, check_output_path
+    from ebcap.replay.sink import AtomicPath, check_output_path
 
     if plot is not None:
         check_output_path(plot, force=force, inputs=[file])
@@ -49,8 +49,8 @@ def reorder(
     if plot is not None:
         from ebcap.replay.plot import draw
 
-        with Output(plot, force=force, inputs=[file], compress=False) as out:
-            draw(report, out, title=str(file))
+        with AtomicPath(plot, force=force, inputs=[file]) as temp:
+            draw(report, temp, title=str(file))
     with closed_pipe_ends_quietly():
         if as_json:
             print_json({"file": str(file), **report.to_dict()})
