@@ -40,6 +40,14 @@ def column_name(field: TracepointField) -> str:
     return _RENAMED + field.name if field.name in CORE_COLUMNS else field.name
 
 
+def list_tracepoint_sources(
+    pattern: str = "*", tracefs_root: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """``tracepoint:CAT:NAME`` of the tracepoints matching a glob (as ``list_tracepoints``)."""
+    pattern = pattern.removeprefix(SPEC_PREFIX)
+    return [SPEC_PREFIX + spec for spec in tracefs.list_tracepoints(pattern, tracefs_root)]
+
+
 def _int_dtype(size: int, signed: bool) -> str:
     return f"<{'i' if signed else 'u'}{size}"
 

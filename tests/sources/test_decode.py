@@ -12,7 +12,8 @@ import pytest
 from ebcap.bpf import tracefs
 from ebcap.bpf.programs import packet as packet_program
 from ebcap.bpf.programs import tracepoint as tp_program
-from ebcap.capture.packet_source import PACKET_FIELDS, TcSource, XdpSource, decode_packets
+from ebcap.capture.packet_decode import PACKET_FIELDS, decode_packets
+from ebcap.capture.packet_source import TcSource, XdpSource
 from ebcap.capture.tracepoint_source import TracepointSource
 from ebcap.errors import UsageError
 

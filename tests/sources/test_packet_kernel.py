@@ -14,12 +14,12 @@ from sources.rings import collect, source_programs, structured, wait_programs_go
 
 from ebcap.bpf.cpus import online_cpus
 from ebcap.bpf.programs.packet import PACKET_OFFSET
+from ebcap.capture.packet_decode import ETH_P_IP, IPPROTO_UDP
 from ebcap.capture.packet_source import (
-    ETH_P_IP,
-    IPPROTO_UDP,
     PacketSource,
     TcSource,
     XdpSource,
+    list_packet_sources,
     tc_filters,
     xdp_programs,
 )
@@ -165,3 +165,13 @@ def _assert_no_tc_left(veth: netns.VethPair) -> None:
         assert tc_filters(ipr, veth.host_index) == []
         kinds = [q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=veth.host_index)]
     assert "clsact" not in kinds
+
+
+def test_listing_packet_sources(veth: netns.VethPair) -> None:
+    assert list_packet_sources(veth.host) == [
+        f"xdp:{veth.host}",
+        f"tc:{veth.host}:ingress",
+        f"tc:{veth.host}:egress",
+    ]
+    assert list_packet_sources(f"tc:{veth.host}:e*") == [f"tc:{veth.host}:egress"]
+    assert veth.peer not in " ".join(list_packet_sources())  # the other namespace's end

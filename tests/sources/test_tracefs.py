@@ -9,6 +9,7 @@ import pytest
 from ebcap.bpf import fs, links, tracefs
 from ebcap.bpf.programs.tracepoint import RECORD_MAX
 from ebcap.bpf.tracefs import FieldKind
+from ebcap.capture.tracepoint_source import list_tracepoint_sources
 from ebcap.errors import KernelError, NotSupportedError, UsageError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -145,3 +146,9 @@ def test_every_live_format_parses() -> None:
         assert fmt.id == links.tracepoint_id(category, name, root)
         saved = fixture(f"{category}_{name}")
         assert layout(fmt) == layout(saved)  # the fixtures are this kernel's files
+    assert list_tracepoint_sources("sched_sw*") == [
+        "tracepoint:sched:sched_swap_numa", "tracepoint:sched:sched_switch",
+    ]  # fmt: skip
+    assert list_tracepoint_sources("tracepoint:syscalls:sys_enter_openat") == [
+        "tracepoint:syscalls:sys_enter_openat"
+    ]
