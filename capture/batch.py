@@ -1,0 +1,268 @@
+"""What a ring reader hands over per drain: columns of events in arrival order.
+
+Readers return numpy columns rather than one Python object per event so that
+a drain of a million events costs a handful of array operations. Payloads
+are stored back to back in one byte array with an offsets array, which is
+exactly Arrow's binary layout: the recorder gets its ``data`` column without
+copying payloads one by one.
+
+:class:`BatchBuilder` is how the ring walkers assemble a batch out of runs of
+equal records (vectorised) and single records (the slow path), and
+:func:`run_length` finds how far such a run goes.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final, Self, TypeAlias
+
+import numpy as np
+import pyarrow as pa
+
+from ebcap.errors import CaptureError
+from ebcap.format.schema import KIND_LOST, KIND_SAMPLE, KINDS
+
+KIND_CODE_SAMPLE: Final = KINDS.index(KIND_SAMPLE)
+KIND_CODE_LOST: Final = KINDS.index(KIND_LOST)
+
+RingData: TypeAlias = bytes | bytearray | memoryview | mmap.mmap | np.ndarray
+"""A ring's data area as the walkers accept it: anything with the buffer protocol."""
+
+_ARROW_BINARY_MAX: Final = 2**31 - 1
+"""Largest byte count an Arrow ``binary`` column (int32 offsets) can address."""
+
+
+@dataclass
+class EventBatch:
+    """Events of one drain in arrival order, as parallel numpy columns.
+
+    ``offsets`` has one entry more than there are rows: payload ``i`` is
+    ``values[offsets[i]:offsets[i + 1]]``. Lost rows have empty payloads.
+    """
+
+    cpu: np.ndarray
+    """uint16: the CPU the event was produced on (ring buffer: 0 placeholder)."""
+    ts_ns: np.ndarray
+    """uint64: perf sample TIME (CLOCK_MONOTONIC); 0 where the transport has none."""
+    kind: np.ndarray
+    """int8: index into ``ebcap.format.schema.KINDS`` (0 sample, 1 lost)."""
+    lost: np.ndarray
+    """uint64: events the kernel lost (lost rows), 0 on samples."""
+    offsets: np.ndarray
+    """int64, n + 1 entries."""
+    values: np.ndarray
+    """uint8: the payloads back to back."""
+
+    @classmethod
+    def empty(cls) -> Self:
+        """A batch with no rows."""
+        return cls(
+            cpu=np.zeros(0, dtype=np.uint16),
+            ts_ns=np.zeros(0, dtype=np.uint64),
+            kind=np.zeros(0, dtype=np.int8),
+            lost=np.zeros(0, dtype=np.uint64),
+            offsets=np.zeros(1, dtype=np.int64),
+            values=np.zeros(0, dtype=np.uint8),
+        )
+
+    @classmethod
+    def concat(cls, batches: Iterable[EventBatch]) -> Self:
+        """The rows of ``batches`` one after the other, in one batch."""
+        parts = [b for b in batches if len(b)]
+        if not parts:
+            return cls.empty()
+        values = [b.values[b.offsets[0] : b.offsets[-1]] for b in parts]
+        starts = np.cumsum([0] + [len(v) for v in values[:-1]])
+        offsets = [np.zeros(1, dtype=np.int64)]
+        offsets += [
+            b.offsets[1:] - b.offsets[0] + start for b, start in zip(parts, starts, strict=True)
+        ]
+        return cls(
+            cpu=np.concatenate([b.cpu for b in parts]).astype(np.uint16, copy=False),
+            ts_ns=np.concatenate([b.ts_ns for b in parts]).astype(np.uint64, copy=False),
+            kind=np.concatenate([b.kind for b in parts]).astype(np.int8, copy=False),
+            lost=np.concatenate([b.lost for b in parts]).astype(np.uint64, copy=False),
+            offsets=np.concatenate(offsets).astype(np.int64, copy=False),
+            values=np.concatenate(values).astype(np.uint8, copy=False),
+        )
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Payload length of every row (int64)."""
+        return np.diff(self.offsets)
+
+    @property
+    def num_samples(self) -> int:
+        return int(np.count_nonzero(self.kind == KIND_CODE_SAMPLE))
+
+    @property
+    def num_lost(self) -> int:
+        """Sum of the lost counts: events the kernel reported lost in this batch."""
+        return int(self.lost.sum())
+
+    def payload(self, i: int) -> bytes:
+        """The payload of row ``i``."""
+        return self.values[self.offsets[i] : self.offsets[i + 1]].tobytes()
+
+    def fixed_payloads(self, size: int) -> np.ndarray | None:
+        """The first ``size`` bytes of every payload as an (n, size) uint8 view.
+
+        Only when every row's payload has the same length (at least ``size``):
+        then this is a strided view of ``values``, no copy. Otherwise None
+        (lost rows, whose payloads are empty, make it None too).
+        """
+        n = len(self)
+        if n == 0:
+            return np.zeros((0, size), dtype=np.uint8)
+        lengths = self.lengths
+        stride = int(lengths[0])
+        if stride < size or not np.all(lengths == stride):
+            return None
+        start = int(self.offsets[0])
+        rows = self.values[start : start + n * stride]
+        if stride == 0:
+            return rows.reshape(n, 0)
+        return rows.reshape(n, stride)[:, :size]
+
+    def take(self, rows: np.ndarray | Sequence[int]) -> Self:
+        """A new batch of the given rows, in the given order."""
+        index = np.asarray(rows, dtype=np.int64)
+        starts = self.offsets[:-1][index]
+        lengths = self.lengths[index]
+        offsets = np.zeros(len(index) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        if total and len(index) and np.all(np.diff(index) == 1):
+            values = self.values[starts[0] : starts[0] + total].copy()
+        else:
+            gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
+            values = self.values[gather]
+        return type(self)(
+            cpu=self.cpu[index],
+            ts_ns=self.ts_ns[index],
+            kind=self.kind[index],
+            lost=self.lost[index],
+            offsets=offsets,
+            values=values,
+        )
+
+    def to_arrow_binary(self) -> pa.BinaryArray:
+        """The payloads as an Arrow binary array sharing ``values`` (no per-row loop)."""
+        start, end = int(self.offsets[0]), int(self.offsets[-1])
+        if end - start > _ARROW_BINARY_MAX:
+            raise CaptureError(
+                f"one drain of {end - start} payload bytes is over the 2 GiB an Arrow "
+                "binary column holds: use smaller rings"
+            )
+        offsets = (self.offsets - start).astype(np.int32)
+        values = np.ascontiguousarray(self.values[start:end])
+        return pa.Array.from_buffers(
+            pa.binary(), len(self), [None, pa.py_buffer(offsets), pa.py_buffer(values)]
+        )
+
+
+class BatchBuilder:
+    """Collects runs and single records of one ring walk, then builds the batch once."""
+
+    def __init__(self) -> None:
+        self._cpu: list[np.ndarray] = []
+        self._ts: list[np.ndarray] = []
+        self._kind: list[np.ndarray] = []
+        self._lost: list[np.ndarray] = []
+        self._lengths: list[np.ndarray] = []
+        self._values: list[np.ndarray] = []
+
+    def add_run(self, cpu: np.ndarray | int, ts_ns: np.ndarray | int, payloads: np.ndarray) -> None:
+        """Samples with equal payload lengths: ``payloads`` is an (n, length) uint8 array."""
+        n, length = payloads.shape
+        self._cpu.append(np.broadcast_to(np.asarray(cpu, dtype=np.uint16), (n,)))
+        self._ts.append(np.broadcast_to(np.asarray(ts_ns, dtype=np.uint64), (n,)))
+        self._kind.append(np.full(n, KIND_CODE_SAMPLE, dtype=np.int8))
+        self._lost.append(np.zeros(n, dtype=np.uint64))
+        self._lengths.append(np.full(n, length, dtype=np.int64))
+        self._values.append(payloads.reshape(-1))
+
+    def add_sample(self, cpu: int, ts_ns: int, payload: np.ndarray) -> None:
+        """One sample; ``payload`` is a 1-d uint8 array."""
+        self.add_run(cpu, ts_ns, payload.reshape(1, -1))
+
+    def add_lost(self, cpu: int, ts_ns: int, lost: int) -> None:
+        """One lost row: ``lost`` events the kernel could not deliver."""
+        self._cpu.append(np.array([cpu], dtype=np.uint16))
+        self._ts.append(np.array([ts_ns], dtype=np.uint64))
+        self._kind.append(np.array([KIND_CODE_LOST], dtype=np.int8))
+        self._lost.append(np.array([lost], dtype=np.uint64))
+        self._lengths.append(np.zeros(1, dtype=np.int64))
+
+    def build(self) -> EventBatch:
+        if not self._kind:
+            return EventBatch.empty()
+        lengths = np.concatenate(self._lengths)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if len(self._values) == 1:  # the usual drain: one run, already our own memory
+            values = self._values[0]
+        elif self._values:
+            values = np.concatenate(self._values)
+        else:
+            values = np.zeros(0, dtype=np.uint8)
+        return EventBatch(
+            cpu=np.concatenate(self._cpu),
+            ts_ns=np.concatenate(self._ts),
+            kind=np.concatenate(self._kind),
+            lost=np.concatenate(self._lost),
+            offsets=offsets,
+            values=values,
+        )
+
+
+# --- walking a ring --------------------------------------------------------------
+_FIRST_WINDOW: Final = 32
+
+
+def copy_span(data: RingData, data_size: int, start: int, end: int) -> np.ndarray:
+    """Bytes ``[start, end)`` of a ring of ``data_size`` bytes, copied out in one piece.
+
+    Positions grow forever and are taken modulo ``data_size`` (a power of two);
+    a span that wraps past the ring's end is copied as two slices, so records
+    split by the end come out whole.
+    """
+    if data_size <= 0 or data_size & (data_size - 1):
+        raise CaptureError(f"ring data area of {data_size} bytes is not a power of two")
+    length = end - start
+    if not 0 <= length <= data_size:
+        raise CaptureError(
+            f"ring positions out of step: {length} bytes between {start} and {end} "
+            f"in a {data_size}-byte ring"
+        )
+    ring = np.frombuffer(data, dtype=np.uint8, count=data_size)
+    out = np.empty(length, dtype=np.uint8)
+    first = start & (data_size - 1)
+    head = min(length, data_size - first)
+    out[:head] = ring[first : first + head]
+    out[head:] = ring[: length - head]
+    del ring  # no view of the caller's buffer may outlive the copy (mmaps close cleanly)
+    return out
+
+
+def run_length(matches: Callable[[int, int], np.ndarray], limit: int) -> int:
+    """How many consecutive records from the first match, at most ``limit``.
+
+    ``matches(start, count)`` says, for records ``start .. start + count - 1``,
+    which still follow the pattern. Windows double in size, so a run of ``k``
+    costs O(k) and a pattern that breaks early costs little.
+    """
+    done, window = 0, _FIRST_WINDOW
+    while done < limit:
+        count = min(window, limit - done)
+        ok = matches(done, count)
+        if not ok.all():
+            return done + int(np.argmin(ok))
+        done += count
+        window *= 2
+    return done
