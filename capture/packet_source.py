@@ -195,8 +195,14 @@ class XdpSource(PacketSource):
             ("IFLA_XDP_FD", prog.fd),
             ("IFLA_XDP_FLAGS", mode_flag | XDP_FLAGS_UPDATE_IF_NOEXIST),
         ]
-        with _netlink(f"attaching XDP ({self.mode}) to {self.iface}"):
-            ipr.link("set", index=index, xdp={"attrs": attrs})
+        try:
+            with _netlink(f"attaching XDP ({self.mode}) to {self.iface}"):
+                ipr.link("set", index=index, xdp={"attrs": attrs})
+        except NotSupportedError as exc:
+            if self.mode != "native":
+                raise
+            hint = f"{exc}; --xdp-mode generic works on any interface"
+            raise NotSupportedError(hint, exc.feature, exc.errno) from None
         prog_id = prog.id
         done: list[bool] = []
 

@@ -19,8 +19,14 @@ from ebcap.bpf.asm import R0, exit_, mov64_imm
 from ebcap.bpf.prog import Program
 from ebcap.bpf.programs.packet import XDP_PASS
 from ebcap.capture import packet_source
-from ebcap.capture.packet_source import TcSource, XdpSource, tc_filters, xdp_programs
-from ebcap.errors import UsageError
+from ebcap.capture.packet_source import (
+    TcSource,
+    XdpSource,
+    interface_index,
+    tc_filters,
+    xdp_programs,
+)
+from ebcap.errors import NotSupportedError, UsageError
 
 pytestmark = [pytest.mark.privileged, pytest.mark.network]
 
@@ -158,3 +164,11 @@ def test_missing_interface_is_refused() -> None:
             pytest.raises(UsageError, match="no network interface 'ebcap-nope0'"),
         ):
             source.start("perf", 1 << 16, stack)
+
+
+def test_native_xdp_where_the_driver_has_none_is_refused() -> None:
+    """Loopback has no native XDP: the error says so and suggests generic mode."""
+    with ExitStack() as stack, pytest.raises(NotSupportedError, match="--xdp-mode generic"):
+        XdpSource("lo", mode="native").start("perf", 1 << 16, stack)
+    with IPRoute() as ipr:
+        assert xdp_programs(ipr, interface_index(ipr, "lo")) == []
