@@ -10,7 +10,6 @@ from pathlib import Path
 import typer
 
 from ebcap.errors import UsageError
-from ebcap.replay.sink import inner_suffix
 
 FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
 
@@ -101,6 +100,8 @@ def closed_pipe_ends_quietly() -> Iterator[None]:
 
 def _format_from(output: Path | None) -> str:
     """The format an output name asks for: .jsonl / .csv (optionally .zst), else text."""
+    from ebcap.replay.sink import inner_suffix
+
     if output is None:
         return "text"
     suffix = inner_suffix(output)

@@ -120,3 +120,16 @@ def test_piping_into_head_ends_quietly(capture) -> None:
     assert result.stderr == ""
     assert result.returncode == 0
     assert parse(result.stdout.strip())["time"] == "0.000000000"
+
+
+def test_command_modules_import_the_library_lazily() -> None:
+    """`ebcap --help` must not pay for pyarrow, DuckDB or matplotlib through these commands."""
+    code = (
+        "import sys; import ebcap.cli.replay, ebcap.cli.reorder, ebcap.cli.sql, ebcap.cli.export; "
+        "print(sorted(m for m in ('ebcap.replay', 'pyarrow', 'duckdb', 'matplotlib') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -69,3 +69,11 @@ def test_callbacks_without_lost_handler_skip_losses(capture) -> None:
     count = replay_callbacks(path, lambda cpu, data: seen.append(cpu))
     samples = [r["cpu"] for r in table.to_pylist() if r["kind"] == "sample"]
     assert seen == samples and count == len(samples)
+
+
+def test_package_exports_exactly_the_public_api() -> None:
+    import ebcap.replay
+
+    assert ebcap.replay.__all__ == sorted(ebcap.replay.__all__)
+    for name in ebcap.replay.__all__:
+        assert getattr(ebcap.replay, name).__name__ == name
