@@ -133,3 +133,18 @@ def test_command_modules_import_the_library_lazily() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["replay", "reorder", "export", "sql"])
+def test_truncated_capture_points_to_recover(
+    capture, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    path, _ = capture
+    cut = tmp_path / "cut.arrow"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    extra = {"export": ["-o", str(tmp_path / "x.csv")], "sql": ["SELECT 1"]}.get(command, [])
+    assert run([command, str(cut), *extra]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert "truncated" in err and "ebcap recover" in err
+    assert not (tmp_path / "x.csv").exists()
