@@ -30,7 +30,7 @@ from ebcap.replay.lateness import LatenessTracker
 from ebcap.replay.runs import SpilledRuns, sort_keys, sort_order
 from ebcap.replay.scan import is_sample, iter_slices, scan_columns, u64
 
-DEFAULT_MAX_WINDOW_ROWS: Final = 1 << 20
+DEFAULT_MAX_WINDOW_ROWS: Final = 1 << 18
 """Rows the time sort may hold in memory before it spills to disk."""
 
 LATE_FIELD: Final = pa.field("__ebcap_late_ns", pa.uint64(), nullable=False)
