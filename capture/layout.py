@@ -131,7 +131,7 @@ def _type_name(sub: np.dtype) -> str:
         return f"char[{sub.itemsize}]"
     if sub.subdtype is not None:
         return f"bytes[{sub.itemsize}]"
-    return {v: k for k, v in _SCALARS.items()}[sub.str]
+    return next(name for name, code in _SCALARS.items() if np.dtype(code) == sub)
 
 
 def _arrow_type(sub: np.dtype) -> pa.DataType:

@@ -156,12 +156,6 @@ def test_every_live_format_parses() -> None:
 
 
 @pytest.mark.privileged
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="capture/layout.py _type_name does not know 1-byte types ('|u1'); "
-    "the fix is part of the sources integration patch",
-)
 def test_every_live_tracepoint_layout_describes_itself() -> None:
     """The recorder stores ``layout.to_json()`` as metadata: it must work for every tracepoint."""
     from ebcap.capture.tracepoint_source import TracepointSource
