@@ -164,9 +164,12 @@ def replay(
     encoder = None
     if options.fmt == TEXT:
         text = TextFormatter(
-            reader.schema, reader.metadata, order=options.order, wall=options.wall,
+            reader.schema,
+            reader.metadata,
+            order=options.order,
+            wall=options.wall,
             colour=options.colour,
-        )  # fmt: skip
+        )
     else:
         encoder = encoder_for(options.fmt, reader.schema)
         out.write(encoder.header())
@@ -193,6 +196,8 @@ def replay(
             _count(summary, chosen.rows)
             if remaining is not None:
                 remaining -= chosen.rows.num_rows
+                if remaining == 0:
+                    break
     return summary
 
 
