@@ -119,6 +119,8 @@ class Recorder:
                 kernel = self.source.start(self.transport, opts.buffer_bytes, stack)
                 reader = open_reader(self.transport, kernel.events, self.cpus, opts, self.source)
                 stack.callback(reader.close)
+                if kernel.attach is not None:
+                    kernel.attach()
                 if on_started is not None:
                     on_started()
                 summary = self._loop(writer, reader, kernel, should_stop, on_progress)

@@ -36,6 +36,10 @@ class KernelSide:
     """PERCPU_ARRAY[1] of u64: events the BPF program failed to emit, per CPU."""
     drops_field: int = 0
     """Which u64 of the drops map's value counts drops."""
+    attach: Callable[[], None] | None = None
+    """Starts the events flowing. The recorder calls it once the rings are
+    installed: a perf event array without a ring on some CPU makes
+    bpf_perf_event_output fail there, which would count as drops."""
     detach: Callable[[], None] | None = None
     """Stops new events (closes the attachment) so a final drain can empty the rings."""
 
@@ -149,9 +153,15 @@ class SyscallsSource(Source):
         )
         program = Program.load(_sys.BPF_PROG_TYPE_RAW_TRACEPOINT, insns, name="ebcap_syscalls")
         stack.callback(program.close)
-        link = links.attach_raw_tracepoint(program, "sys_enter")
-        stack.callback(link.close)
-        return KernelSide(events, drops, detach=link.close)
+        kernel = KernelSide(events, drops)
+
+        def attach() -> None:
+            link = links.attach_raw_tracepoint(program, "sys_enter")
+            stack.callback(link.close)
+            kernel.detach = link.close
+
+        kernel.attach = attach
+        return kernel
 
 
 class PinnedSource(Source):

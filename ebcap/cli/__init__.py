@@ -33,12 +33,14 @@ app = typer.Typer(
 )
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "ebcap.cli.record",
     "ebcap.cli.info",
     "ebcap.cli.recover",
     "ebcap.cli.replay",
     "ebcap.cli.reorder",
     "ebcap.cli.sql",
     "ebcap.cli.export",
+    "ebcap.cli.bench",
 )
 """Modules whose ``register(app)`` adds their commands, in --help order."""
 

@@ -1,0 +1,250 @@
+"""``ebcap record``: capture an eBPF event stream into an ebcap file."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from ebcap.cli._values import human_bytes, human_count, parse_size, parse_wakeup
+from ebcap.errors import UsageError
+
+if TYPE_CHECKING:
+    from ebcap.capture.recorder import Progress, RecordSummary
+
+DEFAULT_PERF_BUFFER = "8MiB"
+DEFAULT_RINGBUF_BUFFER = "16MiB"
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "record",
+        help=(
+            "Record events into a zstd-compressed Arrow IPC file.\n\n"
+            "Examples:\n\n"
+            "  ebcap record -o run.arrow --duration 5\n\n"
+            "  ebcap record -o run.arrow --transport ringbuf --count 100000\n\n"
+            "  ebcap record -o bench.arrow --pin /sys/fs/bpf/x/rb --layout ts:u64,cpu:u32,seq:u32"
+        ),
+    )(record)
+
+
+def record(
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="File to write (NAME.partial until done)."
+    ),
+    transport: str = typer.Option(
+        "perf",
+        "--transport",
+        "-t",
+        help="perf (per-CPU perf event array) or ringbuf (BPF ring buffer).",
+    ),
+    source: str = typer.Option("syscalls", "--source", "-s", help="What to record: syscalls."),
+    duration: float | None = typer.Option(
+        None, "--duration", "-d", help="Stop after this many seconds."
+    ),
+    count: int | None = typer.Option(None, "--count", "-c", help="Stop after this many events."),
+    buffer_size: str | None = typer.Option(
+        None,
+        "--buffer-size",
+        "-b",
+        help=(
+            f"Perf: per CPU (default {DEFAULT_PERF_BUFFER}); "
+            f"ringbuf: whole ring, a power of two (default {DEFAULT_RINGBUF_BUFFER})."
+        ),
+    ),
+    wakeup: str = typer.Option(
+        "64",
+        "--wakeup",
+        "-w",
+        help="Perf wakeup: every N events, or a byte watermark such as 256K.",
+    ),
+    cpus: str | None = typer.Option(
+        None, "--cpus", help="Perf: CPUs whose rings to read, e.g. 0,2-3 (default: all online)."
+    ),
+    flush_interval: float = typer.Option(
+        1.0, "--flush-interval", help="Write a batch to disk at least this often (seconds)."
+    ),
+    pid: int = typer.Option(0, "--pid", help="syscalls: only this process (tgid)."),
+    comm: str | None = typer.Option(
+        None, "--comm", help="syscalls: only tasks with this command name."
+    ),
+    pin: str | None = typer.Option(
+        None,
+        "--pin",
+        help="Read an existing pinned RINGBUF or PERF_EVENT_ARRAY instead of loading a source.",
+    ),
+    layout: str | None = typer.Option(
+        None, "--layout", help="With --pin: payload fields, e.g. ts:u64,cpu:u32,seq:u32,pad:8x."
+    ),
+    ready_file: Path | None = typer.Option(
+        None,
+        "--ready-file",
+        help="Create this file once the rings are installed (for scripts that start a producer).",
+    ),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    from ebcap.bpf.caps import require_tracing_capabilities
+    from ebcap.bpf.cpus import online_cpus, parse_cpu_list
+    from ebcap.capture.layout import parse_layout
+    from ebcap.capture.recorder import Recorder, RecordOptions
+    from ebcap.capture.sources import TRANSPORTS, parse_source
+
+    if transport not in TRANSPORTS:
+        raise UsageError(f"--transport: unknown transport {transport!r}: use perf or ringbuf")
+    if duration is not None and duration <= 0:
+        raise UsageError("--duration must be positive")
+    if count is not None and count <= 0:
+        raise UsageError("--count must be positive")
+    if flush_interval <= 0:
+        raise UsageError("--flush-interval must be positive")
+    if comm is not None and not 0 < len(comm.encode()) <= 15:
+        raise UsageError("--comm must be 1..15 bytes (the kernel's TASK_COMM_LEN - 1)")
+    wakeup_events, watermark = parse_wakeup(wakeup)
+    chosen_cpus = parse_cpu_list(cpus) if cpus else None
+    if chosen_cpus is not None:
+        missing = sorted(set(chosen_cpus) - set(online_cpus()))
+        if missing:
+            raise UsageError(f"--cpus: CPU {missing[0]} is not online")
+    src = parse_source(
+        source, pin=pin, layout=parse_layout(layout) if layout else None, pid=pid, comm=comm
+    )
+    require_tracing_capabilities()
+    actual_transport = src.transport_of(transport)
+    if chosen_cpus is not None and actual_transport != "perf":
+        raise UsageError(
+            "--cpus applies to the perf transport (a ring buffer is shared by all CPUs)"
+        )
+    default_buffer = (
+        DEFAULT_RINGBUF_BUFFER if actual_transport == "ringbuf" else DEFAULT_PERF_BUFFER
+    )
+    buffer_bytes = parse_size(buffer_size or default_buffer, "--buffer-size")
+    if actual_transport == "ringbuf" and pin is None:
+        import mmap
+
+        from ebcap.bpf.maps import validate_ringbuf_size
+
+        validate_ringbuf_size(buffer_bytes, mmap.PAGESIZE)
+    options = RecordOptions(
+        output=output,
+        transport=actual_transport,
+        buffer_bytes=buffer_bytes,
+        wakeup_events=wakeup_events,
+        watermark_bytes=watermark,
+        cpus=chosen_cpus,
+        duration_s=duration,
+        count=count,
+        flush_interval_s=flush_interval,
+        force=force,
+        command=["ebcap", *sys.argv[1:]],
+    )
+    recorder = Recorder(src, options)
+    live = _LiveProgress(enabled=sys.stderr.isatty() and not as_json)
+    with _stop_on_signals() as stop, live:
+        summary = recorder.run(
+            should_stop=stop.is_set,
+            on_progress=live.update,
+            on_started=(lambda: ready_file.touch()) if ready_file else None,
+        )
+    _print_summary(summary, as_json)
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_StopFlag]:
+    """First SIGINT/SIGTERM: finish cleanly. A second one: abort now (file stays recoverable)."""
+    flag = _StopFlag()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _LiveProgress:
+    """Live counters on a terminal (rich), nothing otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._live: Any = None
+
+    def __enter__(self) -> _LiveProgress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(console=Console(stderr=True), refresh_per_second=4, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def update(self, p: Progress) -> None:
+        if self._live is None:
+            return
+        from rich.table import Table
+
+        rate = p.events / p.elapsed_s if p.elapsed_s > 0 else 0.0
+        table = Table(box=None, show_header=True, header_style="bold")
+        for column in ("elapsed", "events", "events/s", "lost", "drops", "payload"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            f"{p.elapsed_s:.1f}s",
+            human_count(p.events),
+            human_count(rate),
+            f"[bold yellow]{p.lost:,}[/]" if p.lost else "0",
+            f"[bold yellow]{p.drops:,}[/]" if p.drops else "0",
+            human_bytes(p.payload_bytes),
+        )
+        per_cpu = "  ".join(
+            f"cpu{c}: {human_count(n)}" for c, n in sorted(p.events_per_cpu.items())
+        )
+        table.add_row(per_cpu, "", "", "", "", "")
+        self._live.update(table)
+
+
+def _print_summary(summary: RecordSummary, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    data: dict[str, Any] = asdict(summary)
+    data["events_per_s"] = round(summary.events_per_s, 1)
+    data["bytes_per_event"] = round(summary.bytes_per_event, 2)
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    line = (
+        f"recorded {summary.events:,} events in {summary.duration_s:.2f} s "
+        f"({human_count(summary.events_per_s)}/s) via {summary.transport}: "
+        f"lost {summary.lost:,}, drops {summary.drops:,}, "
+        f"{summary.bytes_per_event:.1f} B/event, "
+        f"{human_bytes(summary.file_bytes)} -> {summary.path}"
+    )
+    warn = bool(summary.lost or summary.drops)
+    typer.secho(line, err=True, fg="yellow" if warn else None, bold=warn)

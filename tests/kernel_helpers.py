@@ -1,0 +1,63 @@
+"""Helpers for kernel tests: leftovers in the kernel, fds, pinned workloads."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+
+def ebcap_programs() -> set[tuple[int, str]]:
+    """(id, name) of loaded BPF programs whose name says ebcap made them."""
+    from ebcap.bpf.prog import loaded_program_ids, program_name_by_id
+    from ebcap.errors import BpfObjectNotFoundError
+
+    found = set()
+    for prog_id in loaded_program_ids():
+        try:
+            name = program_name_by_id(prog_id)
+        except BpfObjectNotFoundError:  # unloaded while we looked
+            continue
+        if name.startswith("ebcap"):
+            found.add((prog_id, name))
+    return found
+
+
+def ebcap_programs_left(before: set[tuple[int, str]], timeout: float = 5.0) -> set[tuple[int, str]]:
+    """ebcap programs loaded now that were not loaded ``before`` (empty when all went).
+
+    The kernel frees a program after an RCU grace period once its last fd is
+    closed, so its id can stay visible for a few milliseconds: poll a little.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = ebcap_programs() - before
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def run_pinned(cpu: int, work: Callable[[], None]) -> int:
+    """Run ``work`` in a thread pinned to ``cpu``; return that thread's tid."""
+    tid: list[int] = []
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+            tid.append(threading.get_native_id())
+            work()
+        except BaseException as exc:  # surfaced to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return tid[0]
