@@ -68,11 +68,13 @@ class EventBatch:
         )
 
     @classmethod
-    def concat(cls, batches: Iterable[EventBatch]) -> Self:
-        """The rows of ``batches`` one after the other, in one batch."""
+    def concat(cls, batches: Iterable[EventBatch]) -> EventBatch:
+        """The rows of ``batches`` one after the other, in one batch (no copy for one)."""
         parts = [b for b in batches if len(b)]
         if not parts:
             return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
         values = [b.values[b.offsets[0] : b.offsets[-1]] for b in parts]
         starts = np.cumsum([0] + [len(v) for v in values[:-1]])
         offsets = [np.zeros(1, dtype=np.int64)]

@@ -94,7 +94,7 @@ def parse_perf_records(
     out = BatchBuilder()
     end, pos, unknown = len(chunk), 0, 0
     while end - pos >= _HEADER.size:
-        rtype, _misc, size = _HEADER.unpack_from(chunk, pos)
+        rtype, _misc, size = _HEADER.unpack_from(chunk.data, pos)
         if size < _HEADER.size:
             raise CaptureError(f"corrupt perf ring on CPU {cpu}: record of {size} bytes")
         if pos + size > end:
@@ -104,7 +104,7 @@ def parse_perf_records(
         elif rtype == _sys.PERF_RECORD_LOST:
             if size < LOST_RECORD.itemsize:
                 raise CaptureError(f"corrupt perf ring on CPU {cpu}: LOST record of {size} bytes")
-            lost = _LOST.unpack_from(chunk, pos)[4]
+            lost = _LOST.unpack_from(chunk.data, pos)[4]
             out.add_lost(cpu, 0, lost)
             pos += size
         else:
@@ -124,7 +124,7 @@ def _take_samples(
     """Take the run of samples of ``size`` bytes starting at ``pos``; bytes consumed."""
     if size < SAMPLE_RECORD.itemsize:
         raise CaptureError(f"corrupt perf ring on CPU {cpu}: sample record of {size} bytes")
-    _t, _m, _s, time, sample_cpu, _res, raw_size = _SAMPLE.unpack_from(chunk, pos)
+    _t, _m, _s, time, sample_cpu, _res, raw_size = _SAMPLE.unpack_from(chunk.data, pos)
     if raw_size > size - SAMPLE_RECORD.itemsize:
         raise CaptureError(
             f"corrupt perf ring on CPU {cpu}: raw size {raw_size} in a {size}-byte sample"
@@ -132,7 +132,10 @@ def _take_samples(
     length = raw_size if payload_size is None else min(raw_size, payload_size)
     start = pos + SAMPLE_RECORD.itemsize
     limit = (len(chunk) - pos) // size
-    if limit < 2 or _HEADER.unpack_from(chunk, pos + size)[::2] != (_sys.PERF_RECORD_SAMPLE, size):
+    if limit < 2 or _HEADER.unpack_from(chunk.data, pos + size)[::2] != (
+        _sys.PERF_RECORD_SAMPLE,
+        size,
+    ):
         out.add_sample(sample_cpu, time, chunk[start : start + length])
         return size
 

@@ -65,7 +65,7 @@ def parse_ringbuf_records(chunk: np.ndarray) -> tuple[EventBatch, int, int]:
     out = BatchBuilder()
     end, pos, discarded = len(chunk), 0, 0
     while end - pos >= _sys.BPF_RINGBUF_HDR_SZ:
-        header = _HEADER.unpack_from(chunk, pos)[0]
+        header = _HEADER.unpack_from(chunk.data, pos)[0]
         if header & _sys.BPF_RINGBUF_BUSY_BIT:
             break
         length = header & ~_FLAGS
@@ -86,7 +86,7 @@ def _take_run(chunk: np.ndarray, pos: int, length: int, step: int, out: BatchBui
     """Take the run of committed ``length``-byte records starting at ``pos``; bytes consumed."""
     start = pos + _sys.BPF_RINGBUF_HDR_SZ
     limit = (len(chunk) - pos) // step
-    if limit < 2 or _HEADER.unpack_from(chunk, pos + step)[0] != length:
+    if limit < 2 or _HEADER.unpack_from(chunk.data, pos + step)[0] != length:
         out.add_sample(0, 0, chunk[start : start + length])
         return step
 

@@ -1,0 +1,210 @@
+"""Reading a PERF_EVENT_ARRAY: one BPF_OUTPUT perf ring per CPU, drained in CPU order.
+
+For every CPU the reader opens a PERF_COUNT_SW_BPF_OUTPUT event with
+TIME|CPU|RAW samples on CLOCK_MONOTONIC (the clock of bpf_ktime_get_ns),
+maps its ring writable (so the kernel never overwrites what is unread: it
+counts the loss and later writes a LOST record instead), plugs the event
+into the map under the CPU's index and enables it. One epoll covers all
+rings. The ring walking itself is :mod:`ebcap.capture.perf_ring`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from contextlib import ExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, Self
+
+from ebcap.bpf import _sys
+from ebcap.bpf.maps import Map
+from ebcap.capture.batch import EventBatch
+from ebcap.capture.epoll_wait import EpollSet
+from ebcap.capture.perf_ring import SAMPLE_TYPE, walk_perf_ring
+from ebcap.errors import ClosedError, UsageError
+
+_U64: Final = struct.Struct("<Q")
+_U32: Final = struct.Struct("<I")
+DEFAULT_WAKEUP_EVENTS: Final = 1
+"""Wake the reader at every event when the caller chose neither events nor bytes."""
+
+
+@dataclass
+class _CpuRing:
+    cpu: int
+    fd: int
+    area: mmap.mmap
+    data_offset: int
+    data_size: int
+
+
+class PerfBufferReader:
+    """Drains the per-CPU perf rings of ``events_map`` (a PERF_EVENT_ARRAY).
+
+    ``pages_per_cpu`` (a power of two) sizes each ring. The reader is woken
+    every ``wakeup_events`` samples, or when ``watermark_bytes`` are
+    waiting, whichever the caller gives (one of them; default: every event).
+    ``payload_size`` trims samples to the real event size (the kernel pads
+    raw data so records stay 8-byte aligned).
+    """
+
+    def __init__(
+        self,
+        events_map: Map,
+        cpus: list[int],
+        *,
+        pages_per_cpu: int,
+        wakeup_events: int | None = None,
+        watermark_bytes: int | None = None,
+        payload_size: int | None = None,
+    ) -> None:
+        self.page_size = mmap.PAGESIZE
+        _check_args(events_map, cpus, pages_per_cpu, self.page_size, wakeup_events, watermark_bytes)
+        if payload_size is not None and payload_size < 0:
+            raise UsageError(f"payload size {payload_size}: must not be negative")
+        self.cpus = list(cpus)
+        self.buffer_bytes_per_cpu = pages_per_cpu * self.page_size
+        self.unknown_records = 0
+        """Records of types the reader does not know, skipped (kept for diagnostics)."""
+        self._payload_size = payload_size
+        self._map = events_map
+        self._rings: list[_CpuRing] = []
+        self._stack = ExitStack()
+        try:
+            self._epoll = self._stack.enter_context(EpollSet("perf buffer reader"))
+            attr = _event_attr(wakeup_events, watermark_bytes)
+            for cpu in self.cpus:
+                self._rings.append(self._open_ring(cpu, attr, pages_per_cpu))
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _open_ring(self, cpu: int, attr: _sys.PerfEventAttr, pages: int) -> _CpuRing:
+        """Open, map, plug in and enable the ring of ``cpu``; undone by the exit stack."""
+        stack = self._stack
+        fd = _sys.perf_event_open(attr, -1, cpu, -1, _sys.PERF_FLAG_FD_CLOEXEC)
+        stack.callback(os.close, fd)
+        try:
+            area = mmap.mmap(
+                fd,
+                (1 + pages) * self.page_size,
+                mmap.MAP_SHARED,
+                mmap.PROT_READ | mmap.PROT_WRITE,
+            )
+        except OSError as exc:
+            call = f"mmap(perf ring of CPU {cpu}, {pages} pages)"
+            raise _sys.kernel_error(call, exc.errno or 0, capability="CAP_IPC_LOCK") from None
+        stack.callback(area.close)
+        data_offset = _U64.unpack_from(area, _sys.DATA_OFFSET_OFFSET)[0] or self.page_size
+        data_size = _U64.unpack_from(area, _sys.DATA_SIZE_OFFSET)[0] or pages * self.page_size
+        self._map.update(_U32.pack(cpu), _U32.pack(fd))
+        self._epoll.add(fd)
+        _sys.ioctl(fd, _sys.PERF_EVENT_IOC_ENABLE)
+        stack.callback(_sys.ioctl, fd, _sys.PERF_EVENT_IOC_DISABLE)
+        return _CpuRing(cpu, fd, area, data_offset, data_size)
+
+    @property
+    def ncpus(self) -> int:
+        return len(self.cpus)
+
+    @property
+    def closed(self) -> bool:
+        return self._epoll.closed
+
+    def fileno(self) -> int:
+        """The epoll fd: readable when a ring has data worth a wakeup."""
+        return self._epoll.fileno()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a wakeup; True if one came."""
+        return self._epoll.wait(timeout)
+
+    def read(self) -> EventBatch:
+        """Drain every ring once, in CPU order (that is the arrival order)."""
+        if self.closed:
+            raise ClosedError("perf buffer reader is closed")
+        batches = []
+        for ring in self._rings:
+            head = _U64.unpack_from(ring.area, _sys.DATA_HEAD_OFFSET)[0]
+            tail = _U64.unpack_from(ring.area, _sys.DATA_TAIL_OFFSET)[0]
+            if head == tail:
+                continue
+            end = ring.data_offset + ring.data_size
+            with memoryview(ring.area) as whole, whole[ring.data_offset : end] as data:
+                walk = walk_perf_ring(
+                    data, ring.data_size, head, tail, ring.cpu, payload_size=self._payload_size
+                )
+            # Only now, with the records copied out, may the kernel reuse their space.
+            _U64.pack_into(ring.area, _sys.DATA_TAIL_OFFSET, walk.tail)
+            self.unknown_records += walk.unknown
+            batches.append(walk.batch)
+        return EventBatch.concat(batches)
+
+    def close(self) -> None:
+        """Disable the events, unmap the rings, close every fd; again does nothing."""
+        self._stack.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _check_args(
+    events_map: Map,
+    cpus: list[int],
+    pages: int,
+    page_size: int,
+    wakeup_events: int | None,
+    watermark_bytes: int | None,
+) -> None:
+    if events_map.info.type != _sys.BPF_MAP_TYPE_PERF_EVENT_ARRAY:
+        raise UsageError(
+            f"map {events_map.info.name or events_map.info.id} is not a PERF_EVENT_ARRAY"
+        )
+    if not cpus:
+        raise UsageError("no CPUs to read")
+    if len(set(cpus)) != len(cpus):
+        raise UsageError(f"CPU list {cpus} names a CPU twice")
+    slots = events_map.info.max_entries
+    outside = [c for c in cpus if not 0 <= c < slots]
+    if outside:
+        raise UsageError(f"CPU {outside[0]} has no slot in the events map ({slots} entries)")
+    if pages < 1 or pages & (pages - 1):
+        raise UsageError(f"perf buffer of {pages} pages per CPU: must be a power of two")
+    if wakeup_events is not None and watermark_bytes is not None:
+        raise UsageError("give a wakeup every N events or a byte watermark, not both")
+    if wakeup_events is not None and wakeup_events < 1:
+        raise UsageError(f"wakeup every {wakeup_events} events: must be at least 1")
+    if watermark_bytes is not None and not 0 < watermark_bytes < pages * page_size:
+        raise UsageError(
+            f"wakeup watermark of {watermark_bytes} bytes: must be above 0 and below the "
+            f"{pages * page_size}-byte buffer"
+        )
+
+
+def _event_attr(wakeup_events: int | None, watermark_bytes: int | None) -> _sys.PerfEventAttr:
+    attr = _sys.PerfEventAttr(
+        type=_sys.PERF_TYPE_SOFTWARE,
+        size=_sys.PERF_ATTR_SIZE,
+        config=_sys.PERF_COUNT_SW_BPF_OUTPUT,
+        sample_period=1,
+        sample_type=SAMPLE_TYPE,
+        disabled=1,
+        use_clockid=1,
+        clockid=_sys.CLOCK_MONOTONIC,
+    )
+    if watermark_bytes is not None:
+        attr.watermark = 1
+        attr.wakeup_watermark = watermark_bytes
+    else:
+        attr.wakeup_events = wakeup_events or DEFAULT_WAKEUP_EVENTS
+    return attr

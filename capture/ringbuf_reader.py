@@ -1,0 +1,111 @@
+"""Reading a BPF ring buffer (BPF_MAP_TYPE_RINGBUF): one ring shared by all CPUs.
+
+The map is mapped twice over: the consumer page read-write at offset 0 (we
+publish how far we have read there) and, from offset page_size, the
+producer page followed by the data area mapped twice in a row, read-only.
+epoll on the map fd itself wakes us when the kernel decides to (it does
+when the consumer has caught up). The ring walking itself is
+:mod:`ebcap.capture.ringbuf_ring`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from contextlib import ExitStack
+from types import TracebackType
+from typing import Final, Self
+
+from ebcap.bpf import _sys
+from ebcap.bpf.maps import Map
+from ebcap.capture.batch import EventBatch
+from ebcap.capture.epoll_wait import EpollSet
+from ebcap.capture.ringbuf_ring import walk_ringbuf
+from ebcap.errors import ClosedError, UsageError
+
+_U64: Final = struct.Struct("<Q")
+_POS_OFFSET: Final = 0
+"""consumer_pos / producer_pos: the first u64 of their page."""
+
+
+class RingBufReader:
+    """Drains ``ringbuf_map``; the map stays the caller's (not closed here)."""
+
+    def __init__(self, ringbuf_map: Map) -> None:
+        info = ringbuf_map.info
+        if info.type != _sys.BPF_MAP_TYPE_RINGBUF:
+            raise UsageError(f"map {info.name or info.id} is not a BPF ring buffer")
+        self.page_size = mmap.PAGESIZE
+        self.buffer_bytes = info.max_entries
+        self.discarded = 0
+        """Records the producer discarded, skipped (kept for diagnostics)."""
+        self._stack = ExitStack()
+        try:
+            self._epoll = self._stack.enter_context(EpollSet("ring buffer reader"))
+            fd = ringbuf_map.fd
+            self._consumer = self._map(fd, self.page_size, 0, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._producer = self._map(
+                fd, self.page_size + 2 * self.buffer_bytes, self.page_size, mmap.PROT_READ
+            )
+            self._epoll.add(fd)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _map(self, fd: int, length: int, offset: int, prot: int) -> mmap.mmap:
+        try:
+            area = mmap.mmap(fd, length, mmap.MAP_SHARED, prot, offset=offset)
+        except OSError as exc:
+            call = f"mmap(ring buffer, {length} bytes at {offset})"
+            raise _sys.kernel_error(call, exc.errno or 0, capability="CAP_BPF") from None
+        self._stack.callback(area.close)
+        return area
+
+    @property
+    def ncpus(self) -> int:
+        """One ring for every CPU."""
+        return 1
+
+    @property
+    def closed(self) -> bool:
+        return self._epoll.closed
+
+    def fileno(self) -> int:
+        """The epoll fd: readable when the kernel woke the consumer."""
+        return self._epoll.fileno()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a wakeup; True if one came."""
+        return self._epoll.wait(timeout)
+
+    def read(self) -> EventBatch:
+        """Every committed record from the consumer position on, in ring order."""
+        if self.closed:
+            raise ClosedError("ring buffer reader is closed")
+        consumer = _U64.unpack_from(self._consumer, _POS_OFFSET)[0]
+        producer = _U64.unpack_from(self._producer, _POS_OFFSET)[0]
+        if consumer == producer:
+            return EventBatch.empty()
+        start, end = self.page_size, self.page_size + 2 * self.buffer_bytes
+        with memoryview(self._producer) as whole, whole[start:end] as data:
+            walk = walk_ringbuf(data, self.buffer_bytes, consumer, producer)
+        if walk.consumer_pos != consumer:
+            # Only now, with the records copied out, may producers reuse their space.
+            _U64.pack_into(self._consumer, _POS_OFFSET, walk.consumer_pos)
+        self.discarded += walk.discarded
+        return walk.batch
+
+    def close(self) -> None:
+        """Unmap both areas and close the epoll fd; again does nothing."""
+        self._stack.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
