@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from ebcap.errors import UsageError
 from ebcap.format import schema as fs
-from ebcap.replay.hexfmt import bytes_hex, payload_lengths, u64_hex_joined
+from ebcap.replay.hexfmt import bytes_hex, payload_lengths, u64_hex_columns
 from ebcap.replay.scan import KIND_LOST_CODE
 
 ARRIVAL: Final = "arrival"
@@ -173,9 +173,9 @@ class TextFormatter:
     def _sample_body(self, rows: pa.RecordBatch) -> list[Any]:
         pieces: list[Any] = []
         if self.syscall_style:
-            columns = [pc.fill_null(rows.column(a), 0).to_numpy() for a in SYSCALL_ARGS]
+            args = u64_hex_columns([rows.column(a) for a in SYSCALL_ARGS], ", ")
             name = pc.fill_null(rows.column(SYSCALL_COLUMN), "?")
-            pieces += [*self._paint([name], _BOLD), "(", u64_hex_joined(columns, ", "), ")"]
+            pieces += [*self._paint([name], _BOLD), "(", args, ")"]
         for name in self.field_columns:
             pieces += [" " if pieces else "", f"{name}=", value_strings(rows.column(name))]
         if not pieces:
