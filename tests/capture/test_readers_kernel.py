@@ -9,7 +9,6 @@ there were. So every payload byte, every count and every gap is checked.
 from __future__ import annotations
 
 import os
-import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -340,4 +339,15 @@ def test_perf_reader_sizes() -> None:
     with perf_map() as events, PerfBufferReader(events, CPUS, pages_per_cpu=4) as reader:
         assert reader.ncpus == len(CPUS)
         assert reader.buffer_bytes_per_cpu == 4 * os.sysconf("SC_PAGE_SIZE")
-        assert struct.calcsize("<Q") == 8
+
+
+def test_readers_refuse_a_closed_map_and_leave_nothing_open() -> None:
+    for events in (perf_map(), ringbuf_map(4096)):
+        events.close()
+        before = open_fds()
+        with pytest.raises(ClosedError, match="map is closed"):
+            if events.info.type == _sys.BPF_MAP_TYPE_RINGBUF:
+                RingBufReader(events)
+            else:
+                PerfBufferReader(events, CPUS, pages_per_cpu=1)
+        assert open_fds() == before
