@@ -145,9 +145,19 @@ class PacketSource(Source):
         )
         prog = Program.load(self.prog_type, insns, name=self.program_name)
         stack.callback(prog.close)
-        detach = self._attach(ipr, index, prog)
-        stack.callback(detach)
-        return KernelSide(events, drops, detach=detach)
+        self._prepare(ipr, index)
+        kernel = KernelSide(events, drops)
+
+        def attach() -> None:
+            detach = self._attach(ipr, index, prog)
+            stack.callback(detach)
+            kernel.detach = detach
+
+        kernel.attach = attach
+        return kernel
+
+    def _prepare(self, ipr: IPRoute, index: int) -> None:
+        """Clear leftovers of a killed ebcap; refuse what cannot work, before attaching."""
 
     def _attach(self, ipr: IPRoute, index: int, prog: Program) -> Callable[[], None]:
         raise NotImplementedError
@@ -176,7 +186,7 @@ class XdpSource(PacketSource):
         self.force = force
         self.spec = f"xdp:{iface}"
 
-    def _attach(self, ipr: IPRoute, index: int, prog: Program) -> Callable[[], None]:
+    def _prepare(self, ipr: IPRoute, index: int) -> None:
         for mode_flag, prog_id in xdp_programs(ipr, index):
             name = _program_name(prog_id)
             if name == XDP_PROGRAM_NAME and not _fd_holders(prog_id):
@@ -190,6 +200,8 @@ class XdpSource(PacketSource):
                     f"{self.iface} already runs XDP program {name!r} (id {prog_id}); "
                     "--force replaces it for good"
                 )
+
+    def _attach(self, ipr: IPRoute, index: int, prog: Program) -> Callable[[], None]:
         mode_flag = XDP_MODES[self.mode]
         attrs = [
             ("IFLA_XDP_FD", prog.fd),
@@ -234,7 +246,7 @@ class TcSource(PacketSource):
         self.direction = direction
         self.spec = f"tc:{iface}:{direction}"
 
-    def _attach(self, ipr: IPRoute, index: int, prog: Program) -> Callable[[], None]:
+    def _prepare(self, ipr: IPRoute, index: int) -> None:
         for parent, flt in tc_filters(ipr, index):
             pid = _filter_pid(flt)
             if pid is not None and not _alive(pid):
@@ -242,6 +254,8 @@ class TcSource(PacketSource):
                 self._note(f"removed tc filter {_filter_name(flt)} left on {self.iface}")
         if _remove_clsact_if_unused(ipr, index):
             self._note(f"removed clsact qdisc ebcap had added to {self.iface}")
+
+    def _attach(self, ipr: IPRoute, index: int, prog: Program) -> Callable[[], None]:
         if not _has_clsact(ipr, index):
             with _netlink(f"adding a clsact qdisc to {self.iface}"):
                 ipr.tc("add", "clsact", index)

@@ -102,11 +102,17 @@ class TracepointSource(Source):
         )
         prog = Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, insns, name=PROGRAM_NAME)
         stack.callback(prog.close)
-        link = links.attach_tracepoint(
-            prog, self.format.category, self.format.name, self._tracefs_root
-        )
-        stack.callback(link.close)
-        return KernelSide(events, drops, detach=link.close)
+        kernel = KernelSide(events, drops)
+
+        def attach() -> None:
+            link = links.attach_tracepoint(
+                prog, self.format.category, self.format.name, self._tracefs_root
+            )
+            stack.callback(link.close)
+            kernel.detach = link.close
+
+        kernel.attach = attach
+        return kernel
 
 
 def _event_dtype(

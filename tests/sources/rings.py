@@ -116,6 +116,8 @@ def collect(
             if transport == "perf"
             else {}
         )
+        if kernel.attach is not None:
+            kernel.attach()
         start = _drops(kernel.drops)
         action()
         time.sleep(0.05)

@@ -20,6 +20,7 @@ from ebcap.bpf.prog import Program
 from ebcap.bpf.programs.packet import XDP_PASS
 from ebcap.capture import packet_source
 from ebcap.capture.packet_source import (
+    PacketSource,
     TcSource,
     XdpSource,
     interface_index,
@@ -36,12 +37,19 @@ _HOLDER = textwrap.dedent(
     from contextlib import ExitStack
     from ebcap.capture.packet_source import TcSource, XdpSource
     with ExitStack() as stack:
-        XdpSource(sys.argv[1], mode="generic").start("ringbuf", 1 << 16, stack)
-        TcSource(sys.argv[1], "ingress").start("ringbuf", 1 << 16, stack)
+        for source in (XdpSource(sys.argv[1], mode="generic"), TcSource(sys.argv[1], "ingress")):
+            source.start("ringbuf", 1 << 16, stack).attach()
         print("ready", flush=True)
         time.sleep(60)
     """
 )
+
+
+def _run(source: PacketSource, transport: str, stack: ExitStack) -> None:
+    """Start ``source`` and attach it, as the recorder does once its rings are in place."""
+    kernel = source.start(transport, 1 << 16, stack)
+    assert kernel.attach is not None
+    kernel.attach()
 
 
 def _state(veth: netns.VethPair) -> tuple[list[str], list[str], bool]:
@@ -80,9 +88,9 @@ def test_sigkill_leftovers_are_removed_by_the_next_start(veth: netns.VethPair) -
     messages: list[str] = []
     with ExitStack() as stack:
         xdp = XdpSource(veth.host, mode="generic", notify=messages.append)
-        xdp.start("ringbuf", 1 << 16, stack)
+        _run(xdp, "ringbuf", stack)
         tc = TcSource(veth.host, "ingress", notify=messages.append)
-        tc.start("ringbuf", 1 << 16, stack)
+        _run(tc, "ringbuf", stack)
         assert _state(veth) == (["ebcap_xdp"], [f"ebcap_tc.{os.getpid()}.{tc_prog_id(veth)}"], True)
     assert len(messages) == 3
     assert messages[0].startswith("removed XDP program ebcap_xdp (id ")
@@ -109,12 +117,12 @@ def test_foreign_xdp_program_needs_force(veth: netns.VethPair) -> None:
             ExitStack() as stack,
             pytest.raises(UsageError, match="already runs XDP program 'someone_xdp'"),
         ):
-            XdpSource(veth.host, mode="generic").start("perf", 1 << 16, stack)
+            _run(XdpSource(veth.host, mode="generic"), "perf", stack)
         assert _state(veth)[0] == ["someone_xdp"]
         messages: list[str] = []
         with ExitStack() as stack:
             forced = XdpSource(veth.host, mode="native", force=True, notify=messages.append)
-            forced.start("perf", 1 << 16, stack)
+            _run(forced, "perf", stack)
             assert _state(veth)[0] == ["ebcap_xdp"]
         assert messages == [f"replaced XDP program 'someone_xdp' (id {other.id}) on {veth.host}"]
         assert _state(veth)[0] == []  # the replaced program is not put back
@@ -123,15 +131,15 @@ def test_foreign_xdp_program_needs_force(veth: netns.VethPair) -> None:
 
 def test_a_running_capture_is_not_a_leftover(veth: netns.VethPair) -> None:
     with ExitStack() as stack:
-        XdpSource(veth.host, mode="generic").start("ringbuf", 1 << 16, stack)
+        _run(XdpSource(veth.host, mode="generic"), "ringbuf", stack)
         with (
             ExitStack() as second,
             pytest.raises(UsageError, match="already runs XDP program 'ebcap_xdp'"),
         ):
-            XdpSource(veth.host, mode="generic").start("ringbuf", 1 << 16, second)
-        TcSource(veth.host, "egress").start("ringbuf", 1 << 16, stack)
+            _run(XdpSource(veth.host, mode="generic"), "ringbuf", second)
+        _run(TcSource(veth.host, "egress"), "ringbuf", stack)
         with ExitStack() as second:
-            TcSource(veth.host, "egress").start("ringbuf", 1 << 16, second)
+            _run(TcSource(veth.host, "egress"), "ringbuf", second)
             assert [f.rsplit(".", 1)[0] for f in _state(veth)[1]] == [f"ebcap_tc.{os.getpid()}"] * 2
         xdp, filters, clsact = _state(veth)
         assert (xdp, len(filters), clsact) == (["ebcap_xdp"], 1, True)
@@ -151,7 +159,7 @@ def test_foreign_clsact_and_filters_are_left_alone(veth: netns.VethPair) -> None
             parent=packet_source.TC_HOOKS["ingress"], classid=1, direct_action=True,
         )  # fmt: skip
     with ExitStack() as stack:
-        TcSource(veth.host, "ingress").start("perf", 1 << 16, stack)
+        _run(TcSource(veth.host, "ingress"), "perf", stack)
         assert len(_state(veth)[1]) == 2
     assert not packet_source._marker(veth.host_index).exists()
     assert _state(veth) == ([], ["someone"], True)
@@ -163,12 +171,12 @@ def test_missing_interface_is_refused() -> None:
             ExitStack() as stack,
             pytest.raises(UsageError, match="no network interface 'ebcap-nope0'"),
         ):
-            source.start("perf", 1 << 16, stack)
+            _run(source, "perf", stack)
 
 
 def test_native_xdp_where_the_driver_has_none_is_refused() -> None:
     """Loopback has no native XDP: the error says so and suggests generic mode."""
     with ExitStack() as stack, pytest.raises(NotSupportedError, match="--xdp-mode generic"):
-        XdpSource("lo", mode="native").start("perf", 1 << 16, stack)
+        _run(XdpSource("lo", mode="native"), "perf", stack)
     with IPRoute() as ipr:
         assert xdp_programs(ipr, interface_index(ipr, "lo")) == []

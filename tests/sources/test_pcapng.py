@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 
 import pyarrow as pa
 import pytest
 from sources import netns
+from sources.pcapng_reader import parse_pcapng
 from sources.rings import collect, structured
 
 from ebcap.bpf.programs.packet import PACKET_OFFSET
@@ -16,45 +16,6 @@ from ebcap.capture.packet_source import XdpSource
 from ebcap.errors import UsageError
 from ebcap.format import schema as s
 from ebcap.format.pcapng import PcapngWriter, write_pcapng
-
-
-def parse_pcapng(data: bytes) -> dict:
-    """Sections, interfaces and packets of a little-endian pcapng file."""
-    out: dict = {"interfaces": [], "packets": [], "shb_options": {}}
-    pos = 0
-    while pos < len(data):
-        block_type, total = struct.unpack_from("<II", data, pos)
-        assert total % 4 == 0 and total >= 12
-        assert struct.unpack_from("<I", data, pos + total - 4)[0] == total
-        body = data[pos + 8 : pos + total - 4]
-        if block_type == 0x0A0D0D0A:
-            magic, major, minor, length = struct.unpack_from("<IHHq", body)
-            assert (magic, major, minor, length) == (0x1A2B3C4D, 1, 0, -1)
-            out["shb_options"] = options(body[16:])
-        elif block_type == 1:
-            linktype, _, snaplen = struct.unpack_from("<HHI", body)
-            out["interfaces"].append(
-                {"linktype": linktype, "snaplen": snaplen, **options(body[8:])}
-            )
-        elif block_type == 6:
-            iface, high, low, cap, orig = struct.unpack_from("<IIIII", body)
-            assert len(body) == 20 + cap + (-cap % 4)
-            out["packets"].append((iface, high << 32 | low, orig, body[20 : 20 + cap]))
-        else:
-            raise AssertionError(f"unexpected block type {block_type:#x}")
-        pos += total
-    return out
-
-
-def options(raw: bytes) -> dict[int, bytes]:
-    found, pos = {}, 0
-    while pos < len(raw):
-        code, length = struct.unpack_from("<HH", raw, pos)
-        if code == 0:
-            break
-        found[code] = raw[pos + 4 : pos + 4 + length]
-        pos += 4 + length + (-length % 4)
-    return found
 
 
 def test_writer_blocks() -> None:
