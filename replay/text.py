@@ -49,7 +49,17 @@ _CONTROL_CHARS: Final = r"[\x00-\x1f\x7f]"
 
 
 def _join(*parts: Any, sep: str = "") -> pa.Array:
-    return pc.binary_join_element_wise(*parts, sep, null_handling="skip")
+    """Element-wise concatenation; neighbouring constant strings are merged first.
+
+    Every piece costs a pass over the batch, constants included.
+    """
+    merged: list[Any] = []
+    for part in parts:
+        if sep == "" and isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        elif not (sep == "" and part == ""):
+            merged.append(part)
+    return pc.binary_join_element_wise(*merged, sep, null_handling="skip")
 
 
 def _ints(values: np.ndarray) -> pa.Array:
@@ -72,10 +82,10 @@ def wall_clock(ts: np.ndarray, realtime_offset_ns: int) -> pa.Array:
     return pc.strftime(wall.cast(pa.timestamp("ns", tz="UTC")), format="%Y-%m-%d %H:%M:%S")
 
 
-def microseconds(ns: np.ndarray) -> pa.Array:
-    """Durations in ns as ``12.3 us`` (one decimal, rounded)."""
+def microseconds(ns: np.ndarray) -> list[Any]:
+    """Pieces spelling durations in ns as ``12.3 us`` (one decimal, rounded), for a join."""
     tenths = (ns.astype(np.uint64) + np.uint64(50)) // np.uint64(100)
-    return _join(_ints(tenths // np.uint64(10)), ".", _ints(tenths % np.uint64(10)), " us")
+    return [_ints(tenths // np.uint64(10)), ".", _ints(tenths % np.uint64(10)), " us"]
 
 
 def value_strings(column: pa.Array, null: str = "-") -> pa.Array:
@@ -191,11 +201,11 @@ class TextFormatter:
         if not late.any():
             return pa.nulls(rows.num_rows, pa.string())
         if self.order == ARRIVAL:
-            text = self._paint(["  << ", microseconds(late_ns), " late"], _YELLOW)
+            text = self._paint(["  << ", *microseconds(late_ns), " late"], _YELLOW)
         else:
             seq = _ints(rows.column("seq").to_numpy())
             late_us = microseconds(late_ns)
-            text = self._paint(["  [moved from seq ", seq, ": ", late_us, " late]"], _MAGENTA)
+            text = self._paint(["  [moved from seq ", seq, ": ", *late_us, " late]"], _MAGENTA)
         return pc.if_else(pa.array(late), _join(*text), pa.scalar(None, pa.string()))
 
 
