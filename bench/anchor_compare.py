@@ -28,6 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import ebcap
+
 ROOT = Path(__file__).resolve().parent.parent
 ANCHORS = ROOT.parent / "shared" / "anchors"
 PIN_DIR = Path("/sys/fs/bpf/ebcap-bench")
@@ -145,14 +150,10 @@ def run_ebcap(
     summary = json.loads(r_out)
     p = result_line(p_out, "producer")
     produced = int(p["produced"])
-    import pyarrow.compute as pc
-
-    import ebcap
-
     with ebcap.open(out) as reader:
         table = reader.to_table(columns=["ts_ns", "kind"])
         last_drain_ns = int(reader.totals["last_drain_ns"])
-    samples = table.filter(pc.equal(table["kind"].dictionary_decode(), "sample"))
+    samples = table.filter(pc.equal(table["kind"].cast(pa.string()), "sample"))
     first_ts = int(pc.min(samples["ts_ns"]).as_py())
     received = samples.num_rows
     dropped = int(p["rb_drops"]) if transport == "rb" else int(p["pb_fail"])

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ebcap.bpf import _sys
 from ebcap.bpf.maps import Map
@@ -65,6 +66,7 @@ class BenchSource(Source):
         self.stats: Map | None = None
         self.program_fd: int | None = None
         self._program: Program | None = None
+        self._final: tuple[list[int], list[int]] | None = None
 
     def arrow_fields(self) -> list[pa.Field]:
         return [pa.field("ev_seq", pa.uint32())]
@@ -75,6 +77,7 @@ class BenchSource(Source):
     def start(self, transport: str, buffer_bytes: int, stack: ExitStack) -> KernelSide:
         events = create_events_map(transport, buffer_bytes, stack)
         self.stats = create_counter_map("ebcap_bstats", 16, stack)
+        stack.callback(self._keep_final_counters)  # runs before the map closes
         scratch = None
         if self._bench.needs_scratch_map(transport, self.size):
             scratch = create_counter_map("ebcap_bscratch", self.size, stack)
@@ -98,10 +101,15 @@ class BenchSource(Source):
         return self._program
 
     def counters(self) -> tuple[list[int], list[int]]:
-        """Per-CPU (invocations, drops) from the program's stats map."""
+        """Per-CPU (invocations, drops) from the stats map, or as it was when it closed."""
+        if self._final is not None:
+            return self._final
         if self.stats is None:
             raise RuntimeError("the bench source has not started")
         return read_percpu_u64(self.stats, 0), read_percpu_u64(self.stats, 1)
+
+    def _keep_final_counters(self) -> None:
+        self._final = self.counters()
 
 
 @dataclass
@@ -181,7 +189,7 @@ class IntegrityReport:
 def check_integrity(table: pa.Table, size: int) -> IntegrityReport:
     """Check every sample's header and padding, and per-CPU sequence continuity."""
     report = IntegrityReport()
-    samples = table.filter(pa.compute.equal(table["kind"].dictionary_decode(), "sample"))
+    samples = table.filter(pc.equal(table["kind"].cast(pa.string()), "sample"))
     report.received = samples.num_rows
     if not samples.num_rows:
         return report
@@ -211,6 +219,17 @@ def check_integrity(table: pa.Table, size: int) -> IntegrityReport:
         report.received_per_cpu[int(cpu)] = len(unique)
         report.holes_per_cpu[int(cpu)] = int(unique[-1] + 1 - len(unique)) if len(unique) else 0
     return report
+
+
+def _keep_consumer_off(producer_cpus: list[int]) -> None:
+    """Pin the consumer (this thread) to the CPUs nobody produces on, if any are left.
+
+    The anchor harness does the same (consumer on CPU 1, producer on CPU 0).
+    Producer threads pin themselves, so they are not affected.
+    """
+    free = set(os.sched_getaffinity(0)) - set(producer_cpus)
+    if free:
+        os.sched_setaffinity(0, free)
 
 
 @dataclass
@@ -251,7 +270,6 @@ def run_bench(
     timestamp to the moment the recorder had written the last one, as the
     anchor harness measures it.
     """
-    import pyarrow.compute as pc
 
     from ebcap.capture.metadata import wakeup_description
     from ebcap.capture.recorder import Recorder
@@ -259,6 +277,7 @@ def run_bench(
 
     producers = Producers(source, cpus, duration_s)
     recorder = Recorder(source, options)
+    _keep_consumer_off(cpus)
     try:
         summary = recorder.run(should_stop=producers.done.is_set, on_started=producers.start)
     finally:

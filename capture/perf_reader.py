@@ -201,6 +201,7 @@ def _event_attr(wakeup_events: int | None, watermark_bytes: int | None) -> _sys.
         disabled=1,
         use_clockid=1,
         clockid=_sys.CLOCK_MONOTONIC,
+        sample_id_all=1,  # LOST records then carry TIME and CPU too
     )
     if watermark_bytes is not None:
         attr.watermark = 1

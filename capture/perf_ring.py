@@ -44,9 +44,14 @@ payload arrives with raw size 28."""
 LOST_RECORD: Final = np.dtype([*PERF_EVENT_HEADER.descr, ("id", "<u8"), ("lost", "<u8")])
 """PERF_RECORD_LOST: events the kernel dropped because the ring was full."""
 
+LOST_SAMPLE_ID: Final = np.dtype([("time", "<u8"), ("cpu", "<u4"), ("res", "<u4")])
+"""struct sample_id after a LOST record when the event has ``sample_id_all``: the
+TIME and CPU fields of :data:`SAMPLE_TYPE`, so a loss has a kernel timestamp."""
+
 _HEADER: Final = struct.Struct("<IHH")
 _SAMPLE: Final = struct.Struct("<IHHQIII")
 _LOST: Final = struct.Struct("<IHHQQ")
+_U64: Final = struct.Struct("<Q")
 
 
 class PerfWalk(NamedTuple):
@@ -105,7 +110,9 @@ def parse_perf_records(
             if size < LOST_RECORD.itemsize:
                 raise CaptureError(f"corrupt perf ring on CPU {cpu}: LOST record of {size} bytes")
             lost = _LOST.unpack_from(chunk.data, pos)[4]
-            out.add_lost(cpu, 0, lost)
+            has_time = size >= LOST_RECORD.itemsize + LOST_SAMPLE_ID.itemsize
+            when = _U64.unpack_from(chunk.data, pos + LOST_RECORD.itemsize)[0] if has_time else 0
+            out.add_lost(cpu, when, lost)
             pos += size
         else:
             unknown += 1

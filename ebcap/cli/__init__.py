@@ -88,6 +88,12 @@ def run(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return 0
+    except Exception as exc:  # a bug in ebcap: still one line, the traceback on request
+        if os.environ.get("EBCAP_DEBUG"):
+            raise
+        return _fail(
+            f"internal error: {type(exc).__name__}: {exc} (set EBCAP_DEBUG=1 for the traceback)", 1
+        )
     return int(result) if isinstance(result, int) else 0
 
 

@@ -1,0 +1,130 @@
+"""`ebcap record` on the real kernel: syscall events checked against a known workload."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from kernel_helpers import ebcap_programs, ebcap_programs_left, open_fds, run_pinned
+
+from ebcap.bpf.cpus import online_cpus
+from ebcap.capture.recorder import Recorder, RecordOptions
+from ebcap.capture.sources import SyscallsSource
+from ebcap.format.reader import CaptureReader
+
+pytestmark = pytest.mark.privileged
+
+GETPPID = 110
+CALLS = 2000
+
+
+def _record_workload(tmp_path: Path, transport: str) -> tuple[pa.Table, dict, int, int]:
+    """Record this process's syscalls while pinned threads call getppid CALLS times per CPU."""
+    cpus = online_cpus()
+    tids: dict[int, int] = {}
+    window: list[int] = []
+    done = []
+
+    def workload() -> None:
+        window.append(time.monotonic_ns())
+        for cpu in cpus:
+            tids[cpu] = run_pinned(cpu, lambda: [os.getppid() for _ in range(CALLS)])
+        window.append(time.monotonic_ns())
+        done.append(True)
+
+    source = SyscallsSource(pid=os.getpid(), exclude_pid=0)
+    options = RecordOptions(
+        output=tmp_path / f"{transport}.arrow", transport=transport, buffer_bytes=4 << 20
+    )
+    summary = Recorder(source, options).run(should_stop=lambda: bool(done), on_started=workload)
+    with CaptureReader(summary.path) as reader:
+        table = reader.to_table()
+        totals = reader.totals
+    return table, {"tids": tids, "summary": summary, "totals": totals}, window[0], window[1]
+
+
+@pytest.mark.parametrize("transport", ["perf", "ringbuf"])
+def test_record_syscalls_matches_workload(tmp_path: Path, transport: str) -> None:
+    before = ebcap_programs()
+    table, info, t0, t1 = _record_workload(tmp_path, transport)
+    tids = info["tids"]
+    assert pc.sum(table["lost"]).as_py() in (0, None)
+    seq = table["seq"].to_numpy()
+    assert (seq[1:] > seq[:-1]).all(), "seq must be strictly increasing"
+    assert table["pid"].to_pylist().count(os.getpid()) == table.num_rows
+    for cpu, tid in tids.items():
+        mine = table.filter(
+            pc.and_(pc.equal(table["tid"], tid), pc.equal(table["syscall_nr"], GETPPID))
+        )
+        assert mine.num_rows == CALLS, f"CPU {cpu}: {mine.num_rows} getppid events of {CALLS}"
+        assert set(mine["cpu"].to_pylist()) == {cpu}
+        assert set(mine["syscall"].to_pylist()) == {"getppid"}
+        ts = mine["ts_ns"].to_numpy()
+        assert t0 <= ts.min() and ts.max() <= t1
+        data = mine["data"][0].as_py()
+        assert int.from_bytes(data[:8], "little") == ts[0]
+    assert set(table["cpu"].to_pylist()) >= set(tids)
+    assert info["totals"]["events"] == table.num_rows
+    assert info["totals"]["drops"] == 0, "events emitted before the rings were installed"
+    assert ebcap_programs_left(before) == set()
+
+
+def test_record_releases_every_fd(tmp_path: Path) -> None:
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    _record_workload(tmp_path / "first", "perf")  # warm imports and lazy fds
+    before = open_fds()
+    _record_workload(tmp_path / "second", "perf")
+    _record_workload(tmp_path / "second", "ringbuf")
+    assert open_fds() == before
+
+
+def _ebcap(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ebcap", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_cli_record_excludes_itself_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "run.arrow"
+    proc = _ebcap("record", "-o", str(out), "--duration", "1", "--json")
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout)
+    with CaptureReader(out) as reader:
+        table = reader.to_table()
+        assert reader.metadata["ebcap.transport"] == "perf"
+    assert summary["events"] == table.num_rows > 0
+    assert proc.pid not in set(table["pid"].to_pylist())
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+
+
+def test_sigterm_finishes_a_complete_file(tmp_path: Path) -> None:
+    before = ebcap_programs()
+    out = tmp_path / "term.arrow"
+    proc = _ebcap("record", "-o", str(out), "--transport", "ringbuf")
+    deadline = time.monotonic() + 20
+    while not Path(str(out) + ".partial").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "recorded" in stderr
+    with CaptureReader(out) as reader:
+        assert reader.num_rows > 0
+        assert reader.totals is not None
+    assert not Path(str(out) + ".partial").exists()
+    assert ebcap_programs_left(before) == set()
