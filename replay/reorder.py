@@ -6,8 +6,10 @@ Terms (see :mod:`ebcap.replay.lateness` for *late* and *lateness*):
   delivered before it; its **lateness** is that maximum minus ``ts_ns[i]``.
 - its **displacement** is the number of samples delivered before it with a
   larger timestamp: how many places an exact sort moves it back.
-- it was **delivered after** the sample just before it in arrival order; the
-  CPU pair (late CPU, CPU delivered after) shows which rings overtook which.
+- it is **late against** the sample that set that maximum; the CPU pair
+  (late CPU, CPU of the sample it is late against) shows which rings
+  overtook which: a CPU late against itself means its own ring was out of
+  order, which a perf buffer never does.
 - its **round distance** is its drain round minus the round of the sample
   that set the maximum it is late against: 0 means the reader's walk over
   the CPUs within one drain reordered it, 1 or more that it waited in its
@@ -139,7 +141,7 @@ class ReorderReport:
             "window": {"ns": self.max_lateness_ns, "events": self.max_displacement},
             "per_cpu": {str(c): v for c, v in sorted(self.per_cpu.items())},
             "cpu_pairs": [
-                {"late_cpu": a, "after_cpu": b, **v} for (a, b), v in sorted(self.cpu_pairs.items())
+                {"late_cpu": a, "against_cpu": b, **v} for (a, b), v in sorted(self.cpu_pairs.items())
             ],
             "rounds": {
                 "count": self.rounds,
@@ -190,7 +192,7 @@ class _Walk:
         self.tracker = LatenessTracker()
         self.window = np.zeros(0, dtype=np.uint64)  # earlier timestamps still able to displace
         self.max_round = -1  # round of the sample holding the running maximum
-        self.prev_cpu = -1
+        self.max_cpu = -1
         self.late_parts: list[np.ndarray] = []
         self.disp_parts: list[np.ndarray] = []
         self.per_round_late: Counter[int] = Counter()
@@ -207,9 +209,7 @@ class _Walk:
             report.plot.add(report.samples, ts, cpu.astype(np.uint16))
         prior = self.tracker.prior_max(ts, np.ones(n, dtype=bool))
         late = ts < prior
-        holder = self._holder_rounds(ts, prior, rounds)
-        after = np.concatenate(([self.prev_cpu], cpu[:-1]))
-        self.prev_cpu = int(cpu[-1])
+        holder, against = self._holders(ts, prior, rounds, cpu)
         displacement = self._displacement(ts, late, future)
         lateness = (prior - ts)[late]
         self.late_parts.append(lateness)
@@ -217,22 +217,28 @@ class _Walk:
         report.samples += n
         report.late += int(late.sum())
         self._per_cpu(cpu, late, prior - np.where(late, ts, prior))
-        self._pairs(cpu[late], after[late], lateness)
+        self._pairs(cpu[late], against[late], lateness)
         self.round_ids.update(np.unique(rounds).tolist())
         late_rounds, counts = np.unique(rounds[late], return_counts=True)
         self.per_round_late.update(dict(zip(late_rounds.tolist(), counts.tolist(), strict=True)))
         report.round_distance.update((rounds[late] - holder[late]).tolist())
 
-    def _holder_rounds(self, ts: np.ndarray, prior: np.ndarray, rounds: np.ndarray) -> np.ndarray:
-        """For each sample, the round of the sample that set the maximum before it."""
+    def _holders(
+        self, ts: np.ndarray, prior: np.ndarray, rounds: np.ndarray, cpu: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For each sample, the round and the CPU of the sample that set the maximum before it."""
         n = len(ts)
         sets_max = ts >= prior  # this sample becomes (or ties) the running maximum
         last_setter = np.maximum.accumulate(np.where(sets_max, np.arange(n), -1))
         before = np.concatenate(([-1], last_setter[:-1]))
-        holder = np.where(before >= 0, rounds[np.maximum(before, 0)], self.max_round)
+        known = before >= 0
+        index = np.maximum(before, 0)
+        holder_round = np.where(known, rounds[index], self.max_round)
+        holder_cpu = np.where(known, cpu[index], self.max_cpu)
         if last_setter[-1] >= 0:
             self.max_round = int(rounds[last_setter[-1]])
-        return holder
+            self.max_cpu = int(cpu[last_setter[-1]])
+        return holder_round, holder_cpu
 
     def _displacement(self, ts: np.ndarray, late: np.ndarray, future: int | None) -> np.ndarray:
         """For each sample, how many earlier samples carry a larger timestamp."""
@@ -271,10 +277,10 @@ class _Walk:
             entry["late"] += int((late & mine).sum())
             entry["max_lateness_ns"] = max(entry["max_lateness_ns"], int(lateness[mine].max()))
 
-    def _pairs(self, late_cpu: np.ndarray, after_cpu: np.ndarray, lateness: np.ndarray) -> None:
+    def _pairs(self, late_cpu: np.ndarray, against_cpu: np.ndarray, lateness: np.ndarray) -> None:
         if len(late_cpu) == 0:
             return
-        keys = late_cpu * 65_536 + after_cpu
+        keys = late_cpu * 65_536 + against_cpu
         for key in np.unique(keys).tolist():
             mine = keys == key
             pair = (key // 65_536, key % 65_536)

@@ -109,7 +109,7 @@ def _print_text(file: Path, report: ReorderReport) -> None:
     if report.cpu_pairs:
         typer.echo("")
         pairs = [
-            [f"{a} after {b}", count(v["count"]), _us(v["max_lateness_ns"])]
+            [f"{a} late vs {b}", count(v["count"]), _us(v["max_lateness_ns"])]
             for (a, b), v in sorted(report.cpu_pairs.items())
         ]
         print_table(["late cpu", "events", "max lateness"], pairs)

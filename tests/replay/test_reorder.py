@@ -22,18 +22,18 @@ def truth(table: pa.Table) -> dict:
     rows = [r for r in table.to_pylist() if r["kind"] == "sample"]
     late, displacement, distance, pairs, per_round = [], [], Counter(), Counter(), Counter()
     per_cpu: dict[int, list[int]] = {}
-    high = high_round = None
+    high = high_round = high_cpu = None
     for i, r in enumerate(rows):
         per_cpu.setdefault(r["cpu"], [0, 0])[0] += 1
         if high is not None and r["ts_ns"] < high:
             late.append(high - r["ts_ns"])
             displacement.append(sum(1 for q in rows[:i] if q["ts_ns"] > r["ts_ns"]))
             distance[r["round"] - high_round] += 1
-            pairs[(r["cpu"], rows[i - 1]["cpu"])] += 1
+            pairs[(r["cpu"], high_cpu)] += 1
             per_round[r["round"]] += 1
             per_cpu[r["cpu"]][1] += 1
         if high is None or r["ts_ns"] >= high:
-            high, high_round = r["ts_ns"], r["round"]
+            high, high_round, high_cpu = r["ts_ns"], r["round"], r["cpu"]
     return {
         "samples": len(rows),
         "late": late,
