@@ -141,7 +141,8 @@ class ReorderReport:
             "window": {"ns": self.max_lateness_ns, "events": self.max_displacement},
             "per_cpu": {str(c): v for c, v in sorted(self.per_cpu.items())},
             "cpu_pairs": [
-                {"late_cpu": a, "against_cpu": b, **v} for (a, b), v in sorted(self.cpu_pairs.items())
+                {"late_cpu": a, "against_cpu": b, **v}
+                for (a, b), v in sorted(self.cpu_pairs.items())
             ],
             "rounds": {
                 "count": self.rounds,
