@@ -49,6 +49,8 @@ class Source(ABC):
 
     spec: str
     layout: PayloadLayout | None
+    variable_payloads: bool = False
+    """Whether events can be longer than ``layout`` (packets): readers must keep every byte."""
     drops_are_lost_events: bool = True
     """Whether BPF-counted drops are events missing from the stream (ring buffer)
     rather than a second count of what PERF_RECORD_LOST already reports (perf)."""
@@ -195,6 +197,9 @@ class PinnedSource(Source):
         return KernelSide(pinned)
 
 
+SOURCE_SPECS = ("syscalls", "tracepoint:CAT:NAME", "xdp:IFACE", "tc:IFACE:ingress|egress")
+
+
 def parse_source(
     spec: str,
     *,
@@ -202,12 +207,49 @@ def parse_source(
     layout: PayloadLayout | None = None,
     pid: int = 0,
     comm: str | None = None,
+    xdp_mode: str | None = None,
+    snaplen: int | None = None,
+    replace_xdp: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> Source:
     """The source named on the command line."""
+    kind, _, rest = spec.partition(":")
+    if snaplen is not None and kind not in ("xdp", "tc"):
+        raise UsageError("--snaplen applies to xdp: and tc: sources")
+    if (xdp_mode is not None or replace_xdp) and kind != "xdp":
+        raise UsageError("--xdp-mode and --replace-xdp apply to xdp: sources")
     if pin is not None:
         return PinnedSource(pin, layout)
     if layout is not None:
         raise UsageError("--layout describes a pinned map's events: use it with --pin PATH")
     if spec == "syscalls":
         return SyscallsSource(pid=pid, comm=comm)
-    raise UsageError(f"unknown source {spec!r}: built-in sources are: syscalls")
+    if kind == "tracepoint":
+        from ebcap.bpf.tracefs import split_spec
+        from ebcap.capture.tracepoint_source import TracepointSource
+
+        return TracepointSource(*split_spec(rest))
+    if kind in ("xdp", "tc"):
+        from ebcap.bpf.programs.packet import SNAPLEN_DEFAULT
+        from ebcap.capture.packet_source import TcSource, XdpSource
+
+        iface, _, direction = rest.partition(":")
+        if not iface or (kind == "xdp" and direction):
+            raise UsageError(f"bad source {spec!r}: use xdp:IFACE or tc:IFACE:ingress|egress")
+        chosen = SNAPLEN_DEFAULT if snaplen is None else snaplen
+        if kind == "xdp":
+            mode = xdp_mode or "native"
+            return XdpSource(iface, mode, chosen, force=replace_xdp, notify=notify)
+        return TcSource(iface, direction or "ingress", chosen, notify=notify)
+    raise UsageError(f"unknown source {spec!r}: built-in sources are: {', '.join(SOURCE_SPECS)}")
+
+
+def list_sources(pattern: str = "*") -> list[str]:
+    """Source specs matching a glob: syscalls, tracepoints, and packet hooks of each interface."""
+    import fnmatch
+
+    from ebcap.capture.packet_source import list_packet_sources
+    from ebcap.capture.tracepoint_source import list_tracepoint_sources
+
+    builtin = ["syscalls"] if fnmatch.fnmatchcase("syscalls", pattern) else []
+    return [*builtin, *list_tracepoint_sources(pattern), *list_packet_sources(pattern)]

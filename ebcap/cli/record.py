@@ -31,14 +31,21 @@ def register(app: typer.Typer) -> None:
             "Examples:\n\n"
             "  ebcap record -o run.arrow --duration 5\n\n"
             "  ebcap record -o run.arrow --transport ringbuf --count 100000\n\n"
-            "  ebcap record -o bench.arrow --pin /sys/fs/bpf/x/rb --layout ts:u64,cpu:u32,seq:u32"
+            "  ebcap record -o bench.arrow --pin /sys/fs/bpf/x/rb "
+            "--layout ts:u64,cpu:u32,seq:u32\n\n"
+            "  ebcap record -o sw.arrow -s tracepoint:sched:sched_switch --duration 2\n\n"
+            "  ebcap record -o pkts.arrow -s xdp:eth0 --snaplen 1514 --xdp-mode generic\n\n"
+            "  ebcap record --list-sources 'sched:*'"
         ),
     )(record)
 
 
 def record(
-    output: Path = typer.Option(
-        ..., "-o", "--output", help="File to write (NAME.partial until done)."
+    pattern: str | None = typer.Argument(
+        None, help="With --list-sources: a glob over the sources (default: all)."
+    ),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="File to write (NAME.partial until done)."
     ),
     transport: str = typer.Option(
         "perf",
@@ -46,7 +53,24 @@ def record(
         "-t",
         help="perf (per-CPU perf event array) or ringbuf (BPF ring buffer).",
     ),
-    source: str = typer.Option("syscalls", "--source", "-s", help="What to record: syscalls."),
+    source: str = typer.Option(
+        "syscalls",
+        "--source",
+        "-s",
+        help="What to record: syscalls, tracepoint:CAT:NAME, xdp:IFACE or tc:IFACE:ingress|egress.",
+    ),
+    list_sources: bool = typer.Option(
+        False, "--list-sources", help="List the sources matching PATTERN and exit."
+    ),
+    xdp_mode: str | None = typer.Option(
+        None, "--xdp-mode", help="xdp: native (driver, default) or generic (any interface)."
+    ),
+    snaplen: int | None = typer.Option(
+        None, "--snaplen", help="xdp:/tc: bytes of each packet to keep (64..16384, default 256)."
+    ),
+    replace_xdp: bool = typer.Option(
+        False, "--replace-xdp", help="xdp: replace another XDP program on the interface for good."
+    ),
     duration: float | None = typer.Option(
         None, "--duration", "-d", help="Stop after this many seconds."
     ),
@@ -98,6 +122,16 @@ def record(
     from ebcap.capture.recorder import Recorder, RecordOptions
     from ebcap.capture.sources import TRANSPORTS, parse_source
 
+    if list_sources:
+        from ebcap.capture.sources import list_sources as matching_sources
+
+        for spec in matching_sources(pattern or "*"):
+            typer.echo(spec)
+        return
+    if pattern is not None:
+        raise UsageError(f"unexpected argument {pattern!r}: PATTERN goes with --list-sources")
+    if output is None:
+        raise UsageError("-o/--output is required")
     if transport not in TRANSPORTS:
         raise UsageError(f"--transport: unknown transport {transport!r}: use perf or ringbuf")
     if duration is not None and duration <= 0:
@@ -115,7 +149,15 @@ def record(
         if missing:
             raise UsageError(f"--cpus: CPU {missing[0]} is not online")
     src = parse_source(
-        source, pin=pin, layout=parse_layout(layout) if layout else None, pid=pid, comm=comm
+        source,
+        pin=pin,
+        layout=parse_layout(layout) if layout else None,
+        pid=pid,
+        comm=comm,
+        xdp_mode=xdp_mode,
+        snaplen=snaplen,
+        replace_xdp=replace_xdp,
+        notify=lambda message: typer.secho(f"ebcap: {message}", err=True, fg="yellow"),
     )
     require_tracing_capabilities()
     actual_transport = src.transport_of(transport)

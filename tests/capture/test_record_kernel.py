@@ -24,6 +24,12 @@ pytestmark = pytest.mark.privileged
 
 GETPPID = 110
 CALLS = 2000
+BUSY_LOOP = """
+import os, time
+end = time.monotonic() + 20
+while time.monotonic() < end:
+    os.getppid()
+"""
 
 
 def _record_workload(tmp_path: Path, transport: str) -> tuple[pa.Table, dict, int, int]:
@@ -72,7 +78,7 @@ def test_record_syscalls_matches_workload(tmp_path: Path, transport: str) -> Non
         data = mine["data"][0].as_py()
         assert int.from_bytes(data[:8], "little") == ts[0]
     assert set(table["cpu"].to_pylist()) >= set(tids)
-    assert info["totals"]["events"] == table.num_rows
+    assert info["totals"]["events"] == table.num_rows  # no lost rows: every row a sample
     assert info["totals"]["drops"] == 0, "events emitted before the rings were installed"
     assert ebcap_programs_left(before) == set()
 
@@ -99,15 +105,24 @@ def _ebcap(*args: str, **kwargs) -> subprocess.Popen:
 
 def test_cli_record_excludes_itself_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "run.arrow"
-    proc = _ebcap("record", "-o", str(out), "--duration", "1", "--json")
-    stdout, stderr = proc.communicate(timeout=60)
+    workload = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+    try:
+        proc = _ebcap("record", "-o", str(out), "--duration", "1", "--json")
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        workload.kill()
+        workload.wait()
     assert proc.returncode == 0, stderr
     summary = json.loads(stdout)
     with CaptureReader(out) as reader:
         table = reader.to_table()
         assert reader.metadata["ebcap.transport"] == "perf"
-    assert summary["events"] == table.num_rows > 0
-    assert proc.pid not in set(table["pid"].to_pylist())
+    samples = table.filter(pc.equal(table["kind"].cast(pa.string()), "sample"))
+    assert summary["events"] == samples.num_rows > 0
+    assert summary["lost"] == (pc.sum(table["lost"]).as_py() or 0)
+    pids = set(table["pid"].to_pylist())
+    assert proc.pid not in pids, "ebcap recorded its own syscalls"
+    assert workload.pid in pids
     assert oct(out.stat().st_mode & 0o777) == "0o600"
 
 

@@ -38,15 +38,8 @@ def _record(source, transport: str, path: Path, work) -> CaptureReader:
     return CaptureReader(summary.path)
 
 
-PERF_TRIMS = pytest.mark.xfail(
-    strict=True,
-    reason="capture/readers.py trims perf payloads to the layout size; packet events are "
-    "longer (Source.variable_payloads, in the sources integration patch)",
-)
-
-
 @pytest.mark.network
-@pytest.mark.parametrize("transport", [pytest.param("perf", marks=PERF_TRIMS), "ringbuf"])
+@pytest.mark.parametrize("transport", ["perf", "ringbuf"])
 def test_xdp_recording_to_pcapng(veth: netns.VethPair, tmp_path: Path, transport: str) -> None:
     before = source_programs()
     source = XdpSource(veth.host, mode="generic", snaplen=SNAPLEN)
