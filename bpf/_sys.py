@@ -29,6 +29,7 @@ from ebcap.errors import (
 BPF_MAP_CREATE: Final = 0
 BPF_MAP_LOOKUP_ELEM: Final = 1
 BPF_MAP_UPDATE_ELEM: Final = 2
+BPF_MAP_DELETE_ELEM: Final = 3
 BPF_PROG_LOAD: Final = 5
 BPF_OBJ_PIN: Final = 6
 BPF_OBJ_GET: Final = 7
@@ -41,7 +42,6 @@ BPF_RAW_TRACEPOINT_OPEN: Final = 17
 BPF_LINK_CREATE: Final = 28
 BPF_LINK_GET_FD_BY_ID: Final = 30
 BPF_LINK_GET_NEXT_ID: Final = 31
-
 BPF_CMD_NAMES: Final[Mapping[int, str]] = MappingProxyType(
     {
         value: name

@@ -170,6 +170,19 @@ class Map:
             _sys.BPF_MAP_UPDATE_ELEM, key, ctypes.create_string_buffer(value, len(value)), flags
         )
 
+    def delete(self, key: bytes) -> bool:
+        """BPF_MAP_DELETE_ELEM; False when there was nothing under ``key``."""
+        self._check_size("key", key, self._info.key_size)
+        key_buf = ctypes.create_string_buffer(key, len(key))
+        attr = _sys.MapElemAttr(map_fd=self.fd, key=ctypes.addressof(key_buf))
+        try:
+            _sys.bpf(_sys.BPF_MAP_DELETE_ELEM, attr)
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
     def pin(self, path: str | os.PathLike[str]) -> None:
         """BPF_OBJ_PIN: keep the map alive at ``path`` on a bpf filesystem."""
         parent = os.path.dirname(os.path.abspath(path))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
@@ -23,7 +23,7 @@ from ebcap.bpf.maps import Map
 from ebcap.capture.batch import EventBatch
 from ebcap.capture.epoll_wait import EpollSet
 from ebcap.capture.perf_ring import SAMPLE_TYPE, walk_perf_ring
-from ebcap.errors import ClosedError, UsageError
+from ebcap.errors import ClosedError, KernelError, UsageError
 
 _U64: Final = struct.Struct("<Q")
 _U32: Final = struct.Struct("<I")
@@ -100,6 +100,8 @@ class PerfBufferReader:
         data_offset = _U64.unpack_from(area, _sys.DATA_OFFSET_OFFSET)[0] or self.page_size
         data_size = _U64.unpack_from(area, _sys.DATA_SIZE_OFFSET)[0] or pages * self.page_size
         self._map.update(_U32.pack(cpu), _U32.pack(fd))
+        # Unplug on close, or the map keeps the perf event (and its ring) alive.
+        stack.callback(self._unplug, cpu)
         self._epoll.add(fd)
         _sys.ioctl(fd, _sys.PERF_EVENT_IOC_ENABLE)
         stack.callback(_sys.ioctl, fd, _sys.PERF_EVENT_IOC_DISABLE)
@@ -142,8 +144,15 @@ class PerfBufferReader:
             batches.append(walk.batch)
         return EventBatch.concat(batches)
 
+    def _unplug(self, cpu: int) -> None:
+        """Empty the map slot of ``cpu``, so the map no longer holds our perf event."""
+        if self._map.closed:
+            return
+        with suppress(KernelError):  # the map's owner may have gone first
+            self._map.delete(_U32.pack(cpu))
+
     def close(self) -> None:
-        """Disable the events, unmap the rings, close every fd; again does nothing."""
+        """Disable the events, unplug and unmap the rings, close every fd; again does nothing."""
         self._stack.close()
 
     def __enter__(self) -> Self:
