@@ -8,6 +8,7 @@ they fail instead, so a kernel test can never pass by not running.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -39,3 +40,19 @@ def _require_privileged() -> None:
     problem = _privilege_problem()
     if problem is not None:
         pytest.fail(f"EBCAP_REQUIRE_PRIVILEGED=1 but {problem}")
+
+
+@pytest.fixture(autouse=True)
+def _run_outside_the_source_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run every test from an empty directory.
+
+    ``python -m ebcap`` puts the working directory first on sys.path; from the
+    repository root, the source folder ``ebcap/`` would shadow the installed
+    package (whose subpackages live in other folders of the tree).
+    """
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(here)
