@@ -8,18 +8,18 @@ from typing import TYPE_CHECKING
 from ebcap.errors import EbcapError
 
 if TYPE_CHECKING:
-    from ebcap.format.reader import CaptureReader
+    from ebcap.capture_file import Capture
 
 __version__ = "0.1.0"
 
 __all__ = ["EbcapError", "__version__", "open"]
 
 
-def open(path: str | os.PathLike[str]) -> CaptureReader:
-    """Open an ebcap file for reading; see :class:`ebcap.format.CaptureReader`.
+def open(path: str | os.PathLike[str]) -> Capture:
+    """Open an ebcap file: metadata, totals, tables, ``.events()`` and ``.replay()``.
 
     Imported on first use so ``import ebcap`` (and the CLI) stay light.
     """
-    from ebcap.format.reader import CaptureReader
+    from ebcap.capture_file import Capture
 
-    return CaptureReader(path)
+    return Capture(path)
