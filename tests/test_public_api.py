@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.compute as pc
-from synthetic import write_capture
+from synthetic import Synthetic, write_capture
 
 import ebcap
 from ebcap.capture_file import Capture
@@ -18,7 +18,8 @@ def test_exports_are_exactly_these() -> None:
 
 
 def test_open_reads_and_walks_the_events(tmp_path: Path) -> None:
-    table = write_capture(tmp_path / "c.arrow")
+    table = write_capture(tmp_path / "c.arrow", Synthetic(lost_every=50))
+    assert pc.sum(table["lost"]).as_py() > 0
     samples = table.filter(pc.equal(table["kind"].cast("string"), "sample"))
     with ebcap.open(tmp_path / "c.arrow") as capture:
         assert isinstance(capture, Capture)
