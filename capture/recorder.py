@@ -171,6 +171,7 @@ class Recorder:
                 break
             rounds += 1
         self._write(writer, drops.rows(rows, rounds))
+        self._write(writer, drops.unreported_rows(rows, rounds))
         elapsed = time.monotonic() - start
         totals = _totals(rows, drops, elapsed)
         path = writer.close(totals)
@@ -211,7 +212,15 @@ class Recorder:
 
 
 class _DropTracker:
-    """Turns the BPF drop counters into ``lost`` rows (ring buffer) and totals."""
+    """Turns the BPF drop counters into ``lost`` rows and totals.
+
+    Ring buffer: the kernel keeps no lost count, so the program's drop counter
+    is the only record of a loss; every increase becomes a ``lost`` row. Perf:
+    the kernel reports losses in band (PERF_RECORD_LOST), but only with the
+    next sample that fits, so losses at the very end of a capture are never
+    reported; the drop counter saw them, and the difference becomes a final
+    ``lost`` row per CPU.
+    """
 
     def __init__(self, kernel: KernelSide, source: Source, cpus: list[int]) -> None:
         self._map = kernel.drops
@@ -234,6 +243,18 @@ class _DropTracker:
         if not self._as_rows or not deltas:
             return None
         return rows.drop_rows(deltas, time.monotonic_ns(), round_no)
+
+
+    def unreported_rows(self, rows: RowAssembler, round_no: int) -> pa.RecordBatch | None:
+        """Perf: ``lost`` rows for drops the kernel had not reported by the end."""
+        if self._map is None or self._as_rows:
+            return None
+        pending = {
+            cpu: count - rows.lost_per_cpu.get(cpu, 0)
+            for cpu, count in self.total.items()
+            if count > rows.lost_per_cpu.get(cpu, 0)
+        }
+        return rows.drop_rows(pending, time.monotonic_ns(), round_no) if pending else None
 
 
 def _samples(rows: RowAssembler) -> int:
