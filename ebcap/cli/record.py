@@ -255,20 +255,23 @@ class _LiveProgress:
 
         rate = p.events / p.elapsed_s if p.elapsed_s > 0 else 0.0
         table = Table(box=None, show_header=True, header_style="bold")
-        for column in ("elapsed", "events", "events/s", "lost", "drops", "payload"):
+        for column in (f"{p.elapsed_s:.1f}s", "events", "events/s", "lost", "drops", "payload"):
             table.add_column(column, justify="right")
+
+        def warn(n: int) -> str:
+            return f"[bold yellow]{n:,}[/]" if n else "0"
+
         table.add_row(
-            f"{p.elapsed_s:.1f}s",
-            human_count(p.events),
+            "all",
+            f"{p.events:,}",
             human_count(rate),
-            f"[bold yellow]{p.lost:,}[/]" if p.lost else "0",
-            f"[bold yellow]{p.drops:,}[/]" if p.drops else "0",
+            warn(p.lost),
+            warn(p.drops),
             human_bytes(p.payload_bytes),
         )
-        per_cpu = "  ".join(
-            f"cpu{c}: {human_count(n)}" for c, n in sorted(p.events_per_cpu.items())
-        )
-        table.add_row(per_cpu, "", "", "", "", "")
+        for cpu in sorted(set(p.events_per_cpu) | set(p.lost_per_cpu)):
+            events = p.events_per_cpu.get(cpu, 0)
+            table.add_row(f"cpu{cpu}", f"{events:,}", "", warn(p.lost_per_cpu.get(cpu, 0)), "", "")
         self._live.update(table)
 
 
