@@ -2,7 +2,9 @@
 
 DuckDB cannot open Arrow IPC files by path, so the capture is registered as
 a pyarrow dataset under the name ``events``: DuckDB then scans it batch by
-batch and reads only the columns a query uses.
+batch and reads only the columns a query uses. DuckDB trusts the buffers it
+scans (a damaged one can crash it), so the session first reads every batch
+through the checking reader once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class SqlSession:
         import duckdb
 
         self._duckdb = duckdb
+        for _ in reader.iter_batches():  # DuckDB trusts what it scans: check every batch first
+            pass
         self._con: duckdb.DuckDBPyConnection | None = duckdb.connect()
         try:
             self._con.register(VIEW, pads.dataset(str(reader.path), format="arrow"))
