@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+import numpy as np
 import pyarrow as pa
 
 from ebcap.errors import (
@@ -23,6 +24,7 @@ from ebcap.errors import (
     TruncatedFileError,
     UnsupportedVersionError,
 )
+from ebcap.format import checksum
 from ebcap.format import schema as fs
 
 if TYPE_CHECKING:
@@ -91,6 +93,9 @@ def check_schema(path: Path, schema: pa.Schema) -> dict[str, Any]:
         metadata = fs.decode_metadata(raw)
     except ValueError as exc:
         raise BadFileError(f"{path}: {exc}") from None
+    algorithm = metadata.get(fs.META_CHECKSUM, checksum.ALGORITHM)
+    if algorithm != checksum.ALGORITHM:
+        raise UnsupportedVersionError(f"{path} uses an unknown checksum {algorithm!r}")
     missing = [key for key in fs.REQUIRED_META if key not in metadata]
     if missing:
         raise NotAnEbcapFileError(f"{path} lacks ebcap metadata {', '.join(missing)}")
@@ -116,10 +121,37 @@ def batch_problem(batch: pa.RecordBatch) -> str:
         batch.validate(full=True)
     except DAMAGE_ERRORS as exc:
         return one_line(exc)
-    dictionary = batch.column("kind").dictionary
-    if dictionary.type != pa.string() or dictionary.to_pylist() != list(fs.KINDS):
-        return f"the kind dictionary is not {'|'.join(fs.KINDS)}"
+    names = batch.schema.names
+    if "kind" in names:
+        dictionary = batch.column("kind").dictionary
+        if dictionary.type != pa.string() or dictionary.to_pylist() != list(fs.KINDS):
+            return f"the kind dictionary is not {'|'.join(fs.KINDS)}"
+    if "seq" in names and batch.num_rows > 1:
+        seq = batch.column("seq").to_numpy()
+        if not bool(np.all(seq[1:] > seq[:-1])):
+            return "seq does not increase"
     return ""
+
+
+class BatchCheck:
+    """Everything a batch of one schema must pass: Arrow validation, kinds, checksums."""
+
+    def __init__(self, schema: pa.Schema, metadata: dict[str, Any]) -> None:
+        self.schema = schema
+        self.schema_crc = checksum.schema_crc(schema)
+        self.required = fs.META_CHECKSUM in metadata
+
+    def problem(self, batch: pa.RecordBatch, custom_metadata: pa.KeyValueMetadata | None) -> str:
+        """Why ``batch`` (all columns or a projection) must not be trusted; '' if it may."""
+        return batch_problem(batch) or self.checksum_problem(batch, custom_metadata)
+
+    def checksum_problem(
+        self, batch: pa.RecordBatch, custom_metadata: pa.KeyValueMetadata | None
+    ) -> str:
+        """Why ``batch`` or its totals do not match the stored checksums; '' if they do."""
+        return checksum.checksum_problem(
+            batch, custom_metadata, self.schema, self.schema_crc, self.required
+        )
 
 
 class CaptureReader:
@@ -162,6 +194,7 @@ class CaptureReader:
             ) from None
         self.metadata: dict[str, Any] = check_schema(self.path, file_schema)
         self.schema: pa.Schema = file_schema
+        self._check = BatchCheck(file_schema, self.metadata)
         self.num_batches: int = ipc.num_record_batches
         self._ipc = ipc
         self.format_version: int = self.metadata[fs.VERSION_KEY]
@@ -203,12 +236,15 @@ class CaptureReader:
     def _read_totals(self) -> dict[str, Any] | None:
         if self.num_batches == 0:
             return None
+        index = self.num_batches - 1
         try:
-            last = self._require().get_batch_with_custom_metadata(self.num_batches - 1)
+            last, custom = self._require().get_batch_with_custom_metadata(index)
         except DAMAGE_ERRORS as exc:
             raise self._damaged("the last batch", exc) from None
-        custom = last.custom_metadata or {}
-        text = custom.get(fs.TOTALS_KEY.encode())
+        problem = self._check.checksum_problem(last, custom)
+        if problem:
+            raise BadFileError(f"{self.path}: batch {index} is damaged ({problem})")
+        text = (custom or {}).get(fs.TOTALS_KEY.encode())
         if text is None:
             return None
         try:
@@ -218,22 +254,41 @@ class CaptureReader:
 
     def batch(self, index: int) -> pa.RecordBatch:
         """One record batch, checked so damaged buffers cannot reach the caller."""
+        return self._checked_batch(index)[0]
+
+    def _checked_batch(self, index: int) -> tuple[pa.RecordBatch, pa.KeyValueMetadata | None]:
         ipc = self._require()
         if not 0 <= index < self.num_batches:
             raise IndexError(f"batch {index} out of range 0..{self.num_batches - 1}")
         try:
-            batch = ipc.get_batch(index)
+            batch, custom = ipc.get_batch_with_custom_metadata(index)
         except DAMAGE_ERRORS as exc:
             raise self._damaged(f"batch {index}", exc) from None
-        problem = batch_problem(batch)
+        self.check_batch(batch, custom, index)
+        return batch, custom
+
+    def check_batch(
+        self, batch: pa.RecordBatch, custom_metadata: pa.KeyValueMetadata | None, index: int
+    ) -> None:
+        """Raise BadFileError unless batch ``index`` (or a projection of it) is intact."""
+        self._require()
+        problem = self._check.problem(batch, custom_metadata)
         if problem:
             raise BadFileError(f"{self.path}: batch {index} is damaged ({problem})")
-        return batch
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
-        """The record batches in file (= arrival) order."""
+        """The record batches in file (= arrival) order, ``seq`` increasing across them."""
+        last_seq: int | None = None
         for index in range(self.num_batches):
-            yield self.batch(index)
+            batch = self.batch(index)
+            if batch.num_rows:
+                first = batch.column("seq")[0].as_py()
+                if last_seq is not None and first <= last_seq:
+                    raise BadFileError(
+                        f"{self.path}: batch {index} is damaged (seq does not increase)"
+                    )
+                last_seq = batch.column("seq")[-1].as_py()
+            yield batch
 
     def to_table(self) -> pa.Table:
         """The whole capture in memory, with the file's schema and metadata."""

@@ -26,7 +26,7 @@ from ebcap.format import schema as fs
 from ebcap.format.reader import (
     ARROW_MAGIC_PADDED,
     DAMAGE_ERRORS,
-    batch_problem,
+    BatchCheck,
     check_input_path,
     check_magic,
     check_schema,
@@ -148,6 +148,7 @@ class _StreamWalk:
             ) from None
         self.schema: pa.Schema = self._stream.schema
         self.metadata = check_schema(source, self.schema)
+        self._check = BatchCheck(self.schema, self.metadata)
         self.end = mm.tell()
         self.reason = ""
         self.reached_eos = False
@@ -178,7 +179,7 @@ class _StreamWalk:
 
     def _problem(self, batch: pa.RecordBatch, custom: pa.KeyValueMetadata | None) -> str:
         """Why a batch that parsed must still not be trusted ('' when it is fine)."""
-        problem = batch_problem(batch)
+        problem = self._check.problem(batch, custom)
         if problem:
             return f"is corrupt ({problem})"
         try:

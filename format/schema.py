@@ -61,6 +61,7 @@ META_FLUSH_INTERVAL: Final = "ebcap.flush_interval_s"
 META_CPUS: Final = "ebcap.cpus"  # CPUs recorded, JSON list
 
 META_RECOVERED: Final = "ebcap.recovered"  # JSON: written by `ebcap recover`, see FORMAT.md
+META_CHECKSUM: Final = "ebcap.checksum"  # "crc32": every batch carries CHECKSUMS_KEY
 
 REQUIRED_META: Final = (MAGIC_KEY, VERSION_KEY, META_TRANSPORT, META_SOURCE)
 
@@ -72,6 +73,9 @@ _META_JSON: Final = frozenset({META_SOURCE_LAYOUT, META_COMMAND, META_CPUS, META
 
 TOTALS_KEY: Final = "ebcap.totals"
 """Custom metadata of the last batch: JSON with end_time, events/lost/drops per CPU."""
+
+CHECKSUMS_KEY: Final = "ebcap.checksums"
+"""Custom metadata of every batch: JSON with the CRC-32 of the schema, each column, the totals."""
 
 TOTAL_END_TIME: Final = "end_time"  # ISO 8601 UTC, when the capture stopped
 TOTAL_DURATION: Final = "duration_s"  # seconds the capture ran

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ebcap.errors import CaptureError, ClosedError, OutputExistsError, UsageError
+from ebcap.format import checksum
 from ebcap.format import schema as fs
 
 COMPRESSION = "zstd"
@@ -103,7 +104,11 @@ class CaptureWriter:
             raise UsageError(f"flush rows must be at least 1, got {flush_rows}")
         self.path = Path(path)
         self.partial_path = partial_path(self.path)
-        self.schema = schema
+        _check_schema(schema)
+        self.schema = schema.with_metadata(
+            {**(schema.metadata or {}), fs.META_CHECKSUM.encode(): checksum.ALGORITHM.encode()}
+        )
+        self._schema_crc = checksum.schema_crc(self.schema)
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
         self.rows_written = 0
@@ -117,12 +122,11 @@ class CaptureWriter:
         self._last_seq: int | None = None
         self._state = "open"
         self._failure = ""
-        _check_schema(schema)
         self._check_destination()
         self._file = self._create_partial()
         try:
             options = pa.ipc.IpcWriteOptions(compression=COMPRESSION)
-            self._ipc = pa.ipc.new_file(self._file, schema, options=options)
+            self._ipc = pa.ipc.new_file(self._file, self.schema, options=options)
         except BaseException:
             self._discard()
             raise
@@ -185,7 +189,10 @@ class CaptureWriter:
         self._write_buffer(custom_metadata=None)
 
     def _write_buffer(self, custom_metadata: dict[str, str] | None) -> None:
-        """Write the buffer in batches of at most ``flush_rows``; the last carries the metadata."""
+        """Write the buffer in batches of at most ``flush_rows``; the last carries the metadata.
+
+        Every batch carries its checksums; those of the last cover the totals too.
+        """
         pending = self._buffer
         self._buffer, self._buffered_rows, self._oldest = [], 0, None
         if not pending and custom_metadata is None:
@@ -196,7 +203,10 @@ class CaptureWriter:
         rows = 0
         try:
             for i, piece in enumerate(pieces):
-                meta = custom_metadata if i == len(pieces) - 1 else None
+                meta = dict(custom_metadata or {}) if i == len(pieces) - 1 else {}
+                meta[fs.CHECKSUMS_KEY] = checksum.batch_checksums(
+                    piece, self._schema_crc, meta.get(fs.TOTALS_KEY)
+                )
                 self._ipc.write_batch(piece, custom_metadata=meta)
                 rows += piece.num_rows
             self._file.flush()

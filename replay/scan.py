@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from ebcap.errors import BadFileError
 from ebcap.format import schema as fs
-from ebcap.format.reader import CaptureReader, one_line
+from ebcap.format.reader import DAMAGE_ERRORS, CaptureReader, one_line
 
 SLICE_ROWS: Final = 65_536
 """Rows per slice: big enough for vectorised work, small enough to bound memory."""
@@ -48,15 +48,20 @@ def scan_columns(
         missing = [n for n, i in zip(names, indices, strict=True) if i < 0]
         raise BadFileError(f"{reader.path} lacks the column(s) {', '.join(missing)}")
     options = pa.ipc.IpcReadOptions(included_fields=indices)
-    try:
-        with pa.memory_map(str(reader.path)) as source:
+    with pa.memory_map(str(reader.path)) as source:
+        try:
             ipc = pa.ipc.open_file(source, options=options)
-            for index in range(ipc.num_record_batches):
-                batch = ipc.get_batch(index)
-                batch.validate()
-                yield from slices_of(batch, rows)
-    except (pa.ArrowException, OSError) as exc:
-        raise BadFileError(f"{reader.path}: cannot read columns ({one_line(exc)})") from None
+        except DAMAGE_ERRORS as exc:
+            raise BadFileError(f"{reader.path}: cannot read columns ({one_line(exc)})") from None
+        for index in range(ipc.num_record_batches):
+            try:
+                batch, custom = ipc.get_batch_with_custom_metadata(index)
+            except DAMAGE_ERRORS as exc:
+                raise BadFileError(
+                    f"{reader.path}: batch {index} is damaged ({one_line(exc)})"
+                ) from None
+            reader.check_batch(batch, custom, index)
+            yield from slices_of(batch, rows)
 
 
 def normalise_kind(batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -1,0 +1,73 @@
+"""Fixtures of the reliability tests: real small captures, and a fast in-process CLI.
+
+The damaged-file tests run the CLI tens of thousands of times. Building the
+command tree from the typer app costs about 3 ms per ``ebcap.cli.run`` call,
+more than most runs themselves, so it is built once per session here; the
+commands and the error handling of ``run`` are unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import typer
+from reliability.harness import ebcap_run, workload
+
+from ebcap.format.reader import CaptureReader
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _command_built_once() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(typer.main, "get_command", functools.cache(typer.main.get_command))
+        yield
+
+
+CAPTURES = {
+    # name: (record arguments, workload (seconds, burst, pause) or None)
+    "perf": (["--count", "120", "--flush-interval", "0.03"], (10.0, 20, 0.01)),
+    "ringbuf": (["-t", "ringbuf", "--count", "120", "--flush-interval", "0.03"], (10.0, 20, 0.01)),
+    "lost": (["-b", "4096", "--wakeup", "4096", "--count", "400"], (10.0, 100_000, 0.0)),
+    "tracepoint": (["-s", "tracepoint:sched:sched_switch", "--count", "40"], None),
+}
+"""Small real captures: multi-batch perf and ring buffer, perf with lost records, a tracepoint."""
+
+
+@pytest.fixture(scope="session")
+def captures() -> Iterator[dict[str, Path]]:
+    """The corpus, recorded by `ebcap record` once per session (needs root)."""
+    directory = Path(tempfile.mkdtemp(prefix="ebcap-corpus-"))
+    try:
+        paths = {}
+        for name, (args, load) in CAPTURES.items():
+            path = directory / f"{name}.arrow"
+            if load is None:
+                done = ebcap_run("record", "-o", path, *args)
+            else:
+                with workload(*load) as pid:
+                    done = ebcap_run("record", "-o", path, "--pid", str(pid), *args)
+            assert done.returncode == 0, f"recording the {name} capture failed: {done.stderr}"
+            paths[name] = path
+        with CaptureReader(paths["lost"]) as reader:
+            assert (reader.totals or {}).get("lost", 0) > 0, "the lost capture lost nothing"
+        with CaptureReader(paths["perf"]) as reader:
+            assert reader.num_batches >= 3, "the perf capture should span several batches"
+        yield paths
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    """A scratch directory in memory: thousands of small files cost nothing to write."""
+    root = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    directory = Path(tempfile.mkdtemp(prefix="ebcap-fuzz-", dir=root))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,125 @@
+"""Shared pieces of the reliability tests: the CLI in-process and as a process, workloads.
+
+In-process runs go through :func:`ebcap.cli.run`, the same function the
+``ebcap`` entry point calls, so exit codes and error lines are the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ebcap.cli import run
+
+ERROR_PREFIX = "ebcap: error: "
+
+PACED_WORKLOAD = """
+import os, sys, time
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    for _ in range(int(sys.argv[2])):
+        os.getppid()
+    time.sleep(float(sys.argv[3]))
+"""
+"""getppid() in bursts: argv = seconds to run, calls per burst, pause after each burst."""
+
+GETPPID_NR = 110
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one CLI run did: exit code and what it printed."""
+
+    code: int
+    out: str
+    err: str
+
+    def describe(self) -> str:
+        return f"exit {self.code}, stderr {self.err[:300]!r}"
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Outcome:
+    """Run ``ebcap ARGV`` in this process and collect its output."""
+    capsys.readouterr()
+    code = run([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return Outcome(code, captured.out, captured.err)
+
+
+def is_one_line_error(outcome: Outcome, code: int = 2) -> bool:
+    """Exit ``code`` and exactly one ``ebcap: error:`` line on stderr, no traceback."""
+    lines = outcome.err.splitlines()
+    return (
+        outcome.code == code
+        and len(lines) == 1
+        and lines[0].startswith(ERROR_PREFIX)
+        and "Traceback" not in outcome.err
+    )
+
+
+def assert_one_line_error(outcome: Outcome, code: int = 2, mentions: str = "") -> None:
+    assert is_one_line_error(outcome, code), outcome.describe()
+    assert mentions in outcome.err, outcome.describe()
+
+
+def ebcap_process(*args: str | Path, **kwargs: object) -> subprocess.Popen[str]:
+    """``python -m ebcap ARGS`` as a child process (the real entry point)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ebcap", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def ebcap_run(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ebcap", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@contextmanager
+def workload(seconds: float, burst: int = 50, pause: float = 0.001) -> Iterator[int]:
+    """A child process calling getppid() in bursts; yields its pid, kills it afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PACED_WORKLOAD, str(seconds), str(burst), str(pause)]
+    )
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def wait_for(path: Path, timeout: float = 20.0) -> None:
+    """Poll until ``path`` exists (a ready file, a .partial file)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.01)
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> str:
+    """Send ``sig``, wait for the process; returns its stderr."""
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=timeout)
+    return err
+
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
