@@ -28,10 +28,13 @@ from ebcap.errors import BadFileError
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.lateness import LatenessTracker
 from ebcap.replay.runs import SpilledRuns, sort_keys, sort_order
-from ebcap.replay.scan import is_sample, iter_slices, scan_columns, u64
+from ebcap.replay.scan import SLICE_ROWS, is_sample, iter_slices, scan_columns, u64
 
 DEFAULT_MAX_WINDOW_ROWS: Final = 1 << 18
 """Rows the time sort may hold in memory before it spills to disk."""
+
+COMPACT_FACTOR: Final = 4
+"""Held rows are compacted when the batches kept for them hold this many times more rows."""
 
 LATE_FIELD: Final = pa.field("__ebcap_late_ns", pa.uint64(), nullable=False)
 """Lateness travels with its row through the sort as this extra column."""
@@ -163,40 +166,82 @@ def _count_cpu_disorder(
 
 
 class _Window:
-    """Rows read but not yet emitted, as a list of batches."""
+    """Rows read but not yet emitted: the batches that hold them, and their sort keys.
+
+    Each row is copied once, when it is emitted: held rows stay where they
+    were read and are picked out of the batches by position. A batch is let
+    go once none of its rows is held; if a few held rows keep many batches
+    alive, those rows are compacted into one batch.
+    """
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
         self.batches: list[pa.RecordBatch] = []
-        self.rows = 0
+        self.batch_rows = 0
+        """Rows in ``batches``, held or not."""
+        empty = np.zeros(0, dtype=np.uint64)
+        self.ts, self.cpu, self.seq = empty, empty, empty
+        self.where = np.zeros(0, dtype=np.int64)
+        """Position of each held row in the concatenated ``batches``."""
+
+    @property
+    def rows(self) -> int:
+        """Rows held."""
+        return len(self.where)
 
     def add(self, batch: pa.RecordBatch) -> None:
+        ts, cpu, seq = sort_keys(batch)
+        start = self.batch_rows
+        self.ts = np.concatenate((self.ts, ts))
+        self.cpu = np.concatenate((self.cpu, cpu))
+        self.seq = np.concatenate((self.seq, seq))
+        self.where = np.concatenate((self.where, np.arange(start, start + len(ts))))
         self.batches.append(batch)
-        self.rows += batch.num_rows
+        self.batch_rows += len(ts)
 
     def take_all(self, *, sort: bool = True) -> pa.Table:
         """Everything held (sorted unless ``sort`` is False), leaving the window empty."""
-        table = pa.Table.from_batches(self.batches, schema=self.schema)
-        self.batches, self.rows = [], 0
-        if not sort or table.num_rows == 0:
-            return table
-        return table.take(pa.array(sort_order(*sort_keys(table))))
+        order = sort_order(self.ts, self.cpu, self.seq) if sort else slice(None)
+        table = self._take(self.where[order])
+        self._keep(np.zeros(self.rows, dtype=bool))
+        return table
 
     def release_below(self, bound: int) -> pa.Table:
         """Rows with ts_ns < ``bound``, sorted; the rest stay held."""
-        table = pa.Table.from_batches(self.batches, schema=self.schema)
-        ts, cpu, seq = sort_keys(table)
-        below = ts < np.uint64(bound)
+        below = self.ts < np.uint64(bound)
         ready = np.flatnonzero(below)
-        if len(ready) == 0:
-            return table.slice(0, 0)
-        if len(ready) == len(ts):
-            self.batches, self.rows = [], 0
-        else:
-            kept = table.take(pa.array(np.flatnonzero(~below))).combine_chunks()
-            self.batches, self.rows = kept.to_batches(), kept.num_rows
-        order = ready[sort_order(ts[ready], cpu[ready], seq[ready])]
-        return table.take(pa.array(order))
+        order = ready[sort_order(self.ts[ready], self.cpu[ready], self.seq[ready])]
+        table = self._take(self.where[order])
+        self._keep(~below)
+        return table
+
+    def _take(self, positions: np.ndarray) -> pa.Table:
+        table = pa.Table.from_batches(self.batches, schema=self.schema)
+        return table.take(pa.array(positions, pa.int64()))
+
+    def _keep(self, held: np.ndarray) -> None:
+        """Hold only the rows where ``held`` is set; let go of batches no longer needed."""
+        self.ts, self.cpu, self.seq = self.ts[held], self.cpu[held], self.seq[held]
+        self.where = self.where[held]
+        if not len(self.where):
+            self.batches, self.batch_rows = [], 0
+            return
+        first = int(self.where[0])  # positions only ever grow along the window
+        dropped = 0
+        while dropped + self.batches[0].num_rows <= first:
+            dropped += self.batches.pop(0).num_rows
+        if dropped:
+            self.where -= dropped
+            self.batch_rows -= dropped
+        if self.batch_rows > COMPACT_FACTOR * max(self.rows, SLICE_ROWS):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Copy the held rows into one batch, in the order they were read."""
+        table = self._take(self.where).combine_chunks()
+        self.batches = table.to_batches()
+        self.batch_rows = table.num_rows
+        self.where = np.arange(table.num_rows, dtype=np.int64)
 
 
 def _split(table: pa.Table) -> Iterator[OrderedBatch]:

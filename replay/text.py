@@ -25,6 +25,16 @@ import pyarrow.compute as pc
 from ebcap.errors import UsageError
 from ebcap.format import schema as fs
 from ebcap.replay.hexfmt import bytes_hex, payload_lengths, u64_hex_columns
+from ebcap.replay.lines import (
+    Piece,
+    decimal,
+    distinct_rows,
+    either,
+    expand,
+    join_lines,
+    padded_digits,
+    zero_padded,
+)
 from ebcap.replay.scan import KIND_LOST_CODE
 
 ARRIVAL: Final = "arrival"
@@ -36,6 +46,9 @@ SYSCALL_COLUMN: Final = "syscall"
 SYSCALL_NR_COLUMN: Final = "syscall_nr"
 SYSCALL_ARGS: Final = tuple(f"arg{i}" for i in range(6))
 
+_LINE_COLUMNS: Final = frozenset({"seq", "cpu", "ts_ns", "kind", "lost"})
+"""What every line shows before its body (the time, CPU and seq) or instead of it (loss)."""
+
 _RESET: Final = "\x1b[0m"
 _DIM: Final = "\x1b[2m"
 _CYAN: Final = "\x1b[36m"
@@ -46,34 +59,38 @@ _RED_BOLD: Final = "\x1b[1;31m"
 
 _NS_PER_S: Final = 1_000_000_000
 _CONTROL_CHARS: Final = r"[\x00-\x1f\x7f]"
+_TIME_WIDTH: Final = 14
+"""Seconds are right-aligned to this width: 4 digits (or a sign and 3), a dot, 9 digits."""
+_WHOLE_WIDTH: Final = _TIME_WIDTH - 10
+_CPU_WIDTH: Final = 3
 
 
-def _join(*parts: Any, sep: str = "") -> pa.Array:
-    """Element-wise concatenation; neighbouring constant strings are merged first.
-
-    Every piece costs a pass over the batch, constants included.
-    """
-    merged: list[Any] = []
-    for part in parts:
-        if sep == "" and isinstance(part, str) and merged and isinstance(merged[-1], str):
-            merged[-1] += part
-        elif not (sep == "" and part == ""):
-            merged.append(part)
-    return pc.binary_join_element_wise(*merged, sep, null_handling="skip")
-
-
-def _ints(values: np.ndarray) -> pa.Array:
-    return pc.cast(pa.array(values), pa.string())
-
-
-def relative_seconds(ts: np.ndarray, origin: int) -> pa.Array:
+def relative_seconds(ts: np.ndarray, origin: int) -> list[Piece]:
     """``S.nnnnnnnnn`` seconds from ``origin`` (negative for rows before it), right-aligned."""
     rel = ts.astype(np.int64) - np.int64(origin)
     magnitude = np.abs(rel)
-    whole = _ints(magnitude // _NS_PER_S)
-    sign = pc.if_else(pa.array(rel < 0), "-", "")
-    frac = pc.utf8_lpad(_ints(magnitude % _NS_PER_S), width=9, padding="0")
-    return pc.utf8_lpad(_join(sign, whole, ".", frac), width=14)
+    negative = rel < 0
+    room = _WHOLE_WIDTH - int(negative.any())
+    if len(rel) and int(magnitude.max()) < 10**room * _NS_PER_S:
+        return _short_seconds(magnitude, negative)
+    sign = pc.if_else(pa.array(negative), "-", "")
+    whole, frac = decimal(magnitude // _NS_PER_S), zero_padded(magnitude % _NS_PER_S, 9)
+    return [pc.utf8_lpad(join_lines([sign, whole, ".", frac], len(rel)), width=_TIME_WIDTH)]
+
+
+def _short_seconds(magnitude: np.ndarray, negative: np.ndarray) -> list[Piece]:
+    """Seconds that all fit the width, as character blocks: one decimal conversion."""
+    digits = padded_digits(magnitude, _WHOLE_WIDTH + 9)
+    whole = digits[:, :_WHOLE_WIDTH].copy()
+    lead = np.zeros(len(magnitude), dtype=np.int64)
+    for column in range(_WHOLE_WIDTH - 1):  # leading zeros become spaces
+        short = magnitude < 10 ** (_WHOLE_WIDTH - 1 - column) * _NS_PER_S
+        np.copyto(whole[:, column], ord(" "), where=short)
+        lead += short
+    if negative.any():
+        rows = np.flatnonzero(negative)
+        whole[rows, lead[rows] - 1] = ord("-")  # a short value leaves room
+    return [whole, ".", digits[:, _WHOLE_WIDTH:]]
 
 
 def wall_clock(ts: np.ndarray, realtime_offset_ns: int) -> pa.Array:
@@ -82,10 +99,10 @@ def wall_clock(ts: np.ndarray, realtime_offset_ns: int) -> pa.Array:
     return pc.strftime(wall.cast(pa.timestamp("ns", tz="UTC")), format="%Y-%m-%d %H:%M:%S")
 
 
-def microseconds(ns: np.ndarray) -> list[Any]:
+def microseconds(ns: np.ndarray) -> list[Piece]:
     """Pieces spelling durations in ns as ``12.3 us`` (one decimal, rounded), for a join."""
     tenths = (ns.astype(np.uint64) + np.uint64(50)) // np.uint64(100)
-    return [_ints(tenths // np.uint64(10)), ".", _ints(tenths % np.uint64(10)), " us"]
+    return [decimal(tenths // np.uint64(10)), ".", decimal(tenths % np.uint64(10)), " us"]
 
 
 def value_strings(column: pa.Array, null: str = "-") -> pa.Array:
@@ -151,37 +168,63 @@ class TextFormatter:
         """Times are printed relative to this timestamp (the replay's first row)."""
         self.origin = ts_ns
 
-    def _paint(self, pieces: list[Any], code: str) -> list[Any]:
+    def _paint(self, pieces: list[Piece], code: str) -> list[Piece]:
         """``pieces`` wrapped in an ANSI colour when colour is on."""
         return [code, *pieces, _RESET] if self.colour else pieces
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns :meth:`format` reads (the payload only when nothing else describes it)."""
+        names = ["seq", "cpu", "ts_ns", "kind", "lost"]
+        if self.syscall_style:
+            names += [SYSCALL_COLUMN, *SYSCALL_ARGS]
+        names += self.field_columns
+        if not self.syscall_style and not self.field_columns:
+            names.append("data")
+        return names
 
     def format(self, rows: pa.RecordBatch, late_ns: np.ndarray) -> pa.Array:
         """One string per row, each ending in a newline.
 
-        All pieces go into a single element-wise join: each join costs a pass
-        over the batch, so nesting them is what would make this slow.
+        The body of a row (call, arguments, fields) is formatted once per
+        distinct body when a batch repeats them; loss lines and late markers
+        only for the rows that have them.
         """
+        count = rows.num_rows
         ts = rows.column("ts_ns").to_numpy()
         if self.origin is None and len(ts):
             self.origin = int(ts[0])
-        pieces = self._paint([relative_seconds(ts, self.origin or 0)], _DIM)
+        pieces = self._paint(relative_seconds(ts, self.origin or 0), _DIM)
         if self.wall:
             pieces += [" ", wall_clock(ts, self.realtime_offset_ns)]
-        cpu = _ints(rows.column("cpu").to_numpy())
-        pieces += [" ", *self._paint(["[", pc.utf8_lpad(cpu, width=3, padding="0"), "]"], _CYAN)]
-        pieces += [" #", _ints(rows.column("seq").to_numpy()), " "]
+        cpu = rows.column("cpu").to_numpy()
+        pieces += [" ", *self._paint(["[", zero_padded(cpu, _CPU_WIDTH), "]"], _CYAN)]
+        pieces += [" #", decimal(rows.column("seq").to_numpy()), " "]
+        body = self._bodies(rows)
         lost = rows.column("kind").indices.to_numpy(zero_copy_only=False) == KIND_LOST_CODE
-        body = self._sample_body(rows)
         if lost.any():
-            count = _ints(rows.column("lost").to_numpy())
-            loss = _join(*self._paint(["*** CPU ", cpu, " lost ", count, " events ***"], _RED_BOLD))
-            body = [pc.if_else(pa.array(lost), loss, _join(*body))]
-        pieces += body
-        pieces += [self._markers(rows, late_ns), "\n"]
-        return _join(*pieces)
+            loss = self._loss_lines(rows.filter(pa.array(lost)))
+            body = pc.if_else(pa.array(lost), expand(loss, lost), body)
+        pieces += [body, self._line_ends(rows, late_ns)]
+        return join_lines(pieces, count)
 
-    def _sample_body(self, rows: pa.RecordBatch) -> list[Any]:
-        pieces: list[Any] = []
+    def _bodies(self, rows: pa.RecordBatch) -> pa.Array:
+        """The sample body of every row, formatted once per distinct one where they repeat."""
+        names = [name for name in self.columns if name not in _LINE_COLUMNS]
+        repeats = distinct_rows([rows.column(name) for name in names])
+        if repeats is None:
+            return join_lines(self._sample_body(rows), rows.num_rows)
+        example, index = repeats
+        chosen = rows.take(pa.array(example))
+        return join_lines(self._sample_body(chosen), chosen.num_rows).take(pa.array(index))
+
+    def _loss_lines(self, rows: pa.RecordBatch) -> pa.Array:
+        cpu, count = decimal(rows.column("cpu").to_numpy()), decimal(rows.column("lost").to_numpy())
+        pieces = self._paint(["*** CPU ", cpu, " lost ", count, " events ***"], _RED_BOLD)
+        return join_lines(pieces, rows.num_rows)
+
+    def _sample_body(self, rows: pa.RecordBatch) -> list[Piece]:
+        pieces: list[Piece] = []
         if self.syscall_style:
             args = u64_hex_columns([rows.column(a) for a in SYSCALL_ARGS], ", ")
             name = pc.fill_null(rows.column(SYSCALL_COLUMN), "?")
@@ -192,21 +235,22 @@ class TextFormatter:
             data = rows.column("data")
             lengths = payload_lengths(data)
             more = pc.if_else(pa.array(lengths > PAYLOAD_PREVIEW_BYTES), "..", "")
-            pieces += [_ints(lengths), "B ", bytes_hex(data, PAYLOAD_PREVIEW_BYTES), more]
+            pieces += [decimal(lengths), "B ", bytes_hex(data, PAYLOAD_PREVIEW_BYTES), more]
         return pieces
 
-    def _markers(self, rows: pa.RecordBatch, late_ns: np.ndarray) -> pa.Array:
-        """The late / moved marker of each row, null where there is none."""
+    def _line_ends(self, rows: pa.RecordBatch, late_ns: np.ndarray) -> Piece:
+        """What ends each line: its late / moved marker, if any, and the newline."""
         late = late_ns > 0
         if not late.any():
-            return pa.nulls(rows.num_rows, pa.string())
+            return "\n"
+        late_us = microseconds(late_ns[late])
         if self.order == ARRIVAL:
-            text = self._paint(["  << ", *microseconds(late_ns), " late"], _YELLOW)
+            text = self._paint(["  << ", *late_us, " late"], _YELLOW)
         else:
-            seq = _ints(rows.column("seq").to_numpy())
-            late_us = microseconds(late_ns)
+            seq = decimal(rows.column("seq").to_numpy()[late])
             text = self._paint(["  [moved from seq ", seq, ": ", *late_us, " late]"], _MAGENTA)
-        return pc.if_else(pa.array(late), _join(*text), pa.scalar(None, pa.string()))
+        marked = join_lines([*text, "\n"], int(late.sum()))
+        return either(late, marked, "\n")
 
 
 def lines_bytes(lines: pa.Array) -> memoryview:

@@ -1,0 +1,243 @@
+"""One text line per row, assembled from column-wide pieces at the lowest cost.
+
+Arrow's element-wise join costs about the same per piece and row whatever the
+piece holds, so the number of pieces decides what a line costs. Pieces whose
+strings all have one width in a batch (a padded time, a zero-padded CPU,
+sequence numbers of equal length, constants) are laid side by side in one
+numpy character block and enter the join as a single piece; only pieces of
+varying width are joined by Arrow.
+
+Two more helpers keep work proportional to what varies: :func:`expand`
+formats something for the few rows that need it (loss lines, late markers)
+and spreads it back, and :func:`distinct_rows` finds the rows of a batch
+that repeat the same values, so they are formatted once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, TypeAlias
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+Piece: TypeAlias = str | np.ndarray | pa.Array
+"""A constant, a (rows, width) uint8 character block, or a string array (nulls: nothing)."""
+
+_I32_MAX: Final = 2**31 - 1
+_DIGITS: Final = np.frombuffer(b"0123456789", dtype=np.uint8)
+_DIGIT_PAIRS: Final = (
+    np.stack([_DIGITS[np.arange(100) // 10], _DIGITS[np.arange(100) % 10]], axis=1)
+    .copy()
+    .view(np.uint16)
+    .reshape(100)
+)
+"""Entry v holds the two ASCII digits of v (as one uint16: one look-up per two digits)."""
+DISTINCT_SAMPLE: Final = 1024
+"""Rows looked at to decide whether a batch repeats enough to format each value once."""
+DISTINCT_SHARE: Final = 8
+"""Formatting once per distinct value pays when the sample repeats each value this often."""
+
+
+def string_parts(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets of this slice, data bytes) of a string or binary array, without copying."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    large = pa.types.is_large_binary(array.type) or pa.types.is_large_string(array.type)
+    buffers = array.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64 if large else np.int32)
+    offsets = offsets[array.offset : array.offset + len(array) + 1].astype(np.int64)
+    data = (
+        np.frombuffer(buffers[2], dtype=np.uint8)
+        if buffers[2] is not None
+        else np.zeros(0, np.uint8)
+    )
+    return offsets, data
+
+
+def uniform_chars(array: pa.Array) -> np.ndarray | None:
+    """A string array as a (rows, width) character block, if every value has one width."""
+    rows = len(array)
+    if rows == 0 or array.null_count or not _is_text(array.type):
+        return None
+    offsets, data = string_parts(array)
+    total = int(offsets[-1] - offsets[0])
+    if total % rows or np.any(np.diff(offsets) != total // rows):
+        return None
+    return data[offsets[0] : offsets[-1]].reshape(rows, total // rows)
+
+
+def block_strings(chars: np.ndarray) -> pa.Array:
+    """Row i of a (rows, width) character block as string i (one copy at most)."""
+    rows, width = chars.shape
+    data = pa.py_buffer(np.ascontiguousarray(chars))
+    if rows * width <= _I32_MAX:
+        offsets = np.arange(rows + 1, dtype=np.int32) * np.int32(width)
+        return pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), data)
+    offsets64 = np.arange(rows + 1, dtype=np.int64) * width
+    return pa.LargeStringArray.from_buffers(rows, pa.py_buffer(offsets64), data)
+
+
+def join_lines(pieces: Sequence[Piece], rows: int) -> pa.Array:
+    """Row i: every piece's row i, concatenated (a null row of a piece adds nothing)."""
+    parts: list[str | pa.Array] = []
+    run: list[str | np.ndarray] = []
+    for piece in pieces:
+        if isinstance(piece, pa.Array):
+            chars = uniform_chars(piece)
+            if chars is None:
+                parts += _run_parts(run, rows)
+                parts.append(piece)
+                run = []
+                continue
+            piece = chars
+        if not len(piece) if isinstance(piece, str) else not piece.shape[-1]:
+            continue  # adds nothing
+        run.append(piece)
+    parts += _run_parts(run, rows)
+    if len(parts) == 1 and isinstance(parts[0], pa.Array) and not parts[0].null_count:
+        return parts[0]
+    if not any(isinstance(part, pa.Array) for part in parts):
+        return pa.array(["".join(str(p) for p in parts)] * rows, pa.string())
+    return pc.binary_join_element_wise(*parts, "", null_handling="skip")
+
+
+def _run_parts(run: list[str | np.ndarray], rows: int) -> list[str | pa.Array]:
+    """Neighbouring constants and blocks as one piece (constants alone stay constants)."""
+    merged: list[str | np.ndarray] = []
+    for piece in run:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    if not merged:
+        return []
+    if len(merged) == 1 and isinstance(merged[0], str):
+        return [merged[0]]
+    blocks = [np.frombuffer(p.encode(), np.uint8) if isinstance(p, str) else p for p in merged]
+    widths = [b.shape[-1] for b in blocks]
+    starts = np.cumsum([0, *widths[:-1]]).tolist()
+    chars = np.empty((rows, sum(widths)), dtype=np.uint8)
+    layout = np.dtype(
+        {
+            "names": [f"f{i}" for i in range(len(blocks))],
+            "formats": [f"V{w}" for w in widths],
+            "offsets": starts,
+            "itemsize": chars.shape[1],
+        }
+    )
+    fields = chars.view(layout).reshape(rows)
+    for i, (block, start, width) in enumerate(zip(blocks, starts, widths, strict=True)):
+        if block.ndim == 1:
+            chars[:, start : start + width] = block
+        else:  # whole values per row: much faster than copying byte columns
+            fields[f"f{i}"] = np.ascontiguousarray(block).view(f"V{width}").reshape(rows)
+    return [block_strings(chars)]
+
+
+def decimal(values: np.ndarray) -> pa.Array:
+    """Integers as decimal strings."""
+    return pc.cast(pa.array(values), pa.string())
+
+
+def padded_digits(values: np.ndarray, width: int) -> np.ndarray:
+    """(rows, width) decimal digits with leading zeros; every value must be below 10**width."""
+    values = np.asarray(values)
+    if width <= 4:  # two look-ups of digit pairs
+        small = values.astype(np.uint32)
+        pairs = np.empty((len(small), 2), dtype=np.uint16)
+        pairs[:, 0] = _DIGIT_PAIRS[small // 100]
+        pairs[:, 1] = _DIGIT_PAIRS[small % 100]
+        return pairs.view(np.uint8).reshape(len(small), 4)[:, 4 - width :]
+    # 10**width + v has width + 1 digits, the first a 1: one width for all, so no offsets.
+    text = decimal(values.astype(np.uint64) + np.uint64(10**width))
+    offsets, data = string_parts(text)
+    return data[offsets[0] : offsets[-1]].reshape(len(values), width + 1)[:, 1:]
+
+
+def zero_padded(values: np.ndarray, width: int) -> Piece:
+    """Non-negative integers as decimal strings of at least ``width`` digits (leading zeros)."""
+    if len(values) and int(values.max()) < 10**width:
+        return padded_digits(values, width)
+    return pc.utf8_lpad(decimal(values), width=width, padding="0")
+
+
+def expand(values: pa.Array, mask: np.ndarray) -> pa.Array:
+    """``values`` spread, in order, over the rows where ``mask`` is set; null elsewhere."""
+    positions = np.cumsum(mask, dtype=np.int64) - 1
+    return values.take(pa.array(positions, mask=~mask))
+
+
+def either(mask: np.ndarray, values: pa.Array, other: str) -> pa.Array:
+    """``values`` spread, in order, over the rows where ``mask`` is set; ``other`` elsewhere."""
+    choices = pa.concat_arrays([pa.array([other], values.type), values])
+    return choices.take(pa.array(np.cumsum(mask, dtype=np.int64) * mask))
+
+
+def distinct_rows(columns: Sequence[pa.Array]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(a row holding each distinct value tuple, each row's tuple number), if values repeat.
+
+    None when a sample of the rows shows too few repeats for formatting once
+    per tuple to pay. Two rows share a tuple only if every column holds the
+    same value (null included), compared by value bits after dictionary coding.
+    """
+    rows = len(columns[0]) if columns else 0
+    if rows < DISTINCT_SAMPLE:
+        return None
+    sample = _tuple_codes([c.slice(0, DISTINCT_SAMPLE) for c in columns])
+    if sample is None or len(sample.dictionary) * DISTINCT_SHARE > DISTINCT_SAMPLE:
+        return None
+    coded = _tuple_codes(columns)
+    if coded is None:
+        return None
+    if len(coded.dictionary) * 2 > rows:
+        return None
+    index = coded.indices.to_numpy()
+    example = np.empty(len(coded.dictionary), dtype=np.int64)
+    example[index] = np.arange(rows, dtype=np.int64)  # any row of a tuple stands for all
+    return example, index
+
+
+def _tuple_codes(columns: Sequence[pa.Array]) -> pa.DictionaryArray | None:
+    """Dictionary coding of the rows' value tuples (None if a column type has no bit view)."""
+    rows = len(columns[0])
+    words = np.zeros((rows, len(columns) + 1), dtype=np.uint64)
+    for i, column in enumerate(columns):
+        values = _value_bits(column)
+        if values is None:
+            return None
+        words[:, i] = values
+        if column.null_count:  # the last word: one bit per column, set where null
+            nulls = np.asarray(column.is_null()).astype(np.uint64)
+            words[:, -1] |= nulls << np.uint64(i)
+    keys = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(words.shape[1] * 8), rows, [None, pa.py_buffer(words)]
+    )
+    return pc.dictionary_encode(keys)
+
+
+def _value_bits(column: pa.Array) -> np.ndarray | None:
+    """One fixed-width number per row that equals another row's exactly when the values do."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.dictionary_decode()
+        kind = column.type
+    if _is_text(kind):
+        codes = pc.dictionary_encode(column, null_encoding="encode").indices
+        return codes.to_numpy().view(np.uint32)
+    if not (pa.types.is_boolean(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        return None
+    if column.null_count:
+        column = pc.fill_null(column, pa.scalar(0).cast(kind))
+    values = np.ascontiguousarray(column.to_numpy(zero_copy_only=False))
+    return values.view(f"u{values.dtype.itemsize}")
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+    )
