@@ -151,7 +151,7 @@ def run_ebcap(
     p = result_line(p_out, "producer")
     produced = int(p["produced"])
     with ebcap.open(out) as reader:
-        table = reader.to_table(columns=["ts_ns", "kind"])
+        table = reader.to_table().select(["ts_ns", "kind"])
         last_drain_ns = int(reader.totals["last_drain_ns"])
     samples = table.filter(pc.equal(table["kind"].cast(pa.string()), "sample"))
     first_ts = int(pc.min(samples["ts_ns"]).as_py())
