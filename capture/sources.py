@@ -22,7 +22,7 @@ import pyarrow as pa
 from ebcap.bpf import _sys, cpus
 from ebcap.bpf.maps import Map
 from ebcap.capture.layout import PayloadLayout
-from ebcap.errors import UsageError
+from ebcap.errors import BpfObjectNotFoundError, NotSupportedError, UsageError
 
 TRANSPORTS = ("perf", "ringbuf")
 
@@ -176,7 +176,10 @@ class PinnedSource(Source):
         self._map_type: int | None = None
 
     def _open(self) -> Map:
-        pinned = Map.open_pinned(self.path)
+        try:
+            pinned = Map.open_pinned(self.path)
+        except BpfObjectNotFoundError:
+            raise UsageError(f"--pin {self.path}: no BPF map is pinned there") from None
         kind = pinned.info.type
         if kind not in (_sys.BPF_MAP_TYPE_RINGBUF, _sys.BPF_MAP_TYPE_PERF_EVENT_ARRAY):
             pinned.close()
@@ -218,6 +221,8 @@ def parse_source(
         raise UsageError("--snaplen applies to xdp: and tc: sources")
     if (xdp_mode is not None or replace_xdp) and kind != "xdp":
         raise UsageError("--xdp-mode and --replace-xdp apply to xdp: sources")
+    if (pid or comm is not None) and (spec != "syscalls" or pin is not None):
+        raise UsageError("--pid and --comm apply to the syscalls source")
     if pin is not None:
         return PinnedSource(pin, layout)
     if layout is not None:
@@ -228,7 +233,12 @@ def parse_source(
         from ebcap.bpf.tracefs import split_spec
         from ebcap.capture.tracepoint_source import TracepointSource
 
-        return TracepointSource(*split_spec(rest))
+        try:
+            return TracepointSource(*split_spec(rest))
+        except NotSupportedError as exc:
+            if exc.feature.startswith("tracepoint "):  # a name this kernel lacks: a bad value
+                raise UsageError(str(exc)) from None
+            raise
     if kind in ("xdp", "tc"):
         from ebcap.bpf.programs.packet import SNAPLEN_DEFAULT
         from ebcap.capture.packet_source import TcSource, XdpSource

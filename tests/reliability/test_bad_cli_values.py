@@ -1,0 +1,150 @@
+"""Bad command-line values: one error line, exit 2, and no file left behind.
+
+Every case runs in a directory of its own holding one valid capture; after
+the run the directory must hold exactly what it held before (no output, no
+``.partial``, no temporary file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from reliability.harness import assert_one_line_error, files_in, run_cli
+
+from ebcap.format import CaptureWriter, make_schema
+from ebcap.format import schema as fs
+
+IN = "in.arrow"
+"""The capture each case may read; {in} / {dir} in a case stand for it and its directory."""
+
+READING = {
+    "replay unknown format": ["replay", "{in}", "--format", "xml"],
+    "replay bad cpu list": ["replay", "{in}", "--cpu", "1-x"],
+    "replay unknown kind": ["replay", "{in}", "--kind", "dropped"],
+    "replay negative limit": ["replay", "{in}", "--limit", "-1"],
+    "replay zero speed": ["replay", "{in}", "--speed", "0"],
+    "replay output is the input": ["replay", "{in}", "-o", "{in}"],
+    "replay output in a missing directory": ["replay", "{in}", "-o", "{dir}/no/such/x.jsonl"],
+    "replay output name without format": ["replay", "{in}", "-o", "{dir}/x.xyz"],
+    "sql syntax error": ["sql", "{in}", "SELEC cpu FROM events"],
+    "sql unknown table": ["sql", "{in}", "SELECT * FROM nosuch"],
+    "sql unknown column": ["sql", "{in}", "SELECT nosuch FROM events"],
+    "sql empty query": ["sql", "{in}", "  "],
+    "sql unknown format": ["sql", "{in}", "SELECT 1", "--format", "xml"],
+    "sql output is the input": ["sql", "{in}", "SELECT 1", "-o", "{in}"],
+    "sql output in a missing directory": ["sql", "{in}", "SELECT 1", "-o", "{dir}/no/x.csv"],
+    "export unknown format": ["export", "{in}", "-o", "{dir}/x.out", "--format", "xml"],
+    "export output name without format": ["export", "{in}", "-o", "{dir}/x.xyz"],
+    "export output is the input": ["export", "{in}", "-o", "{in}", "--format", "csv"],
+    "export output in a missing directory": ["export", "{in}", "-o", "{dir}/no/x.parquet"],
+    "export output is a directory": ["export", "{in}", "-o", "{dir}", "--format", "csv"],
+    "export pcapng of a syscalls capture": ["export", "{in}", "-o", "{dir}/x.pcapng"],
+    "reorder plot is the input": ["reorder", "{in}", "--plot", "{in}"],
+    "reorder plot in a missing directory": ["reorder", "{in}", "--plot", "{dir}/no/x.png"],
+    "recover onto itself": ["recover", "{in}", "-o", "{in}"],
+    "recover into a missing directory": ["recover", "{in}", "-o", "{dir}/no/x.arrow"],
+    "info of a missing file": ["info", "{dir}/missing.arrow"],
+    "info of a directory": ["info", "{dir}"],
+    "unknown option": ["info", "--nosuch", "{in}"],
+    "unknown command": ["nosuch", "{in}"],
+}
+
+
+def write_capture(path: Path) -> None:
+    schema = make_schema(
+        [pa.field("syscall", pa.string())],
+        {fs.META_TRANSPORT: "perf", fs.META_SOURCE: "syscalls", fs.META_REALTIME_OFFSET: "0"},
+    )
+    n = 8
+    with CaptureWriter(path, schema) as writer:
+        writer.write(
+            {
+                "seq": np.arange(n, dtype=np.uint64),
+                "cpu": np.arange(n, dtype=np.uint16) % 2,
+                "ts_ns": 1000 + np.arange(n, dtype=np.uint64),
+                "kind": np.zeros(n, np.int8),
+                "lost": np.zeros(n, np.uint64),
+                "round": np.zeros(n, np.uint32),
+                "data": [b"x" * 12] * n,
+                "syscall": ["read"] * n,
+            }
+        )
+
+
+def expand(argv: list[str], directory: Path) -> list[str]:
+    return [a.format(**{"in": directory / IN, "dir": directory}) for a in argv]
+
+
+def check_refused(
+    capsys: pytest.CaptureFixture[str], directory: Path, argv: list[str], mentions: str = ""
+) -> None:
+    before = files_in(directory)
+    outcome = run_cli(capsys, expand(argv, directory))
+    assert_one_line_error(outcome, code=2, mentions=mentions)
+    assert files_in(directory) == before, "a refused command left a file behind"
+
+
+@pytest.mark.parametrize("case", sorted(READING))
+def test_reading_commands(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_capture(tmp_path / IN)
+    check_refused(capsys, tmp_path, READING[case])
+
+
+RECORDING = {
+    "unknown source": (["-s", "nosuch"], "unknown source"),
+    "unknown transport": (["-t", "carrier-pigeon"], "unknown transport"),
+    "buffer size not a size": (["-b", "12Q"], "--buffer-size"),
+    "buffer size zero": (["-b", "0"], "--buffer-size"),
+    "ring buffer not a power of two": (["-t", "ringbuf", "-b", "12288"], "power of two"),
+    "wakeup zero": (["--wakeup", "0"], "--wakeup"),
+    "wakeup not a number": (["--wakeup", "soon"], "--wakeup"),
+    "layout without a pin": (["--layout", "ts:u64"], "--layout"),
+    "bad layout": (["--pin", "/sys/fs/bpf", "--layout", "ts:u65"], "bad layout"),
+    "layout without fields": (["--pin", "/sys/fs/bpf", "--layout", "4x"], "bad layout"),
+    "pin that does not exist": (["--pin", "/sys/fs/bpf/ebcap-nosuch"], "ebcap-nosuch"),
+    "unknown tracepoint": (["-s", "tracepoint:nosuch:thing"], "nosuch:thing"),
+    "malformed tracepoint": (["-s", "tracepoint:sched"], "tracepoint"),
+    "unknown interface": (["-s", "xdp:ebcapnosuch0"], "ebcapnosuch0"),
+    "tc without direction word": (["-s", "tc:lo:sideways"], "sideways"),
+    "snaplen for syscalls": (["--snaplen", "100"], "--snaplen"),
+    "pid for a tracepoint": (["-s", "tracepoint:sched:sched_switch", "--pid", "1"], "--pid"),
+    "comm for xdp": (["-s", "xdp:lo", "--comm", "bash"], "--comm"),
+    "comm too long": (["--comm", "a-command-name-too-long"], "--comm"),
+    "cpu that is not online": (["--cpus", "4096"], "--cpus"),
+    "cpus with a ring buffer": (["-t", "ringbuf", "--cpus", "0"], "--cpus"),
+    "negative duration": (["--duration", "-1"], "--duration"),
+    "zero count": (["--count", "0"], "--count"),
+    "zero flush interval": (["--flush-interval", "0"], "--flush-interval"),
+    "no output": ([], "--output"),
+    "output in a missing directory": (["-o", "{dir}/no/such/run.arrow"], "does not exist"),
+    "output is a directory": (["-o", "{dir}"], "directory"),
+    "output exists": (["-o", "{in}"], "exists"),
+}
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("case", sorted(RECORDING))
+def test_record(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_capture(tmp_path / IN)
+    args, mentions = RECORDING[case]
+    if "-o" not in args and case != "no output":
+        args = ["-o", "{dir}/run.arrow", *args]
+    check_refused(capsys, tmp_path, ["record", "--duration", "1", *args], mentions)
+
+
+BENCH = {
+    "event size not a multiple of 8": ["--size", "13"],
+    "event size too large": ["--size", "8192"],
+    "producer cpu not online": ["--producers", "4096"],
+    "unknown transport": ["-t", "carrier-pigeon"],
+    "zero duration": ["--duration", "0"],
+}
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("case", sorted(BENCH))
+def test_bench(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    check_refused(capsys, tmp_path, ["bench", "-o", "{dir}/bench.arrow", *BENCH[case]])
