@@ -30,12 +30,21 @@ def _command_built_once() -> Iterator[None]:
 
 CAPTURES = {
     # name: (record arguments, workload (seconds, burst, pause) or None)
-    "perf": (["--count", "120", "--flush-interval", "0.03"], (10.0, 20, 0.01)),
-    "ringbuf": (["-t", "ringbuf", "--count", "120", "--flush-interval", "0.03"], (10.0, 20, 0.01)),
+    "perf": (["--count", "120", "--flush-interval", "0.03", "--wakeup", "4"], (10.0, 5, 0.01)),
+    "ringbuf": (["-t", "ringbuf", "--count", "120", "--flush-interval", "0.03"], (10.0, 5, 0.01)),
     "lost": (["-b", "4096", "--wakeup", "4096", "--count", "400"], (10.0, 100_000, 0.0)),
     "tracepoint": (["-s", "tracepoint:sched:sched_switch", "--count", "40"], None),
+    "getppid": (
+        [
+            *("-s", "tracepoint:syscalls:sys_enter_getppid", "--count", "24"),
+            *("--flush-interval", "0.03", "--wakeup", "2"),
+        ],
+        (10.0, 2, 0.01),
+    ),
 }
-"""Small real captures: multi-batch perf and ring buffer, perf with lost records, a tracepoint."""
+"""Small real captures: multi-batch perf and ring buffer, perf with lost records, tracepoints
+(``getppid``: few columns and several batches, small enough to cut at every offset). The
+syscalls captures record only their workload (--pid)."""
 
 
 @pytest.fixture(scope="session")
@@ -50,13 +59,15 @@ def captures() -> Iterator[dict[str, Path]]:
                 done = ebcap_run("record", "-o", path, *args)
             else:
                 with workload(*load) as pid:
-                    done = ebcap_run("record", "-o", path, "--pid", str(pid), *args)
+                    only = [] if "-s" in args else ["--pid", str(pid)]
+                    done = ebcap_run("record", "-o", path, *only, *args)
             assert done.returncode == 0, f"recording the {name} capture failed: {done.stderr}"
             paths[name] = path
         with CaptureReader(paths["lost"]) as reader:
             assert (reader.totals or {}).get("lost", 0) > 0, "the lost capture lost nothing"
-        with CaptureReader(paths["perf"]) as reader:
-            assert reader.num_batches >= 3, "the perf capture should span several batches"
+        for name in ("perf", "getppid"):
+            with CaptureReader(paths[name]) as reader:
+                assert reader.num_batches >= 3, f"the {name} capture should span several batches"
         yield paths
     finally:
         shutil.rmtree(directory, ignore_errors=True)
