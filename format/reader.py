@@ -7,8 +7,10 @@ one-line message; no pyarrow exception escapes to the caller.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -115,17 +117,30 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def batch_problem(batch: pa.RecordBatch) -> str:
-    """Why a batch that parsed must still not be trusted ('' when it is fine)."""
+def batch_problem(batch: pa.RecordBatch, *, full: bool = True) -> str:
+    """Why a batch that parsed must still not be trusted ('' when it is fine).
+
+    ``full`` validates every value (offsets, UTF-8, dictionary indices);
+    without it only the structure (buffer sizes) is checked, for batches
+    whose checksums vouch for the values.
+    """
     try:
-        batch.validate(full=True)
+        batch.validate(full=full)
     except DAMAGE_ERRORS as exc:
         return one_line(exc)
     names = batch.schema.names
     if "kind" in names:
-        dictionary = batch.column("kind").dictionary
+        kind = batch.column("kind")
+        dictionary = kind.dictionary
+        try:
+            dictionary.validate(full=True)  # a few values: always checked before reading them
+        except DAMAGE_ERRORS as exc:
+            return one_line(exc)
         if dictionary.type != pa.string() or dictionary.to_pylist() != list(fs.KINDS):
             return f"the kind dictionary is not {'|'.join(fs.KINDS)}"
+        codes = kind.indices.to_numpy(zero_copy_only=False)
+        if not full and len(codes) and (codes.min() < 0 or codes.max() >= len(fs.KINDS)):
+            return "a kind is not in its dictionary"
     if "seq" in names and batch.num_rows > 1:
         seq = batch.column("seq").to_numpy()
         if not bool(np.all(seq[1:] > seq[:-1])):
@@ -134,16 +149,26 @@ def batch_problem(batch: pa.RecordBatch) -> str:
 
 
 class BatchCheck:
-    """Everything a batch of one schema must pass: Arrow validation, kinds, checksums."""
+    """Everything a batch of one schema must pass: Arrow validation, kinds, checksums.
 
-    def __init__(self, schema: pa.Schema, metadata: dict[str, Any]) -> None:
+    With ``trust_checksums``, a batch whose column checksums match gets the
+    structural validation only: the values are the ones the writer wrote.
+    """
+
+    def __init__(
+        self, schema: pa.Schema, metadata: dict[str, Any], *, trust_checksums: bool = False
+    ) -> None:
         self.schema = schema
         self.schema_crc = checksum.schema_crc(schema)
         self.required = fs.META_CHECKSUM in metadata
+        self.trust_checksums = trust_checksums
 
     def problem(self, batch: pa.RecordBatch, custom_metadata: pa.KeyValueMetadata | None) -> str:
         """Why ``batch`` (all columns or a projection) must not be trusted; '' if it may."""
-        return batch_problem(batch) or self.checksum_problem(batch, custom_metadata)
+        vouched = self.trust_checksums and fs.CHECKSUMS_KEY.encode() in (custom_metadata or {})
+        return batch_problem(batch, full=not vouched) or self.checksum_problem(
+            batch, custom_metadata
+        )
 
     def checksum_problem(
         self, batch: pa.RecordBatch, custom_metadata: pa.KeyValueMetadata | None
@@ -155,17 +180,28 @@ class BatchCheck:
 
 
 class CaptureReader:
-    """A capture file opened for reading (memory-mapped; :meth:`close` releases it)."""
+    """A capture file opened for reading (memory-mapped; :meth:`close` releases it).
+
+    Pages of the mapping are given back after every batch read, so memory
+    follows the batch being read, not the length of the file.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = check_input_path(path)
-        self._source: pa.MemoryMappedFile | None = None
+        self._map: mmap.mmap | None = None
+        self._source: pa.BufferReader | None = None
         self._ipc: pa.ipc.RecordBatchFileReader | None = None
+        self._projections: dict[tuple[int, ...], pa.ipc.RecordBatchFileReader] = {}
         self._totals: dict[str, Any] | None = None
         self._totals_read = False
         try:
-            self._source = pa.memory_map(str(self.path))
+            with open(self.path, "rb") as file:
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._source = pa.BufferReader(pa.py_buffer(self._map))
             self._open()
+        except OSError as exc:
+            self.close()
+            raise BadFileError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         except BaseException:
             self.close()
             raise
@@ -194,7 +230,7 @@ class CaptureReader:
             ) from None
         self.metadata: dict[str, Any] = check_schema(self.path, file_schema)
         self.schema: pa.Schema = file_schema
-        self._check = BatchCheck(file_schema, self.metadata)
+        self._check = BatchCheck(file_schema, self.metadata, trust_checksums=True)
         self.num_batches: int = ipc.num_record_batches
         self._ipc = ipc
         self.format_version: int = self.metadata[fs.VERSION_KEY]
@@ -203,7 +239,7 @@ class CaptureReader:
         ]
 
     def _require(self) -> pa.ipc.RecordBatchFileReader:
-        if self._source is None or self._ipc is None:
+        if self._map is None or self._ipc is None:
             raise ClosedError(f"reader for {self.path} is closed")
         return self._ipc
 
@@ -241,6 +277,8 @@ class CaptureReader:
             last, custom = self._require().get_batch_with_custom_metadata(index)
         except DAMAGE_ERRORS as exc:
             raise self._damaged("the last batch", exc) from None
+        finally:
+            self._release_pages()
         problem = self._check.checksum_problem(last, custom)
         if problem:
             raise BadFileError(f"{self.path}: batch {index} is damaged ({problem})")
@@ -252,20 +290,48 @@ class CaptureReader:
         except ValueError as exc:
             raise BadFileError(f"{self.path}: bad totals: {exc}") from None
 
-    def batch(self, index: int) -> pa.RecordBatch:
-        """One record batch, checked so damaged buffers cannot reach the caller."""
-        return self._checked_batch(index)[0]
+    def batch(self, index: int, columns: Sequence[str] | None = None) -> pa.RecordBatch:
+        """One record batch, checked so damaged buffers cannot reach the caller.
 
-    def _checked_batch(self, index: int) -> tuple[pa.RecordBatch, pa.KeyValueMetadata | None]:
-        ipc = self._require()
+        ``columns`` decodes only those (in file order), which saves most of a read.
+        """
+        return self._checked_batch(index, columns)[0]
+
+    def _checked_batch(
+        self, index: int, columns: Sequence[str] | None = None
+    ) -> tuple[pa.RecordBatch, pa.KeyValueMetadata | None]:
+        ipc = self._require() if columns is None else self._projection(columns)
         if not 0 <= index < self.num_batches:
             raise IndexError(f"batch {index} out of range 0..{self.num_batches - 1}")
         try:
             batch, custom = ipc.get_batch_with_custom_metadata(index)
         except DAMAGE_ERRORS as exc:
             raise self._damaged(f"batch {index}", exc) from None
+        finally:
+            self._release_pages()
         self.check_batch(batch, custom, index)
         return batch, custom
+
+    def _projection(self, columns: Sequence[str]) -> pa.ipc.RecordBatchFileReader:
+        """A reader of the file that decodes only ``columns`` (file order kept)."""
+        self._require()
+        indices = [self.schema.get_field_index(name) for name in columns]
+        missing = [name for name, i in zip(columns, indices, strict=True) if i < 0]
+        if missing:
+            raise BadFileError(f"{self.path} lacks the column(s) {', '.join(missing)}")
+        key = tuple(sorted(set(indices)))
+        if key not in self._projections:
+            options = pa.ipc.IpcReadOptions(included_fields=list(key))
+            try:
+                self._projections[key] = pa.ipc.open_file(self._source, options=options)
+            except DAMAGE_ERRORS as exc:
+                raise self._damaged("the footer", exc) from None
+        return self._projections[key]
+
+    def _release_pages(self) -> None:
+        """Drop the file pages mapped so far from this process (the page cache keeps them)."""
+        if self._map is not None:
+            self._map.madvise(mmap.MADV_DONTNEED)
 
     def check_batch(
         self, batch: pa.RecordBatch, custom_metadata: pa.KeyValueMetadata | None, index: int
@@ -276,12 +342,15 @@ class CaptureReader:
         if problem:
             raise BadFileError(f"{self.path}: batch {index} is damaged ({problem})")
 
-    def iter_batches(self) -> Iterator[pa.RecordBatch]:
-        """The record batches in file (= arrival) order, ``seq`` increasing across them."""
+    def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """The record batches in file (= arrival) order, ``seq`` increasing across them.
+
+        ``columns``: decode only those, as :meth:`batch` does.
+        """
         last_seq: int | None = None
         for index in range(self.num_batches):
-            batch = self.batch(index)
-            if batch.num_rows:
+            batch = self.batch(index, columns)
+            if batch.num_rows and "seq" in batch.schema.names:
                 first = batch.column("seq")[0].as_py()
                 if last_seq is not None and first <= last_seq:
                     raise BadFileError(
@@ -298,11 +367,17 @@ class CaptureReader:
         return self.to_table().to_pandas()
 
     def close(self) -> None:
-        """Release the memory map. Idempotent."""
-        source, self._source = self._source, None
+        """Release the memory map. Idempotent.
+
+        Batches still held that share the mapping's memory keep it until they go.
+        """
         self._ipc = None
-        if source is not None:
-            source.close()
+        self._projections = {}
+        self._source = None
+        mapping, self._map = self._map, None
+        if mapping is not None:
+            with contextlib.suppress(BufferError):  # still shared: unmapped when released
+                mapping.close()
 
     def __enter__(self) -> Self:
         return self
@@ -316,7 +391,7 @@ class CaptureReader:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._source is None else f"{self.num_batches} batches"
+        state = "closed" if self._map is None else f"{self.num_batches} batches"
         return f"<CaptureReader {str(self.path)!r} {state}>"
 
 

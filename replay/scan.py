@@ -8,6 +8,7 @@ three columns: reading only those decompresses a fraction of the file.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Final
 
@@ -16,12 +17,14 @@ import pyarrow as pa
 
 from ebcap.errors import BadFileError
 from ebcap.format import schema as fs
-from ebcap.format.reader import DAMAGE_ERRORS, CaptureReader, one_line
+from ebcap.format.reader import CaptureReader
 
 SLICE_ROWS: Final = 65_536
 """Rows per slice: big enough for vectorised work, small enough to bound memory."""
 
-KIND_DICTIONARY: Final = pa.array(list(fs.KINDS), pa.string())
+CORE_KEYS: Final = ("seq", "cpu", "ts_ns", "kind")
+"""What ordering and lateness need of every row, whatever else is read."""
+
 KIND_SAMPLE_CODE: Final = fs.KINDS.index(fs.KIND_SAMPLE)
 KIND_LOST_CODE: Final = fs.KINDS.index(fs.KIND_LOST)
 
@@ -32,36 +35,47 @@ def slices_of(batch: pa.RecordBatch, rows: int = SLICE_ROWS) -> Iterator[pa.Reco
         yield batch.slice(start, rows)
 
 
-def iter_slices(reader: CaptureReader, rows: int = SLICE_ROWS) -> Iterator[pa.RecordBatch]:
-    """Every row of the capture in file order, as slices with ``kind`` normalised."""
-    for batch in reader.iter_batches():
+def iter_slices(
+    reader: CaptureReader, rows: int = SLICE_ROWS, columns: Sequence[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Every row of the capture in file order, as slices with ``kind`` normalised.
+
+    ``columns``: read only those and the ordering keys (see :func:`slice_schema`).
+    """
+    for batch in reader.iter_batches(_read_columns(reader, columns)):
         for piece in slices_of(batch, rows):
             yield normalise_kind(piece)
+
+
+def slice_schema(reader: CaptureReader, columns: Sequence[str] | None = None) -> pa.Schema:
+    """The schema of the slices :func:`iter_slices` yields for ``columns``."""
+    names = _read_columns(reader, columns)
+    if names is None:
+        return reader.schema
+    fields = [reader.schema.field(name) for name in names]
+    return pa.schema(fields, metadata=reader.schema.metadata)
+
+
+def _read_columns(reader: CaptureReader, columns: Sequence[str] | None) -> list[str] | None:
+    """``columns`` and the ordering keys, in file order (None: all)."""
+    if columns is None:
+        return None
+    wanted = {*CORE_KEYS, *columns}
+    return [name for name in reader.schema.names if name in wanted]
 
 
 def scan_columns(
     reader: CaptureReader, names: Sequence[str], rows: int = SLICE_ROWS
 ) -> Iterator[pa.RecordBatch]:
     """Only the named columns, sliced exactly like :func:`iter_slices`."""
-    indices = [reader.schema.get_field_index(name) for name in names]
-    if min(indices, default=0) < 0:
-        missing = [n for n, i in zip(names, indices, strict=True) if i < 0]
-        raise BadFileError(f"{reader.path} lacks the column(s) {', '.join(missing)}")
-    options = pa.ipc.IpcReadOptions(included_fields=indices)
-    with pa.memory_map(str(reader.path)) as source:
-        try:
-            ipc = pa.ipc.open_file(source, options=options)
-        except DAMAGE_ERRORS as exc:
-            raise BadFileError(f"{reader.path}: cannot read columns ({one_line(exc)})") from None
-        for index in range(ipc.num_record_batches):
-            try:
-                batch, custom = ipc.get_batch_with_custom_metadata(index)
-            except DAMAGE_ERRORS as exc:
-                raise BadFileError(
-                    f"{reader.path}: batch {index} is damaged ({one_line(exc)})"
-                ) from None
-            reader.check_batch(batch, custom, index)
-            yield from slices_of(batch, rows)
+    for batch in reader.iter_batches(names):
+        yield from slices_of(batch, rows)
+
+
+@functools.cache
+def kind_dictionary() -> pa.Array:
+    """The dictionary of ``kind`` (sample=0, lost=1), made on first use."""
+    return pa.array(list(fs.KINDS), pa.string())
 
 
 def normalise_kind(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -72,7 +86,7 @@ def normalise_kind(batch: pa.RecordBatch) -> pa.RecordBatch:
     """
     index = batch.schema.get_field_index("kind")
     kind = batch.column(index)
-    if kind.dictionary.equals(KIND_DICTIONARY):
+    if kind.dictionary.equals(kind_dictionary()):
         return batch
     dictionary = kind.dictionary.to_pylist()
     unknown = sorted({str(v) for v in dictionary} - set(fs.KINDS))
@@ -80,7 +94,7 @@ def normalise_kind(batch: pa.RecordBatch) -> pa.RecordBatch:
         raise BadFileError(f"unknown kind value(s) {', '.join(unknown)} in the file")
     remap = np.array([fs.KINDS.index(v) for v in dictionary], dtype=np.int8)
     codes = remap[kind.indices.to_numpy(zero_copy_only=False)]
-    fixed = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), KIND_DICTIONARY)
+    fixed = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), kind_dictionary())
     return batch.set_column(index, batch.schema.field(index), fixed)
 
 
