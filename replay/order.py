@@ -16,7 +16,7 @@ what happened, for the CLI to tell the user.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -28,7 +28,14 @@ from ebcap.errors import BadFileError
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.lateness import LatenessTracker
 from ebcap.replay.runs import SpilledRuns, sort_keys, sort_order
-from ebcap.replay.scan import SLICE_ROWS, is_sample, iter_slices, scan_columns, u64
+from ebcap.replay.scan import (
+    SLICE_ROWS,
+    is_sample,
+    iter_slices,
+    scan_columns,
+    slice_schema,
+    u64,
+)
 
 DEFAULT_MAX_WINDOW_ROWS: Final = 1 << 18
 """Rows the time sort may hold in memory before it spills to disk."""
@@ -78,11 +85,16 @@ class SortReport:
         return out
 
 
-def arrival_order(reader: CaptureReader) -> Generator[OrderedBatch, None, None]:
-    """The capture as delivered, checking that ``seq`` only grows."""
+def arrival_order(
+    reader: CaptureReader, columns: Sequence[str] | None = None
+) -> Generator[OrderedBatch, None, None]:
+    """The capture as delivered, checking that ``seq`` only grows.
+
+    ``columns``: read only those and the ordering keys (seq, cpu, ts_ns, kind).
+    """
     tracker = LatenessTracker()
     last = -1
-    for rows in iter_slices(reader):
+    for rows in iter_slices(reader, columns=columns):
         seq = u64(rows, "seq")
         if int(seq[0]) <= last or (len(seq) > 1 and bool(np.any(seq[1:] <= seq[:-1]))):
             raise BadFileError(f"{reader.path}: seq does not increase in file order (damaged file)")
@@ -96,16 +108,20 @@ def time_order(
     max_window_rows: int = DEFAULT_MAX_WINDOW_ROWS,
     spill_dir: str | Path | None = None,
     report: SortReport | None = None,
+    columns: Sequence[str] | None = None,
 ) -> Generator[OrderedBatch, None, None]:
-    """The capture sorted exactly by (ts_ns, cpu, seq), in bounded memory."""
+    """The capture sorted exactly by (ts_ns, cpu, seq), in bounded memory.
+
+    ``columns``: read only those and the ordering keys (seq, cpu, ts_ns, kind).
+    """
     report = report if report is not None else SortReport()
     bounds = later_minimums(reader, report)
-    schema = reader.schema.append(LATE_FIELD)
+    schema = slice_schema(reader, columns).append(LATE_FIELD)
     tracker = LatenessTracker()
     window = _Window(schema)
     runs: SpilledRuns | None = None
     try:
-        for index, rows in enumerate(iter_slices(reader)):
+        for index, rows in enumerate(iter_slices(reader, columns=columns)):
             late = tracker.update(u64(rows, "ts_ns"), is_sample(rows))
             window.add(rows.append_column(LATE_FIELD, pa.array(late, pa.uint64())))
             report.rows += rows.num_rows
@@ -245,8 +261,8 @@ class _Window:
 
 
 def _split(table: pa.Table) -> Iterator[OrderedBatch]:
-    """Sorted table -> OrderedBatches without the lateness column."""
-    for batch in table.combine_chunks().to_batches():
+    """Sorted table -> OrderedBatches of at most a slice, without the lateness column."""
+    for batch in table.combine_chunks().to_batches(max_chunksize=SLICE_ROWS):
         if batch.num_rows == 0:
             continue
         late = batch.column(LATE_FIELD.name).to_numpy().astype(np.uint64, copy=False)

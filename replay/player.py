@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Collection, Generator, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
@@ -135,17 +135,21 @@ def _selected(batch: OrderedBatch, options: ReplayOptions) -> OrderedBatch:
 
 
 def ordered(
-    reader: CaptureReader, options: ReplayOptions, report: SortReport
+    reader: CaptureReader,
+    options: ReplayOptions,
+    report: SortReport,
+    columns: Sequence[str] | None = None,
 ) -> Generator[OrderedBatch, None, None]:
-    """The capture in the requested order."""
+    """The capture in the requested order (``columns``: only those, plus the ordering keys)."""
     if options.order == TIME:
         return time_order(
             reader,
             max_window_rows=options.max_window_rows,
             spill_dir=options.spill_dir,
             report=report,
+            columns=columns,
         )
-    return arrival_order(reader)
+    return arrival_order(reader, columns)
 
 
 def replay(
@@ -162,6 +166,7 @@ def replay(
         pacer = Pacer(options.speed)
     text = None
     encoder = None
+    columns: Sequence[str] | None = None
     if options.fmt == TEXT:
         text = TextFormatter(
             reader.schema,
@@ -170,11 +175,12 @@ def replay(
             wall=options.wall,
             colour=options.colour,
         )
+        columns = text.columns
     else:
         encoder = encoder_for(options.fmt, reader.schema)
         out.write(encoder.header())
     remaining = options.limit
-    with contextlib.closing(ordered(reader, options, summary.sort)) as stream:
+    with contextlib.closing(ordered(reader, options, summary.sort, columns)) as stream:
         for batch in stream:
             if text is not None and text.origin is None:
                 text.set_origin(int(batch.rows.column("ts_ns")[0].as_py()))

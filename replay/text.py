@@ -33,6 +33,7 @@ from ebcap.replay.lines import (
     expand,
     join_lines,
     padded_digits,
+    rows_of,
     zero_padded,
 )
 from ebcap.replay.scan import KIND_LOST_CODE
@@ -102,7 +103,7 @@ def wall_clock(ts: np.ndarray, realtime_offset_ns: int) -> pa.Array:
 def microseconds(ns: np.ndarray) -> list[Piece]:
     """Pieces spelling durations in ns as ``12.3 us`` (one decimal, rounded), for a join."""
     tenths = (ns.astype(np.uint64) + np.uint64(50)) // np.uint64(100)
-    return [decimal(tenths // np.uint64(10)), ".", decimal(tenths % np.uint64(10)), " us"]
+    return [decimal(tenths // np.uint64(10)), ".", padded_digits(tenths % np.uint64(10), 1), " us"]
 
 
 def value_strings(column: pa.Array, null: str = "-") -> pa.Array:
@@ -199,13 +200,14 @@ class TextFormatter:
             pieces += [" ", wall_clock(ts, self.realtime_offset_ns)]
         cpu = rows.column("cpu").to_numpy()
         pieces += [" ", *self._paint(["[", zero_padded(cpu, _CPU_WIDTH), "]"], _CYAN)]
-        pieces += [" #", decimal(rows.column("seq").to_numpy()), " "]
+        seq = decimal(rows.column("seq").to_numpy())
+        pieces += [" #", seq, " "]
         body = self._bodies(rows)
         lost = rows.column("kind").indices.to_numpy(zero_copy_only=False) == KIND_LOST_CODE
         if lost.any():
             loss = self._loss_lines(rows.filter(pa.array(lost)))
             body = pc.if_else(pa.array(lost), expand(loss, lost), body)
-        pieces += [body, self._line_ends(rows, late_ns)]
+        pieces += [body, self._line_ends(seq, late_ns)]
         return join_lines(pieces, count)
 
     def _bodies(self, rows: pa.RecordBatch) -> pa.Array:
@@ -238,7 +240,7 @@ class TextFormatter:
             pieces += [decimal(lengths), "B ", bytes_hex(data, PAYLOAD_PREVIEW_BYTES), more]
         return pieces
 
-    def _line_ends(self, rows: pa.RecordBatch, late_ns: np.ndarray) -> Piece:
+    def _line_ends(self, seq: pa.Array, late_ns: np.ndarray) -> Piece:
         """What ends each line: its late / moved marker, if any, and the newline."""
         late = late_ns > 0
         if not late.any():
@@ -247,8 +249,8 @@ class TextFormatter:
         if self.order == ARRIVAL:
             text = self._paint(["  << ", *late_us, " late"], _YELLOW)
         else:
-            seq = decimal(rows.column("seq").to_numpy()[late])
-            text = self._paint(["  [moved from seq ", seq, ": ", *late_us, " late]"], _MAGENTA)
+            moved = rows_of(seq, late)
+            text = self._paint(["  [moved from seq ", moved, ": ", *late_us, " late]"], _MAGENTA)
         marked = join_lines([*text, "\n"], int(late.sum()))
         return either(late, marked, "\n")
 
