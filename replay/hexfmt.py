@@ -7,6 +7,7 @@ numpy arrays and wrap them as Arrow string arrays without copying per row.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Final
 
@@ -71,7 +72,29 @@ def bytes_hex(array: pa.Array, limit: int | None = None) -> pa.Array:
         before = np.zeros(len(lengths), dtype=np.int64)
         np.cumsum(lengths[:-1], out=before[1:])
         picked = data[np.repeat(starts - before, lengths) + np.arange(total, dtype=np.int64)]
-    return string_array(_BYTE_PAIRS[picked].view(np.uint8), lengths * 2)
+    return string_array(hex_chars(picked), lengths * 2)
+
+
+def hex_chars(data: np.ndarray) -> np.ndarray:
+    """The lowercase hex digits of ``data`` (uint8), two per byte."""
+    chars = np.empty(2 * len(data), dtype=np.uint8)
+    even = len(data) & ~1
+    pairs = data[:even].view("<u2")  # bytes b0 b1 -> b0 | b1 << 8 on any machine
+    np.take(_two_byte_digits(), pairs, out=chars[: 2 * even].view(np.uint32))
+    if even < len(data):
+        chars[-2:] = _BYTE_PAIRS[data[-1:]].view(np.uint8)
+    return chars
+
+
+@functools.cache
+def _two_byte_digits() -> np.ndarray:
+    """Entry b0 | b1 << 8 holds the four hex digits of bytes b0, b1 (one look-up per two
+    bytes, twice as fast as per byte); built on first use."""
+    value = np.arange(1 << 16)
+    digits = np.empty((1 << 16, 4), dtype=np.uint8)
+    digits[:, :2] = _BYTE_PAIRS[value & 0xFF].view(np.uint8).reshape(-1, 2)
+    digits[:, 2:] = _BYTE_PAIRS[value >> 8].view(np.uint8).reshape(-1, 2)
+    return digits.view(np.uint32).reshape(1 << 16)
 
 
 def payload_lengths(array: pa.Array) -> np.ndarray:

@@ -169,10 +169,27 @@ def expand(values: pa.Array, mask: np.ndarray) -> pa.Array:
     return values.take(pa.array(positions, mask=~mask))
 
 
+def rows_of(strings: pa.Array, mask: np.ndarray) -> Piece:
+    """The strings of the rows where ``mask`` is set (as a block when they have one width)."""
+    chars = uniform_chars(strings)
+    return chars[mask] if chars is not None else strings.filter(pa.array(mask))
+
+
 def either(mask: np.ndarray, values: pa.Array, other: str) -> pa.Array:
     """``values`` spread, in order, over the rows where ``mask`` is set; ``other`` elsewhere."""
     choices = pa.concat_arrays([pa.array([other], values.type), values])
     return choices.take(pa.array(np.cumsum(mask, dtype=np.int64) * mask))
+
+
+def repeats_enough(column: pa.Array) -> bool:
+    """Whether a sample of ``column`` repeats its values enough to format each once."""
+    if len(column) < DISTINCT_SAMPLE:
+        return False
+    try:
+        distinct = len(pc.unique(column.slice(0, DISTINCT_SAMPLE)))
+    except pa.ArrowNotImplementedError:
+        return False
+    return distinct * DISTINCT_SHARE <= DISTINCT_SAMPLE
 
 
 def distinct_rows(columns: Sequence[pa.Array]) -> tuple[np.ndarray, np.ndarray] | None:

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ebcap.replay.hexfmt import bytes_hex
+from ebcap.replay.lines import Piece, distinct_rows, join_lines, repeats_enough
 from ebcap.replay.text import lines_bytes
 
 JSONL: Final = "jsonl"
@@ -89,7 +90,11 @@ def json_values(column: pa.Array) -> pa.Array:
 
 
 class JsonlEncoder:
-    """One JSON object per line, keys in column order."""
+    """One JSON object per line, keys in column order.
+
+    Runs of neighbouring columns whose values repeat (CPU, kind, the fields
+    of a busy thread) are encoded once per distinct combination.
+    """
 
     def header(self) -> bytes:
         return b""
@@ -97,12 +102,62 @@ class JsonlEncoder:
     def encode(self, batch: pa.RecordBatch) -> bytes | memoryview:
         if batch.num_rows == 0:
             return b""
-        plain = plain_columns(batch)
-        pieces: list[object] = []
-        for i, (name, column) in enumerate(zip(plain.schema.names, plain.columns, strict=True)):
-            pieces += [("{" if i == 0 else ",") + json.dumps(name) + ":", json_values(column)]
+        pieces: list[Piece] = []
+        for names in _column_runs(batch):
+            pieces += _run_pieces(batch.select(names), first=names[0] == batch.schema.names[0])
         pieces.append("}\n")
-        return lines_bytes(pc.binary_join_element_wise(*pieces, ""))
+        return lines_bytes(join_lines(pieces, batch.num_rows))
+
+
+def _column_runs(batch: pa.RecordBatch) -> list[list[str]]:
+    """The columns in order, neighbours whose values repeat grouped together."""
+    runs: list[list[str]] = []
+    grouped = False
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        repeats = repeats_enough(column)
+        if repeats and grouped:
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+        grouped = repeats
+    return runs
+
+
+def _run_pieces(run: pa.RecordBatch, *, first: bool) -> list[Piece]:
+    """``"name":value`` of each column of ``run``, once per distinct row where they repeat."""
+    repeats = distinct_rows(run.columns)
+    if repeats is None:
+        return _json_pieces(run, first=first)
+    example, index = repeats
+    chosen = run.take(pa.array(example))
+    text = join_lines(_json_pieces(chosen, first=first), chosen.num_rows)
+    return [text.take(pa.array(index))]
+
+
+def _json_pieces(batch: pa.RecordBatch, *, first: bool) -> list[Piece]:
+    pieces: list[Piece] = []
+    for i, (name, column) in enumerate(zip(batch.schema.names, batch.columns, strict=True)):
+        pieces.append(("{" if first and i == 0 else ",") + json.dumps(name) + ":")
+        pieces += json_pieces(column)
+    return pieces
+
+
+def json_pieces(column: pa.Array) -> list[Piece]:
+    """The JSON text of each value as pieces of a line (quotes apart, so they merge)."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.dictionary_decode()
+        kind = column.type
+    if not column.null_count:
+        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            return ['"', bytes_hex(column), '"']  # hex needs no escaping
+        if (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and not _needs_escape(
+            column
+        ):
+            return ['"', column, '"']
+        if pa.types.is_integer(kind):
+            return [pc.cast(column, pa.string())]
+    return [json_values(plain_columns(pa.record_batch([column], names=["v"])).column(0))]
 
 
 class CsvEncoder:
