@@ -55,6 +55,7 @@ def replay(
 ) -> None:
     from ebcap.bpf.cpus import parse_cpu_list
     from ebcap.format.reader import CaptureReader
+    from ebcap.replay.memory import use_streaming_pool
     from ebcap.replay.player import ReplayOptions
     from ebcap.replay.player import replay as run_replay
     from ebcap.replay.sink import Output, check_output_path
@@ -73,6 +74,7 @@ def replay(
         wall=wall,
     )
     options.check()
+    use_streaming_pool()
     with (
         closed_pipe_ends_quietly(),
         CaptureReader(file) as reader,
