@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ebcap.cli._common import count
+from ebcap.cli.replay import closed_pipe_ends_quietly
 
 PCAPNG = "pcapng"
 
@@ -48,7 +49,7 @@ def export(
         return
     check_output_path(output, force=force, inputs=[file])
     chosen = export_format(output, fmt)
-    with CaptureReader(file) as reader:
+    with closed_pipe_ends_quietly(), CaptureReader(file) as reader:
         summary = run_export(reader, output, fmt=chosen, force=force, in_time_order=sorted_)
     typer.echo(f"wrote {count(summary.rows)} rows to {summary.path} ({summary.fmt})", err=True)
 
