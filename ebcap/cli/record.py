@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 DEFAULT_PERF_BUFFER = "8MiB"
 DEFAULT_RINGBUF_BUFFER = "16MiB"
+INTERRUPTED_EXIT = 130
+"""128 + SIGINT, as shells report a command Ctrl-C ended."""
 
 
 def register(app: typer.Typer) -> None:
@@ -190,13 +192,31 @@ def record(
     )
     recorder = Recorder(src, options)
     live = _LiveProgress(enabled=sys.stderr.isatty() and not as_json)
-    with _stop_on_signals() as stop, live:
-        summary = recorder.run(
-            should_stop=stop.is_set,
-            on_progress=live.update,
-            on_started=(lambda: ready_file.touch()) if ready_file else None,
-        )
+    try:
+        with _stop_on_signals() as stop, live:
+            summary = recorder.run(
+                should_stop=stop.is_set,
+                on_progress=live.update,
+                on_started=(lambda: ready_file.touch()) if ready_file else None,
+            )
+    except KeyboardInterrupt:
+        _interrupted(output)
     _print_summary(summary, as_json)
+
+
+def _interrupted(output: Path) -> NoReturn:
+    """A second Ctrl-C aborted the recording: say where the data went, exit 130."""
+    from ebcap.format.writer import partial_path
+
+    partial = partial_path(output)
+    if output.exists() and not partial.exists():
+        kept = f"the capture had just been finished: {output}"
+    elif partial.exists():
+        kept = f"the batches flushed so far are in {partial} (`ebcap recover {partial} -o FIXED`)"
+    else:
+        kept = "nothing had been written yet"
+    typer.echo(f"ebcap: interrupted: {kept}", err=True)
+    raise typer.Exit(INTERRUPTED_EXIT)
 
 
 class _StopFlag:

@@ -16,6 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from ebcap.cli import run
@@ -123,3 +126,45 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float 
 
 def files_in(directory: Path) -> list[str]:
     return sorted(os.listdir(directory))
+
+
+def samples_of(table: pa.Table) -> pa.Table:
+    return table.filter(pc.equal(table["kind"].cast(pa.string()), "sample"))
+
+
+def assert_syscall_rows_intact(table: pa.Table) -> None:
+    """Every sample's payload decodes (by the event's one definition) to its columns.
+
+    ``ts_ns``/``cpu`` are filled from the payload and pid, tid, syscall_nr, comm
+    and arg0..arg5 are decoded from it, so any damage to a row shows here.
+    """
+    from ebcap.bpf.programs.syscalls import SYSCALL_EVENT
+
+    samples = samples_of(table)
+    payloads = samples["data"].to_pylist()
+    assert all(len(p) == SYSCALL_EVENT.itemsize for p in payloads), "payload sizes vary"
+    events = np.frombuffer(b"".join(payloads), dtype=SYSCALL_EVENT)
+    columns = {
+        "ts_ns": events["ts_ns"],
+        "cpu": events["cpu"],
+        "pid": events["pid"],
+        "tid": events["tid"],
+        "syscall_nr": events["nr"],
+    }
+    for i in range(events["args"].shape[1]):
+        columns[f"arg{i}"] = events["args"][:, i]
+    for name, expected in columns.items():
+        got = samples[name].to_numpy()
+        assert np.array_equal(got, expected.astype(got.dtype)), f"column {name} != payload"
+    comms = [c.split(b"\0", 1)[0].decode("utf-8", "replace") for c in events["comm"]]
+    assert samples["comm"].to_pylist() == comms, "column comm != payload"
+
+
+def assert_per_cpu_time_order(table: pa.Table) -> None:
+    """On each CPU, samples arrive in timestamp order (one ring per CPU is FIFO)."""
+    samples = samples_of(table)
+    cpu = samples["cpu"].to_numpy()
+    ts = samples["ts_ns"].to_numpy()
+    for c in np.unique(cpu):
+        mine = ts[cpu == c]
+        assert bool(np.all(mine[1:] >= mine[:-1])), f"CPU {c}: timestamps go back"
