@@ -12,12 +12,12 @@ import errno
 import os
 import re
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Final, Self
 
 from ebcap.bpf import _sys, fs
+from ebcap.bpf._fd import OwnedFd
 from ebcap.bpf.cpus import possible_cpus
-from ebcap.errors import ClosedError, KernelError, UsageError
+from ebcap.errors import KernelError, UsageError
 
 _MAP_FD_LINK: Final = "anon_inode:bpf-map"  # what /proc/self/fd/N points to for a map fd
 _OBJ_NAME: Final = re.compile(r"^[A-Za-z0-9_.]{0,15}$")
@@ -57,12 +57,14 @@ class MapInfo:
     name: str
 
 
-class Map:
+class Map(OwnedFd):
     """One BPF map fd. Build with :meth:`create`, :meth:`open_pinned` or :meth:`from_id`."""
+
+    kind = "map"
 
     def __init__(self, fd: int) -> None:
         """Take ownership of ``fd``; it is closed if reading its info fails."""
-        self._fd = fd
+        super().__init__(fd)
         try:
             if os.readlink(f"/proc/self/fd/{fd}") != _MAP_FD_LINK:
                 raise UsageError("that BPF object is not a map")
@@ -109,18 +111,8 @@ class Map:
         return cls(_sys.get_fd_by_id(_sys.BPF_MAP_GET_FD_BY_ID, map_id))
 
     @property
-    def fd(self) -> int:
-        if self._fd < 0:
-            raise ClosedError("map is closed")
-        return self._fd
-
-    @property
     def info(self) -> MapInfo:
         return self._info
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
 
     def _check_size(self, what: str, data: bytes, size: int) -> None:
         if len(data) != size:
@@ -192,23 +184,6 @@ class Map:
             )
         raw = ctypes.create_string_buffer(os.fsencode(path))
         _sys.bpf(_sys.BPF_OBJ_PIN, _sys.ObjPinAttr(pathname=ctypes.addressof(raw), bpf_fd=self.fd))
-
-    def close(self) -> None:
-        """Close the fd; calling it again does nothing."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"

@@ -12,13 +12,13 @@ import errno
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Final, Self
 
 from ebcap.bpf import _sys
+from ebcap.bpf._fd import OwnedFd
 from ebcap.bpf.asm import INSN_SIZE, Item, assemble
 from ebcap.bpf.maps import encode_obj_name
-from ebcap.errors import ClosedError, KernelError, MissingCapabilityError, UsageError, VerifierError
+from ebcap.errors import KernelError, MissingCapabilityError, UsageError, VerifierError
 
 VERIFIER_LOG_SIZE: Final = 4 << 20
 """Bytes of verifier log kept when a load fails (the kernel keeps the tail)."""
@@ -59,12 +59,14 @@ def verifier_summary(log: str) -> str:
     return "no reason given"
 
 
-class Program:
+class Program(OwnedFd):
     """One loaded BPF program fd. Build with :meth:`load`."""
+
+    kind = "program"
 
     def __init__(self, fd: int, verifier_log: str = "") -> None:
         """Take ownership of ``fd``; it is closed if reading its info fails."""
-        self._fd = fd
+        super().__init__(fd)
         self.verifier_log = verifier_log
         """The verifier's log of a load with ``log_level`` > 0, else empty."""
         try:
@@ -126,22 +128,12 @@ class Program:
         )
 
     @property
-    def fd(self) -> int:
-        if self._fd < 0:
-            raise ClosedError("program is closed")
-        return self._fd
-
-    @property
     def info(self) -> ProgramInfo:
         return self._info
 
     @property
     def id(self) -> int:
         return self._info.id
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
 
     def test_run(self, data: bytes, repeat: int = 1, ctx: bytes | None = None) -> TestRunResult:
         """BPF_PROG_TEST_RUN: run the program ``repeat`` times on ``data`` (and ``ctx``)."""
@@ -160,23 +152,6 @@ class Program:
             attr.ctx_in = ctypes.addressof(ctx_buf)
         _sys.bpf(_sys.BPF_PROG_TEST_RUN, attr, feature="BPF_PROG_TEST_RUN for this program type")
         return TestRunResult(retval=attr.retval, duration_ns=attr.duration)
-
-    def close(self) -> None:
-        """Close the fd; calling it again does nothing."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
