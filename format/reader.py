@@ -232,6 +232,8 @@ class CaptureReader:
         self.schema: pa.Schema = file_schema
         self._check = BatchCheck(file_schema, self.metadata, trust_checksums=True)
         self.num_batches: int = ipc.num_record_batches
+        if self.num_batches == 0 and self._check.required:
+            raise self._lost_totals()
         self._ipc = ipc
         self.format_version: int = self.metadata[fs.VERSION_KEY]
         self.source_columns: list[str] = [
@@ -245,6 +247,14 @@ class CaptureReader:
 
     def _damaged(self, what: str, exc: BaseException) -> BadFileError:
         return BadFileError(f"{self.path}: {what} is damaged ({one_line(exc)})")
+
+    def _lost_totals(self) -> BadFileError:
+        """ebcap ends every file with the batch carrying the totals; a footer without it is
+        damaged (its batch count or offsets changed)."""
+        return BadFileError(
+            f"{self.path} has a damaged footer (it does not index the last batch, which "
+            f"carries the totals): {recover_hint(self.path)}"
+        )
 
     @property
     def file_size(self) -> int:
@@ -284,6 +294,8 @@ class CaptureReader:
             raise BadFileError(f"{self.path}: batch {index} is damaged ({problem})")
         text = (custom or {}).get(fs.TOTALS_KEY.encode())
         if text is None:
+            if self._check.required:
+                raise self._lost_totals()
             return None
         try:
             return fs.decode_totals(text)
@@ -348,8 +360,9 @@ class CaptureReader:
         ``columns``: decode only those, as :meth:`batch` does.
         """
         last_seq: int | None = None
+        custom: pa.KeyValueMetadata | None = None
         for index in range(self.num_batches):
-            batch = self.batch(index, columns)
+            batch, custom = self._checked_batch(index, columns)
             if batch.num_rows and "seq" in batch.schema.names:
                 first = batch.column("seq")[0].as_py()
                 if last_seq is not None and first <= last_seq:
@@ -358,6 +371,8 @@ class CaptureReader:
                     )
                 last_seq = batch.column("seq")[-1].as_py()
             yield batch
+        if self._check.required and fs.TOTALS_KEY.encode() not in (custom or {}):
+            raise self._lost_totals()
 
     def to_table(self) -> pa.Table:
         """The whole capture in memory, with the file's schema and metadata."""
