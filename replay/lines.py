@@ -16,6 +16,7 @@ that repeat the same values, so they are formatted once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 import numpy as np
@@ -26,6 +27,11 @@ Piece: TypeAlias = str | np.ndarray | pa.Array
 """A constant, a (rows, width) uint8 character block, or a string array (nulls: nothing)."""
 
 _I32_MAX: Final = 2**31 - 1
+_U64_MAX: Final = 2**64 - 1
+_MAX_DIGITS: Final = 20
+"""Digits of the largest u64."""
+_MAX_GROUPS: Final = 8
+"""Rows are laid out per count of digits only while the counts take this few values."""
 _DIGITS: Final = np.frombuffer(b"0123456789", dtype=np.uint8)
 _DIGIT_PAIRS: Final = (
     np.stack([_DIGITS[np.arange(100) // 10], _DIGITS[np.arange(100) % 10]], axis=1)
@@ -79,12 +85,31 @@ def block_strings(chars: np.ndarray) -> pa.Array:
     return pa.LargeStringArray.from_buffers(rows, pa.py_buffer(offsets64), data)
 
 
-def join_lines(pieces: Sequence[Piece], rows: int) -> pa.Array:
+@dataclass(frozen=True)
+class Decimal:
+    """A piece of non-negative integers written in decimal, no padding.
+
+    Kept as numbers until the line is built, so rows whose numbers have the
+    same count of digits can be laid out as fixed-width blocks.
+    """
+
+    values: np.ndarray
+
+
+def join_lines(pieces: Sequence[Piece | Decimal], rows: int) -> pa.Array:
     """Row i: every piece's row i, concatenated (a null row of a piece adds nothing)."""
+    if any(isinstance(piece, Decimal) for piece in pieces):
+        grouped = _join_by_digits(pieces, rows)
+        if grouped is not None:
+            return grouped
     parts: list[str | pa.Array] = []
     run: list[str | np.ndarray] = []
     for piece in pieces:
+        if isinstance(piece, Decimal):
+            piece = decimal(piece.values)
         if isinstance(piece, pa.Array):
+            if piece.null_count == len(piece):
+                continue  # adds nothing
             chars = uniform_chars(piece)
             if chars is None:
                 parts += _run_parts(run, rows)
@@ -92,47 +117,115 @@ def join_lines(pieces: Sequence[Piece], rows: int) -> pa.Array:
                 run = []
                 continue
             piece = chars
-        if not len(piece) if isinstance(piece, str) else not piece.shape[-1]:
-            continue  # adds nothing
         run.append(piece)
     parts += _run_parts(run, rows)
-    if len(parts) == 1 and isinstance(parts[0], pa.Array) and not parts[0].null_count:
-        return parts[0]
+    if len(parts) == 1 and isinstance(parts[0], pa.Array):
+        return pc.fill_null(parts[0], "") if parts[0].null_count else parts[0]
     if not any(isinstance(part, pa.Array) for part in parts):
         return pa.array(["".join(str(p) for p in parts)] * rows, pa.string())
-    return pc.binary_join_element_wise(*parts, "", null_handling="skip")
+    return pc.binary_join_element_wise(*parts, "", null_handling="replace", null_replacement="")
+
+
+def _join_by_digits(pieces: Sequence[Piece | Decimal], rows: int) -> pa.Array | None:
+    """Lines of fixed-width pieces and numbers, one block per count of digits, or None.
+
+    None when another piece varies in width or the numbers spread over too
+    many widths for this to pay.
+    """
+    fixed: list[str | np.ndarray | Decimal] = []
+    for piece in pieces:
+        if isinstance(piece, pa.Array):
+            chars = uniform_chars(piece)
+            if chars is None:
+                return None
+            piece = chars
+        fixed.append(piece)
+    widths = [digit_counts(p.values) for p in fixed if isinstance(p, Decimal)]
+    if len(widths) > 2:
+        return None
+    key = np.zeros(rows, dtype=np.int64)
+    for counts in widths:
+        key = key * (_MAX_DIGITS + 1) + counts
+    groups = np.flatnonzero(np.bincount(key))
+    if len(groups) > _MAX_GROUPS:
+        return None
+    if len(groups) == 1:
+        return _fixed_block(fixed, rows, np.arange(rows), widths)
+    parts, chosen_all = [], []
+    for group in groups:
+        chosen = np.flatnonzero(key == group)
+        parts.append(_fixed_block(fixed, len(chosen), chosen, [w[chosen] for w in widths]))
+        chosen_all.append(chosen)
+    inverse = np.empty(rows, dtype=np.int64)
+    inverse[np.concatenate(chosen_all)] = np.arange(rows)
+    return pa.concat_arrays(parts).take(pa.array(inverse))
+
+
+def _fixed_block(
+    pieces: Sequence[str | np.ndarray | Decimal],
+    rows: int,
+    chosen: np.ndarray,
+    widths: Sequence[np.ndarray],
+) -> pa.Array:
+    """The lines of rows ``chosen``, whose numbers have the same widths throughout."""
+    run: list[str | np.ndarray] = []
+    numbers = iter(widths)
+    for piece in pieces:
+        if isinstance(piece, Decimal):
+            counts = next(numbers)
+            width = int(counts[0]) if len(counts) else 1
+            run.append(padded_digits(piece.values[chosen], width))
+        elif isinstance(piece, str):
+            run.append(piece)
+        else:
+            run.append(piece[chosen] if len(chosen) != len(piece) else piece)
+    parts = _run_parts(run, rows)
+    return parts[0] if isinstance(parts[0], pa.Array) else pa.array([parts[0]] * rows, pa.string())
+
+
+def digit_counts(values: np.ndarray) -> np.ndarray:
+    """How many decimal digits each non-negative integer has (0 has one)."""
+    values = np.asarray(values).astype(np.uint64, copy=False)
+    counts = np.ones(len(values), dtype=np.int64)
+    top = int(values.max()) if len(values) else 0
+    power = 10
+    while power <= top:
+        counts += values >= np.uint64(power)
+        power *= 10
+    return counts
 
 
 def _run_parts(run: list[str | np.ndarray], rows: int) -> list[str | pa.Array]:
     """Neighbouring constants and blocks as one piece (constants alone stay constants)."""
-    merged: list[str | np.ndarray] = []
-    for piece in run:
-        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
-            merged[-1] += piece
-        else:
-            merged.append(piece)
-    if not merged:
+    run = [p for p in run if (len(p) if isinstance(p, str) else p.shape[-1])]  # drop empties
+    if not run:
         return []
-    if len(merged) == 1 and isinstance(merged[0], str):
-        return [merged[0]]
-    blocks = [np.frombuffer(p.encode(), np.uint8) if isinstance(p, str) else p for p in merged]
+    if all(isinstance(p, str) for p in run):
+        return ["".join(str(p) for p in run)]
+    blocks = [np.frombuffer(p.encode(), np.uint8) if isinstance(p, str) else p for p in run]
     widths = [b.shape[-1] for b in blocks]
     starts = np.cumsum([0, *widths[:-1]]).tolist()
-    chars = np.empty((rows, sum(widths)), dtype=np.uint8)
+    width = sum(widths)
+    template = np.zeros(width, dtype=np.uint8)
+    for block, start in zip(blocks, starts, strict=True):
+        if block.ndim == 1:
+            template[start : start + len(block)] = block
+    chars = np.empty((rows, width), dtype=np.uint8)
+    chars.view(f"V{width}")[:] = template.view(f"V{width}")  # every constant, one copy a row
+    variable = [(i, b) for i, b in enumerate(blocks) if b.ndim == 2]
     layout = np.dtype(
         {
-            "names": [f"f{i}" for i in range(len(blocks))],
-            "formats": [f"V{w}" for w in widths],
-            "offsets": starts,
-            "itemsize": chars.shape[1],
+            "names": [f"f{i}" for i, _ in variable],
+            "formats": [f"V{widths[i]}" for i, _ in variable],
+            "offsets": [starts[i] for i, _ in variable],
+            "itemsize": width,
         }
     )
     fields = chars.view(layout).reshape(rows)
-    for i, (block, start, width) in enumerate(zip(blocks, starts, widths, strict=True)):
-        if block.ndim == 1:
-            chars[:, start : start + width] = block
-        else:  # whole values per row: much faster than copying byte columns
-            fields[f"f{i}"] = np.ascontiguousarray(block).view(f"V{width}").reshape(rows)
+    for i, block in variable:  # whole values per row: much faster than byte columns
+        if block.strides[-1] != 1:
+            block = np.ascontiguousarray(block)
+        fields[f"f{i}"] = block.view(f"V{widths[i]}").reshape(rows)
     return [block_strings(chars)]
 
 
@@ -150,6 +243,9 @@ def padded_digits(values: np.ndarray, width: int) -> np.ndarray:
         pairs[:, 0] = _DIGIT_PAIRS[small // 100]
         pairs[:, 1] = _DIGIT_PAIRS[small % 100]
         return pairs.view(np.uint8).reshape(len(small), 4)[:, 4 - width :]
+    if 2 * 10**width > _U64_MAX:  # 10**width + v could overflow: pad the text instead
+        chars = uniform_chars(pc.utf8_lpad(decimal(values), width=width, padding="0"))
+        return chars if chars is not None else np.zeros((0, width), dtype=np.uint8)
     # 10**width + v has width + 1 digits, the first a 1: one width for all, so no offsets.
     text = decimal(values.astype(np.uint64) + np.uint64(10**width))
     offsets, data = string_parts(text)

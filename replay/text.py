@@ -26,6 +26,7 @@ from ebcap.errors import UsageError
 from ebcap.format import schema as fs
 from ebcap.replay.hexfmt import bytes_hex, payload_lengths, u64_hex_columns
 from ebcap.replay.lines import (
+    Decimal,
     Piece,
     decimal,
     distinct_rows,
@@ -100,10 +101,10 @@ def wall_clock(ts: np.ndarray, realtime_offset_ns: int) -> pa.Array:
     return pc.strftime(wall.cast(pa.timestamp("ns", tz="UTC")), format="%Y-%m-%d %H:%M:%S")
 
 
-def microseconds(ns: np.ndarray) -> list[Piece]:
+def microseconds(ns: np.ndarray) -> list[Piece | Decimal]:
     """Pieces spelling durations in ns as ``12.3 us`` (one decimal, rounded), for a join."""
     tenths = (ns.astype(np.uint64) + np.uint64(50)) // np.uint64(100)
-    return [decimal(tenths // np.uint64(10)), ".", padded_digits(tenths % np.uint64(10), 1), " us"]
+    return [Decimal(tenths // np.uint64(10)), ".", padded_digits(tenths % np.uint64(10), 1), " us"]
 
 
 def value_strings(column: pa.Array, null: str = "-") -> pa.Array:
@@ -169,7 +170,7 @@ class TextFormatter:
         """Times are printed relative to this timestamp (the replay's first row)."""
         self.origin = ts_ns
 
-    def _paint(self, pieces: list[Piece], code: str) -> list[Piece]:
+    def _paint(self, pieces: list[Piece | Decimal], code: str) -> list[Piece | Decimal]:
         """``pieces`` wrapped in an ANSI colour when colour is on."""
         return [code, *pieces, _RESET] if self.colour else pieces
 
@@ -221,7 +222,7 @@ class TextFormatter:
         return join_lines(self._sample_body(chosen), chosen.num_rows).take(pa.array(index))
 
     def _loss_lines(self, rows: pa.RecordBatch) -> pa.Array:
-        cpu, count = decimal(rows.column("cpu").to_numpy()), decimal(rows.column("lost").to_numpy())
+        cpu, count = Decimal(rows.column("cpu").to_numpy()), Decimal(rows.column("lost").to_numpy())
         pieces = self._paint(["*** CPU ", cpu, " lost ", count, " events ***"], _RED_BOLD)
         return join_lines(pieces, rows.num_rows)
 

@@ -1,0 +1,191 @@
+"""Line assembly: every fast path against plain Python string building."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ebcap.replay.lines import (
+    DISTINCT_SAMPLE,
+    Decimal,
+    digit_counts,
+    distinct_rows,
+    either,
+    expand,
+    join_lines,
+    padded_digits,
+    rows_of,
+    uniform_chars,
+    zero_padded,
+)
+from ebcap.replay.text import relative_seconds
+
+U64 = st.integers(0, 2**64 - 1)
+
+
+def strings(array: pa.Array) -> list[str]:
+    return array.to_pylist()
+
+
+@given(st.lists(U64, min_size=1, max_size=60), st.integers(1, 20))
+def test_padded_digits_and_zero_padding(values: list[int], width: int) -> None:
+    array = np.array(values, dtype=np.uint64)
+    padded = zero_padded(array, width)
+    text = (
+        [row.tobytes().decode() for row in padded]
+        if isinstance(padded, np.ndarray)
+        else strings(padded)
+    )
+    assert text == [f"{v:0{width}d}" for v in values]
+    fitting = array[array < 10**width] if width < 20 else array
+    chars = padded_digits(fitting, width)
+    assert [row.tobytes().decode() for row in chars] == [f"{int(v):0{width}d}" for v in fitting]
+
+
+@given(st.lists(U64, max_size=60))
+def test_digit_counts(values: list[int]) -> None:
+    counts = digit_counts(np.array(values, dtype=np.uint64))
+    assert counts.tolist() == [len(str(v)) for v in values]
+
+
+# A piece of a line and what it says row by row.
+CONSTANT = st.text(alphabet="ab :[]#\n", max_size=4)
+
+
+@st.composite
+def pieces(draw: st.DrawFn, rows: int) -> tuple[object, list[str]]:
+    kind = draw(st.sampled_from(["constant", "uniform", "ragged", "block", "decimal", "sliced"]))
+    if kind == "constant":
+        text = draw(CONSTANT)
+        return text, [text] * rows
+    if kind == "decimal":
+        top = draw(st.sampled_from([9, 999, 10**7, 2**64 - 1]))
+        values = draw(st.lists(st.integers(0, top), min_size=rows, max_size=rows))
+        return Decimal(np.array(values, dtype=np.uint64)), [str(v) for v in values]
+    if kind == "block":
+        width = draw(st.integers(0, 5))
+        text = [draw(st.text(alphabet="xyz0", min_size=width, max_size=width)) for _ in range(rows)]
+        block = np.frombuffer("".join(text).encode(), np.uint8).reshape(rows, width)
+        return block, text
+    if kind == "uniform":
+        width = draw(st.integers(0, 4))
+        text = [draw(st.text(alphabet="uvw", min_size=width, max_size=width)) for _ in range(rows)]
+        return pa.array(text, pa.string()), text
+    if kind == "sliced":  # an array that is a slice of a longer one (offset into its buffers)
+        text = [draw(st.text(alphabet="pq", max_size=3)) for _ in range(rows + 2)]
+        return pa.array(text, pa.string()).slice(1, rows), text[1 : rows + 1]
+    values = [draw(st.one_of(st.none(), st.text(alphabet="mn", max_size=5))) for _ in range(rows)]
+    return pa.array(values, pa.string()), ["" if v is None else v for v in values]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_join_lines_is_concatenation(data: st.DataObject) -> None:
+    rows = data.draw(st.integers(1, 12))
+    parts = data.draw(st.lists(pieces(rows), min_size=1, max_size=7))
+    got = join_lines([piece for piece, _ in parts], rows)
+    expected = ["".join(text[i] for _, text in parts) for i in range(rows)]
+    assert strings(got) == expected
+
+
+def test_numbers_of_many_widths_are_laid_out_per_width_or_joined() -> None:
+    rng = np.random.default_rng(3)
+    for spread in (3, 19):  # few widths (one block per width) and many (the plain join)
+        values = rng.integers(0, 10**spread, size=5000, dtype=np.uint64) // rng.integers(
+            1, 10**spread, size=5000, dtype=np.uint64
+        )
+        other = np.arange(5000, dtype=np.uint64) * np.uint64(7919)
+        got = join_lines(["<", Decimal(values), "|", Decimal(other), ">"], 5000)
+        assert strings(got) == [f"<{a}|{b}>" for a, b in zip(values, other, strict=True)]
+
+
+def test_uniform_chars_sees_through_slices_and_refuses_nulls() -> None:
+    array = pa.array(["aa", "bb", "cc", "d"], pa.string())
+    chars = uniform_chars(array.slice(0, 3))
+    assert chars is not None and chars.tobytes() == b"aabbcc"
+    assert uniform_chars(array) is None
+    assert uniform_chars(pa.array(["ab", None], pa.string())) is None
+    assert uniform_chars(pa.array(["ab", "cd"], pa.large_string())).tobytes() == b"abcd"
+
+
+def test_expand_either_and_rows_of() -> None:
+    mask = np.array([False, True, True, False, True])
+    values = pa.array(["x", "yy", "z"], pa.string())
+    assert strings(expand(values, mask)) == [None, "x", "yy", None, "z"]
+    assert strings(either(mask, values, "-")) == ["-", "x", "yy", "-", "z"]
+    uniform = pa.array(["ab", "cd", "ef", "gh", "ij"], pa.string())
+    assert rows_of(uniform, mask).tobytes() == b"cdefij"
+    assert strings(rows_of(pa.array(["a", "bb", "c", "d", "e"]), mask)) == ["bb", "c", "e"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**62), min_size=1, max_size=50),
+    st.integers(0, 2**62),
+)
+def test_relative_seconds_match_the_printed_form(stamps: list[int], origin: int) -> None:
+    got = join_lines(relative_seconds(np.array(stamps, dtype=np.uint64), origin), len(stamps))
+    expected = []
+    for ts in stamps:
+        delta = ts - origin
+        text = f"{'-' if delta < 0 else ''}{abs(delta) // 10**9}.{abs(delta) % 10**9:09d}"
+        expected.append(text.rjust(14))
+    assert strings(got) == expected
+
+
+def repetitive_columns(rows: int, seed: int) -> list[pa.Array]:
+    """Columns of every type the text output reads, with few distinct rows and nulls."""
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, 6, size=rows)
+    ints = np.array([0, 1, 2**63, 7, 0, 5], dtype=np.uint64)[pick]
+    nulls = pick == 4  # a null next to an equal non-null value (0)
+    floats = np.array([0.0, -0.0, math.nan, 1.5, 0.0, 2.0])[pick]
+    names = np.array(["read", "write", "", "read", "x", "é"], dtype=object)[pick]
+    return [
+        pa.array(ints, mask=nulls),
+        pa.array(floats),
+        pa.array(names.tolist(), pa.string()),
+        pa.array(names.tolist(), pa.string()).dictionary_encode(),
+        pa.array((pick % 2 == 0).tolist(), pa.bool_()),
+        pa.array(pick.astype(np.int8) - 3),
+    ]
+
+
+def test_distinct_rows_groups_exactly_the_equal_rows() -> None:
+    columns = repetitive_columns(3000, seed=4)
+    found = distinct_rows(columns)
+    assert found is not None
+    example, index = found
+    values = [list(zip(*[c.to_pylist() for c in columns], strict=True))[i] for i in range(3000)]
+
+    def key(row: tuple) -> tuple:  # -0.0 and 0.0 print differently; NaN equals itself here
+        return tuple(
+            (repr(v), math.copysign(1, v)) if isinstance(v, float) else (repr(v), type(v))
+            for v in row
+        )
+
+    groups: dict[int, set] = {}
+    for row, code in zip(values, index.tolist(), strict=True):
+        groups.setdefault(code, set()).add(key(row))
+    assert all(len(keys) == 1 for keys in groups.values())
+    assert len({next(iter(k)) for k in groups.values()}) == len(groups)  # distinct codes differ
+    for code, row in enumerate(example.tolist()):
+        assert index[row] == code
+
+
+def test_distinct_rows_declines_when_rows_do_not_repeat() -> None:
+    unique = pa.array(np.arange(5000, dtype=np.uint64))
+    assert distinct_rows([unique]) is None
+    assert distinct_rows([pa.array(np.zeros(DISTINCT_SAMPLE - 1, np.uint64))]) is None
+    times = pa.array(np.zeros(5000, dtype="datetime64[ns]"))
+    assert distinct_rows([times]) is None  # a type without a plain bit view
+
+
+@pytest.mark.parametrize("rows", [1, 7, 70_000])
+def test_a_long_constant_line(rows: int) -> None:
+    assert strings(join_lines(["a", "", "b"], rows)) == ["ab"] * rows
