@@ -8,6 +8,9 @@ compared whole with one built by plain Python from the rows.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,8 @@ import pyarrow as pa
 import pytest
 from synthetic import Collect, Synthetic, arrival_order, lateness_by_loop, metadata, write_table
 
+from ebcap.bpf.cpus import online_cpus
+from ebcap.cli import run
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.player import ReplayOptions, replay
@@ -131,3 +136,59 @@ def test_every_json_line_matches_its_row(tmp_path: Path, order: str) -> None:
         replay(reader, sink, ReplayOptions(order=order, fmt="jsonl"))
     assert [json.loads(line) for line in sink.lines()] == expected
     assert [list(json.loads(line)) for line in sink.lines()[:1]] == [table.schema.names]
+
+
+COMM = "ebcaplines"
+WORKER = """
+import os, sys
+open("/proc/self/comm", "w").write(sys.argv[1])
+os.sched_setaffinity(0, {int(sys.argv[2])})
+while True:
+    os.getppid()
+"""
+
+
+def ordered_rows(table: pa.Table, order: str) -> tuple[list[dict], list[int]]:
+    rows = table.to_pylist()
+    late = lateness_by_loop([r["ts_ns"] for r in rows], [r["kind"] == "sample" for r in rows])
+    if order == "time":
+        ranked = sorted(
+            range(len(rows)), key=lambda i: (rows[i]["ts_ns"], rows[i]["cpu"], rows[i]["seq"])
+        )
+        rows, late = [rows[i] for i in ranked], [late[i] for i in ranked]
+    return rows, late
+
+
+@pytest.mark.privileged
+def test_a_real_capture_replays_line_for_line(tmp_path: Path) -> None:
+    """Two threads in getppid loops on two CPUs, recorded through the perf buffer."""
+    path = tmp_path / "real.arrow"
+    workers = [
+        subprocess.Popen([sys.executable, "-c", WORKER, COMM, str(cpu)])
+        for cpu in online_cpus()[:2]
+    ]
+    try:
+        time.sleep(0.5)  # the workers name themselves before the first syscall we count
+        assert run(["record", "-o", str(path), "--comm", COMM, "--count", "80000"]) == 0
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    with CaptureReader(path) as reader:
+        table = reader.to_table()
+    assert table.filter(pa.compute.equal(table["kind"], "sample")).num_rows == 80_000
+    for order, flags in (("arrival", []), ("time", ["--sorted"])):
+        out = tmp_path / f"{order}.txt"
+        assert run(["replay", *flags, str(path), "-o", str(out)]) == 0
+        rows, late = ordered_rows(table, order)
+        origin = rows[0]["ts_ns"]
+        expected = [expected_line(r, origin, x, order) for r, x in zip(rows, late, strict=True)]
+        assert out.read_text().split("\n") == [*expected, ""]
+        assert sum(1 for x in late if x) > 100  # the perf buffer really reordered
+        out = tmp_path / f"{order}.jsonl"
+        assert run(["replay", *flags, str(path), "-o", str(out)]) == 0
+        for row in rows:
+            row["data"] = (
+                bytes(row["data"]).hex() if isinstance(row["data"], bytes) else row["data"]
+            )
+        assert [json.loads(line) for line in out.read_text().splitlines()] == rows
