@@ -9,6 +9,7 @@ import typer
 
 from ebcap.cli._common import count, counted, print_fields, print_json, print_table
 from ebcap.cli._values import human_bytes
+from ebcap.cli.replay import closed_pipe_ends_quietly
 
 if TYPE_CHECKING:
     from ebcap.format.info import CaptureSummary
@@ -35,10 +36,11 @@ def info(
 
     with CaptureReader(file) as reader:
         summary = summarize(reader)
-    if as_json:
-        print_json(summary.to_dict())
-    else:
-        _print_human(summary)
+    with closed_pipe_ends_quietly():
+        if as_json:
+            print_json(summary.to_dict())
+        else:
+            _print_human(summary)
 
 
 def _print_human(s: CaptureSummary) -> None:

@@ -126,9 +126,11 @@ def record(
 
     if list_sources:
         from ebcap.capture.sources import list_sources as matching_sources
+        from ebcap.cli.replay import closed_pipe_ends_quietly
 
-        for spec in matching_sources(pattern or "*"):
-            typer.echo(spec)
+        with closed_pipe_ends_quietly():
+            for spec in matching_sources(pattern or "*"):
+                typer.echo(spec)
         return
     if pattern is not None:
         raise UsageError(f"unexpected argument {pattern!r}: PATTERN goes with --list-sources")

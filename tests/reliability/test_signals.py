@@ -180,8 +180,10 @@ def big_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["replay", "--sorted", "--format", "jsonl", "{f}"],
         ["sql", "{f}", "SELECT * FROM events"],
         ["export", "{f}", "-o", "-", "--format", "csv"],
+        ["info", "{f}"],
+        ["record", "--list-sources"],
     ],
-    ids=["replay", "sorted-jsonl", "sql", "export-stdout"],
+    ids=["replay", "sorted-jsonl", "sql", "export-stdout", "info", "list-sources"],
 )
 def test_closed_pipe_ends_quietly(big_capture: Path, argv: list[str]) -> None:
     """`ebcap replay run.arrow | head -1`: status 0 and nothing on stderr."""
