@@ -12,34 +12,32 @@ from collections.abc import Iterator
 
 import pytest
 
-REQUIRE_PRIVILEGED = os.environ.get("EBCAP_REQUIRE_PRIVILEGED") == "1"
-
 
 def _privilege_problem() -> str | None:
+    from ebcap.bpf.caps import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, effective_capabilities
+
     if os.geteuid() != 0:
         return "needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)"
-    if not os.path.exists("/sys/kernel/btf/vmlinux") and not os.path.exists("/proc/kallsyms"):
-        return "no kernel BPF support visible"
+    caps = effective_capabilities()
+    if not caps & (1 << CAP_SYS_ADMIN) and not (
+        caps & (1 << CAP_BPF) and caps & (1 << CAP_PERFMON)
+    ):
+        return "root without CAP_SYS_ADMIN (or CAP_BPF and CAP_PERFMON)"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return "no kernel BTF (/sys/kernel/btf/vmlinux): not a BPF-capable kernel"
     return None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a kernel test with the reason, or fail it when CI requires kernel tests."""
+    if not (item.get_closest_marker("privileged") or item.get_closest_marker("network")):
+        return
     problem = _privilege_problem()
     if problem is None:
         return
-    for item in items:
-        if item.get_closest_marker("privileged") or item.get_closest_marker("network"):
-            if REQUIRE_PRIVILEGED:
-                item.add_marker(pytest.mark.usefixtures("_require_privileged"))
-            else:
-                item.add_marker(pytest.mark.skip(reason=f"privileged test: {problem}"))
-
-
-@pytest.fixture
-def _require_privileged() -> None:
-    problem = _privilege_problem()
-    if problem is not None:
-        pytest.fail(f"EBCAP_REQUIRE_PRIVILEGED=1 but {problem}")
+    if os.environ.get("EBCAP_REQUIRE_PRIVILEGED") == "1":
+        pytest.fail(f"EBCAP_REQUIRE_PRIVILEGED=1 but {problem}", pytrace=False)
+    pytest.skip(f"privileged test: {problem}")
 
 
 @pytest.fixture(autouse=True)
