@@ -4,12 +4,17 @@ DuckDB cannot open Arrow IPC files by path, so the capture is registered as
 a pyarrow dataset under the name ``events``: DuckDB then scans it batch by
 batch and reads only the columns a query uses. DuckDB trusts the buffers it
 scans (a damaged one can crash it), so the session first reads every batch
-through the checking reader once.
+through the checking reader once. Rows DuckDB spills to disk (queries larger
+than its memory) go to a private directory removed at close, not to its
+default ``./.tmp``, which other users could read.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
@@ -34,8 +39,10 @@ class SqlSession:
         self._duckdb = duckdb
         for _ in reader.iter_batches():  # DuckDB trusts what it scans: check every batch first
             pass
-        self._con: duckdb.DuckDBPyConnection | None = duckdb.connect()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self.spill_directory = Path(tempfile.mkdtemp(prefix="ebcap-sql-"))  # 0700
         try:
+            self._con = duckdb.connect(config={"temp_directory": str(self.spill_directory)})
             self._con.register(VIEW, pads.dataset(str(reader.path), format="arrow"))
         except BaseException:
             self.close()
@@ -59,10 +66,11 @@ class SqlSession:
             raise UsageError(f"SQL: {lines[0] if lines else type(exc).__name__}") from None
 
     def close(self) -> None:
-        """Close the connection. Idempotent."""
+        """Close the connection and remove what DuckDB spilled. Idempotent."""
         con, self._con = self._con, None
         if con is not None:
             con.close()
+        shutil.rmtree(self.spill_directory, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self
