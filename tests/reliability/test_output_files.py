@@ -180,3 +180,34 @@ def test_writer_refuses_to_publish_over_a_file_that_appeared(tmp_path: Path) -> 
         writer.close()
     assert out.read_bytes() == OLD
     assert pa.ipc.open_file(str(partial_path(out))).num_record_batches == 1
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("planted", ["output", "partial"])
+def test_forced_record_replaces_a_planted_symlink_not_its_target(
+    planted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In a shared directory someone may plant NAME or NAME.partial as a symlink to a
+    file of ours: --force replaces the link, and never writes through it."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(OLD)
+    out = tmp_path / "run.arrow"
+    (out if planted == "output" else partial_path(out)).symlink_to(victim)
+    outcome = run_cli(capsys, ["record", "-o", out, "--force", "--count", "1"])
+    assert outcome.code == 0, outcome.describe()
+    assert victim.read_bytes() == OLD
+    assert not out.is_symlink() and mode(out) == 0o600
+
+
+def test_forced_export_replaces_a_planted_symlink_not_its_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_capture(tmp_path / "in.arrow")
+    victim = tmp_path / "victim"
+    victim.write_bytes(OLD)
+    out = tmp_path / "out.csv"
+    out.symlink_to(victim)
+    outcome = run_cli(capsys, ["export", tmp_path / "in.arrow", "-o", out, "--force"])
+    assert outcome.code == 0, outcome.describe()
+    assert victim.read_bytes() == OLD
+    assert not out.is_symlink() and mode(out) == 0o600
