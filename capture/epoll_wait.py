@@ -1,15 +1,16 @@
 """Waiting for ring data: one epoll over every fd a reader watches.
 
 Both readers block the same way (perf: one fd per CPU; ring buffer: the map
-fd), and both expose the epoll fd so a caller can fold a reader into its own
-event loop.
+fd), release what they hold the same way, and both expose the epoll fd so a
+caller can fold a reader into its own event loop.
 """
 
 from __future__ import annotations
 
 import select
+from contextlib import ExitStack
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 from ebcap.errors import ClosedError
 
@@ -45,6 +46,50 @@ class EpollSet:
         if self._epoll is not None:
             epoll, self._epoll = self._epoll, None
             epoll.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class EpollReader:
+    """What both ring readers share: one exit stack owns every fd and mapping
+    (the single cleanup path, also when a constructor fails halfway), and one
+    epoll waits for the kernel's wakeups."""
+
+    name: ClassVar[str] = "reader"
+    """Said in errors: "perf buffer reader is closed"."""
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        self._epoll = self._stack.enter_context(EpollSet(self.name))
+
+    @property
+    def closed(self) -> bool:
+        return self._epoll.closed
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ClosedError(f"{self.name} is closed")
+
+    def fileno(self) -> int:
+        """The epoll fd, readable when the kernel woke the reader (for a caller's own loop)."""
+        return self._epoll.fileno()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a wakeup; True if one came."""
+        return self._epoll.wait(timeout)
+
+    def close(self) -> None:
+        """Release everything the reader holds; calling it again does nothing."""
+        self._stack.close()
 
     def __enter__(self) -> Self:
         return self

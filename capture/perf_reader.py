@@ -13,17 +13,16 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from contextlib import ExitStack, suppress
+from contextlib import suppress
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 from ebcap.bpf import _sys
 from ebcap.bpf.maps import Map
 from ebcap.capture.batch import EventBatch
-from ebcap.capture.epoll_wait import EpollSet
+from ebcap.capture.epoll_wait import EpollReader
 from ebcap.capture.perf_ring import SAMPLE_TYPE, walk_perf_ring
-from ebcap.errors import ClosedError, KernelError, UsageError
+from ebcap.errors import KernelError, UsageError
 
 _U64: Final = struct.Struct("<Q")
 _U32: Final = struct.Struct("<I")
@@ -40,7 +39,7 @@ class _CpuRing:
     data_size: int
 
 
-class PerfBufferReader:
+class PerfBufferReader(EpollReader):
     """Drains the per-CPU perf rings of ``events_map`` (a PERF_EVENT_ARRAY).
 
     ``pages_per_cpu`` (a power of two) sizes each ring. The reader is woken
@@ -49,6 +48,8 @@ class PerfBufferReader:
     ``payload_size`` trims samples to the real event size (the kernel pads
     raw data so records stay 8-byte aligned).
     """
+
+    name = "perf buffer reader"
 
     def __init__(
         self,
@@ -71,9 +72,8 @@ class PerfBufferReader:
         self._payload_size = payload_size
         self._map = events_map
         self._rings: list[_CpuRing] = []
-        self._stack = ExitStack()
+        super().__init__()
         try:
-            self._epoll = self._stack.enter_context(EpollSet("perf buffer reader"))
             attr = _event_attr(wakeup_events, watermark_bytes)
             for cpu in self.cpus:
                 self._rings.append(self._open_ring(cpu, attr, pages_per_cpu))
@@ -111,22 +111,9 @@ class PerfBufferReader:
     def ncpus(self) -> int:
         return len(self.cpus)
 
-    @property
-    def closed(self) -> bool:
-        return self._epoll.closed
-
-    def fileno(self) -> int:
-        """The epoll fd: readable when a ring has data worth a wakeup."""
-        return self._epoll.fileno()
-
-    def wait(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for a wakeup; True if one came."""
-        return self._epoll.wait(timeout)
-
     def read(self) -> EventBatch:
         """Drain every ring once, in CPU order (that is the arrival order)."""
-        if self.closed:
-            raise ClosedError("perf buffer reader is closed")
+        self._check_open()
         batches = []
         for ring in self._rings:
             head = _U64.unpack_from(ring.area, _sys.DATA_HEAD_OFFSET)[0]
@@ -150,21 +137,6 @@ class PerfBufferReader:
             return
         with suppress(KernelError):  # the map's owner may have gone first
             self._map.delete(_U32.pack(cpu))
-
-    def close(self) -> None:
-        """Disable the events, unplug and unmap the rings, close every fd; again does nothing."""
-        self._stack.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _check_args(

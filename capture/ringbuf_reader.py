@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import mmap
 import struct
-from contextlib import ExitStack
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 from ebcap.bpf import _sys
 from ebcap.bpf.maps import Map
 from ebcap.capture.batch import EventBatch
-from ebcap.capture.epoll_wait import EpollSet
+from ebcap.capture.epoll_wait import EpollReader
 from ebcap.capture.ringbuf_ring import walk_ringbuf
-from ebcap.errors import ClosedError, UsageError
+from ebcap.errors import UsageError
 
 _U64: Final = struct.Struct("<Q")
 _POS_OFFSET: Final = 0
 """consumer_pos / producer_pos: the first u64 of their page."""
 
 
-class RingBufReader:
+class RingBufReader(EpollReader):
     """Drains ``ringbuf_map``; the map stays the caller's (not closed here)."""
+
+    name = "ring buffer reader"
 
     def __init__(self, ringbuf_map: Map) -> None:
         info = ringbuf_map.info
@@ -39,9 +39,8 @@ class RingBufReader:
         self.buffer_bytes = info.max_entries
         self.discarded = 0
         """Records the producer discarded, skipped (kept for diagnostics)."""
-        self._stack = ExitStack()
+        super().__init__()
         try:
-            self._epoll = self._stack.enter_context(EpollSet("ring buffer reader"))
             fd = ringbuf_map.fd
             self._consumer = self._map(fd, self.page_size, 0, mmap.PROT_READ | mmap.PROT_WRITE)
             self._producer = self._map(
@@ -66,22 +65,9 @@ class RingBufReader:
         """One ring for every CPU."""
         return 1
 
-    @property
-    def closed(self) -> bool:
-        return self._epoll.closed
-
-    def fileno(self) -> int:
-        """The epoll fd: readable when the kernel woke the consumer."""
-        return self._epoll.fileno()
-
-    def wait(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for a wakeup; True if one came."""
-        return self._epoll.wait(timeout)
-
     def read(self) -> EventBatch:
         """Every committed record from the consumer position on, in ring order."""
-        if self.closed:
-            raise ClosedError("ring buffer reader is closed")
+        self._check_open()
         consumer = _U64.unpack_from(self._consumer, _POS_OFFSET)[0]
         producer = _U64.unpack_from(self._producer, _POS_OFFSET)[0]
         if consumer == producer:
@@ -94,18 +80,3 @@ class RingBufReader:
             _U64.pack_into(self._consumer, _POS_OFFSET, walk.consumer_pos)
         self.discarded += walk.discarded
         return walk.batch
-
-    def close(self) -> None:
-        """Unmap both areas and close the epoll fd; again does nothing."""
-        self._stack.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
