@@ -132,6 +132,40 @@ def _join_by_digits(pieces: Sequence[Piece | Decimal], rows: int) -> pa.Array | 
     None when another piece varies in width or the numbers spread over too
     many widths for this to pay.
     """
+    groups = _digit_groups(pieces, rows)
+    if groups is None:
+        return None
+    parts, chosen = groups
+    if len(parts) == 1:
+        return parts[0]
+    inverse = np.empty(rows, dtype=np.int64)
+    inverse[np.concatenate(chosen)] = np.arange(rows)
+    return pa.concat_arrays(parts).take(pa.array(inverse))
+
+
+def spread_lines(mask: np.ndarray, pieces: Sequence[Piece | Decimal], other: str) -> pa.Array:
+    """The lines of ``pieces`` (a row for each set row of ``mask``) there, ``other`` elsewhere.
+
+    Like ``either(mask, join_lines(pieces, ...), other)``, with one take in all.
+    """
+    where = np.flatnonzero(mask)
+    groups = _digit_groups(pieces, len(where))
+    if groups is None:
+        return either(mask, join_lines(pieces, len(where)), other)
+    parts, chosen = groups
+    index = np.zeros(len(mask), dtype=np.int64)  # 0: ``other``, first in the choices
+    start = 1
+    for rows in chosen:
+        index[where[rows]] = np.arange(start, start + len(rows))
+        start += len(rows)
+    choices = pa.concat_arrays([pa.array([other], parts[0].type), *parts])
+    return choices.take(pa.array(index))
+
+
+def _digit_groups(
+    pieces: Sequence[Piece | Decimal], rows: int
+) -> tuple[list[pa.Array], list[np.ndarray]] | None:
+    """The lines of each group of rows whose numbers have the same widths, and its rows."""
     fixed: list[str | np.ndarray | Decimal] = []
     for piece in pieces:
         if isinstance(piece, pa.Array):
@@ -147,18 +181,16 @@ def _join_by_digits(pieces: Sequence[Piece | Decimal], rows: int) -> pa.Array | 
     for counts in widths:
         key = key * (_MAX_DIGITS + 1) + counts
     groups = np.flatnonzero(np.bincount(key))
-    if len(groups) > _MAX_GROUPS:
+    if len(groups) > _MAX_GROUPS or not rows:
         return None
     if len(groups) == 1:
-        return _fixed_block(fixed, rows, np.arange(rows), widths)
+        return [_fixed_block(fixed, rows, np.arange(rows), widths)], [np.arange(rows)]
     parts, chosen_all = [], []
     for group in groups:
         chosen = np.flatnonzero(key == group)
         parts.append(_fixed_block(fixed, len(chosen), chosen, [w[chosen] for w in widths]))
         chosen_all.append(chosen)
-    inverse = np.empty(rows, dtype=np.int64)
-    inverse[np.concatenate(chosen_all)] = np.arange(rows)
-    return pa.concat_arrays(parts).take(pa.array(inverse))
+    return parts, chosen_all
 
 
 def _fixed_block(
@@ -179,7 +211,7 @@ def _fixed_block(
             run.append(piece)
         else:
             run.append(piece[chosen] if len(chosen) != len(piece) else piece)
-    parts = _run_parts(run, rows)
+    parts = _run_parts(run, rows) or [""]
     return parts[0] if isinstance(parts[0], pa.Array) else pa.array([parts[0]] * rows, pa.string())
 
 

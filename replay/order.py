@@ -40,6 +40,9 @@ from ebcap.replay.scan import (
 DEFAULT_MAX_WINDOW_ROWS: Final = 1 << 18
 """Rows the time sort may hold in memory before it spills to disk."""
 
+FEW_CPUS: Final = 8
+"""Up to this many CPUs in a slice, per-CPU order is checked with a mask per CPU."""
+
 COMPACT_FACTOR: Final = 4
 """Held rows are compacted when the batches kept for them hold this many times more rows."""
 
@@ -153,7 +156,10 @@ def later_minimums(reader: CaptureReader, report: SortReport) -> np.ndarray:
         ts = u64(part, "ts_ns")
         minimums.append(int(ts.min()))
         sample = is_sample(part)
-        _count_cpu_disorder(part.column("cpu").to_numpy()[sample], ts[sample], highs, report)
+        cpu = part.column("cpu").to_numpy()
+        if not sample.all():
+            cpu, ts = cpu[sample], ts[sample]
+        _count_cpu_disorder(cpu, ts, highs, report)
     if not minimums:
         return np.zeros(0, dtype=np.uint64)
     values = np.array(minimums, dtype=np.uint64)
@@ -166,19 +172,24 @@ def _count_cpu_disorder(
     """Count samples older than an earlier sample of the same CPU (carrying across slices)."""
     if len(cpu) == 0:
         return
-    order = np.argsort(cpu, kind="stable")
-    cpus, stamps = cpu[order], ts[order]
-    edges = [0, *(np.flatnonzero(cpus[1:] != cpus[:-1]) + 1).tolist(), len(cpus)]
-    for start, end in itertools.pairwise(edges):
-        which = int(cpus[start])
-        group = stamps[start:end]
+    present = np.flatnonzero(np.bincount(cpu))
+    if len(present) <= FEW_CPUS:  # a mask per CPU beats sorting the slice by CPU
+        groups = [(int(c), ts[cpu == c]) for c in present]
+    else:
+        order = np.argsort(cpu, kind="stable")
+        cpus, stamps = cpu[order], ts[order]
+        edges = [0, *(np.flatnonzero(cpus[1:] != cpus[:-1]) + 1).tolist(), len(cpus)]
+        groups = [(int(cpus[a]), stamps[a:b]) for a, b in itertools.pairwise(edges)]
+    for which, group in groups:
         carry = highs.get(which, 0)
+        # The newest stamp seen up to each sample, itself included: a sample is behind
+        # exactly when it is below that (it cannot be below itself).
         running = np.maximum.accumulate(group)
-        prior = np.concatenate(([np.uint64(carry)], running[:-1])).astype(np.uint64)
-        behind = int(np.count_nonzero(group < np.maximum(prior, np.uint64(carry))))
+        np.maximum(running, np.uint64(carry), out=running)
+        behind = int(np.count_nonzero(group < running))
         if behind:
             report.cpu_disorder[which] = report.cpu_disorder.get(which, 0) + behind
-        highs[which] = max(carry, int(running[-1]))
+        highs[which] = int(running[-1])
 
 
 class _Window:

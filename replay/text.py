@@ -30,11 +30,11 @@ from ebcap.replay.lines import (
     Piece,
     decimal,
     distinct_rows,
-    either,
     expand,
     join_lines,
     padded_digits,
     rows_of,
+    spread_lines,
     zero_padded,
 )
 from ebcap.replay.scan import KIND_LOST_CODE
@@ -203,23 +203,26 @@ class TextFormatter:
         pieces += [" ", *self._paint(["[", zero_padded(cpu, _CPU_WIDTH), "]"], _CYAN)]
         seq = decimal(rows.column("seq").to_numpy())
         pieces += [" #", seq, " "]
-        body = self._bodies(rows)
         lost = rows.column("kind").indices.to_numpy(zero_copy_only=False) == KIND_LOST_CODE
-        if lost.any():
-            loss = self._loss_lines(rows.filter(pa.array(lost)))
-            body = pc.if_else(pa.array(lost), expand(loss, lost), body)
-        pieces += [body, self._line_ends(seq, late_ns)]
+        pieces += [self._bodies(rows, lost), self._line_ends(seq, late_ns)]
         return join_lines(pieces, count)
 
-    def _bodies(self, rows: pa.RecordBatch) -> pa.Array:
-        """The sample body of every row, formatted once per distinct one where they repeat."""
+    def _bodies(self, rows: pa.RecordBatch, lost: np.ndarray) -> pa.Array:
+        """What follows the seq: the sample body (formatted once per distinct one where they
+        repeat) or, on ``lost`` rows, the loss line."""
         names = [name for name in self.columns if name not in _LINE_COLUMNS]
         repeats = distinct_rows([rows.column(name) for name in names])
+        loss = self._loss_lines(rows.filter(pa.array(lost))) if lost.any() else None
         if repeats is None:
-            return join_lines(self._sample_body(rows), rows.num_rows)
+            body = join_lines(self._sample_body(rows), rows.num_rows)
+            return body if loss is None else pc.if_else(pa.array(lost), expand(loss, lost), body)
         example, index = repeats
         chosen = rows.take(pa.array(example))
-        return join_lines(self._sample_body(chosen), chosen.num_rows).take(pa.array(index))
+        bodies = join_lines(self._sample_body(chosen), chosen.num_rows)
+        if loss is not None:  # loss lines join the distinct bodies: one take places all
+            index = np.where(lost, len(bodies) + np.cumsum(lost) - 1, index)
+            bodies = pa.concat_arrays([bodies, loss.cast(bodies.type)])
+        return bodies.take(pa.array(index))
 
     def _loss_lines(self, rows: pa.RecordBatch) -> pa.Array:
         cpu, count = Decimal(rows.column("cpu").to_numpy()), Decimal(rows.column("lost").to_numpy())
@@ -252,8 +255,7 @@ class TextFormatter:
         else:
             moved = rows_of(seq, late)
             text = self._paint(["  [moved from seq ", moved, ": ", *late_us, " late]"], _MAGENTA)
-        marked = join_lines([*text, "\n"], int(late.sum()))
-        return either(late, marked, "\n")
+        return spread_lines(late, [*text, "\n"], "\n")
 
 
 def lines_bytes(lines: pa.Array) -> memoryview:

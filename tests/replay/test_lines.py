@@ -20,6 +20,7 @@ from ebcap.replay.lines import (
     join_lines,
     padded_digits,
     rows_of,
+    spread_lines,
     uniform_chars,
     zero_padded,
 )
@@ -91,6 +92,17 @@ def test_join_lines_is_concatenation(data: st.DataObject) -> None:
     got = join_lines([piece for piece, _ in parts], rows)
     expected = ["".join(text[i] for _, text in parts) for i in range(rows)]
     assert strings(got) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_spread_lines_puts_each_line_at_its_row(data: st.DataObject) -> None:
+    mask = np.array(data.draw(st.lists(st.booleans(), min_size=1, max_size=15)))
+    count = int(mask.sum())
+    parts = data.draw(st.lists(pieces(count), min_size=1, max_size=5)) if count else []
+    got = spread_lines(mask, [piece for piece, _ in parts], "-")
+    lines = iter(["".join(text[i] for _, text in parts) for i in range(count)])
+    assert strings(got) == [next(lines) if set_ else "-" for set_ in mask]
 
 
 def test_numbers_of_many_widths_are_laid_out_per_width_or_joined() -> None:
