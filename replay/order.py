@@ -16,7 +16,7 @@ what happened, for the CLI to tell the user.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -112,20 +112,29 @@ def time_order(
     spill_dir: str | Path | None = None,
     report: SortReport | None = None,
     columns: Sequence[str] | None = None,
+    prepare: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None,
 ) -> Generator[OrderedBatch, None, None]:
     """The capture sorted exactly by (ts_ns, cpu, seq), in bounded memory.
 
     ``columns``: read only those and the ordering keys (seq, cpu, ts_ns, kind).
+    ``prepare`` turns each slice as read into what is sorted and handed out
+    (it must keep the ordering keys): work done there per row is not
+    carried through the sort column by column.
     """
     report = report if report is not None else SortReport()
     bounds = later_minimums(reader, report)
-    schema = slice_schema(reader, columns).append(LATE_FIELD)
+    read_schema = slice_schema(reader, columns)
+    if prepare is not None:
+        read_schema = prepare(pa.RecordBatch.from_pylist([], schema=read_schema)).schema
+    schema = read_schema.append(LATE_FIELD)
     tracker = LatenessTracker()
     window = _Window(schema)
     runs: SpilledRuns | None = None
     try:
         for index, rows in enumerate(iter_slices(reader, columns=columns)):
             late = tracker.update(u64(rows, "ts_ns"), is_sample(rows))
+            if prepare is not None:
+                rows = prepare(rows)
             window.add(rows.append_column(LATE_FIELD, pa.array(late, pa.uint64())))
             report.rows += rows.num_rows
             report.peak_window_rows = max(report.peak_window_rows, window.rows)

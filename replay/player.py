@@ -139,8 +139,10 @@ def ordered(
     options: ReplayOptions,
     report: SortReport,
     columns: Sequence[str] | None = None,
+    prepare: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None,
 ) -> Generator[OrderedBatch, None, None]:
-    """The capture in the requested order (``columns``: only those, plus the ordering keys)."""
+    """The capture in the requested order (``columns``: only those, plus the ordering keys;
+    ``prepare``: applied to each slice before the time sort)."""
     if options.order == TIME:
         return time_order(
             reader,
@@ -148,6 +150,7 @@ def ordered(
             spill_dir=options.spill_dir,
             report=report,
             columns=columns,
+            prepare=prepare,
         )
     return arrival_order(reader, columns)
 
@@ -180,7 +183,8 @@ def replay(
         encoder = encoder_for(options.fmt, reader.schema)
         out.write(encoder.header())
     remaining = options.limit
-    with contextlib.closing(ordered(reader, options, summary.sort, columns)) as stream:
+    prepare = text.prepare if text is not None else None
+    with contextlib.closing(ordered(reader, options, summary.sort, columns, prepare)) as stream:
         for batch in stream:
             if text is not None and text.origin is None:
                 text.set_origin(int(batch.rows.column("ts_ns")[0].as_py()))

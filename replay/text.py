@@ -30,7 +30,6 @@ from ebcap.replay.lines import (
     Piece,
     decimal,
     distinct_rows,
-    expand,
     join_lines,
     padded_digits,
     rows_of,
@@ -50,6 +49,9 @@ SYSCALL_ARGS: Final = tuple(f"arg{i}" for i in range(6))
 
 _LINE_COLUMNS: Final = frozenset({"seq", "cpu", "ts_ns", "kind", "lost"})
 """What every line shows before its body (the time, CPU and seq) or instead of it (loss)."""
+
+BODY_FIELD: Final = pa.field("__ebcap_body", pa.dictionary(pa.int32(), pa.string()), False)
+"""The text of each row's body, where :meth:`TextFormatter.prepare` made it in advance."""
 
 _RESET: Final = "\x1b[0m"
 _DIM: Final = "\x1b[2m"
@@ -207,22 +209,46 @@ class TextFormatter:
         pieces += [self._bodies(rows, lost), self._line_ends(seq, late_ns)]
         return join_lines(pieces, count)
 
+    def prepare(self, rows: pa.RecordBatch) -> pa.RecordBatch:
+        """``rows`` with the columns of the body replaced by the body's text, dictionary-coded.
+
+        Applied before the time sort: the sort then moves one small index per
+        row instead of every column the body shows.
+        """
+        dictionary, index = self._body_text(rows)
+        if index is None:
+            index = np.arange(rows.num_rows)
+        body = pa.DictionaryArray.from_arrays(
+            pa.array(index, pa.int32()), dictionary.cast(pa.string())
+        )
+        kept = [name for name in rows.schema.names if name not in self._body_columns()]
+        return rows.select(kept).append_column(BODY_FIELD, body)
+
+    def _body_columns(self) -> list[str]:
+        return [name for name in self.columns if name not in _LINE_COLUMNS]
+
+    def _body_text(self, rows: pa.RecordBatch) -> tuple[pa.Array, np.ndarray | None]:
+        """The distinct body texts and each row's index into them (None: one text a row)."""
+        if BODY_FIELD.name in rows.schema.names:
+            column = rows.column(BODY_FIELD.name)
+            return column.dictionary, column.indices.to_numpy()
+        repeats = distinct_rows([rows.column(name) for name in self._body_columns()])
+        if repeats is None:
+            return join_lines(self._sample_body(rows), rows.num_rows), None
+        example, index = repeats
+        chosen = rows.take(pa.array(example))
+        return join_lines(self._sample_body(chosen), chosen.num_rows), index
+
     def _bodies(self, rows: pa.RecordBatch, lost: np.ndarray) -> pa.Array:
         """What follows the seq: the sample body (formatted once per distinct one where they
         repeat) or, on ``lost`` rows, the loss line."""
-        names = [name for name in self.columns if name not in _LINE_COLUMNS]
-        repeats = distinct_rows([rows.column(name) for name in names])
-        loss = self._loss_lines(rows.filter(pa.array(lost))) if lost.any() else None
-        if repeats is None:
-            body = join_lines(self._sample_body(rows), rows.num_rows)
-            return body if loss is None else pc.if_else(pa.array(lost), expand(loss, lost), body)
-        example, index = repeats
-        chosen = rows.take(pa.array(example))
-        bodies = join_lines(self._sample_body(chosen), chosen.num_rows)
-        if loss is not None:  # loss lines join the distinct bodies: one take places all
-            index = np.where(lost, len(bodies) + np.cumsum(lost) - 1, index)
+        bodies, index = self._body_text(rows)
+        if lost.any():  # loss lines join the bodies: one take places all
+            loss = self._loss_lines(rows.filter(pa.array(lost)))
+            start = np.arange(rows.num_rows) if index is None else index
+            index = np.where(lost, len(bodies) + np.cumsum(lost) - 1, start)
             bodies = pa.concat_arrays([bodies, loss.cast(bodies.type)])
-        return bodies.take(pa.array(index))
+        return bodies if index is None else bodies.take(pa.array(index))
 
     def _loss_lines(self, rows: pa.RecordBatch) -> pa.Array:
         cpu, count = Decimal(rows.column("cpu").to_numpy()), Decimal(rows.column("lost").to_numpy())

@@ -101,22 +101,25 @@ def expected_line(row: dict, origin: int, late: int, order: str) -> str:
 
 
 @pytest.mark.parametrize("wide", [False, True])
-@pytest.mark.parametrize("order", ["arrival", "time"])
+@pytest.mark.parametrize("order", ["arrival", "time", "time, spilled"])
 def test_every_text_line_matches_its_row(tmp_path: Path, order: str, wide: bool) -> None:
     path = tmp_path / "c.arrow"
     table = repetitive_capture(path, seed=41, wide=wide)
     rows = table.to_pylist()
     late = lateness_by_loop([r["ts_ns"] for r in rows], [r["kind"] == "sample" for r in rows])
-    if order == "time":
+    if order != "arrival":
         ranked = sorted(
             range(len(rows)), key=lambda i: (rows[i]["ts_ns"], rows[i]["cpu"], rows[i]["seq"])
         )
         rows, late = [rows[i] for i in ranked], [late[i] for i in ranked]
     origin = rows[0]["ts_ns"]
-    expected = [expected_line(r, origin, x, order) for r, x in zip(rows, late, strict=True)]
+    kind = order.split(",")[0]
+    expected = [expected_line(r, origin, x, kind) for r, x in zip(rows, late, strict=True)]
     sink = Collect()
+    spill = {"max_window_rows": 700, "spill_dir": tmp_path} if "spilled" in order else {}
     with CaptureReader(path) as reader:
-        replay(reader, sink, ReplayOptions(order=order))
+        summary = replay(reader, sink, ReplayOptions(order=order.split(",")[0], **spill))
+    assert bool(summary.sort.spilled_runs) == bool(spill)
     got = sink.data.decode().split("\n")
     assert got[-1] == "" and got[:-1] == expected
     assert sum(1 for x in late if x) > 1000  # the markers really are exercised
