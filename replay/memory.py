@@ -1,10 +1,15 @@
-"""Which allocator Arrow uses for a long streaming run.
+"""Which allocator Arrow uses for a long streaming run, and how it gets ready.
 
 pyarrow's default pool (mimalloc) keeps freed memory for reuse, and with
 batches of varying size what it keeps grows over a long replay; jemalloc, as
 pyarrow configures it, hands freed pages back so eagerly that they are
 faulted in again for the next batch. The C library's allocator does neither:
 peak memory then follows the largest batch, not the length of the file.
+
+glibc serves a large block by mapping fresh pages and unmaps them when it is
+freed, so every batch would fault its buffers in again; freeing one large
+mapped block raises that threshold (mallopt(3), "dynamic mmap threshold"),
+after which batch-sized buffers are reused from the heap.
 """
 
 from __future__ import annotations
@@ -17,9 +22,15 @@ import pyarrow as pa
 POOL_ENVIRONMENT: Final = "ARROW_DEFAULT_MEMORY_POOL"
 """Arrow's own setting; when the user sets it, their choice stands."""
 
+PRIME_BYTES: Final = 31 << 20
+"""Just below glibc's 32 MiB ceiling for the dynamic mmap threshold."""
+
 
 def use_streaming_pool() -> str:
     """Make the system allocator Arrow's default pool, unless the user chose one; its name."""
     if not os.environ.get(POOL_ENVIRONMENT):
-        pa.set_memory_pool(pa.system_memory_pool())
+        pool = pa.system_memory_pool()
+        pa.set_memory_pool(pool)
+        prime = pa.allocate_buffer(PRIME_BYTES, memory_pool=pool)
+        del prime  # mapped, then freed: the threshold rises to its size
     return pa.default_memory_pool().backend_name
