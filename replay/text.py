@@ -31,6 +31,7 @@ from ebcap.replay.lines import (
     decimal,
     distinct_rows,
     join_lines,
+    number_text,
     padded_digits,
     rows_of,
     spread_lines,
@@ -203,7 +204,7 @@ class TextFormatter:
             pieces += [" ", wall_clock(ts, self.realtime_offset_ns)]
         cpu = rows.column("cpu").to_numpy()
         pieces += [" ", *self._paint(["[", zero_padded(cpu, _CPU_WIDTH), "]"], _CYAN)]
-        seq = decimal(rows.column("seq").to_numpy())
+        seq = number_text(rows.column("seq").to_numpy())
         pieces += [" #", seq, " "]
         lost = rows.column("kind").indices.to_numpy(zero_copy_only=False) == KIND_LOST_CODE
         pieces += [self._bodies(rows, lost), self._line_ends(seq, late_ns)]
@@ -270,7 +271,7 @@ class TextFormatter:
             pieces += [decimal(lengths), "B ", bytes_hex(data, PAYLOAD_PREVIEW_BYTES), more]
         return pieces
 
-    def _line_ends(self, seq: pa.Array, late_ns: np.ndarray) -> Piece:
+    def _line_ends(self, seq: Piece, late_ns: np.ndarray) -> Piece:
         """What ends each line: its late / moved marker, if any, and the newline."""
         late = late_ns > 0
         if not late.any():

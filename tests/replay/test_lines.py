@@ -18,6 +18,7 @@ from ebcap.replay.lines import (
     either,
     expand,
     join_lines,
+    number_text,
     padded_digits,
     rows_of,
     spread_lines,
@@ -46,6 +47,15 @@ def test_padded_digits_and_zero_padding(values: list[int], width: int) -> None:
     fitting = array[array < 10**width] if width < 20 else array
     chars = padded_digits(fitting, width)
     assert [row.tobytes().decode() for row in chars] == [f"{int(v):0{width}d}" for v in fitting]
+
+
+@given(st.lists(st.one_of(st.integers(10**6, 10**7 - 1), U64), max_size=60))
+def test_number_text(values: list[int]) -> None:
+    text = number_text(np.array(values, dtype=np.uint64))
+    got = (
+        [row.tobytes().decode() for row in text] if isinstance(text, np.ndarray) else strings(text)
+    )
+    assert got == [str(v) for v in values]
 
 
 @given(st.lists(U64, max_size=60))
