@@ -40,6 +40,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.skip(f"privileged test: {problem}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_outside_the_source_tree(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """The same for session fixtures (they run before any test's own directory)."""
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("session-cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
 @pytest.fixture(autouse=True)
 def _run_outside_the_source_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Run every test from an empty directory.
