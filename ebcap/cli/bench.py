@@ -50,6 +50,7 @@ def bench(
     from ebcap.bpf.cpus import online_cpus, parse_cpu_list
     from ebcap.capture.bench import BenchSource, run_bench, validate_event_size
     from ebcap.capture.recorder import RecordOptions
+    from ebcap.replay.memory import use_streaming_pool
 
     if transport not in ("perf", "ringbuf"):
         raise UsageError(f"--transport: unknown transport {transport!r}: use perf or ringbuf")
@@ -64,6 +65,7 @@ def bench(
     default = "16MiB" if transport == "ringbuf" else "8MiB"
     buffer_bytes = parse_size(buffer_size or default, "--buffer-size")
     require_tracing_capabilities()
+    use_streaming_pool()  # memory stays flat over a long recording
     with tempfile.TemporaryDirectory(prefix="ebcap-bench-") as tmp:
         options = RecordOptions(
             output=output or Path(tmp) / "bench.arrow",

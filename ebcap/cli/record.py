@@ -123,6 +123,7 @@ def record(
     from ebcap.capture.layout import parse_layout
     from ebcap.capture.recorder import Recorder, RecordOptions
     from ebcap.capture.sources import TRANSPORTS, parse_source
+    from ebcap.replay.memory import use_streaming_pool
 
     if list_sources:
         from ebcap.capture.sources import list_sources as matching_sources
@@ -164,6 +165,7 @@ def record(
         notify=lambda message: typer.secho(f"ebcap: {message}", err=True, fg="yellow"),
     )
     require_tracing_capabilities()
+    use_streaming_pool()  # memory stays flat over a long recording
     actual_transport = src.transport_of(transport)
     if chosen_cpus is not None and actual_transport != "perf":
         raise UsageError(
