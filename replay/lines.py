@@ -44,6 +44,8 @@ _DIGIT_PAIRS: Final = (
 """Entry v holds the two ASCII digits of v (as one uint16: one look-up per two digits)."""
 DISTINCT_SAMPLE: Final = 1024
 """Rows looked at to decide whether a batch repeats enough to format each value once."""
+RUN_SHARE: Final = 4
+"""Runs of equal rows are used when they are this long on average."""
 DISTINCT_SHARE: Final = 8
 """Formatting once per distinct value pays when the sample repeats each value this often."""
 
@@ -346,6 +348,9 @@ def distinct_rows(columns: Sequence[pa.Array]) -> tuple[np.ndarray, np.ndarray] 
     None when a sample of the rows shows too few repeats for formatting once
     per tuple to pay. Two rows share a tuple only if every column holds the
     same value (null included), compared by value bits after dictionary coding.
+    Rows equal to the row before them (a thread's events as a CPU's ring
+    delivers them) are found first and cheaply; only the first row of each
+    such run is coded.
     """
     rows = len(columns[0]) if columns else 0
     if rows < DISTINCT_SAMPLE:
@@ -353,15 +358,57 @@ def distinct_rows(columns: Sequence[pa.Array]) -> tuple[np.ndarray, np.ndarray] 
     sample = _tuple_codes([c.slice(0, DISTINCT_SAMPLE) for c in columns])
     if sample is None or len(sample.dictionary) * DISTINCT_SHARE > DISTINCT_SAMPLE:
         return None
-    coded = _tuple_codes(columns)
-    if coded is None:
+    starts = _run_starts(columns)
+    if starts is not None and np.count_nonzero(starts) * RUN_SHARE <= rows:
+        firsts = np.flatnonzero(starts)
+        coded = _tuple_codes([column.take(pa.array(firsts)) for column in columns])
+        run = np.cumsum(starts) - 1
+    else:
+        firsts, run = np.arange(rows), None
+        coded = _tuple_codes(columns)
+    if coded is None or len(coded.dictionary) * 2 > rows:
         return None
-    if len(coded.dictionary) * 2 > rows:
-        return None
-    index = coded.indices.to_numpy()
+    codes = coded.indices.to_numpy()
     example = np.empty(len(coded.dictionary), dtype=np.int64)
-    example[index] = np.arange(rows, dtype=np.int64)  # any row of a tuple stands for all
-    return example, index
+    example[codes] = firsts  # any row of a tuple stands for all
+    return example, (codes if run is None else codes[run])
+
+
+def _run_starts(columns: Sequence[pa.Array]) -> np.ndarray | None:
+    """Where a row differs from the row before it (the first row always), or None."""
+    rows = len(columns[0])
+    same = np.ones(rows - 1, dtype=bool)
+    for column in columns:
+        equal = _equal_to_previous(column)
+        if equal is None:
+            return None
+        same &= equal
+    starts = np.empty(rows, dtype=bool)
+    starts[0] = True
+    np.logical_not(same, out=starts[1:])
+    return starts
+
+
+def _equal_to_previous(column: pa.Array) -> np.ndarray | None:
+    """Whether each row but the first holds exactly the value of the row before it."""
+    if pa.types.is_dictionary(column.type):
+        column = column.indices  # one dictionary: equal codes, equal values
+    rows = len(column)
+    if _is_text(column.type):
+        equal = pc.equal(column.slice(1), column.slice(0, rows - 1))
+        if not column.null_count:
+            return equal.to_numpy(zero_copy_only=False)
+        valid = np.asarray(column.is_valid())
+        both_null = ~valid[1:] & ~valid[:-1]
+        return np.asarray(pc.fill_null(equal, False)) | both_null
+    bits = _value_bits(column)
+    if bits is None:
+        return None
+    equal = bits[1:] == bits[:-1]
+    if column.null_count:
+        valid = np.asarray(column.is_valid())
+        equal &= valid[1:] == valid[:-1]
+    return equal
 
 
 def _tuple_codes(columns: Sequence[pa.Array]) -> pa.DictionaryArray | None:
