@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ebcap.replay.lines import string_parts
+
 _DIGITS: Final = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _BYTE_PAIRS: Final = (
     np.stack([_DIGITS[np.arange(256) >> 4], _DIGITS[np.arange(256) & 15]], axis=1)
@@ -40,25 +42,9 @@ def string_array(chars: np.ndarray, lengths: np.ndarray) -> pa.Array:
     return pa.LargeStringArray.from_buffers(len(lengths), pa.py_buffer(offsets), data)
 
 
-def _binary_parts(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets of this slice, data bytes) of a binary array, without copying."""
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    large = pa.types.is_large_binary(array.type) or pa.types.is_large_string(array.type)
-    buffers = array.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=np.int64 if large else np.int32)
-    offsets = offsets[array.offset : array.offset + len(array) + 1].astype(np.int64)
-    data = (
-        np.frombuffer(buffers[2], dtype=np.uint8)
-        if buffers[2] is not None
-        else np.zeros(0, np.uint8)
-    )
-    return offsets, data
-
-
 def bytes_hex(array: pa.Array, limit: int | None = None) -> pa.Array:
     """Each value as lowercase hex (nulls as empty), at most ``limit`` bytes of it."""
-    offsets, data = _binary_parts(array)
+    offsets, data = string_parts(array)
     lengths = np.diff(offsets)
     if array.null_count:
         lengths[np.asarray(array.is_null())] = 0
@@ -99,7 +85,7 @@ def _two_byte_digits() -> np.ndarray:
 
 def payload_lengths(array: pa.Array) -> np.ndarray:
     """Byte length of each binary value (0 for nulls)."""
-    offsets, _ = _binary_parts(array)
+    offsets, _ = string_parts(array)
     lengths = np.diff(offsets)
     if array.null_count:
         lengths[np.asarray(array.is_null())] = 0

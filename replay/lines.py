@@ -7,10 +7,10 @@ sequence numbers of equal length, constants) are laid side by side in one
 numpy character block and enter the join as a single piece; only pieces of
 varying width are joined by Arrow.
 
-Two more helpers keep work proportional to what varies: :func:`expand`
-formats something for the few rows that need it (loss lines, late markers)
-and spreads it back, and :func:`distinct_rows` finds the rows of a batch
-that repeat the same values, so they are formatted once.
+Numbers stay numbers (:class:`Decimal`) until the line is built, so rows whose
+numbers have the same count of digits are laid out as one block, and
+:func:`spread_lines` builds lines only for the rows that have them (late
+markers) and places them with one take.
 """
 
 from __future__ import annotations
@@ -42,12 +42,6 @@ _DIGIT_PAIRS: Final = (
     .reshape(100)
 )
 """Entry v holds the two ASCII digits of v (as one uint16: one look-up per two digits)."""
-DISTINCT_SAMPLE: Final = 1024
-"""Rows looked at to decide whether a batch repeats enough to format each value once."""
-RUN_SHARE: Final = 4
-"""Runs of equal rows are used when they are this long on average."""
-DISTINCT_SHARE: Final = 8
-"""Formatting once per distinct value pays when the sample repeats each value this often."""
 
 
 def string_parts(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +63,7 @@ def string_parts(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def uniform_chars(array: pa.Array) -> np.ndarray | None:
     """A string array as a (rows, width) character block, if every value has one width."""
     rows = len(array)
-    if rows == 0 or array.null_count or not _is_text(array.type):
+    if rows == 0 or array.null_count or not is_text(array.type):
         return None
     offsets, data = string_parts(array)
     total = int(offsets[-1] - offsets[0])
@@ -309,12 +303,6 @@ def zero_padded(values: np.ndarray, width: int) -> Piece:
     return pc.utf8_lpad(decimal(values), width=width, padding="0")
 
 
-def expand(values: pa.Array, mask: np.ndarray) -> pa.Array:
-    """``values`` spread, in order, over the rows where ``mask`` is set; null elsewhere."""
-    positions = np.cumsum(mask, dtype=np.int64) - 1
-    return values.take(pa.array(positions, mask=~mask))
-
-
 def rows_of(strings: Piece, mask: np.ndarray) -> Piece:
     """The strings of the rows where ``mask`` is set (as a block when they have one width)."""
     if isinstance(strings, np.ndarray):
@@ -331,122 +319,8 @@ def either(mask: np.ndarray, values: pa.Array, other: str) -> pa.Array:
     return choices.take(pa.array(np.cumsum(mask, dtype=np.int64) * mask))
 
 
-def repeats_enough(column: pa.Array) -> bool:
-    """Whether a sample of ``column`` repeats its values enough to format each once."""
-    if len(column) < DISTINCT_SAMPLE:
-        return False
-    try:
-        distinct = len(pc.unique(column.slice(0, DISTINCT_SAMPLE)))
-    except pa.ArrowNotImplementedError:
-        return False
-    return distinct * DISTINCT_SHARE <= DISTINCT_SAMPLE
-
-
-def distinct_rows(columns: Sequence[pa.Array]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(a row holding each distinct value tuple, each row's tuple number), if values repeat.
-
-    None when a sample of the rows shows too few repeats for formatting once
-    per tuple to pay. Two rows share a tuple only if every column holds the
-    same value (null included), compared by value bits after dictionary coding.
-    Rows equal to the row before them (a thread's events as a CPU's ring
-    delivers them) are found first and cheaply; only the first row of each
-    such run is coded.
-    """
-    rows = len(columns[0]) if columns else 0
-    if rows < DISTINCT_SAMPLE:
-        return None
-    sample = _tuple_codes([c.slice(0, DISTINCT_SAMPLE) for c in columns])
-    if sample is None or len(sample.dictionary) * DISTINCT_SHARE > DISTINCT_SAMPLE:
-        return None
-    starts = _run_starts(columns)
-    if starts is not None and np.count_nonzero(starts) * RUN_SHARE <= rows:
-        firsts = np.flatnonzero(starts)
-        coded = _tuple_codes([column.take(pa.array(firsts)) for column in columns])
-        run = np.cumsum(starts) - 1
-    else:
-        firsts, run = np.arange(rows), None
-        coded = _tuple_codes(columns)
-    if coded is None or len(coded.dictionary) * 2 > rows:
-        return None
-    codes = coded.indices.to_numpy()
-    example = np.empty(len(coded.dictionary), dtype=np.int64)
-    example[codes] = firsts  # any row of a tuple stands for all
-    return example, (codes if run is None else codes[run])
-
-
-def _run_starts(columns: Sequence[pa.Array]) -> np.ndarray | None:
-    """Where a row differs from the row before it (the first row always), or None."""
-    rows = len(columns[0])
-    same = np.ones(rows - 1, dtype=bool)
-    for column in columns:
-        equal = _equal_to_previous(column)
-        if equal is None:
-            return None
-        same &= equal
-    starts = np.empty(rows, dtype=bool)
-    starts[0] = True
-    np.logical_not(same, out=starts[1:])
-    return starts
-
-
-def _equal_to_previous(column: pa.Array) -> np.ndarray | None:
-    """Whether each row but the first holds exactly the value of the row before it."""
-    if pa.types.is_dictionary(column.type):
-        column = column.indices  # one dictionary: equal codes, equal values
-    rows = len(column)
-    if _is_text(column.type):
-        equal = pc.equal(column.slice(1), column.slice(0, rows - 1))
-        if not column.null_count:
-            return equal.to_numpy(zero_copy_only=False)
-        valid = np.asarray(column.is_valid())
-        both_null = ~valid[1:] & ~valid[:-1]
-        return np.asarray(pc.fill_null(equal, False)) | both_null
-    bits = _value_bits(column)
-    if bits is None:
-        return None
-    equal = bits[1:] == bits[:-1]
-    if column.null_count:
-        valid = np.asarray(column.is_valid())
-        equal &= valid[1:] == valid[:-1]
-    return equal
-
-
-def _tuple_codes(columns: Sequence[pa.Array]) -> pa.DictionaryArray | None:
-    """Dictionary coding of the rows' value tuples (None if a column type has no bit view)."""
-    rows = len(columns[0])
-    words = np.zeros((rows, len(columns) + 1), dtype=np.uint64)
-    for i, column in enumerate(columns):
-        values = _value_bits(column)
-        if values is None:
-            return None
-        words[:, i] = values
-        if column.null_count:  # the last word: one bit per column, set where null
-            nulls = np.asarray(column.is_null()).astype(np.uint64)
-            words[:, -1] |= nulls << np.uint64(i)
-    keys = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(words.shape[1] * 8), rows, [None, pa.py_buffer(words)]
-    )
-    return pc.dictionary_encode(keys)
-
-
-def _value_bits(column: pa.Array) -> np.ndarray | None:
-    """One fixed-width number per row that equals another row's exactly when the values do."""
-    kind = column.type
-    if pa.types.is_dictionary(kind):
-        column = column.dictionary_decode()
-        kind = column.type
-    if _is_text(kind):
-        codes = pc.dictionary_encode(column, null_encoding="encode").indices
-        return codes.to_numpy().view(np.uint32)
-    if not (pa.types.is_boolean(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-        return None
-    if column.null_count:
-        column = pc.fill_null(column, pa.scalar(0).cast(kind))
-    values = np.ascontiguousarray(column.to_numpy(zero_copy_only=False))
-    return values.view(f"u{values.dtype.itemsize}")
-
-
-def _is_text(kind: pa.DataType) -> bool:
+def is_text(kind: pa.DataType) -> bool:
+    """String or binary, of either offset width."""
     return (
         pa.types.is_string(kind)
         or pa.types.is_large_string(kind)

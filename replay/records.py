@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ebcap.replay.hexfmt import bytes_hex
-from ebcap.replay.lines import Piece, distinct_rows, join_lines, repeats_enough
+from ebcap.replay.lines import Piece, join_lines
+from ebcap.replay.repeats import distinct_rows, repeats_enough
 from ebcap.replay.text import lines_bytes
 
 JSONL: Final = "jsonl"

@@ -29,7 +29,6 @@ from ebcap.replay.lines import (
     Decimal,
     Piece,
     decimal,
-    distinct_rows,
     join_lines,
     number_text,
     padded_digits,
@@ -37,6 +36,7 @@ from ebcap.replay.lines import (
     spread_lines,
     zero_padded,
 )
+from ebcap.replay.repeats import distinct_rows
 from ebcap.replay.scan import KIND_LOST_CODE
 
 ARRIVAL: Final = "arrival"
