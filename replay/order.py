@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from ebcap.errors import BadFileError
+from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.lateness import LatenessTracker
 from ebcap.replay.runs import SpilledRuns, sort_keys, sort_order
@@ -253,7 +254,15 @@ class _Window:
 
     def _take(self, positions: np.ndarray) -> pa.Table:
         table = pa.Table.from_batches(self.batches, schema=self.schema)
-        return table.take(pa.array(positions, pa.int64()))
+        merged = [f.name for f in self.schema if _merged_by_concatenation(f)]
+        if not merged:
+            return table.take(pa.array(positions, pa.int64()))
+        taken = table.drop_columns(merged).take(pa.array(positions, pa.int64()))
+        for name in merged:
+            index = self.schema.get_field_index(name)
+            column = _gathered_dictionary([b.column(index) for b in self.batches], positions)
+            taken = taken.add_column(index, self.schema.field(index), column)
+        return taken
 
     def _keep(self, held: np.ndarray) -> None:
         """Hold only the rows where ``held`` is set; let go of batches no longer needed."""
@@ -278,6 +287,29 @@ class _Window:
         self.batches = table.to_batches()
         self.batch_rows = table.num_rows
         self.where = np.arange(table.num_rows, dtype=np.int64)
+
+
+def _merged_by_concatenation(field: pa.Field) -> bool:
+    """A source's dictionary column: batches bring their own dictionaries, maybe large.
+
+    Arrow would unify them (hash every value) on every take; concatenating
+    them and shifting the codes gives the same values without hashing.
+    ``kind`` has one small fixed dictionary and its codes mean something.
+    """
+    return pa.types.is_dictionary(field.type) and field.name not in fs.CORE_COLUMNS
+
+
+def _gathered_dictionary(columns: list[pa.DictionaryArray], positions: np.ndarray) -> pa.Array:
+    """The values at ``positions`` of the columns laid end to end, dictionaries concatenated."""
+    if not columns:
+        return pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), pa.array([], pa.string()))
+    sizes = np.array([len(column.dictionary) for column in columns], dtype=np.int64)
+    shifts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    codes = np.concatenate(
+        [c.indices.to_numpy().astype(np.int64) + s for c, s in zip(columns, shifts, strict=True)]
+    )
+    dictionary = pa.concat_arrays([column.dictionary for column in columns])
+    return pa.DictionaryArray.from_arrays(pa.array(codes[positions], pa.int32()), dictionary)
 
 
 def _split(table: pa.Table) -> Iterator[OrderedBatch]:
