@@ -12,11 +12,12 @@ import functools
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import typer
-from reliability.harness import ebcap_run, workload
+from reliability.harness import ebcap_process, workload
 
 from ebcap.format.reader import CaptureReader
 
@@ -47,22 +48,19 @@ CAPTURES = {
 syscalls captures record only their workload (--pid)."""
 
 
+ALONE = ("getppid",)
+"""Recorded after the others: their workloads call getppid() too."""
+
+
 @pytest.fixture(scope="session")
 def captures() -> Iterator[dict[str, Path]]:
     """The corpus, recorded by `ebcap record` once per session (needs root)."""
     directory = Path(tempfile.mkdtemp(prefix="ebcap-corpus-"))
     try:
-        paths = {}
-        for name, (args, load) in CAPTURES.items():
-            path = directory / f"{name}.arrow"
-            if load is None:
-                done = ebcap_run("record", "-o", path, *args)
-            else:
-                with workload(*load) as pid:
-                    only = [] if "-s" in args else ["--pid", str(pid)]
-                    done = ebcap_run("record", "-o", path, *only, *args)
-            assert done.returncode == 0, f"recording the {name} capture failed: {done.stderr}"
-            paths[name] = path
+        paths: dict[str, Path] = {}
+        together = [name for name in CAPTURES if name not in ALONE]
+        for group in (together, *([name] for name in ALONE)):
+            paths.update(_record_together(directory, group))
         with CaptureReader(paths["lost"]) as reader:
             assert (reader.totals or {}).get("lost", 0) > 0, "the lost capture lost nothing"
         for name in ("perf", "getppid"):
@@ -71,6 +69,24 @@ def captures() -> Iterator[dict[str, Path]]:
         yield paths
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _record_together(directory: Path, names: list[str]) -> dict[str, Path]:
+    """Record the captures ``names`` at the same time, each with its own workload."""
+    with ExitStack() as stack:
+        running = {}
+        for name in names:
+            args, load = CAPTURES[name]
+            only: list[str] = []
+            if load is not None:
+                pid = stack.enter_context(workload(*load))
+                only = [] if "-s" in args else ["--pid", str(pid)]
+            path = directory / f"{name}.arrow"
+            running[name] = (ebcap_process("record", "-o", path, *only, *args), path)
+        for name, (proc, _) in running.items():
+            _, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 0, f"recording the {name} capture failed: {stderr}"
+    return {name: path for name, (_, path) in running.items()}
 
 
 @pytest.fixture

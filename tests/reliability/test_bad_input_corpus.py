@@ -122,17 +122,20 @@ def test_every_command_refuses(
         assert files_in(out) == [], f"{name} left a file"
 
 
-@pytest.mark.parametrize("entry", ["random bytes", "capture cut in half", "ebcap version 99"])
-def test_the_entry_point_refuses(entry: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("entry", "command"),
+    [("random bytes", "info"), ("capture cut in half", "replay"), ("ebcap version 99", "sql")],
+)
+def test_the_entry_point_refuses(entry: str, command: str, tmp_path: Path) -> None:
     path = make(tmp_path, entry)
-    for argv in (["info", path], ["replay", "--sorted", path], ["sql", path, "SELECT 1"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "ebcap", *map(str, argv)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 2, done.stderr
-        assert done.stdout == ""
-        assert done.stderr.count("\n") == 1 and done.stderr.startswith("ebcap: error: ")
+    argv = [a.format(f=path, out=tmp_path) for a in COMMANDS[command]]
+    done = subprocess.run(
+        [sys.executable, "-m", "ebcap", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("ebcap: error: ")

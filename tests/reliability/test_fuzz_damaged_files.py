@@ -25,15 +25,15 @@ pytestmark = [pytest.mark.privileged, pytest.mark.timeout(300)]
 
 FAST_READERS = ("info", "recover")
 """Run at every truncation offset; the others at every STRIDE-th one and around each message."""
-STRIDE = 67
+STRIDE = 131
 
 FLIPS = {
-    "info": 200,
-    "replay": 150,
-    "sorted": 100,
-    "reorder": 100,
-    "export": 100,
-    "recover": 150,
+    "info": 120,
+    "replay": 90,
+    "sorted": 60,
+    "reorder": 60,
+    "export": 60,
+    "recover": 90,
     "sql": 20,
 }
 """Random single-bit flips per command and capture."""

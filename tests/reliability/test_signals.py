@@ -167,7 +167,7 @@ def test_second_interrupt_aborts_and_leaves_a_recoverable_file(
 def big_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A capture whose replay is far larger than a pipe buffer (64 KiB)."""
     out = tmp_path_factory.mktemp("pipe") / "big.arrow"
-    with workload(*BURSTS) as pid:
+    with workload(30.0, 1000, 0.001) as pid:
         done = ebcap_run("record", "-o", out, "--pid", str(pid), "--count", "20000")
     assert done.returncode == 0, done.stderr
     return out
