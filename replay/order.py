@@ -23,6 +23,7 @@ from typing import Final
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ebcap.errors import BadFileError
 from ebcap.format import schema as fs
@@ -260,8 +261,9 @@ class _Window:
         taken = table.drop_columns(merged).take(pa.array(positions, pa.int64()))
         for name in merged:
             index = self.schema.get_field_index(name)
-            column = _gathered_dictionary([b.column(index) for b in self.batches], positions)
-            taken = taken.add_column(index, self.schema.field(index), column)
+            field = self.schema.field(index)
+            column = _gathered_dictionary(field, [b.column(index) for b in self.batches], positions)
+            taken = taken.add_column(index, field, column)
         return taken
 
     def _keep(self, held: np.ndarray) -> None:
@@ -293,23 +295,42 @@ def _merged_by_concatenation(field: pa.Field) -> bool:
     """A source's dictionary column: batches bring their own dictionaries, maybe large.
 
     Arrow would unify them (hash every value) on every take; concatenating
-    them and shifting the codes gives the same values without hashing.
-    ``kind`` has one small fixed dictionary and its codes mean something.
+    them and shifting the codes gives the same values without hashing. Only
+    where the codes have room for that; ``kind`` has one small fixed
+    dictionary and its codes mean something.
     """
-    return pa.types.is_dictionary(field.type) and field.name not in fs.CORE_COLUMNS
+    kind = field.type
+    return (
+        pa.types.is_dictionary(kind)
+        and kind.index_type in (pa.int32(), pa.int64())
+        and field.name not in fs.CORE_COLUMNS
+    )
 
 
-def _gathered_dictionary(columns: list[pa.DictionaryArray], positions: np.ndarray) -> pa.Array:
+def _gathered_dictionary(
+    field: pa.Field, columns: list[pa.DictionaryArray], positions: np.ndarray
+) -> pa.Array:
     """The values at ``positions`` of the columns laid end to end, dictionaries concatenated."""
+    kind = field.type
     if not columns:
-        return pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), pa.array([], pa.string()))
+        return pa.DictionaryArray.from_arrays(
+            pa.array([], kind.index_type), pa.array([], kind.value_type)
+        )
     sizes = np.array([len(column.dictionary) for column in columns], dtype=np.int64)
     shifts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     codes = np.concatenate(
-        [c.indices.to_numpy().astype(np.int64) + s for c, s in zip(columns, shifts, strict=True)]
-    )
+        [
+            pc.fill_null(c.indices, 0).to_numpy().astype(np.int64) + shift
+            for c, shift in zip(columns, shifts, strict=True)
+        ]
+    )[positions]
+    nulls = None
+    if any(column.null_count for column in columns):
+        valid = np.concatenate([np.asarray(column.is_valid()) for column in columns])
+        nulls = ~valid[positions]
     dictionary = pa.concat_arrays([column.dictionary for column in columns])
-    return pa.DictionaryArray.from_arrays(pa.array(codes[positions], pa.int32()), dictionary)
+    indices = pa.array(codes, kind.index_type, mask=nulls)
+    return pa.DictionaryArray.from_arrays(indices, dictionary)
 
 
 def _split(table: pa.Table) -> Iterator[OrderedBatch]:

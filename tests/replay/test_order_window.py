@@ -73,20 +73,24 @@ def test_dictionary_columns_from_each_slice_keep_their_values(tmp_path: Path) ->
     table = write_capture(tmp_path / "c.arrow", spec)
 
     def label(rows: pa.RecordBatch) -> pa.RecordBatch:
-        text = [f"s{s % 7}" for s in rows.column("seq").to_pylist()]
+        text = [None if s % 5 == 0 else f"s{s % 7}" for s in rows.column("seq").to_pylist()]
         coded = pa.array(text, pa.string()).dictionary_encode()  # dictionary order differs
-        return rows.append_column("label", coded)
+        narrow = coded.cast(pa.dictionary(pa.int8(), pa.string()))  # no room to concatenate
+        return rows.append_column("label", coded).append_column("narrow", narrow)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(order, "SLICE_ROWS", 11)  # many slices, each with its own dictionary
         with CaptureReader(tmp_path / "c.arrow") as reader:
             batches = list(time_order(reader, prepare=label))
     got = [
-        (seq, value)
+        row
         for b in batches
-        for seq, value in zip(b.rows["seq"].to_pylist(), b.rows["label"].to_pylist(), strict=True)
+        for row in zip(
+            *(b.rows[name].to_pylist() for name in ("seq", "label", "narrow")), strict=True
+        )
     ]
     rows = sorted(table.to_pylist(), key=lambda r: (r["ts_ns"], r["cpu"], r["seq"]))
-    assert got == [(r["seq"], f"s{r['seq'] % 7}") for r in rows]
+    labels = [None if r["seq"] % 5 == 0 else f"s{r['seq'] % 7}" for r in rows]
+    assert got == [(r["seq"], x, x) for r, x in zip(rows, labels, strict=True)]
     kinds = [k for b in batches for k in b.rows.column("kind").to_pylist()]
     assert kinds == [r["kind"] for r in rows]
