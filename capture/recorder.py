@@ -244,7 +244,6 @@ class _DropTracker:
             return None
         return rows.drop_rows(deltas, time.monotonic_ns(), round_no)
 
-
     def unreported_rows(self, rows: RowAssembler, round_no: int) -> pa.RecordBatch | None:
         """Perf: ``lost`` rows for drops the kernel had not reported by the end."""
         if self._map is None or self._as_rows:
