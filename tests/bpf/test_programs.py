@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sources.rings import open_perf_ring
 
 from ebcap.bpf import _sys
 from ebcap.bpf.cpus import online_cpus, possible_cpus
@@ -64,23 +65,7 @@ def ringbuf_records(ring: Map) -> list[bytes]:
 def perf_rings(events: Map, pages: int = 32) -> Iterator[dict[int, mmap.mmap]]:
     """One BPF_OUTPUT perf ring per online CPU, plugged into ``events``."""
     with ExitStack() as stack:
-        rings = {}
-        for cpu in online_cpus():
-            attr = _sys.PerfEventAttr(
-                type=_sys.PERF_TYPE_SOFTWARE,
-                size=_sys.PERF_ATTR_SIZE,
-                config=_sys.PERF_COUNT_SW_BPF_OUTPUT,
-                sample_type=_sys.PERF_SAMPLE_RAW,
-                sample_period=1,
-                wakeup_events=1,
-            )
-            fd = _sys.perf_event_open(attr, -1, cpu, -1, _sys.PERF_FLAG_FD_CLOEXEC)
-            stack.callback(os.close, fd)
-            area = mmap.mmap(fd, (1 + pages) * PAGE, mmap.MAP_SHARED)
-            stack.callback(area.close)
-            events.update(struct.pack("<I", cpu), struct.pack("<I", fd))
-            _sys.ioctl(fd, _sys.PERF_EVENT_IOC_ENABLE)
-            rings[cpu] = area
+        rings = {cpu: open_perf_ring(events, cpu, stack, pages) for cpu in online_cpus()}
         yield rings
 
 

@@ -25,7 +25,8 @@ RING_BYTES = 4 << 20
 PERF_PAGES = 1024  # 4 MiB per CPU
 
 
-def _perf_ring(events: Map, cpu: int, stack: ExitStack) -> mmap.mmap:
+def open_perf_ring(events: Map, cpu: int, stack: ExitStack, pages: int = PERF_PAGES) -> mmap.mmap:
+    """A raw-sample BPF_OUTPUT perf ring on ``cpu`` in ``events``, undone by ``stack``."""
     attr = _sys.PerfEventAttr(
         type=_sys.PERF_TYPE_SOFTWARE,
         size=_sys.PERF_ATTR_SIZE,
@@ -36,7 +37,7 @@ def _perf_ring(events: Map, cpu: int, stack: ExitStack) -> mmap.mmap:
     )
     fd = _sys.perf_event_open(attr, -1, cpu, -1, _sys.PERF_FLAG_FD_CLOEXEC)
     stack.callback(os.close, fd)
-    area = mmap.mmap(fd, (1 + PERF_PAGES) * PAGE, mmap.MAP_SHARED)
+    area = mmap.mmap(fd, (1 + pages) * PAGE, mmap.MAP_SHARED)
     stack.callback(area.close)
     events.update(struct.pack("<I", cpu), struct.pack("<I", fd))
     _sys.ioctl(fd, _sys.PERF_EVENT_IOC_ENABLE)
@@ -112,7 +113,7 @@ def collect(
     with ExitStack() as stack:
         kernel = source.start(transport, RING_BYTES, stack)
         rings = (
-            {cpu: _perf_ring(kernel.events, cpu, stack) for cpu in online_cpus()}
+            {cpu: open_perf_ring(kernel.events, cpu, stack) for cpu in online_cpus()}
             if transport == "perf"
             else {}
         )
