@@ -10,7 +10,7 @@ Everything is vectorised over the batch.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +18,7 @@ import pyarrow as pa
 from ebcap.capture.batch import EventBatch
 from ebcap.capture.sources import Source
 from ebcap.format.schema import CORE_COLUMNS, KIND_LOST, KIND_SAMPLE, KINDS
+from ebcap.format.writer import CpuCounts
 
 KIND_CODE_SAMPLE = KINDS.index(KIND_SAMPLE)
 KIND_CODE_LOST = KINDS.index(KIND_LOST)
@@ -30,9 +31,9 @@ class RowAssembler:
 
     source: Source
     schema: pa.Schema
+    counts: CpuCounts
+    """The writer's per-CPU counts of the rows written (the one place they are counted)."""
     next_seq: int = 0
-    samples_per_cpu: dict[int, int] = field(default_factory=dict)
-    lost_per_cpu: dict[int, int] = field(default_factory=dict)
     payload_bytes: int = 0
     last_drain_ns: int = 0
     """CLOCK_MONOTONIC when the last batch with events was assembled."""
@@ -50,7 +51,6 @@ class RowAssembler:
         extra = self._decode(batch, is_sample, cpu, ts)
         seq = np.arange(self.next_seq, self.next_seq + n, dtype=np.uint64)
         self.next_seq += n
-        self._count(cpu, is_sample, batch.lost)
         self.payload_bytes += int(batch.offsets[-1] - batch.offsets[0])
         self.last_drain_ns = time.monotonic_ns()
         columns = {
@@ -85,16 +85,13 @@ class RowAssembler:
         )
         return self.assemble(lost_batch, round_no)
 
-    def _count(self, cpu: np.ndarray, is_sample: np.ndarray, lost: np.ndarray) -> None:
-        """Per-CPU samples and lost events (bincount: no sort on the hot path)."""
-        samples = np.bincount(cpu[is_sample])
-        for c in np.flatnonzero(samples).tolist():
-            self.samples_per_cpu[c] = self.samples_per_cpu.get(c, 0) + int(samples[c])
-        lost_rows = ~is_sample
-        if lost_rows.any():
-            lost_sums = np.bincount(cpu[lost_rows], weights=lost[lost_rows])
-            for c in np.flatnonzero(lost_sums).tolist():
-                self.lost_per_cpu[c] = self.lost_per_cpu.get(c, 0) + int(lost_sums[c])
+    @property
+    def samples_per_cpu(self) -> dict[int, int]:
+        return self.counts.events
+
+    @property
+    def lost_per_cpu(self) -> dict[int, int]:
+        return self.counts.lost
 
     def _decode(
         self, batch: EventBatch, is_sample: np.ndarray, cpu: np.ndarray, ts: np.ndarray

@@ -138,7 +138,7 @@ class Recorder:
         on_progress: Callable[[Progress], None] | None,
     ) -> RecordSummary:
         opts = self.options
-        rows = RowAssembler(self.source, writer.schema)
+        rows = RowAssembler(self.source, writer.schema, writer.counts)
         drops = _DropTracker(kernel, self.source, self.cpus)
         start = time.monotonic()
         last_tick = start
