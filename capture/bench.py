@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -221,15 +222,22 @@ def check_integrity(table: pa.Table, size: int) -> IntegrityReport:
     return report
 
 
-def _keep_consumer_off(producer_cpus: list[int]) -> None:
-    """Pin the consumer (this thread) to the CPUs nobody produces on, if any are left.
+@contextmanager
+def _consumer_off(producer_cpus: list[int]) -> Iterator[None]:
+    """Pin the consumer (this thread) to the CPUs nobody produces on, if any are left,
+    and give it its old CPUs back afterwards.
 
     The anchor harness does the same (consumer on CPU 1, producer on CPU 0).
     Producer threads pin themselves, so they are not affected.
     """
-    free = set(os.sched_getaffinity(0)) - set(producer_cpus)
+    before = os.sched_getaffinity(0)
+    free = set(before) - set(producer_cpus)
     if free:
         os.sched_setaffinity(0, free)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 @dataclass
@@ -277,11 +285,11 @@ def run_bench(
 
     producers = Producers(source, cpus, duration_s)
     recorder = Recorder(source, options)
-    _keep_consumer_off(cpus)
-    try:
-        summary = recorder.run(should_stop=producers.done.is_set, on_started=producers.start)
-    finally:
-        producers.stop()
+    with _consumer_off(cpus):
+        try:
+            summary = recorder.run(should_stop=producers.done.is_set, on_started=producers.start)
+        finally:
+            producers.stop()
     handled_ns = time.monotonic_ns()
     if producers.run.errors:
         raise CaptureError(producers.run.errors[0])

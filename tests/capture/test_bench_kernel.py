@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ pytestmark = pytest.mark.privileged
 @pytest.mark.parametrize("size", [24, 256])
 def test_bench_accounts_for_every_event(tmp_path: Path, transport: str, size: int) -> None:
     options = RecordOptions(output=tmp_path / "b.arrow", transport=transport, buffer_bytes=4 << 20)
+    cpus_before = os.sched_getaffinity(0)
     report = run_bench(BenchSource(size), [0], 0.3, options)
+    assert os.sched_getaffinity(0) == cpus_before, "the bench left this thread pinned"
     assert report.produced > 10_000
     assert report.ok, report
     assert report.received + report.lost_reported == report.produced
