@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -223,21 +224,10 @@ def _interrupted(output: Path) -> NoReturn:
     raise typer.Exit(INTERRUPTED_EXIT)
 
 
-class _StopFlag:
-    def __init__(self) -> None:
-        self._set = False
-
-    def set(self) -> None:
-        self._set = True
-
-    def is_set(self) -> bool:
-        return self._set
-
-
 @contextmanager
-def _stop_on_signals() -> Iterator[_StopFlag]:
+def _stop_on_signals() -> Iterator[threading.Event]:
     """First SIGINT/SIGTERM: finish cleanly. A second one: abort now (file stays recoverable)."""
-    flag = _StopFlag()
+    flag = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if flag.is_set():
