@@ -58,6 +58,16 @@ def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Outcome:
     return Outcome(code, captured.out, captured.err)
 
 
+def run_record(capsys: pytest.CaptureFixture[str], argv: list[str | Path]) -> Outcome:
+    """``ebcap record ARGV --pid P`` in this process while a child P makes the syscalls.
+
+    An in-process recording leaves out this process's own syscalls, and a quiet
+    machine may make none at all: without its own load a --count run would wait forever.
+    """
+    with workload(60.0, 5, 0.01) as pid:
+        return run_cli(capsys, ["record", *argv, "--pid", str(pid)])
+
+
 def is_one_line_error(outcome: Outcome, code: int = 2) -> bool:
     """Exit ``code`` and exactly one ``ebcap: error:`` line on stderr, no traceback."""
     lines = outcome.err.splitlines()

@@ -16,6 +16,7 @@ from reliability.harness import (
     ebcap_process,
     files_in,
     run_cli,
+    run_record,
     wait_for,
     workload,
 )
@@ -193,7 +194,7 @@ def test_forced_record_replaces_a_planted_symlink_not_its_target(
     victim.write_bytes(OLD)
     out = tmp_path / "run.arrow"
     (out if planted == "output" else partial_path(out)).symlink_to(victim)
-    outcome = run_cli(capsys, ["record", "-o", out, "--force", "--count", "1"])
+    outcome = run_record(capsys, ["-o", out, "--force", "--count", "1"])
     assert outcome.code == 0, outcome.describe()
     assert victim.read_bytes() == OLD
     assert not out.is_symlink() and mode(out) == 0o600
