@@ -112,7 +112,11 @@ class Recorder:
         opts = self.options
         schema = make_schema(self.source.arrow_fields(), capture_metadata(self, opts))
         writer = CaptureWriter(
-            opts.output, schema, force=opts.force, flush_interval=opts.flush_interval_s
+            opts.output,
+            schema,
+            force=opts.force,
+            flush_interval=opts.flush_interval_s,
+            background=True,
         )
         try:
             with ExitStack() as stack:

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from ebcap.errors import CaptureError, ClosedError, OutputExistsError, UsageError
 from ebcap.format import checksum
 from ebcap.format import schema as fs
+from ebcap.format.write_behind import WriteBehind
 
 COMPRESSION = "zstd"
 FILE_MODE = 0o600
@@ -85,7 +86,10 @@ class CaptureWriter:
     """Append rows to ``path`` (via ``path.partial``); :meth:`close` finishes the file.
 
     ``clock`` (seconds, monotonic) decides when ``flush_interval`` has passed;
-    tests inject a fake one.
+    tests inject a fake one. ``background``: batches are compressed and written
+    on a worker thread (:mod:`ebcap.format.write_behind`), so the caller can go
+    on draining rings meanwhile; the final batch and the footer are written by
+    :meth:`close` once the worker has caught up.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class CaptureWriter:
         flush_interval: float = 1.0,
         flush_rows: int = 65536,
         clock: Callable[[], float] = time.monotonic,
+        background: bool = False,
     ) -> None:
         if not flush_interval > 0:
             raise UsageError(f"flush interval must be positive, got {flush_interval}")
@@ -130,6 +135,7 @@ class CaptureWriter:
         except BaseException:
             self._discard()
             raise
+        self._behind = WriteBehind(f"ebcap writer {self.path.name}") if background else None
 
     def _check_destination(self) -> None:
         parent = self.path.parent
@@ -189,30 +195,43 @@ class CaptureWriter:
         self._write_buffer(custom_metadata=None)
 
     def _write_buffer(self, custom_metadata: dict[str, str] | None) -> None:
-        """Write the buffer in batches of at most ``flush_rows``; the last carries the metadata.
+        """Hand the buffered rows to be written (on the worker, if there is one).
 
-        Every batch carries its checksums; those of the last cover the totals too.
+        The batch carrying ``custom_metadata`` (the totals) is written here, after
+        every batch before it.
         """
         pending = self._buffer
         self._buffer, self._buffered_rows, self._oldest = [], 0, None
         if not pending and custom_metadata is None:
             return
+        try:
+            if self._behind is not None:
+                if custom_metadata is None:
+                    self._behind.submit(lambda: self._encode(pending, None))
+                    return
+                self._behind.wait()
+            self._encode(pending, custom_metadata)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _encode(
+        self, pending: list[pa.RecordBatch], custom_metadata: dict[str, str] | None
+    ) -> None:
+        """Write ``pending`` as batches of at most ``flush_rows``; the last carries the metadata.
+
+        Every batch carries its checksums; those of the last cover the totals too.
+        """
         whole = pa.concat_batches(pending) if pending else _empty_batch(self.schema)
         step = self.flush_rows
         pieces = [whole.slice(off, step) for off in range(0, whole.num_rows, step)] or [whole]
-        rows = 0
-        try:
-            for i, piece in enumerate(pieces):
-                meta = dict(custom_metadata or {}) if i == len(pieces) - 1 else {}
-                meta[fs.CHECKSUMS_KEY] = checksum.batch_checksums(
-                    piece, self._schema_crc, meta.get(fs.TOTALS_KEY)
-                )
-                self._ipc.write_batch(piece, custom_metadata=meta)
-                rows += piece.num_rows
-            self._file.flush()
-        except OSError as exc:
-            self._fail(exc)
-        self.rows_written += rows
+        for i, piece in enumerate(pieces):
+            meta = dict(custom_metadata or {}) if i == len(pieces) - 1 else {}
+            meta[fs.CHECKSUMS_KEY] = checksum.batch_checksums(
+                piece, self._schema_crc, meta.get(fs.TOTALS_KEY)
+            )
+            self._ipc.write_batch(piece, custom_metadata=meta)
+        self._file.flush()
+        self.rows_written += whole.num_rows  # counted once on disk (what recovery gets back)
         self.batches_written += len(pieces)
 
     def _check_seq(self, batch: pa.RecordBatch) -> None:
@@ -241,6 +260,7 @@ class CaptureWriter:
         merged.update(totals or {})
         text = fs.encode_totals(merged)
         self._write_buffer(custom_metadata={fs.TOTALS_KEY: text})
+        self._stop_behind()
         try:
             self._ipc.close()
             self._file.flush()
@@ -279,6 +299,7 @@ class CaptureWriter:
             return
         self._state = "aborted"
         self._buffer = []
+        self._stop_behind()  # what it holds is written: more to recover
         if self.batches_written:
             # The flushed batches are on disk already; a failing close loses nothing more.
             with contextlib.suppress(OSError):
@@ -286,8 +307,13 @@ class CaptureWriter:
         else:
             self._discard()
 
+    def _stop_behind(self) -> None:
+        if self._behind is not None:
+            self._behind.stop()
+
     def _discard(self) -> None:
         self._state = "aborted"
+        self._stop_behind()
         with contextlib.suppress(OSError):  # the file is removed next
             self._file.close()
         self.partial_path.unlink(missing_ok=True)

@@ -1,0 +1,86 @@
+"""Encoding and writing record batches on a thread of their own.
+
+Compressing and checksumming a batch of 65,536 events takes tens of
+milliseconds. Done on the thread that drains the kernel's rings, that is tens
+of milliseconds in which nobody frees ring space, and a fast producer fills a
+16 MiB ring of 256-byte events in a few. On a worker thread the drain goes on
+meanwhile: Arrow's compression and IPC write, its concatenation and zlib's
+CRC-32 all release the GIL.
+
+The queue is short on purpose: when the worker falls behind, the caller
+blocks (and the kernel counts the events it cannot take as lost) rather than
+buffering without bound; and a crash loses at most what is queued, a fraction
+of a flush interval.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Final
+
+Job = Callable[[], None]
+
+DEFAULT_DEPTH: Final = 2
+"""Jobs waiting besides the one being written."""
+
+_STOP: Final = None
+
+
+class WriteBehind:
+    """Runs jobs in submission order on one worker thread.
+
+    The first exception a job raises is kept and raised to the caller by the
+    next :meth:`submit` or :meth:`wait`; the jobs after it are skipped (the
+    file they would write to is in an unknown state).
+    """
+
+    def __init__(self, name: str, depth: int = DEFAULT_DEPTH) -> None:
+        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._work, name=name, daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; blocks while the queue is full. Raises an earlier job's error."""
+        self._raise_error()
+        if self._thread is None:
+            raise RuntimeError("write-behind thread is stopped")
+        self._jobs.put(job)
+
+    def wait(self) -> None:
+        """Return once every submitted job has run; raises the first error one raised."""
+        if self._thread is not None:
+            self._jobs.join()
+        self._raise_error()
+
+    def stop(self) -> None:
+        """Let the queued jobs finish, then end the thread. Errors are kept, not raised."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(_STOP)
+            thread.join()
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is _STOP:
+                    return
+                if self._error is None:
+                    job()
+            except BaseException as exc:  # handed to the caller's thread
+                self._error = exc
+            finally:
+                self._jobs.task_done()

@@ -1,0 +1,155 @@
+"""Writing on a worker thread: order kept, errors reach the caller, nothing left unwritten."""
+
+from __future__ import annotations
+
+import errno
+import threading
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from format.test_writer import SCHEMA, batches_on_disk, rows
+
+from ebcap.errors import CaptureError
+from ebcap.format import CaptureReader, CaptureWriter
+from ebcap.format.write_behind import WriteBehind
+from ebcap.format.writer import partial_path
+
+
+def test_jobs_run_in_submission_order() -> None:
+    done: list[int] = []
+    behind = WriteBehind("test")
+    for i in range(200):
+        behind.submit(lambda i=i: done.append(i))
+    behind.wait()
+    behind.stop()
+    assert done == list(range(200))
+
+
+def test_an_error_reaches_the_caller_and_later_jobs_are_skipped() -> None:
+    done: list[int] = []
+    behind = WriteBehind("test")
+
+    def fail() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    behind.submit(lambda: done.append(1))
+    behind.submit(fail)
+    behind.submit(lambda: done.append(3))
+    with pytest.raises(OSError, match="No space"):
+        behind.wait()
+    with pytest.raises(OSError, match="No space"):
+        behind.submit(lambda: done.append(4))
+    behind.stop()
+    assert done == [1] and behind.failed
+
+
+def test_a_full_queue_holds_the_caller_back() -> None:
+    """Bounded: a caller faster than the disk waits instead of buffering without limit."""
+    release = threading.Event()
+    behind = WriteBehind("test", depth=1)
+    behind.submit(release.wait)  # being run
+    behind.submit(lambda: None)  # fills the queue
+    third = threading.Thread(target=behind.submit, args=(lambda: None,))
+    third.start()
+    third.join(timeout=0.3)
+    assert third.is_alive(), "submit returned although the queue was full"
+    release.set()
+    third.join(timeout=10)
+    assert not third.is_alive()
+    behind.wait()
+    behind.stop()
+
+
+def test_stop_finishes_queued_jobs_then_refuses_more() -> None:
+    release = threading.Event()
+    done: list[int] = []
+    behind = WriteBehind("test")
+    behind.submit(release.wait)
+    behind.submit(lambda: done.append(1))
+    threading.Timer(0.1, release.set).start()
+    behind.stop()
+    assert done == [1]
+    with pytest.raises(RuntimeError, match="stopped"):
+        behind.submit(lambda: None)
+    behind.stop()  # again: nothing
+
+
+class HeldWrites:
+    """Wraps the IPC writer so each batch write waits until the test lets it go."""
+
+    def __init__(self, ipc: Any, error: OSError | None = None) -> None:
+        self._ipc = ipc
+        self.error = error
+        self.go = threading.Event()
+        self.started = threading.Event()
+
+    def write_batch(self, batch: pa.RecordBatch, custom_metadata: Any = None) -> None:
+        self.started.set()
+        self.go.wait()
+        if self.error is not None:
+            raise self.error
+        self._ipc.write_batch(batch, custom_metadata=custom_metadata)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ipc, name)
+
+
+def test_flush_returns_while_the_worker_writes(tmp_path: Path) -> None:
+    out = tmp_path / "run.arrow"
+    writer = CaptureWriter(out, SCHEMA, flush_rows=100, background=True)
+    held = HeldWrites(writer._ipc)
+    writer._ipc = held
+    writer.write(rows(0, 100))  # reaches flush_rows: handed over
+    assert held.started.wait(10)
+    assert writer.batches_written == 0, "the caller waited for the write"
+    writer.write(rows(100, 50))  # the caller goes on meanwhile
+    held.go.set()
+    writer.close()
+    with CaptureReader(out) as reader:
+        table = reader.to_table()
+    assert table["seq"].to_pylist() == list(range(150))
+    assert table.to_pydict()["data"] == rows(0, 150)["data"]
+
+
+def test_many_batches_arrive_whole_and_in_order(tmp_path: Path) -> None:
+    out = tmp_path / "run.arrow"
+    with CaptureWriter(out, SCHEMA, flush_rows=64, background=True) as writer:
+        for start in range(0, 10_000, 37):
+            writer.write(rows(start, min(37, 10_000 - start)))
+    with CaptureReader(out) as reader:
+        assert reader.num_batches >= 10_000 // 64
+        table = reader.to_table()
+    assert table["seq"].to_pylist() == list(range(10_000))
+    assert table["pid"].to_pylist() == [s + 1000 for s in range(10_000)]
+
+
+def test_a_failed_background_write_is_one_capture_error(tmp_path: Path) -> None:
+    """Disk full on the worker: the caller's next call fails with the usual message, and
+    the batches written before stay recoverable in .partial."""
+    out = tmp_path / "run.arrow"
+    writer = CaptureWriter(out, SCHEMA, flush_rows=100, background=True)
+    writer.write(rows(0, 100))
+    writer._behind.wait()  # type: ignore[union-attr]
+    held = HeldWrites(writer._ipc, OSError(errno.ENOSPC, "No space left on device"))
+    held.go.set()
+    writer._ipc = held
+    writer.write(rows(100, 100))
+    with pytest.raises(CaptureError, match=r"disk full .* the 100 rows flushed before"):
+        writer.close()
+    assert not out.exists()
+    assert batches_on_disk(partial_path(out)) == [100]
+
+
+def test_abort_writes_what_was_handed_over(tmp_path: Path) -> None:
+    """Aborting (a second Ctrl-C) still leaves every handed-over batch in .partial."""
+    out = tmp_path / "run.arrow"
+    writer = CaptureWriter(out, SCHEMA, flush_rows=100, background=True)
+    held = HeldWrites(writer._ipc)
+    writer._ipc = held
+    writer.write(rows(0, 100))
+    writer.write(rows(100, 100))
+    threading.Timer(0.1, held.go.set).start()
+    writer.abort()
+    assert batches_on_disk(partial_path(out)) == [100, 100]
