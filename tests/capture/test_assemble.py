@@ -1,0 +1,90 @@
+"""Rows from drained batches: numbering, ts/cpu from the payload, decoded columns, gaps."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ebcap.capture.assemble import KIND_CODE_LOST, KIND_CODE_SAMPLE, RowAssembler
+from ebcap.capture.batch import EventBatch
+from ebcap.capture.layout import parse_layout
+from ebcap.capture.sources import PinnedSource
+from ebcap.format import schema as fs
+from ebcap.format.schema import make_schema
+from ebcap.format.writer import CpuCounts
+
+LAYOUT = "ts:u64,cpu:u32,seq:u32,pad:8x"
+EVENT = struct.Struct("<QII8x")
+
+
+def assembler() -> RowAssembler:
+    source = PinnedSource("/sys/fs/bpf/none", parse_layout(LAYOUT))
+    schema = make_schema(source.arrow_fields(), {fs.META_TRANSPORT: "perf", fs.META_SOURCE: "t"})
+    return RowAssembler(source, schema, CpuCounts())
+
+
+def event_batch(rows: list[tuple[str, bytes | int]]) -> EventBatch:
+    """("sample", payload) or ("lost", count) rows; the reader's cpu/ts are 7 and 1000+i."""
+    payloads = [p if kind == "sample" else b"" for kind, p in rows]
+    lengths = [len(p) for p in payloads]  # type: ignore[arg-type]
+    return EventBatch(
+        cpu=np.full(len(rows), 7, dtype=np.uint16),
+        ts_ns=np.arange(1000, 1000 + len(rows), dtype=np.uint64),
+        kind=np.array(
+            [KIND_CODE_SAMPLE if k == "sample" else KIND_CODE_LOST for k, _ in rows], np.int8
+        ),
+        lost=np.array([p if k == "lost" else 0 for k, p in rows], dtype=np.uint64),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        values=np.frombuffer(b"".join(payloads), dtype=np.uint8),  # type: ignore[arg-type]
+    )
+
+
+def event(i: int, extra: bytes = b"") -> bytes:
+    return EVENT.pack(5_000_000 + i * 17, i % 2, i) + extra
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "all samples of one size",
+        "lost rows between equal samples",
+        "payloads of different lengths",
+        "short payloads among them",
+    ],
+)
+def test_rows_carry_what_the_payloads_say(pattern: str) -> None:
+    rows: list[tuple[str, bytes | int]] = []
+    expected: list[tuple[int, int, int | None]] = []  # ts, cpu, decoded seq (None: not decoded)
+    for i in range(300):
+        if pattern == "lost rows between equal samples" and i % 7 == 3:
+            rows.append(("lost", i))
+            expected.append((1000 + len(rows) - 1, 7, None))
+            continue
+        if pattern == "short payloads among them" and i % 11 == 5:
+            rows.append(("sample", b"\x01" * 10))
+            expected.append((1000 + len(rows) - 1, 7, None))
+            continue
+        extra = b"\xee" * (i % 5 * 8) if pattern == "payloads of different lengths" else b""
+        rows.append(("sample", event(i, extra)))
+        expected.append((5_000_000 + i * 17, i % 2, i))
+    rows_out = assembler()
+    first = rows_out.assemble(event_batch(rows[:120]), round_no=1)
+    second = rows_out.assemble(event_batch(rows[120:]), round_no=2)
+    assert first is not None and second is not None
+    table = pa.Table.from_batches([first, second])
+    assert table["seq"].to_pylist() == list(range(len(rows)))
+    columns = (table[name].to_pylist() for name in ("ts_ns", "cpu", "ev_seq"))
+    got = list(zip(*columns, strict=True))
+    # ts of reader-stamped rows restarts at 1000 in the second batch
+    want = [
+        (ts if dec is not None else 1000 + (i if i < 120 else i - 120), cpu, dec)
+        for i, (ts, cpu, dec) in enumerate(expected)
+    ]
+    assert got == want
+    assert table["data"].to_pylist() == [p if k == "sample" else b"" for k, p in rows]
+    assert table["round"].to_pylist() == [1] * 120 + [2] * (len(rows) - 120)
+    short = pattern == "short payloads among them"
+    assert rows_out.undecodable == (sum(1 for i in range(300) if i % 11 == 5) if short else 0)
