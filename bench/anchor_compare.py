@@ -121,6 +121,7 @@ def run_ebcap(
     pin = PIN_DIR / ("rb" if transport == "rb" else "pb")
     cmd = [
         sys.executable,
+        "-P",  # not the source tree's ebcap/ from the current directory
         "-m",
         "ebcap",
         "record",

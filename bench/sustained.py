@@ -169,7 +169,7 @@ def replay_lines(path: Path) -> tuple[int, int, float]:
     """(exit status, lines printed, seconds) of `ebcap replay FILE`, output counted here."""
     start = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ebcap", "replay", str(path)], stdout=subprocess.PIPE
+        [sys.executable, "-P", "-m", "ebcap", "replay", str(path)], stdout=subprocess.PIPE
     )
     assert proc.stdout is not None
     lines = 0
