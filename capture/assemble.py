@@ -108,7 +108,8 @@ class RowAssembler:
         rows = np.flatnonzero(usable)
         if len(rows) == 0:
             return {name: pa.nulls(n, self.schema.field(name).type) for name in names}
-        events = _gather(batch, rows, layout.size).view(layout.dtype).reshape(-1)
+        named = layout.named_dtype
+        events = _gather(batch, rows, named.itemsize).view(named).reshape(-1)
         if layout.ts_field:
             ts[rows] = events[layout.ts_field].astype(np.uint64)
         if layout.cpu_field:

@@ -47,6 +47,26 @@ class PayloadLayout:
         return int(self.dtype.itemsize)
 
     @property
+    def named_dtype(self) -> np.dtype:
+        """The layout cut after its last named field: what decoding reads.
+
+        Trailing padding (``pad:240x`` after a 16-byte header) is never looked at,
+        so it is not copied out of each payload either.
+        """
+        fields = _fields(self.dtype)
+        end = max((f[1] + f[0].itemsize for f in fields.values()), default=0)
+        if end == self.size:
+            return self.dtype
+        return np.dtype(
+            {
+                "names": list(fields),
+                "formats": [f[0] for f in fields.values()],
+                "offsets": [f[1] for f in fields.values()],
+                "itemsize": end,
+            }
+        )
+
+    @property
     def column_fields(self) -> list[str]:
         """Payload fields that become their own columns (ts/cpu go to the core ones)."""
         names = self.dtype.names or ()

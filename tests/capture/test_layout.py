@@ -62,3 +62,14 @@ def test_bad_layouts_are_usage_errors(spec: str) -> None:
 def test_strings_stop_at_nul_and_survive_bad_utf8() -> None:
     values = np.array([b"bash\0zzz", b"\xff\xfe", b"", b"bash"], dtype="S8")
     assert strings_from_bytes(values).to_pylist() == ["bash", "\ufffd\ufffd", "", "bash"]
+
+
+def test_decoding_reads_up_to_the_last_named_field_only() -> None:
+    layout = parse_layout("ts:u64,pad:4x,cpu:u32,pad:240x")
+    named = layout.named_dtype
+    assert (layout.size, named.itemsize) == (256, 16)
+    assert named.fields is not None and named.fields["cpu"][1] == 12
+    assert (
+        parse_layout("ts:u64,cpu:u32,seq:u32").named_dtype
+        == parse_layout("ts:u64,cpu:u32,seq:u32").dtype
+    )
