@@ -27,7 +27,7 @@ from ebcap.capture.metadata import capture_metadata
 from ebcap.capture.readers import Reader, open_reader
 from ebcap.capture.sources import KernelSide, Source, read_percpu_u64
 from ebcap.format.schema import make_schema
-from ebcap.format.writer import CaptureWriter, utc_now_iso
+from ebcap.format.writer import DEFAULT_ZSTD_LEVEL, CaptureWriter, utc_now_iso
 
 POLL_INTERVAL_S = 0.1
 DROP_POLL_INTERVAL_S = 0.5
@@ -48,6 +48,7 @@ class RecordOptions:
     duration_s: float | None = None
     count: int | None = None
     flush_interval_s: float = 1.0
+    zstd_level: int = DEFAULT_ZSTD_LEVEL
     force: bool = False
     command: list[str] = field(default_factory=list)
 
@@ -117,6 +118,7 @@ class Recorder:
             force=opts.force,
             flush_interval=opts.flush_interval_s,
             background=True,
+            zstd_level=opts.zstd_level,
         )
         try:
             with ExitStack() as stack:

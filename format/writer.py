@@ -29,6 +29,9 @@ from ebcap.format import schema as fs
 from ebcap.format.write_behind import WriteBehind
 
 COMPRESSION = "zstd"
+DEFAULT_ZSTD_LEVEL = 1
+"""zstd's fastest positive level: ~15 B per 24-byte event. Negative levels trade size
+for speed (-1: ~25 % larger files, ~20 % less compression time)."""
 FILE_MODE = 0o600
 """Events can hold secrets (paths, arguments, packet bytes): owner-only."""
 
@@ -42,6 +45,15 @@ def partial_path(path: str | os.PathLike[str]) -> Path:
     """Where a capture into ``path`` lives until it is closed."""
     p = Path(path)
     return p.with_name(p.name + PARTIAL_SUFFIX)
+
+
+def zstd_codec(level: int) -> pa.Codec:
+    """The zstd codec at ``level``; UsageError outside what this zstd accepts."""
+    low = pa.Codec.minimum_compression_level(COMPRESSION)
+    high = pa.Codec.maximum_compression_level(COMPRESSION)
+    if not low <= level <= high:
+        raise UsageError(f"zstd level must be {low}..{high}, got {level}")
+    return pa.Codec(COMPRESSION, compression_level=level)
 
 
 def utc_now_iso() -> str:
@@ -102,11 +114,13 @@ class CaptureWriter:
         flush_rows: int = 65536,
         clock: Callable[[], float] = time.monotonic,
         background: bool = False,
+        zstd_level: int = DEFAULT_ZSTD_LEVEL,
     ) -> None:
         if not flush_interval > 0:
             raise UsageError(f"flush interval must be positive, got {flush_interval}")
         if flush_rows < 1:
             raise UsageError(f"flush rows must be at least 1, got {flush_rows}")
+        codec = zstd_codec(zstd_level)
         self.path = Path(path)
         self.partial_path = partial_path(self.path)
         _check_schema(schema)
@@ -130,7 +144,7 @@ class CaptureWriter:
         self._check_destination()
         self._file = self._create_partial()
         try:
-            options = pa.ipc.IpcWriteOptions(compression=COMPRESSION)
+            options = pa.ipc.IpcWriteOptions(compression=codec)
             self._ipc = pa.ipc.new_file(self._file, self.schema, options=options)
         except BaseException:
             self._discard()

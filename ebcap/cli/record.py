@@ -99,6 +99,11 @@ def record(
     flush_interval: float = typer.Option(
         1.0, "--flush-interval", help="Write a batch to disk at least this often (seconds)."
     ),
+    zstd_level: int = typer.Option(
+        1,
+        "--zstd-level",
+        help="Compression of the file: 1 (default) .. 22 smaller; negative levels are faster.",
+    ),
     pid: int = typer.Option(0, "--pid", help="syscalls: only this process (tgid)."),
     comm: str | None = typer.Option(
         None, "--comm", help="syscalls: only tasks with this command name."
@@ -124,6 +129,7 @@ def record(
     from ebcap.capture.layout import parse_layout
     from ebcap.capture.recorder import Recorder, RecordOptions
     from ebcap.capture.sources import TRANSPORTS, parse_source
+    from ebcap.format.writer import zstd_codec
     from ebcap.replay.memory import use_streaming_pool
 
     if list_sources:
@@ -146,6 +152,10 @@ def record(
         raise UsageError("--count must be positive")
     if flush_interval <= 0:
         raise UsageError("--flush-interval must be positive")
+    try:
+        zstd_codec(zstd_level)
+    except UsageError as exc:
+        raise UsageError(f"--zstd-level: {exc}") from None
     if comm is not None and not 0 < len(comm.encode()) <= 15:
         raise UsageError("--comm must be 1..15 bytes (the kernel's TASK_COMM_LEN - 1)")
     wakeup_events, watermark = parse_wakeup(wakeup)
@@ -192,6 +202,7 @@ def record(
         duration_s=duration,
         count=count,
         flush_interval_s=flush_interval,
+        zstd_level=zstd_level,
         force=force,
         command=["ebcap", *sys.argv[1:]],
     )

@@ -415,3 +415,30 @@ def test_disk_full_before_any_flush_leaves_nothing(tiny_fs: Path) -> None:
     with pytest.raises(CaptureError, match="nothing had been flushed yet"):
         writer.flush()
     assert list(tiny_fs.iterdir()) == []
+
+
+@pytest.mark.parametrize("level", [-5, 1, 9])
+def test_zstd_level_trades_size_and_keeps_every_value(tmp_path: Path, level: int) -> None:
+    def write(path: Path, zstd_level: int) -> int:
+        with CaptureWriter(path, SCHEMA, zstd_level=zstd_level) as writer:
+            data = rows(0, 20_000, payload=64)
+            data["data"] = [bytes(range(i % 200, i % 200 + 40)) * 2 for i in range(20_000)]
+            writer.write(data)
+        return path.stat().st_size
+
+    size = write(tmp_path / "level.arrow", level)
+    default = write(tmp_path / "default.arrow", 1)
+    if level < 1:
+        assert size > default
+    elif level > 1:
+        assert size < default
+    with CaptureReader(tmp_path / "level.arrow") as chosen:
+        table = chosen.to_table()
+    with CaptureReader(tmp_path / "default.arrow") as usual:
+        assert table.equals(usual.to_table())
+
+
+def test_zstd_level_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="zstd level"):
+        CaptureWriter(tmp_path / "x.arrow", SCHEMA, zstd_level=99)
+    assert list(tmp_path.iterdir()) == []

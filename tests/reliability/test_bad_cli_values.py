@@ -118,6 +118,7 @@ RECORDING = {
     "negative duration": (["--duration", "-1"], "--duration"),
     "zero count": (["--count", "0"], "--count"),
     "zero flush interval": (["--flush-interval", "0"], "--flush-interval"),
+    "zstd level too high": (["--zstd-level", "23"], "--zstd-level"),
     "no output": ([], "--output"),
     "output in a missing directory": (["-o", "{dir}/no/such/run.arrow"], "does not exist"),
     "output is a directory": (["-o", "{dir}"], "directory"),
