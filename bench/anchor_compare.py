@@ -36,6 +36,8 @@ import ebcap
 ROOT = Path(__file__).resolve().parent.parent
 ANCHORS = ROOT.parent / "shared" / "anchors"
 PIN_DIR = Path("/sys/fs/bpf/ebcap-bench")
+EBCAP_ARGS: list[str] = []
+"""Extra `ebcap record` arguments (--ebcap-args), e.g. a zstd level."""
 APT = ["clang", "llvm", "libbpf-dev", "bpftool", "libelf-dev", "make"]
 
 
@@ -137,6 +139,7 @@ def run_ebcap(
         str(ready),
         "--wakeup",
         str(wakeup),
+        *EBCAP_ARGS,
     ]
     # Consumer on CPU1 like the anchor's `-c 1`.
     recorder = subprocess.Popen(
@@ -175,7 +178,10 @@ def main() -> int:
     parser.add_argument("--transports", default="rb,pb")
     parser.add_argument("--layouts", default="1P,2P")
     parser.add_argument("--wakeup", type=int, default=64, help="perf wakeup_events for both")
+    parser.add_argument("--ebcap-args", default="", help="more `ebcap record` arguments")
+    parser.add_argument("--csv", default="anchor_compare.csv", help="file in bench/results/")
     args = parser.parse_args()
+    EBCAP_ARGS[:] = args.ebcap_args.split()
     if os.geteuid() != 0:
         print("anchor_compare: run as root", file=sys.stderr)
         return 2
@@ -206,7 +212,7 @@ def main() -> int:
                             rows.append(row)
                             print(json.dumps(row), flush=True)
         subprocess.run([str(build / "producer"), "-X"], check=False, capture_output=True)
-    with open(results_dir / "anchor_compare.csv", "w", newline="") as f:
+    with open(results_dir / args.csv, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
         writer.writeheader()
         writer.writerows(rows)

@@ -15,17 +15,22 @@ does not depend on how a batch was sliced or compressed.
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Mapping
 from typing import Final
 
 import numpy as np
 import pyarrow as pa
 
+try:  # ISA-L: the same CRC-32, ~5x faster than zlib's on this kind of machine (PCLMULQDQ)
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - a platform without isal wheels
+    from zlib import crc32
+
 from ebcap.format import schema as fs
 
 ALGORITHM: Final = "crc32"
-"""CRC-32 as zlib computes it (ISO-HDLC polynomial), written as 8 lowercase hex digits."""
+"""CRC-32 as zlib computes it (ISO-HDLC polynomial), written as 8 lowercase hex digits
+(ISA-L computes the very same value faster; either may check a file)."""
 
 _OFFSET_TYPES: Final = {
     pa.binary(): np.int32,
@@ -39,9 +44,9 @@ def schema_crc(schema: pa.Schema) -> int:
     """CRC-32 of the column names, types and nullability and of the schema metadata."""
     crc = 0
     for field in schema:
-        crc = zlib.crc32(f"{field.name}\0{field.type}\0{int(field.nullable)}\0".encode(), crc)
+        crc = crc32(f"{field.name}\0{field.type}\0{int(field.nullable)}\0".encode(), crc)
     for key, value in sorted((schema.metadata or {}).items()):
-        crc = zlib.crc32(key + b"\0" + value + b"\0", crc)
+        crc = crc32(key + b"\0" + value + b"\0", crc)
     return crc
 
 
@@ -50,7 +55,7 @@ def column_crc(array: pa.Array) -> int:
     crc = 0
     if array.null_count:
         valid = array.is_valid().to_numpy(zero_copy_only=False)
-        crc = zlib.crc32(np.packbits(valid, bitorder="little").tobytes(), crc)
+        crc = crc32(np.packbits(valid, bitorder="little").tobytes(), crc)
     if pa.types.is_dictionary(array.type):
         array = array.indices
     kind = array.type
@@ -63,19 +68,19 @@ def column_crc(array: pa.Array) -> int:
             buffers[1], dtype=dtype, count=len(array) + 1, offset=array.offset * dtype.itemsize
         )
         start, end = int(offsets[0]), int(offsets[-1])
-        crc = zlib.crc32((offsets - offsets[0]).tobytes(), crc)
+        crc = crc32((offsets - offsets[0]).tobytes(), crc)
         if buffers[2] is not None:
-            crc = zlib.crc32(memoryview(buffers[2])[start:end], crc)
+            crc = crc32(memoryview(buffers[2])[start:end], crc)
         return crc
     width = _byte_width(kind)
     if width:
         if buffers[1] is not None:
-            crc = zlib.crc32(
+            crc = crc32(
                 memoryview(buffers[1])[array.offset * width : (array.offset + len(array)) * width],
                 crc,
             )
         return crc
-    return zlib.crc32(repr(array.to_pylist()).encode(), crc)  # types ebcap never writes
+    return crc32(repr(array.to_pylist()).encode(), crc)  # types ebcap never writes
 
 
 def _byte_width(kind: pa.DataType) -> int:
@@ -97,7 +102,7 @@ def batch_checksums(
         "columns": [_hex(column_crc(column)) for column in batch.columns],
     }
     if totals_text is not None:
-        entry["totals"] = _hex(zlib.crc32(totals_text.encode()))
+        entry["totals"] = _hex(crc32(totals_text.encode()))
     return json.dumps(entry, separators=(",", ":"))
 
 
@@ -136,7 +141,7 @@ def checksum_problem(
     totals = custom.get(fs.TOTALS_KEY.encode())
     if (totals is None) != (totals_value is None):
         return "the totals do not match their checksum"
-    if totals is not None and zlib.crc32(totals) != totals_value:
+    if totals is not None and crc32(totals) != totals_value:
         return "the totals do not match their checksum"
     return ""
 

@@ -4,7 +4,7 @@ Compressing and checksumming a batch of 65,536 events takes tens of
 milliseconds. Done on the thread that drains the kernel's rings, that is tens
 of milliseconds in which nobody frees ring space, and a fast producer fills a
 16 MiB ring of 256-byte events in a few. On a worker thread the drain goes on
-meanwhile: Arrow's compression and IPC write, its concatenation and zlib's
+meanwhile: Arrow's compression and IPC write, its concatenation and the
 CRC-32 all release the GIL.
 
 The queue is short on purpose: when the worker falls behind, the caller
