@@ -144,7 +144,9 @@ class CaptureWriter:
         self._check_destination()
         self._file = self._create_partial()
         try:
-            options = pa.ipc.IpcWriteOptions(compression=codec)
+            # One compressing thread: Arrow's pool would add a thread per core, and
+            # those preempt the thread that drains the rings (see write_behind.py).
+            options = pa.ipc.IpcWriteOptions(compression=codec, use_threads=False)
             self._ipc = pa.ipc.new_file(self._file, self.schema, options=options)
         except BaseException:
             self._discard()
