@@ -139,6 +139,9 @@ def run_ebcap(
         str(ready),
         "--wakeup",
         str(wakeup),
+        # struct bench_stats {invocations, rb_drops, pb_fail, ...}: the failures become lost rows
+        "--drops",
+        f"{PIN_DIR / 'stats'}:{1 if transport == 'rb' else 2}",
         *EBCAP_ARGS,
     ]
     # Consumer on CPU1 like the anchor's `-c 1`.
@@ -155,17 +158,17 @@ def run_ebcap(
     p = result_line(p_out, "producer")
     produced = int(p["produced"])
     with ebcap.open(out) as reader:
-        table = reader.to_table().select(["ts_ns", "kind"])
+        table = reader.to_table().select(["ts_ns", "kind", "lost"])
         last_drain_ns = int(reader.totals["last_drain_ns"])
     samples = table.filter(pc.equal(table["kind"].cast(pa.string()), "sample"))
     first_ts = int(pc.min(samples["ts_ns"]).as_py())
     received = samples.num_rows
-    dropped = int(p["rb_drops"]) if transport == "rb" else int(p["pb_fail"])
+    lost_in_file = int(pc.sum(table["lost"]).as_py() or 0)
     return {
         "produced_per_s": float(p["produced_per_s"]),
         "consumed_per_s": received / ((last_drain_ns - first_ts) / 1e9),
         "loss_pct": 100.0 * (produced - received) / produced,
-        "unaccounted": produced - received - dropped,
+        "unaccounted": produced - received - lost_in_file,  # every loss must be a row
         "bytes_per_event": summary["bytes_per_event"],
     }
 

@@ -125,11 +125,12 @@ class Recorder:
                 kernel = self.source.start(self.transport, opts.buffer_bytes, stack)
                 reader = open_reader(self.transport, kernel.events, self.cpus, opts, self.source)
                 stack.callback(reader.close)
+                drops = _DropTracker(kernel, self.source, self.cpus)  # before any event flows
                 if kernel.attach is not None:
                     kernel.attach()
                 if on_started is not None:
                     on_started()
-                summary = self._loop(writer, reader, kernel, should_stop, on_progress)
+                summary = self._loop(writer, reader, kernel, drops, should_stop, on_progress)
         except BaseException:
             writer.abort()
             raise
@@ -140,12 +141,12 @@ class Recorder:
         writer: CaptureWriter,
         reader: Reader,
         kernel: KernelSide,
+        drops: _DropTracker,
         should_stop: Callable[[], bool],
         on_progress: Callable[[Progress], None] | None,
     ) -> RecordSummary:
         opts = self.options
         rows = RowAssembler(self.source, writer.schema, writer.counts)
-        drops = _DropTracker(kernel, self.source, self.cpus)
         start = time.monotonic()
         last_tick = start
         rounds = 0
@@ -236,11 +237,16 @@ class _DropTracker:
         )
         self.cpus = set(cpus)
         self.total: dict[int, int] = {}
+        self._start = self._read()
+        """What the counter held before recording (a pinned producer's may not start at 0)."""
+
+    def _read(self) -> list[int]:
+        return read_percpu_u64(self._map, self._field) if self._map is not None else []
 
     def rows(self, rows: RowAssembler, round_no: int) -> pa.RecordBatch | None:
         if self._map is None:
             return None
-        counts = read_percpu_u64(self._map, self._field)
+        counts = [now - before for now, before in zip(self._read(), self._start, strict=True)]
         deltas = {}
         for cpu, count in enumerate(counts):
             if cpu in self.cpus and count != self.total.get(cpu, 0):

@@ -167,11 +167,20 @@ class SyscallsSource(Source):
 
 
 class PinnedSource(Source):
-    """Someone else's pinned RINGBUF or PERF_EVENT_ARRAY, decoded by a given layout."""
+    """Someone else's pinned RINGBUF or PERF_EVENT_ARRAY, decoded by a given layout.
 
-    def __init__(self, path: str, layout: PayloadLayout | None):
+    A ring buffer has no lost counter in the kernel: only the producer knows
+    how many reserves failed. ``drops`` names where it counts them (a pinned
+    PERCPU_ARRAY and which u64 of its value at key 0), so that those losses
+    become rows of the file like those of the built-in sources.
+    """
+
+    def __init__(
+        self, path: str, layout: PayloadLayout | None, drops: tuple[str, int] | None = None
+    ):
         self.path = path
         self.layout = layout
+        self.drops = drops
         self.spec = f"pin:{path}"
         self._map_type: int | None = None
 
@@ -197,7 +206,38 @@ class PinnedSource(Source):
     def start(self, transport: str, buffer_bytes: int, stack: ExitStack) -> KernelSide:
         pinned = self._open()
         stack.callback(pinned.close)
-        return KernelSide(pinned)
+        if self.drops is None:
+            return KernelSide(pinned)
+        path, field = self.drops
+        counters = open_drop_counter(path, field)
+        stack.callback(counters.close)
+        return KernelSide(pinned, counters, drops_field=field)
+
+
+def parse_drops(spec: str) -> tuple[str, int]:
+    """``PATH`` or ``PATH:N`` (the N-th u64 of the value; default 0)."""
+    path, colon, field = spec.rpartition(":")
+    if not colon or not field.isdigit():
+        return spec, 0
+    return path, int(field)
+
+
+def open_drop_counter(path: str, field: int) -> Map:
+    """The pinned PERCPU_ARRAY at ``path``, checked to hold a u64 number ``field`` at key 0."""
+    try:
+        counters = Map.open_pinned(path)
+    except BpfObjectNotFoundError:
+        raise UsageError(f"--drops {path}: no BPF map is pinned there") from None
+    info = counters.info
+    problem = ""
+    if info.type != _sys.BPF_MAP_TYPE_PERCPU_ARRAY or info.key_size != 4:
+        problem = f"a BPF map of type {info.type}, not a PERCPU_ARRAY"
+    elif info.value_size < 8 * (field + 1):
+        problem = f"its {info.value_size}-byte values hold no u64 number {field}"
+    if problem:
+        counters.close()
+        raise UsageError(f"--drops {path}: {problem}")
+    return counters
 
 
 SOURCE_SPECS = ("syscalls", "tracepoint:CAT:NAME", "xdp:IFACE", "tc:IFACE:ingress|egress")
@@ -208,6 +248,7 @@ def parse_source(
     *,
     pin: str | None = None,
     layout: PayloadLayout | None = None,
+    drops: str | None = None,
     pid: int = 0,
     comm: str | None = None,
     xdp_mode: str | None = None,
@@ -224,7 +265,9 @@ def parse_source(
     if (pid or comm is not None) and (spec != "syscalls" or pin is not None):
         raise UsageError("--pid and --comm apply to the syscalls source")
     if pin is not None:
-        return PinnedSource(pin, layout)
+        return PinnedSource(pin, layout, parse_drops(drops) if drops is not None else None)
+    if drops is not None:
+        raise UsageError("--drops names a pinned map's drop counter: use it with --pin PATH")
     if layout is not None:
         raise UsageError("--layout describes a pinned map's events: use it with --pin PATH")
     if spec == "syscalls":

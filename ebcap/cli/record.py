@@ -116,6 +116,14 @@ def record(
     layout: str | None = typer.Option(
         None, "--layout", help="With --pin: payload fields, e.g. ts:u64,cpu:u32,seq:u32,pad:8x."
     ),
+    drops: str | None = typer.Option(
+        None,
+        "--drops",
+        help=(
+            "With --pin: the producer's per-CPU drop counter, a pinned PERCPU_ARRAY, "
+            "as PATH or PATH:N (the N-th u64 of its value); drops become lost rows."
+        ),
+    ),
     ready_file: Path | None = typer.Option(
         None,
         "--ready-file",
@@ -168,6 +176,7 @@ def record(
         source,
         pin=pin,
         layout=parse_layout(layout) if layout else None,
+        drops=drops,
         pid=pid,
         comm=comm,
         xdp_mode=xdp_mode,

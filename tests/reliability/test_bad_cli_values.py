@@ -102,6 +102,7 @@ RECORDING = {
     "wakeup zero": (["--wakeup", "0"], "--wakeup"),
     "wakeup not a number": (["--wakeup", "soon"], "--wakeup"),
     "layout without a pin": (["--layout", "ts:u64"], "--layout"),
+    "drops without a pin": (["--drops", "/sys/fs/bpf/counters"], "--drops"),
     "bad layout": (["--pin", "/sys/fs/bpf", "--layout", "ts:u65"], "bad layout"),
     "layout without fields": (["--pin", "/sys/fs/bpf", "--layout", "4x"], "bad layout"),
     "pin that does not exist": (["--pin", "/sys/fs/bpf/ebcap-nosuch"], "ebcap-nosuch"),

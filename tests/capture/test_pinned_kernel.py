@@ -1,0 +1,122 @@
+"""`ebcap record --pin --layout --drops` on maps another program pinned.
+
+The other program is ebcap's own bench producer, loaded by the test and
+pinned under a bpffs directory the test makes: every event it emitted is in
+the file, either as a sample whose payload decodes to the right columns or
+counted in a lost row, and the counts add up to the producer's own counters.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from kernel_helpers import run_pinned
+
+from ebcap.bpf.cpus import online_cpus
+from ebcap.capture.bench import PAD_MAGIC, TEST_RUN_PACKET, BenchSource
+from ebcap.format import CaptureReader
+
+pytestmark = pytest.mark.privileged
+
+CALLS_PER_CPU = 20_000
+LAYOUT = "ts:u64,cpu:u32,seq:u32,pad:u64"
+
+
+@pytest.fixture(params=["ringbuf", "perf"])
+def pinned(request: pytest.FixtureRequest) -> Iterator[tuple[BenchSource, Path, str]]:
+    """A loaded bench producer with its events map and counters pinned (small buffers)."""
+    transport = request.param
+    with ExitStack() as stack:
+        source = BenchSource(24)
+        kernel = source.start(transport, 64 << 10, stack)
+        directory = Path(tempfile.mkdtemp(prefix="ebcap-test-", dir="/sys/fs/bpf"))
+        stack.callback(shutil.rmtree, directory, ignore_errors=True)
+        kernel.events.pin(directory / "events")
+        assert source.stats is not None
+        source.stats.pin(directory / "stats")
+        yield source, directory, transport
+
+
+def test_every_event_is_a_row_or_counted_lost(
+    pinned: tuple[BenchSource, Path, str], tmp_path: Path
+) -> None:
+    source, pins, transport = pinned
+    out, ready = tmp_path / "run.arrow", tmp_path / "ready"
+    argv = ["record", "-o", out, "--pin", pins / "events", "--layout", LAYOUT]
+    argv += ["--drops", f"{pins / 'stats'}:1", "--ready-file", ready, "-b", "16K"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ebcap", *map(str, argv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        window_start = time.monotonic_ns()
+        for cpu in online_cpus():
+            run_pinned(cpu, lambda: source.program.test_run(TEST_RUN_PACKET, CALLS_PER_CPU))
+        window_end = time.monotonic_ns()
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    produced, dropped = source.counters()
+    assert sum(dropped) > 0, "the small buffer should have overflowed"
+    with CaptureReader(out) as reader:
+        table = reader.to_table()
+        totals = reader.totals or {}
+    kind = table["kind"].cast(pa.string())
+    samples = table.filter(pc.equal(kind, "sample"))
+    lost = table.filter(pc.equal(kind, "lost"))
+    for cpu in online_cpus():
+        mine = samples.filter(pc.equal(samples["cpu"], cpu))
+        lost_here = pc.sum(lost.filter(pc.equal(lost["cpu"], cpu))["lost"]).as_py() or 0
+        assert mine.num_rows + lost_here == produced[cpu] == CALLS_PER_CPU, (transport, cpu)
+        seqs = mine["ev_seq"].to_numpy()
+        assert bool(np.all(np.diff(seqs.astype(np.int64)) > 0)) and seqs.max() < CALLS_PER_CPU
+        ts = mine["ts_ns"].to_numpy()
+        assert window_start <= ts.min() and ts.max() <= window_end
+        payload = np.frombuffer(b"".join(mine["data"].to_pylist()), dtype="<u8").reshape(-1, 3)
+        assert np.array_equal(payload[:, 0], ts)
+        assert np.array_equal(payload[:, 2], ts ^ np.uint64(PAD_MAGIC))
+        assert np.array_equal(mine["pad"].to_numpy(), payload[:, 2])
+    assert totals["events"] == samples.num_rows
+    assert totals["lost"] == sum(produced) - samples.num_rows
+    if transport == "ringbuf":  # no kernel count: the drops counter is the only record
+        assert totals["drops_per_cpu"] == {c: n for c, n in enumerate(dropped) if n}
+    assert os.path.exists(pins / "events"), "ebcap must not unpin someone else's map"
+
+
+@pytest.mark.parametrize(
+    ("drops", "says"),
+    [("events", "not a PERCPU_ARRAY"), ("stats:2", "no u64 number 2"), ("nosuch", "no BPF map")],
+)
+def test_a_wrong_drop_counter_is_refused(
+    pinned: tuple[BenchSource, Path, str], tmp_path: Path, drops: str, says: str
+) -> None:
+    _, pins, _ = pinned
+    out = tmp_path / "run.arrow"
+    argv = ["record", "-o", out, "--pin", pins / "events", "--drops", pins / drops, "-d", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "ebcap", *map(str, argv)], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert says in done.stderr and "--drops" in done.stderr
+    assert list(tmp_path.iterdir()) == []
