@@ -21,9 +21,14 @@ bug in ebcap.
     │   └── BpfObjectNotFoundError          a pin, map or program id that is not there
     ├── CaptureError                exit 1  recording failed midway (disk full, ...)
     └── ClosedError                 exit 1  used after close() (a caller bug, not a fault)
+
+A Ctrl-C ends a command with :data:`INTERRUPTED_EXIT` and one line.
 """
 
 from __future__ import annotations
+
+INTERRUPTED_EXIT = 130
+"""128 + SIGINT, as shells report a command Ctrl-C ended."""
 
 
 class EbcapError(Exception):

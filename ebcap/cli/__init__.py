@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 import typer
 
 from ebcap import __version__
-from ebcap.errors import EbcapError
+from ebcap.errors import INTERRUPTED_EXIT, EbcapError
 
 app = typer.Typer(
     name="ebcap",
@@ -70,12 +75,19 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _interrupted() -> int:
+    sys.stderr.write("ebcap: interrupted\n")
+    return INTERRUPTED_EXIT
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code instead of exiting."""
     args = sys.argv[1:] if argv is None else list(argv)
     command = typer.main.get_command(app)
+    ctrl_c = _CtrlC()
     try:
-        result = command.main(args=args or ["--help"], prog_name="ebcap", standalone_mode=False)
+        with ctrl_c.watched():
+            result = command.main(args=args or ["--help"], prog_name="ebcap", standalone_mode=False)
     except EbcapError as exc:
         return _fail(str(exc), exc.exit_code)
     except typer.TyperException as exc:
@@ -83,8 +95,7 @@ def run(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except (typer.Abort, KeyboardInterrupt):
-        sys.stderr.write("ebcap: interrupted\n")
-        return 130
+        return _interrupted()
     except BrokenPipeError:
         _silence_stdout()
         return 0
@@ -94,7 +105,36 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(
             f"internal error: {type(exc).__name__}: {exc} (set EBCAP_DEBUG=1 for the traceback)", 1
         )
+    if ctrl_c.seen and result == INTERRUPTED_EXIT:  # typer ended it, silently
+        return _interrupted()
     return int(result) if isinstance(result, int) else 0
+
+
+class _CtrlC:
+    """Notices a Ctrl-C that typer turns into a bare exit status 130.
+
+    Installed only over Python's default SIGINT handler, so commands that handle
+    signals themselves (``record``: finish cleanly, then abort) keep their own.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def watched(self) -> Iterator[None]:
+        default = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        if not default or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _silence_stdout() -> None:

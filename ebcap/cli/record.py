@@ -15,15 +15,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 
 from ebcap.cli._values import human_bytes, human_count, parse_size, parse_wakeup
-from ebcap.errors import UsageError
+from ebcap.errors import INTERRUPTED_EXIT, UsageError
 
 if TYPE_CHECKING:
     from ebcap.capture.recorder import Progress, RecordSummary
 
 DEFAULT_PERF_BUFFER = "8MiB"
 DEFAULT_RINGBUF_BUFFER = "16MiB"
-INTERRUPTED_EXIT = 130
-"""128 + SIGINT, as shells report a command Ctrl-C ended."""
 
 
 def register(app: typer.Typer) -> None:

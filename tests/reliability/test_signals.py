@@ -201,3 +201,23 @@ def test_closed_pipe_ends_quietly(big_capture: Path, argv: list[str]) -> None:
     assert first, "nothing was written before the pipe closed"
     assert proc.returncode == 0, stderr
     assert stderr == b""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["replay", "--speed", "0.001", "{f}"], ["replay", "--sorted", "--speed", "0.001", "{f}"]],
+    ids=["replay", "sorted"],
+)
+def test_ctrl_c_ends_a_reading_command_with_one_line(big_capture: Path, argv: list[str]) -> None:
+    """A slow replay interrupted: status 130 and `ebcap: interrupted`, no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ebcap", *(a.format(f=big_capture) for a in argv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()  # replaying: the first event is out
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and stderr == "ebcap: interrupted\n", stderr
