@@ -1,14 +1,7 @@
-"""Fixtures of the reliability tests: real small captures, and a fast in-process CLI.
-
-The damaged-file tests run the CLI tens of thousands of times. Building the
-command tree from the typer app costs about 3 ms per ``ebcap.cli.run`` call,
-more than most runs themselves, so it is built once per session here; the
-commands and the error handling of ``run`` are unchanged.
-"""
+"""Fixtures of the reliability tests: real small captures recorded once per session."""
 
 from __future__ import annotations
 
-import functools
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -16,18 +9,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import typer
 from reliability.harness import ebcap_process, workload
 
 from ebcap.format.reader import CaptureReader
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _command_built_once() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(typer.main, "get_command", functools.cache(typer.main.get_command))
-        yield
-
 
 CAPTURES = {
     # name: (record arguments, workload (seconds, burst, pause) or None)
