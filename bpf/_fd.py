@@ -8,13 +8,13 @@ nothing), works as a context manager, and refuses use after close with a
 from __future__ import annotations
 
 import os
-from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar
 
+from ebcap.closing import ClosesOnExit
 from ebcap.errors import ClosedError
 
 
-class OwnedFd:
+class OwnedFd(ClosesOnExit):
     """Base of the objects that own a BPF fd."""
 
     kind: ClassVar[str] = "BPF object"
@@ -38,14 +38,3 @@ class OwnedFd:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

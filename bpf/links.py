@@ -11,17 +11,17 @@ import ctypes
 import os
 import re
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 from ebcap.bpf import _sys, fs
 from ebcap.bpf.prog import Program
+from ebcap.closing import ClosesOnExit
 from ebcap.errors import KernelError, NotSupportedError, UsageError
 
 _EVENT_NAME: Final = re.compile(r"^\w+$")
 
 
-class Link:
+class Link(ClosesOnExit):
     """An attachment; ``close()`` (idempotent) or the ``with`` block detaches it."""
 
     def __init__(self, description: str, link_fd: int | None, perf_fd: int | None = None) -> None:
@@ -51,17 +51,6 @@ class Link:
         """Detach: close the link fd first, then the perf event; again does nothing."""
         while self._fds:
             os.close(self._fds.pop(0))
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "attached"

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import select
 from contextlib import ExitStack
-from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar
 
+from ebcap.closing import ClosesOnExit
 from ebcap.errors import ClosedError
 
 
-class EpollSet:
+class EpollSet(ClosesOnExit):
     """An epoll instance watching fds for EPOLLIN; ``wait`` says whether any is ready."""
 
     def __init__(self, owner: str) -> None:
@@ -47,19 +47,8 @@ class EpollSet:
             epoll, self._epoll = self._epoll, None
             epoll.close()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class EpollReader:
+class EpollReader(ClosesOnExit):
     """What both ring readers share: one exit stack owns every fd and mapping
     (the single cleanup path, also when a constructor fails halfway), and one
     epoll waits for the kernel's wakeups."""
@@ -90,14 +79,3 @@ class EpollReader:
     def close(self) -> None:
         """Release everything the reader holds; calling it again does nothing."""
         self._stack.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

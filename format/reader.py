@@ -12,12 +12,12 @@ import mmap
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
+from ebcap.closing import ClosesOnExit
 from ebcap.errors import (
     BadFileError,
     ClosedError,
@@ -179,7 +179,7 @@ class BatchCheck:
         )
 
 
-class CaptureReader:
+class CaptureReader(ClosesOnExit):
     """A capture file opened for reading (memory-mapped; :meth:`close` releases it).
 
     Pages of the mapping are given back after every batch read, so memory
@@ -393,17 +393,6 @@ class CaptureReader:
         if mapping is not None:
             with contextlib.suppress(BufferError):  # still shared: unmapped when released
                 mapping.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._map is None else f"{self.num_batches} batches"

@@ -15,12 +15,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import numpy as np
 import pyarrow as pa
 
+from ebcap.closing import ClosesOnExit
 from ebcap.errors import ClosedError
 from ebcap.replay.scan import SLICE_ROWS, u64
 
@@ -92,7 +92,7 @@ class _Cursor:
         return (int(self.keys[0][-1]), int(self.keys[1][-1]), int(self.keys[2][-1]))
 
 
-class SpilledRuns:
+class SpilledRuns(ClosesOnExit):
     """A temporary directory of sorted runs; removed on :meth:`close`."""
 
     def __init__(self, schema: pa.Schema, directory: str | Path | None = None) -> None:
@@ -141,17 +141,6 @@ class SpilledRuns:
         directory, self._dir = self._dir, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _merge_step(live: list[_Cursor]) -> pa.Table:

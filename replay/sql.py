@@ -15,12 +15,12 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from ebcap.closing import ClosesOnExit
 from ebcap.errors import ClosedError, UsageError
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.text import value_strings
@@ -30,7 +30,7 @@ BATCH_ROWS: Final = 65_536
 NULL_TEXT: Final = "NULL"
 
 
-class SqlSession:
+class SqlSession(ClosesOnExit):
     """A DuckDB connection with the capture registered as ``events``."""
 
     def __init__(self, reader: CaptureReader) -> None:
@@ -71,17 +71,6 @@ class SqlSession:
         if con is not None:
             con.close()
         shutil.rmtree(self.spill_directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def render_table(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> list[str]:
