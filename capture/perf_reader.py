@@ -69,6 +69,8 @@ class PerfBufferReader(EpollReader):
         self.buffer_bytes_per_cpu = pages_per_cpu * self.page_size
         self.unknown_records = 0
         """Records of types the reader does not know, skipped (kept for diagnostics)."""
+        self.bytes_read = 0
+        """Ring bytes consumed so far, records of every type (for pacing the drains)."""
         self._payload_size = payload_size
         self._map = events_map
         self._rings: list[_CpuRing] = []
@@ -111,6 +113,11 @@ class PerfBufferReader(EpollReader):
     def ncpus(self) -> int:
         return len(self.cpus)
 
+    @property
+    def ring_bytes(self) -> int:
+        """The data area of one CPU's ring."""
+        return self.buffer_bytes_per_cpu
+
     def read(self) -> EventBatch:
         """Drain every ring once, in CPU order (that is the arrival order)."""
         self._check_open()
@@ -128,6 +135,7 @@ class PerfBufferReader(EpollReader):
             # Only now, with the records copied out, may the kernel reuse their space.
             _U64.pack_into(ring.area, _sys.DATA_TAIL_OFFSET, walk.tail)
             self.unknown_records += walk.unknown
+            self.bytes_read += walk.tail - tail
             batches.append(walk.batch)
         return EventBatch.concat(batches)
 

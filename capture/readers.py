@@ -17,6 +17,14 @@ if TYPE_CHECKING:
 class Reader(Protocol):
     """What the recorder needs from a perf buffer or ring buffer reader."""
 
+    bytes_read: int
+    """Ring bytes consumed so far."""
+
+    @property
+    def ring_bytes(self) -> int:
+        """Size of one ring (per CPU for perf)."""
+        ...
+
     def wait(self, timeout: float) -> bool: ...
 
     def read(self) -> EventBatch: ...

@@ -24,6 +24,7 @@ from ebcap.bpf import cpus as cpu_info
 from ebcap.capture.assemble import KIND_CODE_SAMPLE, RowAssembler
 from ebcap.capture.batch import EventBatch
 from ebcap.capture.metadata import capture_metadata
+from ebcap.capture.pacing import DrainPacer
 from ebcap.capture.readers import Reader, open_reader
 from ebcap.capture.sources import KernelSide, Source, read_percpu_u64
 from ebcap.format.schema import make_schema
@@ -147,6 +148,7 @@ class Recorder:
     ) -> RecordSummary:
         opts = self.options
         rows = RowAssembler(self.source, writer.schema, writer.counts)
+        pacer = DrainPacer(reader.ring_bytes)
         start = time.monotonic()
         last_tick = start
         rounds = 0
@@ -162,7 +164,10 @@ class Recorder:
                 stopped_by = "count"
                 break
             reader.wait(POLL_INTERVAL_S)
+            pacer.before_drain()
+            before = reader.bytes_read
             rounds += self._drain_once(reader, rows, writer, rounds)
+            pacer.after_drain(reader.bytes_read - before)
             if time.monotonic() - last_tick >= DROP_POLL_INTERVAL_S:
                 last_tick = time.monotonic()
                 self._write(writer, drops.rows(rows, rounds))

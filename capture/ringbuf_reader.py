@@ -39,6 +39,8 @@ class RingBufReader(EpollReader):
         self.buffer_bytes = info.max_entries
         self.discarded = 0
         """Records the producer discarded, skipped (kept for diagnostics)."""
+        self.bytes_read = 0
+        """Ring bytes consumed so far, headers included (for pacing the drains)."""
         super().__init__()
         try:
             fd = ringbuf_map.fd
@@ -65,6 +67,10 @@ class RingBufReader(EpollReader):
         """One ring for every CPU."""
         return 1
 
+    @property
+    def ring_bytes(self) -> int:
+        return self.buffer_bytes
+
     def read(self) -> EventBatch:
         """Every committed record from the consumer position on, in ring order."""
         self._check_open()
@@ -79,4 +85,5 @@ class RingBufReader(EpollReader):
             # Only now, with the records copied out, may producers reuse their space.
             _U64.pack_into(self._consumer, _POS_OFFSET, walk.consumer_pos)
         self.discarded += walk.discarded
+        self.bytes_read += walk.consumer_pos - consumer
         return walk.batch

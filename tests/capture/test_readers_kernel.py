@@ -138,6 +138,9 @@ def test_one_read_returns_every_event_of_every_cpu(
         batch = reader.read()
         assert len(reader.read()) == 0  # the first read took everything
         counters = {cpu: producer.counters(cpu) for cpu in CPUS}
+        # Whole records: perf header, time, cpu, raw size + 68 raw bytes; ring buffer 8 + 64.
+        record = 8 + 8 + 8 + 4 + (SIZE + 4) if transport == "perf" else 8 + SIZE
+        assert reader.bytes_read == len(batch) * record
     assert len(batch) == per_cpu * len(CPUS)
     assert batch.num_samples == len(batch) and batch.num_lost == 0
     lengths = set(batch.lengths.tolist())
