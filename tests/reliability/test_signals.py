@@ -209,12 +209,17 @@ def test_closed_pipe_ends_quietly(big_capture: Path, argv: list[str]) -> None:
     ids=["replay", "sorted"],
 )
 def test_ctrl_c_ends_a_reading_command_with_one_line(big_capture: Path, argv: list[str]) -> None:
-    """A slow replay interrupted: status 130 and `ebcap: interrupted`, no traceback."""
+    """A slow replay interrupted: status 130 and `ebcap: interrupted`, no traceback.
+
+    The child starts with SIGINT at its default: run from a background job, the
+    test process may have inherited it ignored, and then so would ebcap (rightly).
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "ebcap", *(a.format(f=big_capture) for a in argv)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     proc.stdout.readline()  # replaying: the first event is out
