@@ -185,6 +185,13 @@ def record(
     require_tracing_capabilities()
     use_streaming_pool()  # memory stays flat over a long recording
     actual_transport = src.transport_of(transport)
+    if pin is not None and drops is None and actual_transport == "ringbuf":
+        typer.secho(
+            "ebcap: note: the kernel counts no losses for a ring buffer; without --drops "
+            "this capture cannot show the events its producer failed to reserve",
+            err=True,
+            fg="yellow",
+        )
     if chosen_cpus is not None and actual_transport != "perf":
         raise UsageError(
             "--cpus applies to the perf transport (a ring buffer is shared by all CPUs)"

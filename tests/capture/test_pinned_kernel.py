@@ -120,3 +120,16 @@ def test_a_wrong_drop_counter_is_refused(
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert says in done.stderr and "--drops" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pinned_ring_buffer_without_drop_counter_says_so(
+    pinned: tuple[BenchSource, Path, str], tmp_path: Path
+) -> None:
+    _, pins, transport = pinned
+    argv = ["record", "-o", tmp_path / "run.arrow", "--pin", pins / "events", "-d", "0.3"]
+    done = subprocess.run(
+        [sys.executable, "-m", "ebcap", *map(str, argv)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    noted = "without --drops" in done.stderr
+    assert noted == (transport == "ringbuf"), done.stderr
