@@ -44,6 +44,7 @@ import pyarrow as pa
 
 from ebcap.bpf.cpus import online_cpus, parse_cpu_list
 from ebcap.bpf.programs.bench import bench_event_dtype
+from ebcap.capture.batch import fixed_rows
 from ebcap.capture.bench import PAD_MAGIC, BenchSource, Producers
 from ebcap.capture.recorder import Recorder, RecordOptions
 from ebcap.format.reader import CaptureReader
@@ -161,8 +162,7 @@ def payloads(data: pa.BinaryArray, dtype: np.dtype) -> tuple[np.ndarray, np.ndar
         return values[offsets[0] : offsets[-1]].view(dtype), np.ones(len(data), bool)
     whole = lengths == dtype.itemsize
     rows = np.flatnonzero(whole)
-    index = offsets[rows][:, None] + np.arange(dtype.itemsize)[None, :]
-    return values[index].copy().view(dtype).reshape(len(rows)), whole
+    return fixed_rows(values, offsets[rows], dtype.itemsize).view(dtype).reshape(len(rows)), whole
 
 
 def replay_lines(path: Path) -> tuple[int, int, float]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ebcap.capture.batch import EventBatch
+from ebcap.capture.batch import EventBatch, fixed_rows
 from ebcap.capture.sources import Source
 from ebcap.format.schema import CORE_COLUMNS, KIND_LOST, KIND_SAMPLE, KINDS
 from ebcap.format.writer import CpuCounts
@@ -129,16 +129,4 @@ def _gather(batch: EventBatch, rows: np.ndarray, size: int) -> np.ndarray:
     fixed = batch.fixed_payloads(size)
     if fixed is not None and len(rows) == len(batch):
         return np.ascontiguousarray(fixed[:, :size])
-    starts = batch.offsets[rows]
-    steps = np.diff(starts)
-    if len(steps) and steps[0] >= size and bool(np.all(steps == steps[0])):
-        # Equal-size payloads with only empty (lost) rows between them: one strided copy.
-        first = batch.values[int(starts[0]) :]
-        view = np.lib.stride_tricks.as_strided(
-            first, shape=(len(rows), size), strides=(int(steps[0]), 1), writeable=False
-        )
-        return np.ascontiguousarray(view)
-    # One window of ``size`` bytes at every offset (a view), then one row copy per payload:
-    # an index of every byte would cost 8 bytes of index per payload byte.
-    windows = np.lib.stride_tricks.sliding_window_view(batch.values, size)
-    return windows[starts]
+    return fixed_rows(batch.values, batch.offsets[rows], size)

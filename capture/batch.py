@@ -268,3 +268,26 @@ def run_length(matches: Callable[[int, int], np.ndarray], limit: int) -> int:
         done += count
         window *= 2
     return done
+
+
+def fixed_rows(values: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray:
+    """The ``size`` bytes of ``values`` (uint8) at each offset in ``starts``, as an
+    (n, size) array of its own; every start must have ``size`` bytes after it.
+
+    Payloads at a constant distance (equal events, with at most empty lost rows
+    between them) are one strided copy; any others one row copy each out of a
+    window view. Never an index of every byte, which costs 8 bytes of index per
+    payload byte (gigabytes for a few million 256-byte events).
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    if len(starts) == 0:
+        return np.zeros((0, size), dtype=np.uint8)
+    steps = np.diff(starts)
+    if len(steps) == 0 or (steps[0] >= size and bool(np.all(steps == steps[0]))):
+        stride = int(steps[0]) if len(steps) else size
+        view = np.lib.stride_tricks.as_strided(
+            values[int(starts[0]) :], shape=(len(starts), size), strides=(stride, 1),
+            writeable=False,
+        )  # fmt: skip
+        return np.ascontiguousarray(view)
+    return np.lib.stride_tricks.sliding_window_view(values, size)[starts]

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from ebcap.bpf import _sys
 from ebcap.bpf.maps import Map
 from ebcap.bpf.prog import Program
+from ebcap.capture.batch import fixed_rows
 from ebcap.capture.layout import PayloadLayout
 from ebcap.capture.sources import (
     KernelSide,
@@ -201,8 +202,7 @@ def check_integrity(table: pa.Table, size: int) -> IntegrityReport:
     good_length = lengths >= size
     rows = np.flatnonzero(good_length)
     report.corrupted += int((~good_length).sum())
-    index = offsets[rows][:, None] + np.arange(size)[None, :]
-    words = values[index].view("<u8").reshape(len(rows), size // 8)
+    words = fixed_rows(values, offsets[rows], size).view("<u8").reshape(len(rows), size // 8)
     ts = words[:, 0]
     header_cpu = (words[:, 1] & 0xFFFFFFFF).astype(np.int64)
     seq = (words[:, 1] >> 32).astype(np.int64)

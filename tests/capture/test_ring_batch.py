@@ -12,6 +12,7 @@ from ebcap.capture.batch import (
     BatchBuilder,
     EventBatch,
     copy_span,
+    fixed_rows,
     run_length,
 )
 from ebcap.errors import CaptureError
@@ -173,3 +174,15 @@ def test_run_length_finds_the_first_break(limit: int, breaks_at: int | None) -> 
     assert run_length(matches, limit) == expected
     checked = sum(count for _, count in seen)
     assert checked <= max(2 * expected, 32) + 32  # windows double: linear, never quadratic
+
+
+@pytest.mark.parametrize(
+    "starts",
+    [[], [5], [0, 40, 80, 120], [0, 40, 40, 80], [3, 50, 51, 200, 120]],
+    ids=["none", "one", "equal steps", "repeated start", "any order"],
+)
+def test_fixed_rows_are_the_bytes_at_each_start(starts: list[int]) -> None:
+    values = np.random.default_rng(len(starts)).integers(0, 256, 300, dtype=np.uint8)
+    want = np.array([values[s : s + 32] for s in starts], dtype=np.uint8).reshape(-1, 32)
+    got = fixed_rows(values, np.array(starts, dtype=np.int64), 32)
+    assert got.flags.c_contiguous and np.array_equal(got, want)
