@@ -8,8 +8,10 @@ at each of them spent more time on that fixed cost than on the events: at
 2 M events/s of 256 bytes, 324 ns of the drain thread's CPU per event; with
 drains at least 2 ms apart, 120 ns.
 
-The pause never lets a ring fill: it is cut short to the time in which, at
-the rate the last drain saw, a quarter of one ring would fill.
+The pause is kept short of a ring filling: it is cut to the time in which, at
+the rate the last drain saw, a quarter of one ring would fill, and skipped
+after a drain that found a quarter of a ring or more (a burst after a quiet
+spell, whose rate the last interval does not show).
 """
 
 from __future__ import annotations
@@ -62,7 +64,10 @@ class DrainPacer:
         if self._previous is None or self._started is None:
             self._gap_s = self.interval_s
             return
+        share = RING_SHARE * self.ring_bytes
+        if bytes_read >= share:  # a ring filling this fast is drained again at once
+            self._gap_s = 0.0
+            return
         elapsed = max(self._started - self._previous, 1e-6)
         rate = bytes_read / elapsed  # bytes per second the rings filled with
-        headroom = RING_SHARE * self.ring_bytes / rate if rate > 0 else self.interval_s
-        self._gap_s = min(self.interval_s, headroom)
+        self._gap_s = min(self.interval_s, share / rate) if rate > 0 else self.interval_s

@@ -41,12 +41,17 @@ def test_a_fast_filling_ring_is_drained_before_a_quarter_of_it_fills() -> None:
     p.before_drain()
     p.after_drain(0)
     p.before_drain()  # one interval after the first
-    # a whole ring read, filled in one interval: a quarter fills in a quarter interval
     fake.now += 0.0001
-    p.after_drain(ring)
+    p.after_drain(ring // 2)  # a burst: half a ring at once
     fake.slept.clear()
+    fake.now += 0.0005
     p.before_drain()
-    due = RING_SHARE * ring / (ring / MIN_DRAIN_INTERVAL_S)
+    assert fake.slept == [], "a drain that found a quarter ring or more is followed at once"
+    fake.now += 0.0001
+    p.after_drain(ring // 8)  # 1/8 ring since the drain 0.6 ms before: a quarter in 1.2 ms
+    p.before_drain()
+    due = RING_SHARE * ring / ((ring // 8) / 0.0006)
+    assert due < MIN_DRAIN_INTERVAL_S
     assert fake.slept == [pytest.approx(due - 0.0001)]
 
 
