@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -188,37 +188,44 @@ class IntegrityReport:
     out_of_order_per_cpu: dict[int, int] = field(default_factory=dict)
 
 
-def check_integrity(table: pa.Table, size: int) -> IntegrityReport:
-    """Check every sample's header and padding, and per-CPU sequence continuity."""
+def check_integrity(batches: Iterable[pa.RecordBatch], size: int) -> IntegrityReport:
+    """Check every sample's header and padding, and per-CPU sequence continuity.
+
+    One batch at a time: what is kept across batches is each good event's
+    sequence number (4 bytes), not the payloads.
+    """
     report = IntegrityReport()
-    samples = table.filter(pc.equal(table["kind"].cast(pa.string()), "sample"))
-    report.received = samples.num_rows
-    if not samples.num_rows:
-        return report
-    data = samples["data"].combine_chunks()
-    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[: len(data) + 1] + 0
-    values = np.frombuffer(data.buffers()[2], dtype=np.uint8)
-    lengths = np.diff(offsets)
-    good_length = lengths >= size
-    rows = np.flatnonzero(good_length)
-    report.corrupted += int((~good_length).sum())
-    words = fixed_rows(values, offsets[rows], size).view("<u8").reshape(len(rows), size // 8)
-    ts = words[:, 0]
-    header_cpu = (words[:, 1] & 0xFFFFFFFF).astype(np.int64)
-    seq = (words[:, 1] >> 32).astype(np.int64)
-    bad = np.zeros(len(rows), dtype=bool)
-    if size > 16:
-        bad |= (words[:, 2:] != (ts ^ np.uint64(PAD_MAGIC))[:, None]).any(axis=1)
-    recorded_cpu = samples["cpu"].to_numpy()[rows].astype(np.int64)
-    bad |= header_cpu != recorded_cpu
-    report.corrupted += int(bad.sum())
-    for cpu in np.unique(header_cpu):
-        cpu_seq = seq[(header_cpu == cpu) & ~bad]
+    seqs: dict[int, list[np.ndarray]] = {}
+    for batch in batches:
+        samples = batch.filter(pc.equal(batch["kind"].cast(pa.string()), "sample"))
+        report.received += samples.num_rows
+        if not samples.num_rows:
+            continue
+        data = samples["data"]
+        offsets = np.frombuffer(data.buffers()[1], np.int32, len(data) + 1, data.offset * 4)
+        values = np.frombuffer(data.buffers()[2], dtype=np.uint8)
+        good_length = np.diff(offsets) >= size
+        rows = np.flatnonzero(good_length)
+        report.corrupted += int((~good_length).sum())
+        words = fixed_rows(values, offsets[rows], size).view("<u8").reshape(len(rows), size // 8)
+        ts = words[:, 0]
+        header_cpu = (words[:, 1] & 0xFFFFFFFF).astype(np.int64)
+        seq = (words[:, 1] >> 32).astype(np.int64)
+        bad = np.zeros(len(rows), dtype=bool)
+        if size > 16:
+            bad |= (words[:, 2:] != (ts ^ np.uint64(PAD_MAGIC))[:, None]).any(axis=1)
+        recorded_cpu = samples["cpu"].to_numpy()[rows].astype(np.int64)
+        bad |= header_cpu != recorded_cpu
+        report.corrupted += int(bad.sum())
+        for cpu in np.unique(header_cpu[~bad]).tolist():
+            seqs.setdefault(cpu, []).append(seq[(header_cpu == cpu) & ~bad])
+    for cpu, parts in seqs.items():
+        cpu_seq = np.concatenate(parts)
         unique = np.unique(cpu_seq)
         report.duplicates += len(cpu_seq) - len(unique)
-        report.out_of_order_per_cpu[int(cpu)] = int((np.diff(cpu_seq) < 0).sum())
-        report.received_per_cpu[int(cpu)] = len(unique)
-        report.holes_per_cpu[int(cpu)] = int(unique[-1] + 1 - len(unique)) if len(unique) else 0
+        report.out_of_order_per_cpu[cpu] = int((np.diff(cpu_seq) < 0).sum())
+        report.received_per_cpu[cpu] = len(unique)
+        report.holes_per_cpu[cpu] = int(unique[-1] + 1 - len(unique))
     return report
 
 
@@ -295,12 +302,14 @@ def run_bench(
         raise CaptureError(producers.run.errors[0])
     invocations, drops = source.counters()
     with CaptureReader(summary.path) as reader:
-        table = reader.to_table()
-    integrity = check_integrity(table, source.size)
+        integrity = check_integrity(reader.iter_batches(), source.size)
+        ends = reader.iter_batches(columns=["ts_ns", "lost"])
+        lost_reported, first_ts = 0, handled_ns
+        for batch in ends:
+            lost_reported += int(pc.sum(batch["lost"]).as_py() or 0)
+            first_ts = min(first_ts, int(pc.min(batch["ts_ns"]).as_py() or handled_ns))
     produced = sum(invocations)
     received = integrity.received
-    lost_reported = int(pc.sum(table["lost"]).as_py() or 0)
-    first_ts = int(pc.min(table["ts_ns"]).as_py() or handled_ns)
     return BenchReport(
         transport=recorder.transport,
         size=source.size,

@@ -1,0 +1,55 @@
+"""The bench's integrity check finds each kind of damage, across batch boundaries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from ebcap.bpf.programs.bench import bench_event_dtype
+from ebcap.capture.bench import PAD_MAGIC, check_integrity
+
+SIZE = 32
+
+
+def events(cpu: int, seqs: list[int]) -> list[bytes]:
+    out = np.zeros(len(seqs), dtype=bench_event_dtype(SIZE))
+    out["ts"] = 1_000_000 + np.arange(len(seqs), dtype=np.uint64) * 7
+    out["cpu"], out["seq"] = cpu, seqs
+    out["pad"] = (out["ts"] ^ np.uint64(PAD_MAGIC))[:, None]
+    return [row.tobytes() for row in out]
+
+
+def batch(cpus: list[int], payloads: list[bytes], lost_rows: int = 0) -> pa.RecordBatch:
+    kinds = ["sample"] * len(payloads) + ["lost"] * lost_rows
+    return pa.RecordBatch.from_pydict(
+        {
+            "kind": pa.array(kinds).dictionary_encode(),
+            "cpu": pa.array(cpus + [0] * lost_rows, pa.uint16()),
+            "data": pa.array(payloads + [b""] * lost_rows, pa.binary()),
+        }
+    )
+
+
+def test_clean_events_over_two_batches_pass() -> None:
+    first, second = events(0, list(range(50))), events(0, list(range(50, 80)))
+    report = check_integrity([batch([0] * 50, first, 3), batch([0] * 30, second)], SIZE)
+    assert (report.received, report.corrupted, report.duplicates) == (80, 0, 0)
+    assert report.received_per_cpu == {0: 80} and report.holes_per_cpu == {0: 0}
+    assert report.out_of_order_per_cpu == {0: 0}
+
+
+def test_each_kind_of_damage_is_counted() -> None:
+    one = events(0, [0, 1, 2, 3, 4])
+    one[1] = one[1][:-1] + bytes([one[1][-1] ^ 1])  # a flipped padding bit
+    two = events(1, [0, 1, 2])
+    cpus_two = [1, 0, 1]  # the middle event claims CPU 1 but came from CPU 0's ring
+    three = [*events(0, [7, 6, 6]), b"\x00" * 8]  # a gap, out of order, a duplicate, short
+    report = check_integrity(
+        [batch([0] * 5, one), batch(cpus_two, two), batch([0] * 4, three)], SIZE
+    )
+    assert report.received == 12
+    assert report.corrupted == 3  # flipped bit, wrong CPU, short payload
+    assert report.duplicates == 1
+    assert report.received_per_cpu == {0: 6, 1: 2}  # distinct: 0 2 3 4 6 7; 0 2
+    assert report.holes_per_cpu == {0: 2, 1: 1}  # 1 and 5 missing; 1 missing
+    assert report.out_of_order_per_cpu == {0: 1, 1: 0}
