@@ -39,13 +39,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from ebcap.bpf.cpus import online_cpus, parse_cpu_list
-from ebcap.bpf.programs.bench import bench_event_dtype
-from ebcap.capture.batch import fixed_rows
-from ebcap.capture.bench import PAD_MAGIC, BenchSource, Producers
+from ebcap.capture.bench import BenchSource, Producers, check_integrity
 from ebcap.capture.recorder import Recorder, RecordOptions
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.memory import use_streaming_pool
@@ -108,61 +105,28 @@ class Accounting:
 
 
 def account(path: Path, size: int, produced_per_cpu: dict[int, int]) -> Accounting:
-    dtype = bench_event_dtype(size)
+    """Every event checked by `ebcap bench`'s own integrity check, batch by batch."""
     acc = Accounting()
-    next_seq: dict[int, int] = {}
     with CaptureReader(path) as reader:
-        for batch in reader.iter_batches():
+        integrity = check_integrity(reader.iter_batches(), size)
+        for batch in reader.iter_batches(columns=["cpu", "kind", "lost"]):
             acc.rows += batch.num_rows
-            kind = batch.column("kind").indices.to_numpy(zero_copy_only=False)
-            cpu = batch.column("cpu").to_numpy().astype(np.int64)
-            lost_rows = kind == KIND_LOST
-            counts = batch.column("lost").to_numpy()[lost_rows]
-            for c, n in zip(cpu[lost_rows].tolist(), counts.tolist(), strict=True):
+            lost_rows = batch.column("kind").indices.to_numpy(zero_copy_only=False) == KIND_LOST
+            cpu = batch.column("cpu").to_numpy()[lost_rows].tolist()
+            counts = batch.column("lost").to_numpy()[lost_rows].tolist()
+            for c, n in zip(cpu, counts, strict=True):
                 acc.lost_per_cpu[c] = acc.lost_per_cpu.get(c, 0) + n
-            data = batch.column("data")
-            sample_cpu = cpu
-            if lost_rows.any():
-                data = data.filter(pa.array(~lost_rows))
-                sample_cpu = cpu[~lost_rows]
-            if not len(data):
-                continue
-            events, whole = payloads(data, dtype)
-            acc.corrupted += len(data) - len(events)
-            bad = events["cpu"].astype(np.int64) != sample_cpu[whole]
-            if "pad" in (dtype.names or ()):
-                want = (events["ts"] ^ np.uint64(PAD_MAGIC))[:, None]
-                bad |= (events["pad"] != want).any(axis=1)
-            acc.corrupted += int(bad.sum())
-            good = events[~bad]
-            for c in np.unique(good["cpu"]):
-                seq = good["seq"][good["cpu"] == c].astype(np.int64)
-                key = int(c)
-                start = next_seq.get(key, 0)
-                steps = np.diff(np.concatenate(([start - 1], seq)))
-                acc.out_of_order += int((steps <= 0).sum())
-                acc.holes_per_cpu[key] = acc.holes_per_cpu.get(key, 0) + int(
-                    (steps[steps > 0] - 1).sum()
-                )
-                acc.recorded_per_cpu[key] = acc.recorded_per_cpu.get(key, 0) + len(seq)
-                next_seq[key] = int(seq.max()) + 1
-    for c, produced in produced_per_cpu.items():  # a loss at the very end leaves no later event
-        acc.holes_per_cpu[c] = acc.holes_per_cpu.get(c, 0) + produced - next_seq.get(c, 0)
-    acc.recorded = sum(acc.recorded_per_cpu.values()) + acc.corrupted
+    acc.recorded = integrity.received
+    acc.corrupted = integrity.corrupted
+    acc.out_of_order = sum(integrity.out_of_order_per_cpu.values()) + integrity.duplicates
+    acc.recorded_per_cpu = dict(integrity.received_per_cpu)
+    # Missing = issued by the producer, not in the file (a loss at the very end included).
+    acc.holes_per_cpu = {
+        c: produced - integrity.received_per_cpu.get(c, 0)
+        for c, produced in produced_per_cpu.items()
+    }
     acc.lost = sum(acc.lost_per_cpu.values())
     return acc
-
-
-def payloads(data: pa.BinaryArray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """The payloads of exactly ``dtype.itemsize`` bytes as events, and which rows they are."""
-    offsets = np.frombuffer(data.buffers()[1], np.int32, len(data) + 1, data.offset * 4)
-    values = np.frombuffer(data.buffers()[2], np.uint8)
-    lengths = np.diff(offsets)
-    if bool((lengths == dtype.itemsize).all()):  # the usual case: one contiguous run
-        return values[offsets[0] : offsets[-1]].view(dtype), np.ones(len(data), bool)
-    whole = lengths == dtype.itemsize
-    rows = np.flatnonzero(whole)
-    return fixed_rows(values, offsets[rows], dtype.itemsize).view(dtype).reshape(len(rows)), whole
 
 
 def replay_lines(path: Path) -> tuple[int, int, float]:
