@@ -7,6 +7,7 @@ they fail instead, so a kernel test can never pass by not running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -45,12 +46,8 @@ def _session_outside_the_source_tree(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[None]:
     """The same for session fixtures (they run before any test's own directory)."""
-    here = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("session-cwd"))
-    try:
+    with contextlib.chdir(tmp_path_factory.mktemp("session-cwd")):
         yield
-    finally:
-        os.chdir(here)
 
 
 @pytest.fixture(autouse=True)
@@ -61,9 +58,5 @@ def _run_outside_the_source_tree(tmp_path_factory: pytest.TempPathFactory) -> It
     repository root, the source folder ``ebcap/`` would shadow the installed
     package (whose subpackages live in other folders of the tree).
     """
-    here = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("cwd"))
-    try:
+    with contextlib.chdir(tmp_path_factory.mktemp("cwd")):
         yield
-    finally:
-        os.chdir(here)
