@@ -1,4 +1,4 @@
-"""Output helpers shared by the commands: JSON, aligned fields, per-CPU tables.
+"""Output helpers shared by the commands: JSON, aligned fields, per-CPU tables, closed pipes.
 
 Commands print through these so every ``--json`` is one JSON object and every
 human-readable report lines up the same way.
@@ -6,8 +6,9 @@ human-readable report lines up the same way.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import typer
@@ -46,3 +47,17 @@ def counted(n: int, singular: str, plural: str | None = None) -> str:
     """``1 batch``, ``2 batches``: an exact count with the noun agreeing."""
     noun = singular if n == 1 else (plural or singular + "s")
     return f"{count(n)} {noun}"
+
+
+@contextlib.contextmanager
+def closed_pipe_ends_quietly() -> Iterator[None]:
+    """A reader that went away (``| head``) ends the command quietly, with status 0.
+
+    Click turns an EPIPE escaping a command into status 1 before the entry
+    point's own BrokenPipeError handling can see it, so commands that stream
+    to stdout end here instead.
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        raise typer.Exit(0) from None

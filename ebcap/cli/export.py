@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ebcap.cli._common import count
-from ebcap.cli.replay import closed_pipe_ends_quietly
+from ebcap.cli._common import closed_pipe_ends_quietly, count
 
 PCAPNG = "pcapng"
 

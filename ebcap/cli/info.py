@@ -7,9 +7,15 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ebcap.cli._common import count, counted, print_fields, print_json, print_table
+from ebcap.cli._common import (
+    closed_pipe_ends_quietly,
+    count,
+    counted,
+    print_fields,
+    print_json,
+    print_table,
+)
 from ebcap.cli._values import human_bytes
-from ebcap.cli.replay import closed_pipe_ends_quietly
 
 if TYPE_CHECKING:
     from ebcap.format.info import CaptureSummary

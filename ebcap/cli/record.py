@@ -140,7 +140,7 @@ def record(
 
     if list_sources:
         from ebcap.capture.sources import list_sources as matching_sources
-        from ebcap.cli.replay import closed_pipe_ends_quietly
+        from ebcap.cli._common import closed_pipe_ends_quietly
 
         with closed_pipe_ends_quietly():
             for spec in matching_sources(pattern or "*"):

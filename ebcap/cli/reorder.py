@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ebcap.cli._common import count, print_fields, print_json, print_table
-from ebcap.cli.replay import closed_pipe_ends_quietly
+from ebcap.cli._common import closed_pipe_ends_quietly, count, print_fields, print_json, print_table
 
 if TYPE_CHECKING:
     from ebcap.replay.reorder import ReorderReport

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
+from ebcap.cli._common import closed_pipe_ends_quietly
 from ebcap.errors import UsageError
 
 FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -84,20 +83,6 @@ def replay(
         summary = run_replay(reader, out, options)
     for note in summary.sort.notes():
         typer.echo(f"ebcap: note: {note}", err=True)
-
-
-@contextlib.contextmanager
-def closed_pipe_ends_quietly() -> Iterator[None]:
-    """A reader that went away (``| head``) ends the command quietly, with status 0.
-
-    Click turns an EPIPE escaping a command into status 1 before the entry
-    point's own BrokenPipeError handling can see it, so commands that stream
-    to stdout end here instead.
-    """
-    try:
-        yield
-    except BrokenPipeError:
-        raise typer.Exit(0) from None
 
 
 def _format_from(output: Path | None) -> str:

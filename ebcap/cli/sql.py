@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Final
 
 import typer
 
-from ebcap.cli.replay import closed_pipe_ends_quietly
+from ebcap.cli._common import closed_pipe_ends_quietly
 from ebcap.errors import UsageError
 
 if TYPE_CHECKING:
