@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ebcap.errors import EbcapError
@@ -13,6 +14,12 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = ["EbcapError", "__version__", "open"]
+
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "format" / "__init__.py").is_file():
+    # Run from a source checkout (``python -m ebcap`` in its root puts this folder first
+    # on sys.path): the subpackages live beside it, where pyproject.toml maps them from.
+    __path__.append(str(_CHECKOUT))
 
 
 def open(path: str | os.PathLike[str]) -> Capture:
