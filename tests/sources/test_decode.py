@@ -30,20 +30,22 @@ def events_of(source: TracepointSource, raw: list[bytes]) -> np.ndarray:
 
 
 def event(
-    source: TracepointSource, ts: int, cpu: int, record: bytes, slots: dict[str, bytes]
+    source: TracepointSource,
+    ts: int,
+    cpu: int,
+    record: bytes,
+    slots: dict[str, bytes],
+    status: dict[str, int] | None = None,
 ) -> bytes:
-    """An event as the generated program writes it."""
+    """An event as the generated program writes it (text slots: ``status``, default complete)."""
     out = bytearray(source.event.size)
     struct.pack_into("<QI", out, 0, ts, cpu)
     out[tp_program.HEADER_SIZE : tp_program.HEADER_SIZE + len(record)] = record
     for slot in source.event.slots:
         data = slots[slot.name]
-        if slot.text:
-            out[slot.offset : slot.offset + len(data)] = data
-        else:
-            struct.pack_into("<I", out, slot.offset, len(data))
-            start = slot.offset + tp_program.BYTES_LENGTH_SIZE
-            out[start : start + len(data)] = data
+        head = (status or {}).get(slot.name, tp_program.STRING_COMPLETE) if slot.text else len(data)
+        struct.pack_into("<I", out, slot.offset, head)
+        out[slot.data_offset : slot.data_offset + len(data)] = data
     return bytes(out)
 
 
@@ -56,7 +58,10 @@ def test_fork_strings_and_pids() -> None:
         event(source, 11, 0, record, {"parent_comm": b"x" * 63 + b"\0", "child_comm": b"\0"}),
     ]
     columns = source.decode(events_of(source, raw))
-    assert list(columns) == ["common_pid", "parent_comm", "parent_pid", "child_comm", "child_pid"]
+    assert list(columns) == [
+        "common_pid", "parent_comm", "parent_comm_truncated", "parent_pid",
+        "child_comm", "child_comm_truncated", "child_pid",
+    ]  # fmt: skip
     assert columns["parent_comm"].to_pylist() == ["bash", "x" * 63]
     assert columns["child_comm"].to_pylist() == ["bash", ""]
     assert columns["child_pid"].to_pylist() == [4343, 4343]
@@ -118,6 +123,102 @@ def test_flexible_array_has_no_column_and_format_must_match() -> None:
         TracepointSource("sched", "other", fmt=fmt)
     with pytest.raises(UsageError):
         TracepointSource("ftrace", "bprint", fmt=fmt, string_bytes=4)
+
+
+MADE_UP = """name: widths
+ID: 9001
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:s8 small;\toffset:8;\tsize:1;\tsigned:1;
+\tfield:u8 byte;\toffset:9;\tsize:1;\tsigned:0;
+\tfield:short delta;\toffset:10;\tsize:2;\tsigned:1;
+\tfield:unsigned int count;\toffset:12;\tsize:4;\tsigned:0;
+\tfield:bool on;\toffset:16;\tsize:1;\tsigned:0;
+\tfield:__rel_loc char[] label;\toffset:20;\tsize:4;\tsigned:0;
+\tfield:__rel_loc u8[] blob;\toffset:24;\tsize:4;\tsigned:0;
+
+print fmt: "made up"
+"""
+"""A format file made up for the widths no fixture has: int8, uint8, int16, uint32,
+bool, and __rel_loc text and bytes."""
+
+
+def test_small_ints_bool_and_rel_loc() -> None:
+    fmt = tracefs.parse_format(MADE_UP, "test")
+    assert [f.relative for f in fmt.fields if f.is_dynamic] == [True, True]
+    source = TracepointSource("test", "widths", fmt=fmt, string_bytes=16)
+    types = {f.name: f.type for f in source.arrow_fields()}
+    assert types == {
+        "common_pid": pa.int32(), "small": pa.int8(), "byte": pa.uint8(), "delta": pa.int16(),
+        "count": pa.uint32(), "on": pa.bool_(), "label": pa.string(),
+        "label_truncated": pa.bool_(), "blob": pa.binary(),
+    }  # fmt: skip
+    rows = [
+        (-128, 0, -32768, 0, 0),
+        (-5, 250, -30000, 4_000_000_000, 1),
+        (127, 255, 32767, 2**32 - 1, 2),  # any non-zero byte is true
+    ]
+    raw = [
+        event(
+            source, i, 0, struct.pack("<HBBibBhIB3xII", 0, 0, 0, 1, *row, 0, 0),
+            {"label": text, "blob": blob},
+            {"label": status},
+        )
+        for i, (row, text, blob, status) in enumerate(
+            zip(
+                rows,
+                [b"eth0\0", b"y" * 15 + b"\0", b"\0"],
+                [b"", b"\x01\x02", bytes(range(16))],
+                [tp_program.STRING_COMPLETE, tp_program.STRING_TRUNCATED,
+                 tp_program.STRING_UNREADABLE],
+                strict=True,
+            )
+        )
+    ]  # fmt: skip
+    columns = {k: v.to_pylist() for k, v in source.decode(events_of(source, raw)).items()}
+    assert columns["small"] == [-128, -5, 127]
+    assert columns["byte"] == [0, 250, 255]
+    assert columns["delta"] == [-32768, -30000, 32767]
+    assert columns["count"] == [0, 4_000_000_000, 2**32 - 1]
+    assert columns["on"] == [False, True, True]
+    assert columns["label"] == ["eth0", "y" * 15, None]
+    assert columns["label_truncated"] == [False, True, None]
+    assert columns["blob"] == [b"", b"\x01\x02", bytes(range(16))]
+
+
+def test_user_string_columns() -> None:
+    """A syscall's ``const char *``: the text, its pointer, and whether it was cut."""
+    source = source_for("syscalls_sys_enter_openat", "syscalls", string_bytes=8)
+    names = [f.name for f in source.arrow_fields()]
+    assert names[names.index("filename") :][:3] == [
+        "filename", "filename_ptr", "filename_truncated",
+    ]  # fmt: skip
+    statuses = [tp_program.STRING_COMPLETE, tp_program.STRING_TRUNCATED,
+                tp_program.STRING_UNREADABLE]  # fmt: skip
+    raw = [
+        event(
+            source, 1, 0, struct.pack("<HBBii4xQQQQ", 0, 0, 0, 7, 257, 0, ptr, 0, 0),
+            {"filename": text}, {"filename": status},
+        )
+        for ptr, text, status in zip(
+            [0x7FFF_0000_1000, 0x7FFF_0000_2000, 0],
+            [b"/etc\0", b"/usr/li\0", b"\0"],
+            statuses,
+            strict=True,
+        )
+    ]  # fmt: skip
+    columns = {k: v.to_pylist() for k, v in source.decode(events_of(source, raw)).items()}
+    assert columns["filename"] == ["/etc", "/usr/li", None]
+    assert columns["filename_ptr"] == [0x7FFF_0000_1000, 0x7FFF_0000_2000, 0]
+    assert columns["filename_truncated"] == [False, True, None]
+    write = tracefs.parse_field_line("\tfield:const char * buf;\toffset:24;\tsize:8;\tsigned:0;")
+    assert write is not None and write.kind is tracefs.FieldKind.POINTER  # data, not text
+    other = tracefs.parse_format(MADE_UP.replace("s8 small", "const char * small"), "test")
+    assert other.field("small").kind is tracefs.FieldKind.POINTER  # only syscall arguments
 
 
 # --- packets ------------------------------------------------------------------
