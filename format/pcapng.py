@@ -52,6 +52,8 @@ _OPTION: Final = struct.Struct("<HH")  # code, length
 
 PACKET_FIELD: Final = "packet"
 """Name of the layout field where the packet bytes of a row start."""
+SNAPLEN_KEY: Final = "snaplen"
+"""Key of the capture's snaplen in the source layout metadata."""
 PACKET_COLUMNS: Final = ("ts_ns", "ifindex", "pkt_len", "cap_len", "data")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from ebcap.bpf import tracefs
 from ebcap.bpf.programs import packet as packet_program
 from ebcap.bpf.programs import tracepoint as tp_program
-from ebcap.capture.packet_decode import PACKET_FIELDS, decode_packets
+from ebcap.capture.packet_decode import PACKET_FIELDS, RxQueue, decode_packets
 from ebcap.capture.packet_source import TcSource, XdpSource
 from ebcap.capture.tracepoint_source import TracepointSource
 from ebcap.errors import UsageError
@@ -308,10 +309,34 @@ def test_packet_headers() -> None:
     assert set(columns["ifindex"]) == {7}
 
 
+def test_rx_queue_means_the_receive_queue_at_every_hook() -> None:
+    """XDP's rx_queue_index as is; tc ingress queue_mapping minus one (0: none
+    recorded); tc egress none."""
+    events = packet_events([eth(0x0806) + bytes(28)] * 4)
+    events["queue"] = [0, 1, 2, 5]
+    decoded = {
+        meaning: decode_packets(events, meaning)["rx_queue"].to_pylist() for meaning in RxQueue
+    }
+    assert decoded == {
+        RxQueue.AS_IS: [0, 1, 2, 5],
+        RxQueue.RECORDED_PLUS_ONE: [None, 0, 1, 4],
+        RxQueue.NONE: [None] * 4,
+    }
+    assert decode_packets(events)["rx_queue"].to_pylist() == [0, 1, 2, 5]
+    assert XdpSource("eth9").decode(events)["rx_queue"].to_pylist() == [0, 1, 2, 5]
+    assert TcSource("eth9", "ingress").decode(events)["rx_queue"].to_pylist() == [None, 0, 1, 4]
+    assert TcSource("eth9", "egress").decode(events)["rx_queue"].null_count == 4
+
+
 def test_packet_source_arguments_are_checked() -> None:
     for snaplen in (0, packet_program.SNAPLEN_MIN - 1, packet_program.SNAPLEN_MAX + 1):
         with pytest.raises(UsageError, match="snaplen"):
             XdpSource("lo", snaplen=snaplen)
+        with pytest.raises(UsageError, match="snaplen"):
+            TcSource("lo", "egress", snaplen=snaplen)
+    for snaplen in (packet_program.SNAPLEN_MIN, packet_program.SNAPLEN_MAX):
+        assert TcSource("lo", "ingress", snaplen=snaplen).snaplen == snaplen
+        assert json.loads(XdpSource("lo", snaplen=snaplen).layout.to_json())["snaplen"] == snaplen
     with pytest.raises(UsageError, match="XDP mode"):
         XdpSource("lo", mode="offload")
     with pytest.raises(UsageError, match="direction"):
