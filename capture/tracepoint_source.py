@@ -197,6 +197,8 @@ BOOL_TYPES: Final = frozenset({"bool", "_Bool"})
 
 def _is_bool(field: TracepointField) -> bool:
     return field.kind is FieldKind.INT and field.size == 1 and field.type in BOOL_TYPES
+
+
 _EXTRA_TYPES: Final = {TRUNCATED_COLUMN: pa.bool_(), POINTER_COLUMN: pa.uint64()}
 
 
