@@ -10,6 +10,11 @@ event's own fields, each described by one line of its ``format`` file::
 A ``__data_loc`` field is a u32 in the fixed part: the low 16 bits are the
 offset of the variable-length data from the start of the record, the high 16
 bits its length (``__rel_loc``: the offset counts from the end of the field).
+
+The ``const char *`` arguments of ``syscalls:sys_enter_*`` tracepoints
+(``filename``, ``pathname``, ...) point into the calling process's memory:
+they are classified :attr:`FieldKind.USER_STRING` so the program reads the
+text (``buf`` of write(2) and pwrite64(2) is data, not text: it stays a pointer).
 Parsing is pure text work, so it is tested on copies of real format files;
 reading and listing need a mounted tracefs (:func:`ebcap.bpf.fs.ensure_tracefs`).
 """
@@ -20,12 +25,12 @@ import enum
 import fnmatch
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
 from ebcap.bpf import fs
-from ebcap.errors import KernelError, NotSupportedError, UsageError
+from ebcap.errors import BadFileError, KernelError, NotSupportedError, UsageError
 
 COMMON_PREFIX: Final = "common_"
 DATA_LOC: Final = "__data_loc"
@@ -42,6 +47,10 @@ _DECL: Final = re.compile(r"^(?P<type>.*?)\s*(?P<name>[A-Za-z_]\w*)\s*(?P<dims>(
 _DIM: Final = re.compile(r"\[([^\]]*)\]")
 _CHAR_TYPES: Final = frozenset({"char", "signed char", "const char"})
 _SCALAR_SIZES: Final = frozenset({1, 2, 4, 8})
+SYSCALLS_CATEGORY: Final = "syscalls"
+USER_STRING_TYPE: Final = "const char *"
+NOT_TEXT: Final = frozenset({"buf"})
+"""``const char *`` syscall arguments that are data, not strings (write, pwrite64)."""
 
 
 class FieldKind(enum.Enum):
@@ -63,6 +72,8 @@ class FieldKind(enum.Enum):
     """Any other ``__data_loc`` / ``__rel_loc``: bytes stored after the fixed part."""
     FLEXIBLE = "flexible"
     """A trailing ``x[]`` of size 0: no fixed bytes to read."""
+    USER_STRING = "user_string"
+    """A pointer to a string in user memory (a ``const char *`` syscall argument)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,11 @@ class TracepointField:
     @property
     def is_dynamic(self) -> bool:
         return self.kind in (FieldKind.DYNAMIC_STRING, FieldKind.DYNAMIC_BYTES)
+
+    @property
+    def has_slot(self) -> bool:
+        """Whether the event carries data copied from elsewhere (dynamic or user memory)."""
+        return self.is_dynamic or self.kind is FieldKind.USER_STRING
 
     @property
     def element_size(self) -> int:
@@ -170,7 +186,7 @@ def parse_field_line(line: str) -> TracepointField | None:
     decl = " ".join(match["decl"].split())
     parts = _DECL.match(decl)
     if parts is None:
-        raise KernelError(f"cannot parse tracepoint field declaration {decl!r}")
+        raise BadFileError(f"cannot parse field declaration {decl!r}")
     size = int(match["size"])
     kind, count, relative = classify(parts["type"], parts["dims"], size)
     return TracepointField(
@@ -185,8 +201,20 @@ def parse_field_line(line: str) -> TracepointField | None:
     )
 
 
+def _user_string(field: TracepointField, category: str) -> TracepointField:
+    """``field`` as a USER_STRING if it is a string argument of a syscall tracepoint."""
+    if (
+        category == SYSCALLS_CATEGORY
+        and field.kind is FieldKind.POINTER
+        and field.type == USER_STRING_TYPE
+        and field.name not in NOT_TEXT
+    ):
+        return replace(field, kind=FieldKind.USER_STRING)
+    return field
+
+
 def parse_format(text: str, category: str = "") -> TracepointFormat:
-    """Parse the text of a ``format`` file (KernelError if it is not one)."""
+    """Parse the text of a ``format`` file (BadFileError, saying why, if it is not one)."""
     name = ""
     event_id: int | None = None
     fields: list[TracepointField] = []
@@ -199,16 +227,16 @@ def parse_format(text: str, category: str = "") -> TracepointFormat:
             try:
                 event_id = int(stripped.removeprefix("ID:"))
             except ValueError:
-                raise KernelError(f"bad tracepoint ID line {stripped!r}") from None
+                raise BadFileError(f"bad ID line {stripped!r}") from None
         elif stripped.startswith("print fmt:"):
             print_fmt = stripped.removeprefix("print fmt:").strip()
         elif stripped.startswith("field:"):
             field = parse_field_line(stripped)
             if field is None:
-                raise KernelError(f"cannot parse tracepoint field line {stripped!r}")
-            fields.append(field)
+                raise BadFileError(f"cannot parse field line {stripped!r}")
+            fields.append(_user_string(field, category))
     if not name or event_id is None or not fields:
-        raise KernelError("not a tracepoint format file: it lacks name, ID or fields")
+        raise BadFileError("not a tracepoint format file: it lacks name, ID or fields")
     return TracepointFormat(category, name, event_id, tuple(fields), print_fmt)
 
 
@@ -242,7 +270,10 @@ def read_format(
         ) from None
     except OSError as exc:
         raise KernelError(f"cannot read {path}: {exc.strerror}", exc.errno or 0) from None
-    return parse_format(text, category)
+    try:
+        return parse_format(text, category)
+    except BadFileError as exc:
+        raise BadFileError(f"tracepoint {category}:{name}: {path}: {exc}") from None
 
 
 def list_tracepoints(

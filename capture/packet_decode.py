@@ -7,6 +7,7 @@ if its bytes were captured (``cap_len``); what was not captured is null.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from typing import Final
 
@@ -26,6 +27,22 @@ _PORTED: Final = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_UDPLITE)
 IP_OFFSET_MASK: Final = 0x1FFF
 """IPv4 fragment offset bits: only the first fragment carries the ports."""
 
+
+class RxQueue(enum.Enum):
+    """How the event's ``queue`` field becomes the ``rx_queue`` column (null: unknown).
+
+    The column always means what XDP's ``rx_queue_index`` means: the receive
+    queue of the packet.
+    """
+
+    AS_IS = "as_is"
+    """XDP: ``rx_queue_index``."""
+    RECORDED_PLUS_ONE = "recorded_plus_one"
+    """tc ingress: ``skb->queue_mapping`` holds rx queue + 1, 0 when none was recorded."""
+    NONE = "none"
+    """tc egress: no receive queue (and the tx queue is picked after the clsact hook)."""
+
+
 PACKET_FIELDS: Final = (
     pa.field("ifindex", pa.uint32()),
     pa.field("rx_queue", pa.uint32()),
@@ -41,7 +58,7 @@ PACKET_FIELDS: Final = (
 """Decoded columns of a packet capture (header fields null where not captured)."""
 
 
-def decode_packets(events: np.ndarray) -> dict[str, pa.Array]:
+def decode_packets(events: np.ndarray, rx_queue: RxQueue = RxQueue.AS_IS) -> dict[str, pa.Array]:
     """Columns for packet events: Ethernet (with up to two VLAN tags), IPv4/IPv6, ports.
 
     A header counts only if its bytes were captured (``cap_len``); IPv6
@@ -73,7 +90,7 @@ def decode_packets(events: np.ndarray) -> dict[str, pa.Array]:
     ported = (ipv4 | ipv6) & np.isin(proto, _PORTED) & first_fragment & (avail >= l4 + 4)
     return {
         "ifindex": pa.array(events["ifindex"].astype(np.uint32)),
-        "rx_queue": pa.array(events["rx_queue"].astype(np.uint32)),
+        "rx_queue": _rx_queue(events["queue"].astype(np.uint32), rx_queue),
         "pkt_len": pa.array(events["pkt_len"].astype(np.uint32)),
         "cap_len": pa.array(events["cap_len"].astype(np.uint32)),
         "ethertype": pa.array(ethertype.astype(np.uint16), mask=~has_eth),
@@ -83,6 +100,14 @@ def decode_packets(events: np.ndarray) -> dict[str, pa.Array]:
         "src_port": pa.array(be16(l4).astype(np.uint16), mask=~ported),
         "dst_port": pa.array(be16(l4 + 2).astype(np.uint16), mask=~ported),
     }
+
+
+def _rx_queue(queue: np.ndarray, meaning: RxQueue) -> pa.Array:
+    if meaning is RxQueue.AS_IS:
+        return pa.array(queue)
+    if meaning is RxQueue.RECORDED_PLUS_ONE:
+        return pa.array(queue - 1, mask=queue == 0)
+    return pa.nulls(len(queue), pa.uint32())
 
 
 def _addresses(

@@ -9,6 +9,7 @@ Every kernel object a source creates is registered on the caller's
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import struct
 from abc import ABC, abstractmethod
@@ -289,20 +290,47 @@ def parse_source(
         iface, _, direction = rest.partition(":")
         if not iface or (kind == "xdp" and direction):
             raise UsageError(f"bad source {spec!r}: use xdp:IFACE or tc:IFACE:ingress|egress")
+        if kind == "tc" and not direction:
+            raise UsageError(
+                f"source {spec!r} needs a direction: tc:{iface}:ingress or tc:{iface}:egress"
+            )
         chosen = SNAPLEN_DEFAULT if snaplen is None else snaplen
         if kind == "xdp":
             mode = xdp_mode or "native"
-            return XdpSource(iface, mode, chosen, force=replace_xdp, notify=notify)
-        return TcSource(iface, direction or "ingress", chosen, notify=notify)
+            return XdpSource(iface, mode, chosen, replace=replace_xdp, notify=notify)
+        return TcSource(iface, direction, chosen, notify=notify)
     raise UsageError(f"unknown source {spec!r}: built-in sources are: {', '.join(SOURCE_SPECS)}")
 
 
-def list_sources(pattern: str = "*") -> list[str]:
-    """Source specs matching a glob: syscalls, tracepoints, and packet hooks of each interface."""
-    import fnmatch
+SOURCE_KINDS = ("syscalls", "tracepoint", "xdp", "tc")
 
+
+def spec_matches(spec: str, pattern: str) -> bool:
+    """Whether source ``spec`` matches a ``--list-sources`` glob.
+
+    A pattern with a colon is matched against the whole spec (``xdp:*``,
+    ``tc:eth0:*``, ``tracepoint:sched:*``); one that does not start with a
+    source kind also as a tracepoint's ``CAT:NAME`` (``sched:*``). A pattern
+    without a colon matches any part of the spec (``eth0``, ``sched_sw*``).
+    """
+    if ":" not in pattern:
+        return any(fnmatch.fnmatchcase(part, pattern) for part in spec.split(":"))
+    if fnmatch.fnmatchcase(spec, pattern):
+        return True
+    kind = pattern.split(":", 1)[0]
+    return kind not in SOURCE_KINDS and fnmatch.fnmatchcase(spec, "tracepoint:" + pattern)
+
+
+def list_sources(pattern: str = "*") -> list[str]:
+    """Source specs matching a glob (:func:`spec_matches`): syscalls, tracepoints, and the
+    packet hooks of each interface; UsageError when none matches."""
     from ebcap.capture.packet_source import list_packet_sources
     from ebcap.capture.tracepoint_source import list_tracepoint_sources
 
-    builtin = ["syscalls"] if fnmatch.fnmatchcase("syscalls", pattern) else []
-    return [*builtin, *list_tracepoint_sources(pattern), *list_packet_sources(pattern)]
+    specs = ["syscalls", *list_tracepoint_sources(), *list_packet_sources()]
+    found = [spec for spec in specs if spec_matches(spec, pattern)]
+    if not found:
+        raise UsageError(
+            f"no source matches {pattern!r} (try a glob such as 'sched:*', 'xdp:*' or '*openat*')"
+        )
+    return found

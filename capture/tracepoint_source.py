@@ -3,10 +3,17 @@
 The tracefs ``format`` file says where each field sits; the generated program
 (:mod:`ebcap.bpf.programs.tracepoint`) copies the record and the dynamic
 strings behind the standard header, and this module turns the copies into
-columns: integers of their own width and sign, pointers as uint64, char
+columns: integers of their own width and sign (``bool`` as bool), pointers as uint64, char
 arrays and ``__data_loc`` strings as text, other arrays as fixed-size lists
 or bytes. A field named like a core column gets the ``ev_`` prefix
 (``cpu`` -> ``ev_cpu``); a trailing flexible array (``x[]``) has no column.
+
+Copied strings (``__data_loc``/``__rel_loc`` text and the ``const char *``
+arguments of syscall tracepoints) are cut to ``string_bytes - 1`` bytes
+(255 by default): ``NAME_truncated`` says whether a value was cut, and a
+string that could not be read is null in both. A user string also keeps its
+pointer as ``NAME_ptr``. (An extra column whose name another field already
+has is left out.)
 Of the common header only ``common_pid`` is kept: BPF never sees the others
 (see :mod:`ebcap.bpf.programs.tracepoint`).
 """
@@ -19,6 +26,7 @@ from typing import Final
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ebcap.bpf import _sys, tracefs
 from ebcap.bpf.maps import Map
@@ -31,8 +39,11 @@ from ebcap.format.schema import CORE_COLUMNS
 
 SPEC_PREFIX: Final = "tracepoint:"
 PROGRAM_NAME: Final = "ebcap_tp"
-LENGTH_SUFFIX: Final = ".len"
-"""Layout name of a dynamic-bytes slot's length (not a C identifier: cannot clash)."""
+HEAD_SUFFIX: Final = ".head"
+"""Layout name of a slot's head (not a C identifier: cannot clash)."""
+POINTER_SUFFIX: Final = ".ptr"
+TRUNCATED_COLUMN: Final = "_truncated"
+POINTER_COLUMN: Final = "_ptr"
 _RENAMED: Final = "ev_"
 
 
@@ -81,11 +92,27 @@ class TracepointSource(Source):
         dtype, self.fields = _event_dtype(fmt, self.event)
         self.layout = PayloadLayout(dtype, "ts_ns", "cpu")
 
+        taken = {column_name(f) for f in fmt.fields}
+        self._extras = {
+            f.name: [suffix for suffix in _extra_columns(f) if column_name(f) + suffix not in taken]
+            for f in self.fields
+        }
+
     def arrow_fields(self) -> list[pa.Field]:
-        return [pa.field(column_name(f), _arrow_type(f)) for f in self.fields]
+        out = []
+        for f in self.fields:
+            out.append(pa.field(column_name(f), _arrow_type(f)))
+            out += [pa.field(column_name(f) + x, _EXTRA_TYPES[x]) for x in self._extras[f.name]]
+        return out
 
     def decode(self, events: np.ndarray) -> dict[str, pa.Array]:
-        return {column_name(f): _decode_field(f, events) for f in self.fields}
+        columns: dict[str, pa.Array] = {}
+        for f in self.fields:
+            decoded = _decode_field(f, events)
+            columns[column_name(f)] = decoded[""]
+            for suffix in self._extras[f.name]:
+                columns[column_name(f) + suffix] = decoded[suffix]
+        return columns
 
     def start(self, transport: str, buffer_bytes: int, stack: ExitStack) -> KernelSide:
         from ebcap.bpf import links
@@ -130,19 +157,20 @@ def _event_dtype(
         if field.is_common and field.name != program.COMMON_PID:
             continue
         column = column_name(field)
-        if not field.is_dynamic:
+        if not field.has_slot:
             names.append(column)
             formats.append(_field_format(field))
             offsets.append(event.record_offset + field.offset)
-        elif slots[field.name].text:
-            names.append(column)
-            formats.append(f"S{slots[field.name].size}")
-            offsets.append(slots[field.name].offset)
-        else:
-            slot = slots[field.name]
-            names += [column, column + LENGTH_SUFFIX]
-            formats += [(np.uint8, (slot.size,)), "<u4"]
-            offsets += [slot.offset + program.BYTES_LENGTH_SIZE, slot.offset]
+            kept.append(field)
+            continue
+        slot = slots[field.name]
+        names += [column, column + HEAD_SUFFIX]
+        formats += [f"S{slot.size}" if slot.text else (np.uint8, (slot.size,)), "<u4"]
+        offsets += [slot.data_offset, slot.offset]
+        if field.kind is FieldKind.USER_STRING:
+            names.append(column + POINTER_SUFFIX)
+            formats.append("<u8")
+            offsets.append(event.record_offset + field.offset)
         kept.append(field)
     dtype = np.dtype(
         {"names": names, "formats": formats, "offsets": offsets, "itemsize": event.size}
@@ -163,34 +191,71 @@ def _field_format(field: TracepointField) -> object:
     return (np.uint8, (field.size,))
 
 
+_TEXT_SLOTS: Final = (FieldKind.DYNAMIC_STRING, FieldKind.USER_STRING)
+BOOL_TYPES: Final = frozenset({"bool", "_Bool"})
+
+
+def _is_bool(field: TracepointField) -> bool:
+    return field.kind is FieldKind.INT and field.size == 1 and field.type in BOOL_TYPES
+
+
+_EXTRA_TYPES: Final = {TRUNCATED_COLUMN: pa.bool_(), POINTER_COLUMN: pa.uint64()}
+
+
+def _extra_columns(field: TracepointField) -> list[str]:
+    """Suffixes of the columns a field adds to its own: truncation, pointer."""
+    if field.kind is FieldKind.USER_STRING:
+        return [POINTER_COLUMN, TRUNCATED_COLUMN]
+    if field.kind is FieldKind.DYNAMIC_STRING:
+        return [TRUNCATED_COLUMN]
+    return []
+
+
 def _arrow_type(field: TracepointField) -> pa.DataType:
+    if _is_bool(field):
+        return pa.bool_()
     if field.kind is FieldKind.INT:
         return _int_type(field.size, field.signed)
     if field.kind is FieldKind.POINTER:
         return pa.uint64()
-    if field.kind in (FieldKind.STRING, FieldKind.DYNAMIC_STRING):
+    if field.kind in (FieldKind.STRING, *_TEXT_SLOTS):
         return pa.string()
     if field.kind is FieldKind.INT_ARRAY:
         return pa.list_(_int_type(field.element_size, field.signed), field.count)
     return pa.binary()
 
 
-def _decode_field(field: TracepointField, events: np.ndarray) -> pa.Array:
+def _decode_field(field: TracepointField, events: np.ndarray) -> dict[str, pa.Array]:
+    """The field's column (key "") and its extra columns (keyed by suffix)."""
     name = column_name(field)
     values = events[name]
+    if _is_bool(field):
+        return {"": pa.array(values != 0)}
     if field.kind in (FieldKind.INT, FieldKind.POINTER):
-        return pa.array(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("=")))
-    if field.kind in (FieldKind.STRING, FieldKind.DYNAMIC_STRING):
-        return strings_from_bytes(values)
+        return {"": pa.array(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("=")))}
+    if field.kind is FieldKind.STRING:
+        return {"": strings_from_bytes(values)}
+    if field.kind in _TEXT_SLOTS:
+        status = events[name + HEAD_SUFFIX]
+        unreadable = status == program.STRING_UNREADABLE
+        text = strings_from_bytes(values)
+        out = {
+            "": pc.if_else(unreadable, pa.scalar(None, pa.string()), text),
+            TRUNCATED_COLUMN: pa.array(status == program.STRING_TRUNCATED, mask=unreadable),
+        }
+        if field.kind is FieldKind.USER_STRING:
+            pointers = events[name + POINTER_SUFFIX]
+            out[POINTER_COLUMN] = pa.array(pointers.astype(pointers.dtype.newbyteorder("=")))
+        return out
     if field.kind is FieldKind.INT_ARRAY:
         flat = np.ascontiguousarray(values).astype(values.dtype.newbyteorder("=")).reshape(-1)
-        return pa.FixedSizeListArray.from_arrays(pa.array(flat), field.count)
+        return {"": pa.FixedSizeListArray.from_arrays(pa.array(flat), field.count)}
     data = np.ascontiguousarray(values).reshape(len(events), -1)
     if field.kind is FieldKind.DYNAMIC_BYTES:
-        lengths = np.minimum(events[name + LENGTH_SUFFIX].astype(np.int64), data.shape[1])
+        lengths = np.minimum(events[name + HEAD_SUFFIX].astype(np.int64), data.shape[1])
     else:
         lengths = np.full(len(events), data.shape[1], dtype=np.int64)
-    return _binary(data, lengths)
+    return {"": _binary(data, lengths)}
 
 
 def _binary(data: np.ndarray, lengths: np.ndarray) -> pa.Array:

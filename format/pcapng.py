@@ -2,7 +2,10 @@
 
 One section: a Section Header Block, one Interface Description Block per
 ifindex (link type Ethernet, the snaplen, ``if_tsresol`` = 9 so timestamps
-keep their nanoseconds), then one Enhanced Packet Block per packet. Packet
+keep their nanoseconds), then one Enhanced Packet Block per packet. The IDB
+of the interface the capture's source names is written up front, so a
+capture without packets is still a file readers open. The snaplen is the
+``--snaplen`` of the capture (``snaplen`` in ``ebcap.source_layout``). Packet
 timestamps are ``ts_ns`` (CLOCK_MONOTONIC) plus the capture's
 ``ebcap.realtime_offset_ns``: wall-clock time, as pcapng wants.
 
@@ -52,6 +55,8 @@ _OPTION: Final = struct.Struct("<HH")  # code, length
 
 PACKET_FIELD: Final = "packet"
 """Name of the layout field where the packet bytes of a row start."""
+SNAPLEN_KEY: Final = "snaplen"
+"""Key of the capture's snaplen in the source layout metadata."""
 PACKET_COLUMNS: Final = ("ts_ns", "ifindex", "pkt_len", "cap_len", "data")
 
 
@@ -72,7 +77,12 @@ def _block(block_type: int, body: bytes) -> bytes:
 
 
 class PcapngWriter:
-    """Writes one pcapng section to a binary stream; interfaces appear on first use."""
+    """Writes one pcapng section to a binary stream; interfaces appear on first use.
+
+    With ``first_interface`` (a name, or "" for none) the first IDB is written
+    at once and stands for the first ifindex written: a capture of one
+    interface that saw no packet still gets its IDB.
+    """
 
     def __init__(
         self,
@@ -83,6 +93,7 @@ class PcapngWriter:
         application: str = "ebcap",
         os_name: str = "",
         interface_names: Mapping[int, str] | None = None,
+        first_interface: str | None = None,
     ) -> None:
         """``snaplen`` 0 means unknown/unlimited, as pcapng defines it."""
         if not 0 <= snaplen < 1 << 32:
@@ -98,16 +109,27 @@ class PcapngWriter:
             options.append((OPT_SHB_OS, os_name.encode()))
         body = _SHB_BODY.pack(BYTE_ORDER_MAGIC, *VERSION, SECTION_LENGTH_UNKNOWN)
         out.write(_block(BLOCK_SHB, body + _options(options)))
+        self._written = 0
+        self._unbound: int | None = None
+        if first_interface is not None:
+            self._unbound = self._write_idb(first_interface)
+
+    def _write_idb(self, name: str) -> int:
+        options = [(OPT_IF_TSRESOL, bytes([TSRESOL_NS]))]
+        if name:
+            options.insert(0, (OPT_IF_NAME, name.encode()))
+        body = _IDB_BODY.pack(LINKTYPE_ETHERNET, 0, self._snaplen) + _options(options)
+        self._out.write(_block(BLOCK_IDB, body))
+        self._written += 1
+        return self._written - 1
 
     def interface_id(self, ifindex: int) -> int:
         """The pcapng interface id of ``ifindex``, writing its IDB the first time."""
         if ifindex not in self._interfaces:
-            options = [(OPT_IF_TSRESOL, bytes([TSRESOL_NS]))]
-            if ifindex in self._names:
-                options.insert(0, (OPT_IF_NAME, self._names[ifindex].encode()))
-            body = _IDB_BODY.pack(LINKTYPE_ETHERNET, 0, self._snaplen) + _options(options)
-            self._out.write(_block(BLOCK_IDB, body))
-            self._interfaces[ifindex] = len(self._interfaces)
+            if self._unbound is not None:
+                self._interfaces[ifindex], self._unbound = self._unbound, None
+            else:
+                self._interfaces[ifindex] = self._write_idb(self._names.get(ifindex, ""))
         return self._interfaces[ifindex]
 
     def write_packet(self, ifindex: int, ts_ns: int, data: bytes, orig_len: int) -> None:
@@ -136,6 +158,59 @@ def packet_offset(metadata: Mapping[str, Any]) -> int:
     )
 
 
+def capture_snaplen(metadata: Mapping[str, Any]) -> int | None:
+    """The ``--snaplen`` a packet capture was recorded with; None if its metadata lacks it."""
+    layout = metadata.get(s.META_SOURCE_LAYOUT)
+    snaplen = layout.get(SNAPLEN_KEY) if isinstance(layout, Mapping) else None
+    return int(snaplen) if snaplen is not None else None
+
+
+def capture_writer(
+    metadata: Mapping[str, Any],
+    out: BinaryIO,
+    *,
+    snaplen: int | None = None,
+    interface_names: Mapping[int, str] | None = None,
+) -> PcapngWriter:
+    """A writer for the packets of the capture ``metadata`` describes: the SHB and the
+    IDB of the source's interface are written at once, so rows can follow in batches
+    (:func:`write_packet_rows`). ``snaplen`` defaults to the capture's (0 if unknown)."""
+    packet_offset(metadata)  # refuse a capture without packets before writing anything
+    if snaplen is None:
+        snaplen = capture_snaplen(metadata) or 0
+    return PcapngWriter(
+        out,
+        snaplen=snaplen,
+        realtime_offset_ns=int(metadata.get(s.META_REALTIME_OFFSET, 0)),
+        os_name=f"Linux {metadata[s.META_KERNEL]}" if s.META_KERNEL in metadata else "",
+        interface_names=interface_names,
+        first_interface=_source_interface(metadata),
+    )
+
+
+def write_packet_rows(writer: PcapngWriter, rows: pa.Table | pa.RecordBatch, offset: int) -> int:
+    """Write the sample rows of a capture's table or batch; return how many.
+
+    ``offset`` is :func:`packet_offset` of the capture; ``lost`` rows are skipped.
+    """
+    missing = [c for c in PACKET_COLUMNS if c not in rows.column_names]
+    if missing:
+        raise UsageError(f"not a packet capture: no column {', '.join(missing)}")
+    if "kind" in rows.column_names:
+        rows = rows.filter(pc.equal(rows["kind"].cast(pa.string()), s.KIND_SAMPLE))
+    cap = rows["cap_len"].to_numpy(zero_copy_only=False)
+    wire = rows["pkt_len"].to_numpy(zero_copy_only=False)
+    ts = rows["ts_ns"].to_numpy(zero_copy_only=False)
+    ifindex = rows["ifindex"].to_numpy(zero_copy_only=False)
+    for i, payload in enumerate(rows["data"].to_pylist()):
+        length = int(cap[i])
+        packet = payload[offset : offset + length]
+        if len(packet) != length:
+            raise BadFileError(f"row {i}: payload holds {len(packet)} of {length} captured bytes")
+        writer.write_packet(int(ifindex[i]), int(ts[i]), packet, int(wire[i]))
+    return rows.num_rows
+
+
 def write_pcapng(
     table: pa.Table,
     metadata: Mapping[str, Any],
@@ -147,46 +222,25 @@ def write_pcapng(
     """Write the packet rows of a capture ``table`` to ``out``; return how many.
 
     ``metadata`` is the decoded schema metadata. Rows that are not samples
-    (``lost`` rows) are skipped. Without ``snaplen``, the largest ``cap_len``
-    of a truncated packet is used (0, unlimited, if none was truncated).
-    Without ``interface_names``, a capture of one interface names it after
-    the source (``xdp:eth0`` -> ``eth0``).
+    (``lost`` rows) are skipped. Without ``snaplen``, the capture's
+    ``--snaplen`` is used; for a capture whose metadata lacks it, the largest
+    ``cap_len`` of a truncated packet (0, unlimited, if none was truncated).
+    The source's interface is named after the source (``xdp:eth0`` -> ``eth0``).
     """
     offset = packet_offset(metadata)
-    missing = [c for c in PACKET_COLUMNS if c not in table.column_names]
-    if missing:
-        raise UsageError(f"not a packet capture: no column {', '.join(missing)}")
     if "kind" in table.column_names:
         table = table.filter(pc.equal(table["kind"].cast(pa.string()), s.KIND_SAMPLE))
-    cap = table["cap_len"].to_numpy(zero_copy_only=False)
-    wire = table["pkt_len"].to_numpy(zero_copy_only=False)
-    if snaplen is None:
+    if snaplen is None and capture_snaplen(metadata) is None and "cap_len" in table.column_names:
+        cap = table["cap_len"].to_numpy(zero_copy_only=False)
+        wire = table["pkt_len"].to_numpy(zero_copy_only=False)
         truncated = cap[cap < wire]
         snaplen = int(truncated.max()) if len(truncated) else 0
-    ts = table["ts_ns"].to_numpy(zero_copy_only=False)
-    ifindex = table["ifindex"].to_numpy(zero_copy_only=False)
-    if interface_names is None:
-        interface_names = _names_from_source(metadata, {int(i) for i in ifindex})
-    writer = PcapngWriter(
-        out,
-        snaplen=snaplen,
-        realtime_offset_ns=int(metadata.get(s.META_REALTIME_OFFSET, 0)),
-        os_name=f"Linux {metadata[s.META_KERNEL]}" if s.META_KERNEL in metadata else "",
-        interface_names=interface_names,
-    )
-    for i, payload in enumerate(table["data"].to_pylist()):
-        length = int(cap[i])
-        packet = payload[offset : offset + length]
-        if len(packet) != length:
-            raise BadFileError(f"row {i}: payload holds {len(packet)} of {length} captured bytes")
-        writer.write_packet(int(ifindex[i]), int(ts[i]), packet, int(wire[i]))
+    writer = capture_writer(metadata, out, snaplen=snaplen, interface_names=interface_names)
+    write_packet_rows(writer, table, offset)
     return writer.packets
 
 
-def _names_from_source(metadata: Mapping[str, Any], ifindexes: set[int]) -> dict[int, str]:
-    """``{ifindex: name}`` when the source spec names the one interface seen."""
+def _source_interface(metadata: Mapping[str, Any]) -> str:
+    """The interface an ``xdp:``/``tc:`` source spec names ("" for other sources)."""
     kind, _, rest = str(metadata.get(s.META_SOURCE, "")).partition(":")
-    name = rest.split(":")[0]
-    if kind in ("xdp", "tc") and name and len(ifindexes) == 1:
-        return {next(iter(ifindexes)): name}
-    return {}
+    return rest.split(":")[0] if kind in ("xdp", "tc") else ""

@@ -3,7 +3,7 @@
 Both write the same event, built in a per-CPU scratch slot (a snapshot can be
 larger than the 512-byte BPF stack)::
 
-    u64 ts_ns; u32 cpu; u32 ifindex; u32 rx_queue; u32 pkt_len; u32 cap_len;
+    u64 ts_ns; u32 cpu; u32 ifindex; u32 queue; u32 pkt_len; u32 cap_len;
     u8  packet[max(cap_len, PACKET_HEAD_BYTES)];
 
 ``cap_len = min(pkt_len, snaplen)`` bytes are copied with
@@ -11,6 +11,12 @@ larger than the 512-byte BPF stack)::
 fragments, unlike direct packet access). The first :data:`PACKET_HEAD_BYTES`
 are always sent, zero-filled past ``cap_len``, so every event has a fixed
 part to decode headers from; the event is ``28 + max(cap_len, 96)`` bytes.
+
+``queue`` is what the hook offers, as is: XDP's ``rx_queue_index``; tc's
+``skb->queue_mapping``, which on ingress holds the rx queue + 1 (0: none
+recorded) and on egress whatever was there before the kernel picks the tx
+queue (after the clsact hook). The decoder turns it into one meaning
+(:class:`ebcap.capture.packet_decode.RxQueue`).
 
 The programs only observe: XDP returns ``XDP_PASS``, tc returns
 ``TC_ACT_UNSPEC`` (continue with the next filter, pass when none) rather
@@ -85,7 +91,7 @@ PACKET_EVENT: Final = np.dtype(
         ("ts_ns", "<u8"),  # bpf_ktime_get_ns(): CLOCK_MONOTONIC
         ("cpu", "<u4"),  # bpf_get_smp_processor_id()
         ("ifindex", "<u4"),  # XDP: ingress_ifindex; tc: skb->dev
-        ("rx_queue", "<u4"),  # XDP: rx_queue_index; tc: skb->queue_mapping
+        ("queue", "<u4"),  # XDP: rx_queue_index; tc: skb->queue_mapping
         ("pkt_len", "<u4"),  # bytes on the wire (XDP: all fragments)
         ("cap_len", "<u4"),  # bytes copied: min(pkt_len, snaplen)
         ("packet", "u1", (PACKET_HEAD_BYTES,)),  # the first bytes, zero past cap_len
@@ -169,7 +175,7 @@ def build_packet_program(
             ldx_mem(W, R1, R6, XDP_MD_INGRESS_IFINDEX),
             stx_mem(W, R7, R1, _at("ifindex")),
             ldx_mem(W, R1, R6, XDP_MD_RX_QUEUE_INDEX),
-            stx_mem(W, R7, R1, _at("rx_queue")),
+            stx_mem(W, R7, R1, _at("queue")),
             mov64_reg(R1, R6),
             call(BPF_FUNC_xdp_get_buff_len),
             mov64_reg(R8, R0),
@@ -181,7 +187,7 @@ def build_packet_program(
             ldx_mem(W, R1, R6, SKB_IFINDEX),
             stx_mem(W, R7, R1, _at("ifindex")),
             ldx_mem(W, R1, R6, SKB_QUEUE_MAPPING),
-            stx_mem(W, R7, R1, _at("rx_queue")),
+            stx_mem(W, R7, R1, _at("queue")),
             ldx_mem(W, R8, R6, SKB_LEN),
         ]
         load = BPF_FUNC_skb_load_bytes

@@ -7,7 +7,9 @@ be larger than the 512-byte BPF stack)::
 
     u64 ts_ns; u32 cpu; u32 pad;            the built-in header
     u8  record[record_bytes];               the fixed part, copied as is
-    char strings[n][string_bytes];          one slot per __data_loc / __rel_loc field
+    struct { u32 head; u8 data[string_bytes]; } slots[n];
+                                            one per __data_loc / __rel_loc field
+                                            and per user string (see below)
 
 and hands it to the transport.
 
@@ -19,13 +21,25 @@ ends up in a file) and writes ``common_pid`` itself, from
 ``bpf_get_current_pid_tgid`` (the thread id, as the kernel would). The fixed part is copied with one
 ``bpf_probe_read_kernel`` (bounded by :data:`RECORD_MAX`); each dynamic field
 is copied from where its u32 locator points: text with
-``bpf_probe_read_kernel_str`` (always NUL-terminated, truncated to the
-slot), bytes with ``bpf_probe_read_kernel`` after a u32 holding how many
-were copied. A failed read leaves a zeroed slot.
+``bpf_probe_read_kernel_str`` (always NUL-terminated, cut to the slot), bytes
+with ``bpf_probe_read_kernel``, the slot's ``head`` holding how many were
+copied. A user string (a ``const char *`` syscall argument,
+:attr:`FieldKind.USER_STRING`) is read from the calling process's memory with
+``bpf_probe_read_user_str``.
+
+The ``head`` of a text slot is its :data:`STRING_COMPLETE`,
+:data:`STRING_TRUNCATED` (the text was longer than the slot: it holds the
+first ``string_bytes - 1`` bytes) or :data:`STRING_UNREADABLE` (the read
+failed: a NULL pointer, or user memory not paged in, which a tracepoint
+program may not fault in). A data_loc string is truncated when its locator's
+length (NUL included) exceeds the slot; a user string when the read filled
+the slot and the byte the NUL replaced is not a NUL itself (one more
+one-byte read).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,6 +53,7 @@ from ebcap.bpf.asm import (
     R6,
     R7,
     R8,
+    B,
     Instruction,
     Item,
     W,
@@ -47,6 +62,7 @@ from ebcap.bpf.asm import (
     alu64_reg,
     call,
     exit_,
+    ja,
     jmp_imm,
     label,
     ld_map_fd,
@@ -74,23 +90,31 @@ RECORD_MAX: Final = 1024
 STRING_BYTES_DEFAULT: Final = 256
 STRING_BYTES_MAX: Final = 4096
 """PATH_MAX: the longest string a slot holds (longer ones are truncated)."""
-BYTES_LENGTH_SIZE: Final = 4
-"""A dynamic-bytes slot starts with the u32 count of bytes copied into it."""
+SLOT_HEAD_SIZE: Final = 4
+"""Every slot starts with a u32: bytes copied (bytes), or the string status (text)."""
+STRING_COMPLETE: Final = 0
+STRING_TRUNCATED: Final = 1
+STRING_UNREADABLE: Final = 2
 
 _KEY_SLOT: Final = -8
+_BYTE_SLOT: Final = -16
 _DONE: Final = "done"
 
 
 @dataclass(frozen=True)
 class DynamicSlot:
-    """Where the copy of one ``__data_loc`` / ``__rel_loc`` field lives in the event."""
+    """Where the copy of one dynamic field or user string lives in the event."""
 
     name: str
     offset: int
-    """Event offset of the slot (for bytes: of the u32 length, data follows)."""
+    """Event offset of the slot's u32 head; the data follows it."""
     size: int
     """Bytes of data the slot holds."""
     text: bool
+
+    @property
+    def data_offset(self) -> int:
+        return self.offset + SLOT_HEAD_SIZE
 
 
 @dataclass(frozen=True)
@@ -115,17 +139,65 @@ def event_layout(fmt: TracepointFormat, string_bytes: int) -> TracepointEventLay
     offset = HEADER_SIZE + record_bytes
     slots = []
     for field in fmt.fields:
-        if not field.is_dynamic or field.end > record_bytes:
+        if not field.has_slot or field.end > record_bytes:
             continue
-        text = field.kind is FieldKind.DYNAMIC_STRING
+        text = field.kind is not FieldKind.DYNAMIC_BYTES
         slots.append(DynamicSlot(field.name, offset, string_bytes, text))
-        offset += string_bytes + (0 if text else BYTES_LENGTH_SIZE)
+        offset += SLOT_HEAD_SIZE + string_bytes
     return TracepointEventLayout(record_bytes, tuple(slots), -(-offset // 8) * 8)
+
+
+def _string_status(slot: DynamicSlot, truncated: Sequence[Item], done: str) -> list[Item]:
+    """Set the head of a text slot after a *_str read (r0): unreadable, or what
+    ``truncated`` (which jumps to ``done`` when complete) finds."""
+    failed, complete = f"failed_{slot.name}", f"complete_{slot.name}"
+    return [
+        jmp_imm("jslt", R0, 0, failed),
+        *truncated,
+        st_mem(W, R7, slot.offset, STRING_TRUNCATED),
+        ja(done),
+        label(failed),
+        st_mem(W, R7, slot.offset, STRING_UNREADABLE),
+        ja(done),
+        label(complete),
+        st_mem(W, R7, slot.offset, STRING_COMPLETE),
+        label(done),
+    ]
+
+
+def _copy_user_string(fmt: TracepointFormat, slot: DynamicSlot) -> list[Item]:
+    """Read the user string a pointer field points to: r6 = record, r7 = event; R0-R3, R8."""
+    field = fmt.field(slot.name)
+    done, complete = f"done_{slot.name}", f"complete_{slot.name}"
+    check_last_byte: list[Item] = [
+        jmp_imm("jlt", R0, slot.size, complete),  # r0 counts the NUL: it fitted
+        mov64_reg(R1, FP),
+        add64_imm(R1, _BYTE_SLOT),
+        mov64_imm(R2, 1),
+        mov64_reg(R3, R8),
+        add64_imm(R3, slot.size - 1),
+        call("BPF_FUNC_probe_read_user"),  # the byte the NUL replaced
+        jmp_imm("jne", R0, 0, f"truncated_{slot.name}"),
+        ldx_mem(B, R1, FP, _BYTE_SLOT),
+        jmp_imm("jeq", R1, 0, complete),
+        label(f"truncated_{slot.name}"),
+    ]
+    return [
+        ldx_mem(DW, R8, R6, field.offset),  # r8 = the user pointer
+        mov64_reg(R1, R7),
+        add64_imm(R1, slot.data_offset),
+        mov64_imm(R2, slot.size),
+        mov64_reg(R3, R8),
+        call("BPF_FUNC_probe_read_user_str"),
+        *_string_status(slot, check_last_byte, done),
+    ]
 
 
 def _copy_dynamic(fmt: TracepointFormat, slot: DynamicSlot) -> list[Item]:
     """Copy one dynamic field into its slot: r6 = record, r7 = event; R0-R3, R8 clobbered."""
     field = fmt.field(slot.name)
+    if field.kind is FieldKind.USER_STRING:
+        return _copy_user_string(fmt, slot)
     items: list[Item] = [
         ldx_mem(W, R8, R6, field.offset),  # r8 = length << 16 | offset
         mov64_reg(R3, R8),
@@ -134,14 +206,20 @@ def _copy_dynamic(fmt: TracepointFormat, slot: DynamicSlot) -> list[Item]:
     if field.relative:
         items.append(add64_imm(R3, field.end))
     items.append(alu64_reg("add", R3, R6))  # r3 = record + offset
-    data_at = slot.offset if slot.text else slot.offset + BYTES_LENGTH_SIZE
+    data_at = slot.data_offset
     if slot.text:
+        complete = f"complete_{slot.name}"
+        fits = [
+            alu64_imm("rsh", R8, LOC_LENGTH_SHIFT),  # r8 = length, NUL included
+            jmp_imm("jle", R8, slot.size, complete),
+        ]
         return [
             *items,
             mov64_reg(R1, R7),
             add64_imm(R1, data_at),
             mov64_imm(R2, slot.size),
             call("BPF_FUNC_probe_read_kernel_str"),
+            *_string_status(slot, fits, f"done_{slot.name}"),
         ]
     clamped = f"clamped_{slot.name}"
     empty = f"empty_{slot.name}"

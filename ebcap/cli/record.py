@@ -70,7 +70,7 @@ def record(
         None, "--snaplen", help="xdp:/tc: bytes of each packet to keep (64..16384, default 256)."
     ),
     replace_xdp: bool = typer.Option(
-        False, "--replace-xdp", help="xdp: replace another XDP program on the interface for good."
+        False, "--replace-xdp", help="xdp: replace another XDP program (it is not put back)."
     ),
     duration: float | None = typer.Option(
         None, "--duration", "-d", help="Stop after this many seconds."
@@ -133,6 +133,7 @@ def record(
     from ebcap.bpf.caps import require_tracing_capabilities
     from ebcap.bpf.cpus import online_cpus, parse_cpu_list
     from ebcap.capture.layout import parse_layout
+    from ebcap.capture.leftovers import remove_leftovers
     from ebcap.capture.recorder import Recorder, RecordOptions
     from ebcap.capture.sources import TRANSPORTS, parse_source
     from ebcap.format.writer import zstd_codec
@@ -183,6 +184,8 @@ def record(
         notify=lambda message: typer.secho(f"ebcap: {message}", err=True, fg="yellow"),
     )
     require_tracing_capabilities()
+    for note in remove_leftovers():  # what killed ebcap processes left on interfaces
+        typer.secho(f"ebcap: {note}", err=True, fg="yellow")
     use_streaming_pool()  # memory stays flat over a long recording
     actual_transport = src.transport_of(transport)
     if pin is not None and drops is None and actual_transport == "ringbuf":

@@ -9,8 +9,8 @@ interface, then every end state is checked.
 
 After SIGKILL, fd-based attachments (raw tracepoints, tracepoint perf
 links) go with the process. XDP programs and tc filters attached through
-netlink stay until the next ebcap start on that interface removes them:
-tests/sources/test_packet_leftovers.py::test_sigkill_leftovers_are_removed_by_the_next_start.
+netlink stay until the next `ebcap record` start (any source) removes them:
+tests/sources/test_packet_leftovers.py::test_sigkilled_recorders_are_cleaned_by_any_next_record.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from reliability.harness import ebcap_process, wait_for
 from sources import netns
 
 from ebcap.bpf.links import loaded_link_ids
-from ebcap.capture import packet_source
+from ebcap.capture import netlink_hooks as hooks
 
 pytestmark = [pytest.mark.privileged, pytest.mark.network]
 
@@ -52,7 +52,7 @@ CASES = [
     ("tc", "error"),
 ]
 """Each exit on the syscalls source, and each kind of attachment with a few of them. SIGKILL
-of xdp:/tc: recordings is tested in tests/sources (their cleanup is the next start's)."""
+of xdp:/tc: recordings is tested in tests/sources (their cleanup is the next record's)."""
 FULL_FS = 4096
 """One page of tmpfs: the schema fits when the file opens, the footer does not at the end."""
 
@@ -84,9 +84,9 @@ def interfaces() -> Iterator[list[netns.VethPair]]:
 def packet_state(ifindex: int) -> tuple[list[int], list[str], bool]:
     """XDP program ids, tc filter names, and whether a clsact qdisc is there."""
     with IPRoute() as ipr:
-        xdp = [prog_id for _, prog_id in packet_source.xdp_programs(ipr, ifindex)]
-        filters = [packet_source._filter_name(f) for _, f in packet_source.tc_filters(ipr, ifindex)]
-        return xdp, filters, packet_source._has_clsact(ipr, ifindex)
+        xdp = [prog_id for _, prog_id in hooks.xdp_programs(ipr, ifindex)]
+        filters = [hooks.filter_name(f) for _, f in hooks.tc_filters(ipr, ifindex)]
+        return xdp, filters, hooks.has_clsact(ipr, ifindex)
 
 
 def mount_full_fs(stack: ExitStack, directory: Path) -> None:

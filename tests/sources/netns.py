@@ -9,22 +9,26 @@ ones a test sends (no router solicitations, no ARP).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from pyroute2 import IPRoute, NetNS
+from pyroute2 import netns as namespaces
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 
 SUBNET_BASE = "198.51.100."
 PREFIX = 30
 SUBNETS = 64
-
-
-def run(*argv: str) -> str:
-    done = subprocess.run(argv, check=True, capture_output=True, text=True)
-    return done.stdout
 
 
 @dataclass
@@ -40,21 +44,38 @@ class VethPair:
     host_ip: str
     peer_ip: str
 
-    def in_netns(self, *argv: str) -> str:
-        return run("ip", "netns", "exec", self.netns, *argv)
+
+def in_namespace(netns: str, work: Callable[[], None]) -> None:
+    """Run ``work`` in a thread that entered ``netns`` (setns moves only the calling thread)."""
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            namespaces.setns(netns, flags=0)
+            work()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
 
 
-def _mac(path: Path) -> str:
-    return path.read_text().strip()
+def _disable_ipv6(*names: str) -> None:
+    for name in names:
+        Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
 
 
 def _free_subnet(start: int) -> tuple[str, str]:
     """Host and peer address of a /30 in 198.51.100.0/24 that no interface here uses."""
-    in_use = run("ip", "-4", "-o", "addr", "show")
+    with IPRoute() as ipr:
+        in_use = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)}
     for step in range(SUBNETS):
         base = 4 * ((start + step) % SUBNETS)
         host, peer = f"{SUBNET_BASE}{base + 1}", f"{SUBNET_BASE}{base + 2}"
-        if f" {host}/" not in in_use and f" {peer}/" not in in_use:
+        if host not in in_use and peer not in in_use:
             return host, peer
     raise RuntimeError("no free /30 left in 198.51.100.0/24")
 
@@ -63,29 +84,25 @@ def create(tag: int) -> VethPair:
     """Namespace ``ebcap-<tag>`` and veth ``ebh<tag>`` (here) <-> ``ebn<tag>`` (there)."""
     netns, host, peer = f"ebcap-{tag}", f"ebh{tag}", f"ebn{tag}"
     host_ip, peer_ip = _free_subnet(tag)
-    run("ip", "netns", "add", netns)
+    namespaces.create(netns)
     try:
-        for key in ("all", "default"):
-            run(
-                "ip", "netns", "exec", netns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"
+        in_namespace(netns, lambda: _disable_ipv6("all", "default"))
+        with IPRoute() as ipr, NetNS(netns, flags=0) as there:
+            ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer, "net_ns_fd": netns})
+            index = ipr.link_lookup(ifname=host)[0]
+            _disable_ipv6(host)
+            peer_index = there.link_lookup(ifname=peer)[0]
+            host_mac = ipr.get_links(index)[0].get_attr("IFLA_ADDRESS")
+            peer_mac = there.get_links(peer_index)[0].get_attr("IFLA_ADDRESS")
+            ipr.addr("add", index=index, address=host_ip, prefixlen=PREFIX)
+            there.addr("add", index=peer_index, address=peer_ip, prefixlen=PREFIX)
+            ipr.neigh("replace", dst=peer_ip, lladdr=peer_mac, ifindex=index, state=NUD_PERMANENT)
+            there.neigh(
+                "replace", dst=host_ip, lladdr=host_mac, ifindex=peer_index, state=NUD_PERMANENT
             )
-        run("ip", "link", "add", host, "type", "veth", "peer", "name", peer, "netns", netns)
-        Path(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6").write_text("1")
-        run("ip", "addr", "add", f"{host_ip}/{PREFIX}", "dev", host)
-        run("ip", "-n", netns, "addr", "add", f"{peer_ip}/{PREFIX}", "dev", peer)
-        host_mac = _mac(Path(f"/sys/class/net/{host}/address"))
-        peer_mac = run(
-            "ip", "netns", "exec", netns, "cat", f"/sys/class/net/{peer}/address"
-        ).strip()
-        run("ip", "neigh", "replace", peer_ip, "lladdr", peer_mac, "dev", host, "nud", "permanent")
-        run(
-            "ip", "-n", netns, "neigh", "replace", host_ip, "lladdr", host_mac,
-            "dev", peer, "nud", "permanent",
-        )  # fmt: skip
-        run("ip", "link", "set", host, "up")
-        run("ip", "-n", netns, "link", "set", peer, "up")
-        run("ip", "-n", netns, "link", "set", "lo", "up")
-        index = int(Path(f"/sys/class/net/{host}/ifindex").read_text())
+            ipr.link("set", index=index, state="up")
+            there.link("set", index=peer_index, state="up")
+            there.link("set", index=there.link_lookup(ifname="lo")[0], state="up")
     except BaseException:
         destroy(netns, host)
         raise
@@ -93,12 +110,14 @@ def create(tag: int) -> VethPair:
 
 
 def destroy(netns: str, host: str) -> None:
-    subprocess.run(["ip", "link", "del", host], capture_output=True, check=False)
-    subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+    with IPRoute() as ipr, contextlib.suppress(NetlinkError):  # never made, or gone already
+        ipr.link("del", ifname=host)
+    if netns_exists(netns):
+        namespaces.remove(netns)
 
 
 def netns_exists(netns: str) -> bool:
-    return netns in run("ip", "netns", "list").split()
+    return netns in namespaces.listnetns()
 
 
 def payload(index: int, size: int) -> bytes:
@@ -110,6 +129,9 @@ _SENDER = textwrap.dedent(
     """
     import json, socket, sys
     spec = json.loads(sys.argv[1])
+    if spec["netns"]:
+        from pyroute2 import netns
+        netns.setns(spec["netns"], flags=0)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((spec["src"], spec["sport"]))
     for i, size in enumerate(spec["sizes"]):
@@ -122,7 +144,8 @@ def send_udp(
     netns: str | None, src: str, dst: str, sport: int, dport: int, sizes: list[int]
 ) -> None:
     """Send one datagram per size from ``src:sport`` (inside ``netns`` when given)."""
-    spec = json.dumps({"src": src, "dst": dst, "sport": sport, "dport": dport, "sizes": sizes})
-    prefix = ["ip", "netns", "exec", netns] if netns else []
-    subprocess.run([*prefix, sys.executable, "-c", _SENDER, spec], check=True)
+    spec = json.dumps(
+        {"netns": netns, "src": src, "dst": dst, "sport": sport, "dport": dport, "sizes": sizes}
+    )
+    subprocess.run([sys.executable, "-c", _SENDER, spec], check=True)
     time.sleep(0.05)

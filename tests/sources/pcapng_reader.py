@@ -1,8 +1,28 @@
-"""A pcapng reader written from the specification, to check the writer independently."""
+"""A pcapng reader written from the specification, to check the writer independently,
+and the view of a real pcap library (dpkt) on the same bytes."""
 
 from __future__ import annotations
 
+import io
 import struct
+from dataclasses import dataclass
+
+import dpkt
+
+
+@dataclass
+class DpktView:
+    """What dpkt's pcapng reader makes of a file."""
+
+    snaplen: int
+    linktype: int
+    packets: list[tuple[float, bytes]]
+
+
+def read_with_dpkt(data: bytes) -> DpktView:
+    """Open ``data`` with dpkt (it refuses a file without an Interface Description Block)."""
+    reader = dpkt.pcapng.Reader(io.BytesIO(data))
+    return DpktView(reader.snaplen, reader.datalink(), [(ts, bytes(b)) for ts, b in reader])
 
 
 def parse_pcapng(data: bytes) -> dict:

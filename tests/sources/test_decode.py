@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from ebcap.bpf import tracefs
 from ebcap.bpf.programs import packet as packet_program
 from ebcap.bpf.programs import tracepoint as tp_program
-from ebcap.capture.packet_decode import PACKET_FIELDS, decode_packets
+from ebcap.capture.packet_decode import PACKET_FIELDS, RxQueue, decode_packets
 from ebcap.capture.packet_source import TcSource, XdpSource
 from ebcap.capture.tracepoint_source import TracepointSource
 from ebcap.errors import UsageError
@@ -30,20 +31,22 @@ def events_of(source: TracepointSource, raw: list[bytes]) -> np.ndarray:
 
 
 def event(
-    source: TracepointSource, ts: int, cpu: int, record: bytes, slots: dict[str, bytes]
+    source: TracepointSource,
+    ts: int,
+    cpu: int,
+    record: bytes,
+    slots: dict[str, bytes],
+    status: dict[str, int] | None = None,
 ) -> bytes:
-    """An event as the generated program writes it."""
+    """An event as the generated program writes it (text slots: ``status``, default complete)."""
     out = bytearray(source.event.size)
     struct.pack_into("<QI", out, 0, ts, cpu)
     out[tp_program.HEADER_SIZE : tp_program.HEADER_SIZE + len(record)] = record
     for slot in source.event.slots:
         data = slots[slot.name]
-        if slot.text:
-            out[slot.offset : slot.offset + len(data)] = data
-        else:
-            struct.pack_into("<I", out, slot.offset, len(data))
-            start = slot.offset + tp_program.BYTES_LENGTH_SIZE
-            out[start : start + len(data)] = data
+        head = (status or {}).get(slot.name, tp_program.STRING_COMPLETE) if slot.text else len(data)
+        struct.pack_into("<I", out, slot.offset, head)
+        out[slot.data_offset : slot.data_offset + len(data)] = data
     return bytes(out)
 
 
@@ -56,7 +59,10 @@ def test_fork_strings_and_pids() -> None:
         event(source, 11, 0, record, {"parent_comm": b"x" * 63 + b"\0", "child_comm": b"\0"}),
     ]
     columns = source.decode(events_of(source, raw))
-    assert list(columns) == ["common_pid", "parent_comm", "parent_pid", "child_comm", "child_pid"]
+    assert list(columns) == [
+        "common_pid", "parent_comm", "parent_comm_truncated", "parent_pid",
+        "child_comm", "child_comm_truncated", "child_pid",
+    ]  # fmt: skip
     assert columns["parent_comm"].to_pylist() == ["bash", "x" * 63]
     assert columns["child_comm"].to_pylist() == ["bash", ""]
     assert columns["child_pid"].to_pylist() == [4343, 4343]
@@ -118,6 +124,102 @@ def test_flexible_array_has_no_column_and_format_must_match() -> None:
         TracepointSource("sched", "other", fmt=fmt)
     with pytest.raises(UsageError):
         TracepointSource("ftrace", "bprint", fmt=fmt, string_bytes=4)
+
+
+MADE_UP = """name: widths
+ID: 9001
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:s8 small;\toffset:8;\tsize:1;\tsigned:1;
+\tfield:u8 byte;\toffset:9;\tsize:1;\tsigned:0;
+\tfield:short delta;\toffset:10;\tsize:2;\tsigned:1;
+\tfield:unsigned int count;\toffset:12;\tsize:4;\tsigned:0;
+\tfield:bool on;\toffset:16;\tsize:1;\tsigned:0;
+\tfield:__rel_loc char[] label;\toffset:20;\tsize:4;\tsigned:0;
+\tfield:__rel_loc u8[] blob;\toffset:24;\tsize:4;\tsigned:0;
+
+print fmt: "made up"
+"""
+"""A format file made up for the widths no fixture has: int8, uint8, int16, uint32,
+bool, and __rel_loc text and bytes."""
+
+
+def test_small_ints_bool_and_rel_loc() -> None:
+    fmt = tracefs.parse_format(MADE_UP, "test")
+    assert [f.relative for f in fmt.fields if f.is_dynamic] == [True, True]
+    source = TracepointSource("test", "widths", fmt=fmt, string_bytes=16)
+    types = {f.name: f.type for f in source.arrow_fields()}
+    assert types == {
+        "common_pid": pa.int32(), "small": pa.int8(), "byte": pa.uint8(), "delta": pa.int16(),
+        "count": pa.uint32(), "on": pa.bool_(), "label": pa.string(),
+        "label_truncated": pa.bool_(), "blob": pa.binary(),
+    }  # fmt: skip
+    rows = [
+        (-128, 0, -32768, 0, 0),
+        (-5, 250, -30000, 4_000_000_000, 1),
+        (127, 255, 32767, 2**32 - 1, 2),  # any non-zero byte is true
+    ]
+    raw = [
+        event(
+            source, i, 0, struct.pack("<HBBibBhIB3xII", 0, 0, 0, 1, *row, 0, 0),
+            {"label": text, "blob": blob},
+            {"label": status},
+        )
+        for i, (row, text, blob, status) in enumerate(
+            zip(
+                rows,
+                [b"eth0\0", b"y" * 15 + b"\0", b"\0"],
+                [b"", b"\x01\x02", bytes(range(16))],
+                [tp_program.STRING_COMPLETE, tp_program.STRING_TRUNCATED,
+                 tp_program.STRING_UNREADABLE],
+                strict=True,
+            )
+        )
+    ]  # fmt: skip
+    columns = {k: v.to_pylist() for k, v in source.decode(events_of(source, raw)).items()}
+    assert columns["small"] == [-128, -5, 127]
+    assert columns["byte"] == [0, 250, 255]
+    assert columns["delta"] == [-32768, -30000, 32767]
+    assert columns["count"] == [0, 4_000_000_000, 2**32 - 1]
+    assert columns["on"] == [False, True, True]
+    assert columns["label"] == ["eth0", "y" * 15, None]
+    assert columns["label_truncated"] == [False, True, None]
+    assert columns["blob"] == [b"", b"\x01\x02", bytes(range(16))]
+
+
+def test_user_string_columns() -> None:
+    """A syscall's ``const char *``: the text, its pointer, and whether it was cut."""
+    source = source_for("syscalls_sys_enter_openat", "syscalls", string_bytes=8)
+    names = [f.name for f in source.arrow_fields()]
+    assert names[names.index("filename") :][:3] == [
+        "filename", "filename_ptr", "filename_truncated",
+    ]  # fmt: skip
+    statuses = [tp_program.STRING_COMPLETE, tp_program.STRING_TRUNCATED,
+                tp_program.STRING_UNREADABLE]  # fmt: skip
+    raw = [
+        event(
+            source, 1, 0, struct.pack("<HBBii4xQQQQ", 0, 0, 0, 7, 257, 0, ptr, 0, 0),
+            {"filename": text}, {"filename": status},
+        )
+        for ptr, text, status in zip(
+            [0x7FFF_0000_1000, 0x7FFF_0000_2000, 0],
+            [b"/etc\0", b"/usr/li\0", b"\0"],
+            statuses,
+            strict=True,
+        )
+    ]  # fmt: skip
+    columns = {k: v.to_pylist() for k, v in source.decode(events_of(source, raw)).items()}
+    assert columns["filename"] == ["/etc", "/usr/li", None]
+    assert columns["filename_ptr"] == [0x7FFF_0000_1000, 0x7FFF_0000_2000, 0]
+    assert columns["filename_truncated"] == [False, True, None]
+    write = tracefs.parse_field_line("\tfield:const char * buf;\toffset:24;\tsize:8;\tsigned:0;")
+    assert write is not None and write.kind is tracefs.FieldKind.POINTER  # data, not text
+    other = tracefs.parse_format(MADE_UP.replace("s8 small", "const char * small"), "test")
+    assert other.field("small").kind is tracefs.FieldKind.POINTER  # only syscall arguments
 
 
 # --- packets ------------------------------------------------------------------
@@ -207,10 +309,34 @@ def test_packet_headers() -> None:
     assert set(columns["ifindex"]) == {7}
 
 
+def test_rx_queue_means_the_receive_queue_at_every_hook() -> None:
+    """XDP's rx_queue_index as is; tc ingress queue_mapping minus one (0: none
+    recorded); tc egress none."""
+    events = packet_events([eth(0x0806) + bytes(28)] * 4)
+    events["queue"] = [0, 1, 2, 5]
+    decoded = {
+        meaning: decode_packets(events, meaning)["rx_queue"].to_pylist() for meaning in RxQueue
+    }
+    assert decoded == {
+        RxQueue.AS_IS: [0, 1, 2, 5],
+        RxQueue.RECORDED_PLUS_ONE: [None, 0, 1, 4],
+        RxQueue.NONE: [None] * 4,
+    }
+    assert decode_packets(events)["rx_queue"].to_pylist() == [0, 1, 2, 5]
+    assert XdpSource("eth9").decode(events)["rx_queue"].to_pylist() == [0, 1, 2, 5]
+    assert TcSource("eth9", "ingress").decode(events)["rx_queue"].to_pylist() == [None, 0, 1, 4]
+    assert TcSource("eth9", "egress").decode(events)["rx_queue"].null_count == 4
+
+
 def test_packet_source_arguments_are_checked() -> None:
     for snaplen in (0, packet_program.SNAPLEN_MIN - 1, packet_program.SNAPLEN_MAX + 1):
         with pytest.raises(UsageError, match="snaplen"):
             XdpSource("lo", snaplen=snaplen)
+        with pytest.raises(UsageError, match="snaplen"):
+            TcSource("lo", "egress", snaplen=snaplen)
+    for snaplen in (packet_program.SNAPLEN_MIN, packet_program.SNAPLEN_MAX):
+        assert TcSource("lo", "ingress", snaplen=snaplen).snaplen == snaplen
+        assert json.loads(XdpSource("lo", snaplen=snaplen).layout.to_json())["snaplen"] == snaplen
     with pytest.raises(UsageError, match="XDP mode"):
         XdpSource("lo", mode="offload")
     with pytest.raises(UsageError, match="direction"):

@@ -14,15 +14,10 @@ from sources.rings import collect, source_programs, structured, wait_programs_go
 
 from ebcap.bpf.cpus import online_cpus
 from ebcap.bpf.programs.packet import PACKET_OFFSET
+from ebcap.capture.netlink_hooks import has_clsact, tc_filters, xdp_programs
 from ebcap.capture.packet_decode import ETH_P_IP, IPPROTO_UDP
-from ebcap.capture.packet_source import (
-    PacketSource,
-    TcSource,
-    XdpSource,
-    list_packet_sources,
-    tc_filters,
-    xdp_programs,
-)
+from ebcap.capture.packet_source import PacketSource, TcSource, XdpSource
+from ebcap.capture.sources import list_sources
 
 pytestmark = [pytest.mark.privileged, pytest.mark.network]
 
@@ -137,6 +132,7 @@ def test_tc_ingress_sees_every_datagram(veth: netns.VethPair, transport: str) ->
         columns, payloads, t0, t1, ifindex=veth.host_index,
         src=(veth.peer_ip, 40010), dst=(veth.host_ip, 40011),
     )  # fmt: skip
+    assert np.isnan(columns["rx_queue"]).all()  # veth records no receive queue
     received = _drain(receiver)
     receiver.close()
     assert [len(r) for r in received] == SIZES, "the filter must let every packet through"
@@ -156,6 +152,7 @@ def test_tc_egress_sees_every_datagram(veth: netns.VethPair, transport: str) -> 
         columns, payloads, t0, t1, ifindex=veth.host_index,
         src=(veth.host_ip, 40020), dst=(veth.peer_ip, 40021),
     )  # fmt: skip
+    assert np.isnan(columns["rx_queue"]).all()  # sent packets have no receive queue
     _assert_no_tc_left(veth)
     wait_programs_gone(before_progs)
 
@@ -163,15 +160,17 @@ def test_tc_egress_sees_every_datagram(veth: netns.VethPair, transport: str) -> 
 def _assert_no_tc_left(veth: netns.VethPair) -> None:
     with IPRoute() as ipr:
         assert tc_filters(ipr, veth.host_index) == []
-        kinds = [q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=veth.host_index)]
-    assert "clsact" not in kinds
+        assert not has_clsact(ipr, veth.host_index)
 
 
 def test_listing_packet_sources(veth: netns.VethPair) -> None:
-    assert list_packet_sources(veth.host) == [
+    assert list_sources(veth.host) == [
         f"xdp:{veth.host}",
         f"tc:{veth.host}:ingress",
         f"tc:{veth.host}:egress",
     ]
-    assert list_packet_sources(f"tc:{veth.host}:e*") == [f"tc:{veth.host}:egress"]
-    assert veth.peer not in " ".join(list_packet_sources())  # the other namespace's end
+    assert list_sources(f"tc:{veth.host}:e*") == [f"tc:{veth.host}:egress"]
+    xdp = list_sources("xdp:*")
+    assert f"xdp:{veth.host}" in xdp and all(spec.startswith("xdp:") for spec in xdp)
+    assert "tracepoint:xdp:xdp_exception" in list_sources("tracepoint:xdp:*")
+    assert veth.peer not in " ".join(list_sources())  # the other namespace's end

@@ -1,16 +1,19 @@
-"""What a killed ebcap leaves on an interface, how the next start removes it, and refusals."""
+"""What a killed ebcap leaves on an interface, how any next `ebcap record` removes it,
+owners told apart by pid and start time, clsact shared between captures, refusals."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 from contextlib import ExitStack
+from pathlib import Path
 
+import pyarrow.compute as pc
 import pytest
+from kernel_helpers import ebcap_programs, ebcap_programs_left
 from pyroute2 import IPRoute
+from reliability.harness import ebcap_process, samples_of, wait_for
 from sources import netns
 from sources.rings import source_programs, wait_programs_gone
 
@@ -18,31 +21,16 @@ from ebcap.bpf import _sys
 from ebcap.bpf.asm import R0, exit_, mov64_imm
 from ebcap.bpf.prog import Program
 from ebcap.bpf.programs.packet import XDP_PASS
-from ebcap.capture import packet_source
-from ebcap.capture.packet_source import (
-    PacketSource,
-    TcSource,
-    XdpSource,
-    interface_index,
-    tc_filters,
-    xdp_programs,
-)
+from ebcap.capture import leftovers
+from ebcap.capture import netlink_hooks as hooks
+from ebcap.capture.packet_source import PacketSource, TcSource, XdpSource
 from ebcap.errors import NotSupportedError, UsageError
+from ebcap.format.reader import CaptureReader
 
 pytestmark = [pytest.mark.privileged, pytest.mark.network]
 
-_HOLDER = textwrap.dedent(
-    """
-    import sys, time
-    from contextlib import ExitStack
-    from ebcap.capture.packet_source import TcSource, XdpSource
-    with ExitStack() as stack:
-        for source in (XdpSource(sys.argv[1], mode="generic"), TcSource(sys.argv[1], "ingress")):
-            source.start("ringbuf", 1 << 16, stack).attach()
-        print("ready", flush=True)
-        time.sleep(60)
-    """
-)
+HEADERS = 14 + 20 + 8  # Ethernet, IPv4, UDP
+TC_ACT_UNSPEC = -1
 
 
 def _run(source: PacketSource, transport: str, stack: ExitStack) -> None:
@@ -55,81 +43,188 @@ def _run(source: PacketSource, transport: str, stack: ExitStack) -> None:
 def _state(veth: netns.VethPair) -> tuple[list[str], list[str], bool]:
     """(XDP program names, tc filter names, clsact present) on the host end."""
     with IPRoute() as ipr:
-        xdp = [packet_source._program_name(pid) for _, pid in xdp_programs(ipr, veth.host_index)]
-        filters = [packet_source._filter_name(f) for _, f in tc_filters(ipr, veth.host_index)]
-        clsact = packet_source._has_clsact(ipr, veth.host_index)
+        xdp = [hooks.program_name(pid) for _, pid in hooks.xdp_programs(ipr, veth.host_index)]
+        filters = [hooks.filter_name(f) for _, f in hooks.tc_filters(ipr, veth.host_index)]
+        clsact = hooks.has_clsact(ipr, veth.host_index)
     return xdp, filters, clsact
 
 
-def tc_prog_id(veth: netns.VethPair) -> int:
-    """The program id in the name of the one ebcap filter on the host end."""
-    names = [n for n in _state(veth)[1] if n.startswith("ebcap_tc.")]
-    assert len(names) == 1
-    return int(names[0].rsplit(".", 1)[1])
+def _owner_of(name: str) -> leftovers.Owner:
+    owner = leftovers.filter_owner(name)
+    assert owner is not None, name
+    return owner
 
 
-def test_sigkill_leftovers_are_removed_by_the_next_start(veth: netns.VethPair) -> None:
-    before = source_programs()
-    with subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, veth.host], stdout=subprocess.PIPE, text=True
-    ) as child:
-        try:
-            assert child.stdout is not None and child.stdout.readline() == "ready\n"
-        finally:
-            child.send_signal(signal.SIGKILL)
-    assert child.returncode == -signal.SIGKILL
-    # Documented leftovers: the XDP program, the named filter, the clsact qdisc ebcap added.
+def test_sigkilled_recorders_are_cleaned_by_any_next_record(
+    veth: netns.VethPair, tmp_path: Path
+) -> None:
+    """A SIGKILLed `record -s xdp:` and `record -s tc:...:ingress` leave their
+    attachments; a following `record -s syscalls` removes all of them."""
+    programs = ebcap_programs()
+    killed = []
+    for name, spec in (("xdp", f"xdp:{veth.host}"), ("tc", f"tc:{veth.host}:ingress")):
+        ready = tmp_path / f"{name}.ready"
+        proc = ebcap_process(
+            "record", "-o", tmp_path / f"{name}.arrow", "-s", spec, "--ready-file", ready
+        )
+        wait_for(ready)
+        killed.append(proc)
+    for proc in killed:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
     xdp, filters, clsact = _state(veth)
     assert (xdp, clsact) == (["ebcap_xdp"], True)
-    assert [f.rsplit(".", 1)[0] for f in filters] == [f"ebcap_tc.{child.pid}"]
-    assert packet_source._marker(veth.host_index).exists()
-    assert sorted(name for _, name in source_programs() - before) == ["ebcap_tc", "ebcap_xdp"]
+    assert len(filters) == 1 and _owner_of(filters[0]).pid == killed[1].pid
+    assert leftovers.clsact_marker(veth.host_index).exists()
 
-    messages: list[str] = []
-    with ExitStack() as stack:
-        xdp = XdpSource(veth.host, mode="generic", notify=messages.append)
-        _run(xdp, "ringbuf", stack)
-        tc = TcSource(veth.host, "ingress", notify=messages.append)
-        _run(tc, "ringbuf", stack)
-        assert _state(veth) == (["ebcap_xdp"], [f"ebcap_tc.{os.getpid()}.{tc_prog_id(veth)}"], True)
-    assert len(messages) == 3
-    assert messages[0].startswith("removed XDP program ebcap_xdp (id ")
-    assert messages[0].endswith(f"left on {veth.host}")
-    assert messages[1] == f"removed tc filter {filters[0]} left on {veth.host}"
-    assert messages[2] == f"removed clsact qdisc ebcap had added to {veth.host}"
-    assert xdp.notes == messages[:1] and tc.notes == messages[1:]
+    after = ebcap_process(
+        "record", "-o", tmp_path / "sys.arrow", "-s", "syscalls", "--comm", "ebcap-nobody",
+        "--duration", "0.5",
+    )  # fmt: skip
+    _, stderr = after.communicate(timeout=60)
+    assert after.returncode == 0, stderr
+    notes = [line for line in stderr.splitlines() if line.startswith("ebcap: removed")]
+    assert len(notes) == 3, stderr
+    assert notes[0].startswith("ebcap: removed XDP program ebcap_xdp (id ")
+    assert notes[0].endswith(f"left on {veth.host}")
+    assert notes[1] == f"ebcap: removed tc filter {filters[0]} left on {veth.host}"
+    assert notes[2] == f"ebcap: removed clsact qdisc ebcap had added to {veth.host}"
     assert _state(veth) == ([], [], False)
-    assert not packet_source._marker(veth.host_index).exists()
-    wait_programs_gone(before)
+    assert not leftovers.clsact_marker(veth.host_index).exists()
+    assert list(leftovers.XDP_MARKERS.glob(f"{leftovers.netns_id()}.{veth.host_index}.*")) == []
+    assert ebcap_programs_left(programs) == set(), "a killed recorder's program stayed loaded"
 
 
-def test_foreign_xdp_program_needs_force(veth: netns.VethPair) -> None:
-    before = source_programs()
+def _load(prog_type: int, verdict: int, name: str) -> Program:
+    return Program.load(prog_type, [mov64_imm(R0, verdict), exit_()], name=name)
+
+
+def test_a_reused_pid_does_not_hide_a_leftover(veth: netns.VethPair) -> None:
+    """Attachments whose owner is this very pid but started at another time are
+    leftovers (the pid was reused); those of the live owner are not."""
+    me = leftovers.Owner.me()
+    ghost = leftovers.Owner(me.pid, me.start + 1)
+    with IPRoute() as ipr:
+        with _load(_sys.BPF_PROG_TYPE_XDP, XDP_PASS, leftovers.XDP_PROGRAM_NAME) as xdp:
+            leftovers.mark_xdp(veth.host_index, xdp.id, ghost)
+            hooks.attach_xdp(ipr, veth.host_index, xdp, "generic", "test attach")
+        assert hooks.add_clsact(ipr, veth.host_index, "test clsact")
+        leftovers.mark_clsact(veth.host_index, veth.host)
+        with _load(_sys.BPF_PROG_TYPE_SCHED_CLS, TC_ACT_UNSPEC, leftovers.TC_PROGRAM_NAME) as tc:
+            name = leftovers.tc_filter_name(ghost, tc.id)
+            parent = hooks.TC_HOOKS["egress"]
+            hooks.add_tc_filter(ipr, veth.host_index, parent, tc, name, 1, "test filter")
+    assert _state(veth) == (["ebcap_xdp"], [name], True)
+    notes = leftovers.remove_leftovers()
+    assert [n.split(" (id")[0] for n in notes if veth.host in n] == [
+        "removed XDP program ebcap_xdp",
+        f"removed tc filter {name} left on {veth.host}",
+        f"removed clsact qdisc ebcap had added to {veth.host}",
+    ]
+    assert _state(veth) == ([], [], False)
+
+    with ExitStack() as stack:  # a live owner's capture stays
+        _run(XdpSource(veth.host, mode="generic"), "ringbuf", stack)
+        _run(TcSource(veth.host, "ingress"), "ringbuf", stack)
+        before = _state(veth)
+        assert [n for n in leftovers.remove_leftovers() if veth.host in n] == []
+        assert _state(veth) == before
+        assert _owner_of(before[1][0]) == me
+    assert _state(veth) == ([], [], False)
+
+
+def test_foreign_xdp_program_is_refused_and_replace_xdp_replaces_it(
+    veth: netns.VethPair, tmp_path: Path
+) -> None:
+    """`record` refuses an interface running someone's XDP program and names
+    --replace-xdp; with it, the capture runs, and afterwards the interface has
+    no XDP program at all (the replaced one is not put back)."""
+    programs = ebcap_programs()
     with (
         IPRoute() as ipr,
-        Program.load(
-            _sys.BPF_PROG_TYPE_XDP, [mov64_imm(R0, XDP_PASS), exit_()], name="someone_xdp"
-        ) as other,
+        _load(_sys.BPF_PROG_TYPE_XDP, XDP_PASS, "someone_xdp") as other,
     ):
-        attrs = [("IFLA_XDP_FD", other.fd), ("IFLA_XDP_FLAGS", packet_source.XDP_FLAGS_SKB_MODE)]
-        ipr.link("set", index=veth.host_index, xdp={"attrs": attrs})
-        with (
-            ExitStack() as stack,
-            pytest.raises(UsageError, match="already runs XDP program 'someone_xdp'"),
-        ):
-            _run(XdpSource(veth.host, mode="generic"), "perf", stack)
+        hooks.attach_xdp(ipr, veth.host_index, other, "generic", "test attach")
+        refused = ebcap_process(
+            "record", "-o", tmp_path / "no.arrow", "-s", f"xdp:{veth.host}", "--duration", "1"
+        )
+        _, stderr = refused.communicate(timeout=60)
+        assert refused.returncode == 2 and stderr.splitlines() == [
+            f"ebcap: error: {veth.host} already runs XDP program 'someone_xdp' (id {other.id}); "
+            "--replace-xdp replaces it (it is not put back afterwards)"
+        ]
         assert _state(veth)[0] == ["someone_xdp"]
-        messages: list[str] = []
-        with ExitStack() as stack:
-            forced = XdpSource(veth.host, mode="native", force=True, notify=messages.append)
-            _run(forced, "perf", stack)
-            assert _state(veth)[0] == ["ebcap_xdp"]
-        assert messages == [f"replaced XDP program 'someone_xdp' (id {other.id}) on {veth.host}"]
-        assert _state(veth)[0] == []  # the replaced program is not put back
-    wait_programs_gone(before)
+
+        ready, out = tmp_path / "ready", tmp_path / "replaced.arrow"
+        replacing = ebcap_process(
+            "record", "-o", out, "-s", f"xdp:{veth.host}", "--replace-xdp",
+            "--ready-file", ready,
+        )  # fmt: skip
+        wait_for(ready)
+        assert _state(veth)[0] == ["ebcap_xdp"]
+        sizes = [30, 300, 1000]
+        netns.send_udp(veth.netns, veth.peer_ip, veth.host_ip, 43000, 43001, sizes)
+        replacing.send_signal(signal.SIGINT)
+        _, stderr = replacing.communicate(timeout=60)
+    assert replacing.returncode == 0, stderr
+    assert (
+        f"ebcap: replaced XDP program 'someone_xdp' (id {other.id}) on {veth.host}; "
+        "it is not put back when the capture ends"
+    ) in stderr.splitlines()
+    assert _state(veth) == ([], [], False)
+    with CaptureReader(out) as reader:
+        rows = samples_of(reader.to_table())
+    mine = rows.filter(pc.equal(rows["dst_port"], 43001))
+    assert mine["pkt_len"].to_pylist() == [size + HEADERS for size in sizes]
+    assert ebcap_programs_left(programs) == set()
 
 
-def test_a_running_capture_is_not_a_leftover(veth: netns.VethPair) -> None:
+@pytest.mark.parametrize("clsact_before", [False, True], ids=["ebcap-adds-clsact", "clsact-there"])
+def test_ingress_and_egress_started_at_once(
+    veth: netns.VethPair, tmp_path: Path, clsact_before: bool
+) -> None:
+    """Two tc recorders started at the same instant on one interface, several times:
+    both start, both files hold exactly their datagrams, and the clsact qdisc is
+    gone at the end if ebcap added it, kept if it was there before."""
+    programs = ebcap_programs()
+    if clsact_before:
+        with IPRoute() as ipr:
+            assert hooks.add_clsact(ipr, veth.host_index, "test clsact")
+    sizes = [40 + 7 * i for i in range(20)]
+    for attempt in range(6):
+        procs = {}
+        for direction in ("ingress", "egress"):
+            out = tmp_path / f"{attempt}-{direction}.arrow"
+            ready = tmp_path / f"{attempt}-{direction}.ready"
+            spec = f"tc:{veth.host}:{direction}"
+            proc = ebcap_process("record", "-o", out, "-s", spec, "--ready-file", ready)
+            procs[direction] = (proc, out, ready)
+        for _, _, ready in procs.values():
+            wait_for(ready)
+        netns.send_udp(veth.netns, veth.peer_ip, veth.host_ip, 44000, 44001, sizes)
+        netns.send_udp(None, veth.host_ip, veth.peer_ip, 44002, 44003, sizes)
+        stopped = ["ingress", "egress"] if attempt % 2 else ["egress", "ingress"]
+        for direction in stopped:  # either may end first
+            proc = procs[direction][0]
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=60)
+            assert proc.returncode == 0, f"attempt {attempt} {direction}: {stderr}"
+        for direction, port in (("ingress", 44001), ("egress", 44003)):
+            with CaptureReader(procs[direction][1]) as reader:
+                rows = samples_of(reader.to_table())
+            mine = rows.filter(pc.equal(rows["dst_port"], port))
+            assert mine["pkt_len"].to_pylist() == [s + HEADERS for s in sizes], (attempt, direction)
+            other = 44003 if port == 44001 else 44001
+            assert rows.filter(pc.equal(rows["dst_port"], other)).num_rows == 0
+        assert _state(veth) == ([], [], clsact_before), f"attempt {attempt}"
+    assert leftovers.clsact_marker(veth.host_index).exists() is False
+    assert ebcap_programs_left(programs) == set()
+
+
+def test_captures_share_the_clsact_qdisc(veth: netns.VethPair) -> None:
+    """The first capture to end leaves the qdisc to the one still running; the last one
+    removes it. A second XDP capture on the interface is refused, not a leftover."""
     with ExitStack() as stack:
         _run(XdpSource(veth.host, mode="generic"), "ringbuf", stack)
         with (
@@ -139,34 +234,32 @@ def test_a_running_capture_is_not_a_leftover(veth: netns.VethPair) -> None:
             _run(XdpSource(veth.host, mode="generic"), "ringbuf", second)
         _run(TcSource(veth.host, "egress"), "ringbuf", stack)
         with ExitStack() as second:
-            _run(TcSource(veth.host, "egress"), "ringbuf", second)
-            assert [f.rsplit(".", 1)[0] for f in _state(veth)[1]] == [f"ebcap_tc.{os.getpid()}"] * 2
+            _run(TcSource(veth.host, "ingress"), "ringbuf", second)
+            filters = _state(veth)[1]
+            assert [_owner_of(f) for f in filters] == [leftovers.Owner.me()] * 2
         xdp, filters, clsact = _state(veth)
         assert (xdp, len(filters), clsact) == (["ebcap_xdp"], 1, True)
     assert _state(veth) == ([], [], False)
 
 
 def test_foreign_clsact_and_filters_are_left_alone(veth: netns.VethPair) -> None:
-    netns.run("tc", "qdisc", "add", "dev", veth.host, "clsact")
     with (
         IPRoute() as ipr,
-        Program.load(
-            _sys.BPF_PROG_TYPE_SCHED_CLS, [mov64_imm(R0, -1), exit_()], name="someone_tc"
-        ) as other,
+        _load(_sys.BPF_PROG_TYPE_SCHED_CLS, TC_ACT_UNSPEC, "someone_tc") as other,
     ):
-        ipr.tc(
-            "add-filter", "bpf", veth.host_index, 7, fd=other.fd, name="someone",
-            parent=packet_source.TC_HOOKS["ingress"], classid=1, direct_action=True,
-        )  # fmt: skip
+        assert hooks.add_clsact(ipr, veth.host_index, "test clsact")
+        parent = hooks.TC_HOOKS["ingress"]
+        hooks.add_tc_filter(ipr, veth.host_index, parent, other, "someone", 7, "test filter")
     with ExitStack() as stack:
         _run(TcSource(veth.host, "ingress"), "perf", stack)
         assert len(_state(veth)[1]) == 2
-    assert not packet_source._marker(veth.host_index).exists()
+        assert not leftovers.clsact_marker(veth.host_index).exists()
+    assert [n for n in leftovers.remove_leftovers() if veth.host in n] == []
     assert _state(veth) == ([], ["someone"], True)
 
 
 def test_missing_interface_is_refused() -> None:
-    for source in (XdpSource("ebcap-nope0"), TcSource("ebcap-nope0")):
+    for source in (XdpSource("ebcap-nope0"), TcSource("ebcap-nope0", "ingress")):
         with (
             ExitStack() as stack,
             pytest.raises(UsageError, match="no network interface 'ebcap-nope0'"),
@@ -176,7 +269,22 @@ def test_missing_interface_is_refused() -> None:
 
 def test_native_xdp_where_the_driver_has_none_is_refused() -> None:
     """Loopback has no native XDP: the error says so and suggests generic mode."""
+    before = source_programs()
     with ExitStack() as stack, pytest.raises(NotSupportedError, match="--xdp-mode generic"):
         _run(XdpSource("lo", mode="native"), "perf", stack)
     with IPRoute() as ipr:
-        assert xdp_programs(ipr, interface_index(ipr, "lo")) == []
+        index = hooks.interface_index(ipr, "lo")
+        assert hooks.xdp_programs(ipr, index) == []
+    assert list(leftovers.XDP_MARKERS.glob(f"{leftovers.netns_id()}.{index}.*")) == []
+    wait_programs_gone(before)
+
+
+def test_owner_start_time_is_read_from_proc() -> None:
+    with subprocess.Popen(["sleep", "30"]) as child:
+        start = leftovers.process_start_time(child.pid)
+        assert start is not None and leftovers.Owner(child.pid, start).alive()
+        assert not leftovers.Owner(child.pid, start - 1).alive()
+        child.kill()
+    assert not leftovers.Owner(child.pid, start).alive()
+    fields = Path(f"/proc/{os.getpid()}/stat").read_text().rpartition(")")[2].split()
+    assert leftovers.Owner.me().start == int(fields[leftovers.STAT_STARTTIME - 3])

@@ -1,4 +1,4 @@
-"""pcapng output, read back with a parser written from the specification here."""
+"""pcapng output, read back with a parser written from the specification here and with dpkt."""
 
 from __future__ import annotations
 
@@ -8,14 +8,20 @@ import json
 import pyarrow as pa
 import pytest
 from sources import netns
-from sources.pcapng_reader import parse_pcapng
+from sources.pcapng_reader import parse_pcapng, read_with_dpkt
 from sources.rings import collect, structured
 
 from ebcap.bpf.programs.packet import PACKET_OFFSET
 from ebcap.capture.packet_source import XdpSource
 from ebcap.errors import UsageError
 from ebcap.format import schema as s
-from ebcap.format.pcapng import PcapngWriter, write_pcapng
+from ebcap.format.pcapng import (
+    PcapngWriter,
+    capture_writer,
+    packet_offset,
+    write_packet_rows,
+    write_pcapng,
+)
 
 
 def test_writer_blocks() -> None:
@@ -55,6 +61,78 @@ def _layout_meta(source: XdpSource) -> dict:
     }
 
 
+def _empty_packet_table(source: XdpSource) -> pa.Table:
+    fields = [pa.field(n, t) for n, t in (("ts_ns", pa.uint64()), ("data", pa.binary()))]
+    return pa.schema(fields + source.arrow_fields()).empty_table()
+
+
+@pytest.mark.parametrize("spec", ["xdp:veth7", "tc:veth7:egress"])
+def test_no_packets_still_gets_its_interface(spec: str) -> None:
+    """A capture that saw no packet: the IDB of its interface, with the capture's snaplen."""
+    source = XdpSource("veth7", snaplen=300)
+    meta = {**_layout_meta(source), s.META_SOURCE: spec}
+    out = io.BytesIO()
+    assert write_pcapng(_empty_packet_table(source), meta, out) == 0
+    parsed = parse_pcapng(out.getvalue())
+    assert parsed["interfaces"] == [{"linktype": 1, "snaplen": 300, 2: b"veth7", 9: b"\x09"}]
+    assert parsed["packets"] == []
+    view = read_with_dpkt(out.getvalue())
+    assert (view.snaplen, view.linktype, view.packets) == (300, 1, [])
+
+
+def test_snaplen_comes_from_the_capture_not_the_packets() -> None:
+    """Nothing was cut (every packet shorter than --snaplen): the IDB still says 200;
+    a capture from before the metadata had it falls back to the largest cut packet."""
+    source = XdpSource("veth7", snaplen=200)
+    frame = bytes(range(60))
+    payload = bytes(PACKET_OFFSET) + frame + bytes(96 - len(frame))
+    rows = pa.table(
+        {
+            "ts_ns": pa.array([5], pa.uint64()),
+            "data": pa.array([payload], pa.binary()),
+            "ifindex": pa.array([3], pa.uint32()),
+            "pkt_len": pa.array([60], pa.uint32()),
+            "cap_len": pa.array([60], pa.uint32()),
+        }
+    )
+    out = io.BytesIO()
+    assert write_pcapng(rows, _layout_meta(source), out) == 1
+    view = read_with_dpkt(out.getvalue())
+    assert view.snaplen == 200 and [b for _, b in view.packets] == [frame]
+    old = _layout_meta(source)
+    del old[s.META_SOURCE_LAYOUT]["snaplen"]
+    cut = rows.set_column(3, "pkt_len", pa.array([1500], pa.uint32()))
+    out = io.BytesIO()
+    write_pcapng(cut, old, out)
+    assert read_with_dpkt(out.getvalue()).snaplen == 60
+
+
+def test_batches_stream_into_one_file() -> None:
+    """The writer a capture's metadata describes takes rows batch by batch."""
+    source = XdpSource("veth7", snaplen=128)
+    meta = _layout_meta(source)
+    frames = [bytes([i]) * (20 + i) for i in range(5)]
+    batches = [
+        pa.record_batch(
+            {
+                "ts_ns": pa.array([i], pa.uint64()),
+                "data": pa.array([bytes(PACKET_OFFSET) + f + bytes(96)], pa.binary()),
+                "ifindex": pa.array([3], pa.uint32()),
+                "pkt_len": pa.array([len(f)], pa.uint32()),
+                "cap_len": pa.array([len(f)], pa.uint32()),
+            }
+        )
+        for i, f in enumerate(frames)
+    ]
+    out = io.BytesIO()
+    writer = capture_writer(meta, out)
+    assert sum(write_packet_rows(writer, b, packet_offset(meta)) for b in batches) == 5
+    parsed = parse_pcapng(out.getvalue())
+    assert len(parsed["interfaces"]) == 1 and parsed["interfaces"][0][2] == b"veth7"
+    assert [p[3] for p in parsed["packets"]] == frames
+    assert [b for _, b in read_with_dpkt(out.getvalue()).packets] == frames
+
+
 def test_write_pcapng_refuses_other_captures() -> None:
     with pytest.raises(UsageError, match="did not record packets"):
         write_pcapng(pa.table({"ts_ns": [1]}), {s.META_SOURCE: "syscalls"}, io.BytesIO())
@@ -92,6 +170,9 @@ def test_captured_datagrams_to_pcapng(veth: netns.VethPair) -> None:
         {"linktype": 1, "snaplen": snaplen, 2: veth.host.encode(), 9: b"\x09"}
     ]
     assert len(parsed["packets"]) == len(sizes)
+    view = read_with_dpkt(out.getvalue())
+    assert (view.snaplen, view.linktype) == (snaplen, 1)
+    assert [b for _, b in view.packets] == [p[3] for p in parsed["packets"]]
     for row, (iface, ts, orig, frame) in enumerate(parsed["packets"]):
         cap = int(events["cap_len"][row])
         assert (iface, ts, orig) == (

@@ -11,7 +11,7 @@ from ebcap.bpf import fs, links, tracefs
 from ebcap.bpf.programs.tracepoint import RECORD_MAX
 from ebcap.bpf.tracefs import FieldKind
 from ebcap.capture.tracepoint_source import list_tracepoint_sources
-from ebcap.errors import KernelError, NotSupportedError, UsageError
+from ebcap.errors import BadFileError, NotSupportedError, UsageError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -53,7 +53,7 @@ def test_data_loc_pointer_array_and_bytes_fields() -> None:
     )  # fmt: skip
     assert parent.type == "__data_loc char[]" and parent.is_dynamic
     openat = fixture("syscalls_sys_enter_openat")
-    assert openat.field("filename").kind is FieldKind.POINTER
+    assert openat.field("filename").kind is FieldKind.USER_STRING
     assert (openat.field("dfd").size, openat.field("dfd").signed) == (8, False)
     args = fixture("raw_syscalls_sys_enter").field("args")
     assert (args.kind, args.count, args.element_size) == (FieldKind.INT_ARRAY, 6, 8)
@@ -93,8 +93,21 @@ def test_classify_declarations(
     ["", "name: x\nID: 1\nformat:\n", "name: x\nID: one\n", "name: x\nID: 3\n\tfield:int;\tbad\n"],
 )
 def test_not_a_format_file(text: str) -> None:
-    with pytest.raises(KernelError):
+    with pytest.raises(BadFileError):
         tracefs.parse_format(text)
+
+
+def test_unparsable_format_names_the_tracepoint_and_the_file(tmp_path: Path) -> None:
+    event = tmp_path / "events" / "sched" / "broken"
+    event.mkdir(parents=True)
+    (event / "format").write_text("name: broken\nID: 7\nformat:\n")
+    with pytest.raises(BadFileError) as raised:
+        tracefs.read_format("sched", "broken", tmp_path)
+    assert str(raised.value) == (
+        f"tracepoint sched:broken: {event / 'format'}: "
+        "not a tracepoint format file: it lacks name, ID or fields"
+    )
+    assert raised.value.exit_code == 2
 
 
 @pytest.mark.parametrize("spec", ["sched", "sched:", ":x", "a:b:c", "sched:sched switch", "../x:y"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 import subprocess
@@ -62,8 +63,13 @@ def _set_thread_name(name: str) -> None:
     _libc.prctl(PR_SET_NAME, name.encode(), 0, 0, 0)
 
 
+def _openat(name: ctypes.Array[ctypes.c_char] | None) -> int:
+    return _libc.syscall(SYS_openat, AT_FDCWD, name, O_RDONLY | O_CLOEXEC, 0o640)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_openat_pointer_and_int_fields(tmp_path, transport: str) -> None:
+def test_openat_path_pointer_and_int_fields(tmp_path, transport: str) -> None:
+    """The path a user pointer points to is read; the pointer is kept beside it."""
     path = tmp_path / "ebcap-openat-probe"
     path.write_bytes(b"x")
     name = ctypes.create_string_buffer(os.fsencode(path))
@@ -73,20 +79,46 @@ def test_openat_pointer_and_int_fields(tmp_path, transport: str) -> None:
     def action() -> None:
         tid.append(threading.get_native_id())
         for _ in range(calls):
-            fd = _libc.syscall(SYS_openat, AT_FDCWD, name, O_RDONLY | O_CLOEXEC, 0o640)
+            fd = _openat(name)
             assert fd >= 0, os.strerror(ctypes.get_errno())
             os.close(fd)
 
     source = TracepointSource("syscalls", "sys_enter_openat")
     columns = _record(source, transport, action)
-    mine = _rows(columns, common_pid=tid[0], filename=ctypes.addressof(name))
+    mine = _rows(columns, common_pid=tid[0], filename_ptr=ctypes.addressof(name))
     assert len(mine) == calls
     for row in mine:
+        assert row["filename"] == str(path)
+        assert row["filename_truncated"] is False
         assert row["__syscall_nr"] == SYS_openat
         assert row["dfd"] == AT_FDCWD % (1 << 64)  # "int dfd; size:8; signed:0" on this kernel
         assert row["flags"] == O_RDONLY | O_CLOEXEC
         assert row["mode"] == 0o640
         assert row["cpu"] in online_cpus()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_user_strings_at_the_bound_and_unreadable(transport: str) -> None:
+    """Strings of 63 and 64 bytes in a 64-byte slot (63 bytes and a NUL): the first
+    whole, the second cut and marked; a NULL pointer gives nulls, not an empty path."""
+    bound = 64
+    fits, cut = "f" * (bound - 1), "c" * bound
+    buffers = [ctypes.create_string_buffer(text.encode()) for text in (fits, cut)]
+    tid: list[int] = []
+
+    def action() -> None:
+        tid.append(threading.get_native_id())
+        for buffer in buffers:
+            assert _openat(buffer) < 0  # no such file: the tracepoint fires all the same
+        assert _openat(None) < 0 and ctypes.get_errno() == errno.EFAULT
+
+    source = TracepointSource("syscalls", "sys_enter_openat", string_bytes=bound)
+    columns = _record(source, transport, action)
+    seen = {r["filename_ptr"]: r for r in _rows(columns, common_pid=tid[0])}
+    whole, truncated = (seen[ctypes.addressof(b)] for b in buffers)
+    assert (whole["filename"], whole["filename_truncated"]) == (fits, False)
+    assert (truncated["filename"], truncated["filename_truncated"]) == (cut[:-1], True)
+    assert (seen[0]["filename"], seen[0]["filename_truncated"]) == (None, None)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
