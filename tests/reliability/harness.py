@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +81,7 @@ class Outcome:
         return f"exit {self.code}, stderr {self.err[:300]!r}"
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Outcome:
+def run_cli(capsys: pytest.CaptureFixture[str], argv: Sequence[object]) -> Outcome:
     """Run ``ebcap ARGV`` in this process and collect its output."""
     capsys.readouterr()
     code = run([str(a) for a in argv])
@@ -115,18 +115,18 @@ def assert_one_line_error(outcome: Outcome, code: int = 2, mentions: str = "") -
     assert mentions in outcome.err, outcome.describe()
 
 
-def ebcap_process(*args: str | Path, **kwargs: object) -> subprocess.Popen[str]:
+def ebcap_process(*args: str | Path | float, **kwargs: object) -> subprocess.Popen[str]:
     """``python -m ebcap ARGS`` as a child process (the real entry point)."""
-    return subprocess.Popen(
+    return subprocess.Popen(  # type: ignore[call-overload]
         [sys.executable, "-m", "ebcap", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
-def ebcap_run(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def ebcap_run(*args: str | Path | float, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ebcap", *map(str, args)],
         capture_output=True,

@@ -144,7 +144,7 @@ class Landed:
 
 def batches_landed(partial: Path, sizes: SizeWatch) -> list[Landed]:
     """The batches in ``partial`` as the killed writer left it, with their landing times."""
-    found = []
+    found: list[Landed] = []
     with pa.memory_map(str(partial)) as mm:
         mm.seek(len(ARROW_MAGIC_PADDED))
         stream = pa.ipc.open_stream(mm)
