@@ -4,14 +4,18 @@
 What a long recording must keep, checked against ground truth:
 
 - memory: VmRSS of this process (the recorder runs in it) sampled in a thread
-  every 0.2 s; start, peak, end and every tenth of the run are reported, and
-  the floor of the last quarter may not rise above that of the second by
-  more than RSS_GROWTH_LIMIT_KIB;
-- accounting: produced = recorded + lost, where *produced* is the producer's
-  own per-CPU invocation counter (a BPF map), *recorded* the sample rows in
-  the file and *lost* the sum of its lost rows; and per CPU, every sequence
-  number the producer issued is either recorded exactly once, in order, or
-  inside a reported loss (holes == lost), with every payload intact;
+  every 0.2 s; start, peak, end, every tenth of the run and the peak and floor
+  of each third of the producers' run (the finish after it is not steady
+  state) are reported. Flat means, over the whole trajectory: the last third's
+  peak at most RSS_GROWTH_LIMIT_KIB above the first third's, and the last
+  third's floor at most that above the middle third's (the first third's floor
+  is the start, before the rings are mapped);
+- accounting, per CPU, from the producer's own counters (a BPF map it updates
+  on every run): *produced* (runs) = *recorded* (distinct sequence numbers in
+  the file) + *dropped* (runs whose event did not fit in the ring), exactly;
+  and *lost* (what the file's lost rows report) = *dropped*: the file reports
+  every event it misses, and the recorder's own drop totals agree. Every
+  payload intact, no sequence number twice or out of order;
 - the file replays: `ebcap replay FILE` exits 0 and prints one line per row.
 
 The producer is ebcap's bench program (BPF_PROG_TEST_RUN in a pinned thread
@@ -35,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +47,15 @@ import pyarrow as pa
 
 from ebcap.bpf.cpus import online_cpus, parse_cpu_list
 from ebcap.capture.bench import BenchSource, Producers, check_integrity
-from ebcap.capture.recorder import Recorder, RecordOptions
+from ebcap.capture.recorder import Recorder, RecordOptions, RecordSummary
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.memory import use_streaming_pool
 
 RSS_GROWTH_LIMIT_KIB = 32 * 1024
-"""Largest rise of the VmRSS floor (the lowest sample in the last quarter of the run against
-the lowest in the second quarter, after the warm-up) that still counts as flat. VmRSS swings
-by tens of MiB with the size of each drain, so single samples or peaks say little; a leak
-lifts the floor."""
+"""Largest rise that still counts as flat, of the VmRSS peak (last third of the run against
+the first) and of its floor (last third against the middle one, after the warm-up). VmRSS
+swings by tens of MiB with the size of each drain, so single samples say little; a leak
+lifts both the peaks and the floor of the later thirds."""
 BUFFERS = {"perf": 8 << 20, "ringbuf": 16 << 20}
 """`ebcap record`'s default ring sizes: per CPU (perf), whole ring (ring buffer)."""
 SAMPLE_EVERY_S = 0.2
@@ -90,23 +94,40 @@ def vm_rss_kib() -> int:
 
 
 @dataclass
+class CpuAccount:
+    """One CPU's events: the producer's counters against the file."""
+
+    produced: int
+    """Runs of the program on this CPU (its invocation counter)."""
+    dropped: int
+    """Runs whose event did not fit in the ring (the program's drop counter)."""
+    recorded: int = 0
+    """Distinct sequence numbers of this CPU in the file."""
+    lost: int = 0
+    """Events the file's lost rows for this CPU report."""
+
+    @property
+    def unaccounted(self) -> int:
+        """Produced but neither in the file nor dropped (must be 0)."""
+        return self.produced - self.recorded - self.dropped
+
+
+@dataclass
 class Accounting:
     """What the file holds, checked event by event (one pass, batch by batch)."""
 
-    recorded: int = 0
-    lost: int = 0
+    per_cpu: dict[int, CpuAccount]
     rows: int = 0
+    samples: int = 0
+    """Sample rows in the file (duplicates included)."""
     corrupted: int = 0
     out_of_order: int = 0
-    recorded_per_cpu: dict[int, int] = field(default_factory=dict)
-    lost_per_cpu: dict[int, int] = field(default_factory=dict)
-    holes_per_cpu: dict[int, int] = field(default_factory=dict)
-    """Sequence numbers the producer issued on a CPU that are not in the file."""
 
 
-def account(path: Path, size: int, produced_per_cpu: dict[int, int]) -> Accounting:
-    """Every event checked by `ebcap bench`'s own integrity check, batch by batch."""
-    acc = Accounting()
+def account(path: Path, size: int, invocations: list[int], drops: list[int]) -> Accounting:
+    """Every event checked by `ebcap bench`'s own integrity check, batch by batch, and
+    each CPU's counts in the file set against the producer's counters."""
+    acc = Accounting({c: CpuAccount(n, drops[c]) for c, n in enumerate(invocations)})
     with CaptureReader(path) as reader:
         integrity = check_integrity(reader.iter_batches(), size)
         for batch in reader.iter_batches(columns=["cpu", "kind", "lost"]):
@@ -115,17 +136,13 @@ def account(path: Path, size: int, produced_per_cpu: dict[int, int]) -> Accounti
             cpu = batch.column("cpu").to_numpy()[lost_rows].tolist()
             counts = batch.column("lost").to_numpy()[lost_rows].tolist()
             for c, n in zip(cpu, counts, strict=True):
-                acc.lost_per_cpu[c] = acc.lost_per_cpu.get(c, 0) + n
-    acc.recorded = integrity.received
+                acc.per_cpu.setdefault(c, CpuAccount(0, 0)).lost += n
+    for c, received in integrity.received_per_cpu.items():
+        acc.per_cpu.setdefault(c, CpuAccount(0, 0)).recorded = received
+    acc.samples = integrity.received
     acc.corrupted = integrity.corrupted
     acc.out_of_order = sum(integrity.out_of_order_per_cpu.values()) + integrity.duplicates
-    acc.recorded_per_cpu = dict(integrity.received_per_cpu)
-    # Missing = issued by the producer, not in the file (a loss at the very end included).
-    acc.holes_per_cpu = {
-        c: produced - integrity.received_per_cpu.get(c, 0)
-        for c, produced in produced_per_cpu.items()
-    }
-    acc.lost = sum(acc.lost_per_cpu.values())
+    acc.per_cpu = {c: a for c, a in acc.per_cpu.items() if a != CpuAccount(0, 0)}
     return acc
 
 
@@ -153,22 +170,28 @@ class Run:
     produced_per_s: float
     recorded: int
     recorded_per_s: float
+    dropped: int
     lost: int
     loss_pct: float
     unaccounted: int
     corrupted: int
     out_of_order: int
-    holes_per_cpu: dict[int, int]
-    lost_per_cpu: dict[int, int]
+    per_cpu: dict[int, dict[str, int]]
+    """Per CPU: produced, dropped, recorded, lost, unaccounted."""
     file_bytes: int
     bytes_per_event: float
     rss_start_mib: float
-    rss_at_10pct_mib: float
     rss_peak_mib: float
     rss_end_mib: float
     rss_series_mib: list[float]
     """VmRSS at 0 %, 10 %, ..., 100 % of the run."""
+    rss_third_peaks_mib: list[float]
+    """Peak of VmRSS in each third of the producers' run (the finish after it left out)."""
+    rss_third_floors_mib: list[float]
+    rss_peak_rise_mib: float
+    """Peak of the last third minus peak of the first."""
     rss_floor_rise_mib: float
+    """Floor of the last third minus floor of the middle one."""
     arrow_pool: str
     """Arrow's allocator (ARROW_DEFAULT_MEMORY_POOL picks another): what VmRSS depends on."""
     replay_exit: int
@@ -206,16 +229,14 @@ def run_one(transport: str, size: int, cpus: list[int], duration: float, directo
         rss.stop()
     if producers.run.errors:
         raise RuntimeError(producers.run.errors[0])
-    invocations, _ = source.counters()
-    produced_per_cpu = {c: invocations[c] for c in cpus}
-    produced = sum(produced_per_cpu.values())
-    acc = account(path, size, produced_per_cpu)
+    invocations, drops = source.counters()
+    acc = account(path, size, invocations, drops)
     status, lines, replay_s = replay_lines(path)
     kib = [k for _, k in rss.samples]
-    tenth = rss_at(rss.samples, duration / 10)
-    floor_rise = rss_floor(rss.samples, 0.75 * duration, duration) - rss_floor(
-        rss.samples, 0.25 * duration, 0.50 * duration
-    )
+    peaks, floors = rss_thirds(rss.samples, producers.run.wall_s)
+    produced = sum(a.produced for a in acc.per_cpu.values())
+    dropped = sum(a.dropped for a in acc.per_cpu.values())
+    lost = sum(a.lost for a in acc.per_cpu.values())
     run = Run(
         transport=recorder.transport,
         size=size,
@@ -223,23 +244,25 @@ def run_one(transport: str, size: int, cpus: list[int], duration: float, directo
         duration_s=round(summary.duration_s, 2),
         produced=produced,
         produced_per_s=round(produced / producers.run.wall_s),
-        recorded=acc.recorded,
-        recorded_per_s=round(acc.recorded / summary.duration_s),
-        lost=acc.lost,
-        loss_pct=round(100 * acc.lost / produced, 3) if produced else 0.0,
-        unaccounted=produced - acc.recorded - acc.lost,
+        recorded=acc.samples,
+        recorded_per_s=round(acc.samples / summary.duration_s),
+        dropped=dropped,
+        lost=lost,
+        loss_pct=round(100 * dropped / produced, 3) if produced else 0.0,
+        unaccounted=sum(a.unaccounted for a in acc.per_cpu.values()),
         corrupted=acc.corrupted,
         out_of_order=acc.out_of_order,
-        holes_per_cpu=acc.holes_per_cpu,
-        lost_per_cpu=acc.lost_per_cpu,
+        per_cpu={c: {**asdict(a), "unaccounted": a.unaccounted} for c, a in acc.per_cpu.items()},
         file_bytes=summary.file_bytes,
-        bytes_per_event=round(summary.file_bytes / max(acc.recorded, 1), 2),
-        rss_start_mib=round(kib[0] / 1024, 1),
-        rss_at_10pct_mib=round(tenth / 1024, 1),
-        rss_peak_mib=round(max(kib) / 1024, 1),
-        rss_end_mib=round(kib[-1] / 1024, 1),
-        rss_series_mib=[round(rss_at(rss.samples, duration * i / 10) / 1024, 1) for i in range(11)],
-        rss_floor_rise_mib=round(floor_rise / 1024, 1),
+        bytes_per_event=round(summary.file_bytes / max(acc.samples, 1), 2),
+        rss_start_mib=mib(kib[0]),
+        rss_peak_mib=mib(max(kib)),
+        rss_end_mib=mib(kib[-1]),
+        rss_series_mib=[mib(rss_at(rss.samples, summary.duration_s * i / 10)) for i in range(11)],
+        rss_third_peaks_mib=[mib(k) for k in peaks],
+        rss_third_floors_mib=[mib(k) for k in floors],
+        rss_peak_rise_mib=mib(peaks[2] - peaks[0]),
+        rss_floor_rise_mib=mib(floors[2] - floors[1]),
         arrow_pool=pa.default_memory_pool().backend_name,
         replay_exit=status,
         replay_lines=lines,
@@ -247,9 +270,13 @@ def run_one(transport: str, size: int, cpus: list[int], duration: float, directo
         replay_s=round(replay_s, 1),
         failures=[],
     )
-    run.failures = check(run, summary.events, summary.lost, floor_rise)
+    run.failures = check(run, summary)
     path.unlink()
     return run
+
+
+def mib(kib: int) -> float:
+    return round(kib / 1024, 1)
 
 
 def rss_at(samples: list[tuple[float, int]], t: float) -> int:
@@ -257,25 +284,44 @@ def rss_at(samples: list[tuple[float, int]], t: float) -> int:
     return next((k for when, k in samples if when >= t), samples[-1][1])
 
 
-def rss_floor(samples: list[tuple[float, int]], start: float, end: float) -> int:
-    """The lowest VmRSS sampled between ``start`` and ``end`` seconds."""
-    return min((k for when, k in samples if start <= when <= end), default=samples[-1][1])
+def rss_thirds(samples: list[tuple[float, int]], duration: float) -> tuple[list[int], list[int]]:
+    """The peak and the floor of VmRSS in each third of the first ``duration`` seconds (the
+    producers' run: the finish after it, final drain and last batch, is not steady state)."""
+    peaks, floors = [], []
+    for i in range(3):
+        start, end = duration * i / 3, duration * (i + 1) / 3
+        third = [k for when, k in samples if start <= when <= end] or [samples[-1][1]]
+        peaks.append(max(third))
+        floors.append(min(third))
+    return peaks, floors
 
 
-def check(run: Run, summary_events: int, summary_lost: int, floor_rise: int) -> list[str]:
+def check(run: Run, summary: RecordSummary) -> list[str]:
     failures = []
-    if run.unaccounted:
-        failures.append(f"{run.unaccounted} events unaccounted for")
+    for c, a in run.per_cpu.items():
+        if a["unaccounted"]:
+            failures.append(
+                f"CPU {c}: produced {a['produced']} != recorded {a['recorded']} "
+                f"+ dropped {a['dropped']}"
+            )
+        if a["lost"] != a["dropped"]:
+            failures.append(f"CPU {c}: the file reports {a['lost']} lost, {a['dropped']} dropped")
+        if summary.drops_per_cpu.get(c, 0) != a["dropped"]:
+            failures.append(
+                f"CPU {c}: the recorder counted {summary.drops_per_cpu.get(c, 0)} drops, "
+                f"the producer {a['dropped']}"
+            )
     if run.corrupted or run.out_of_order:
         failures.append(f"{run.corrupted} corrupted, {run.out_of_order} duplicated or reordered")
-    if run.holes_per_cpu != {c: run.lost_per_cpu.get(c, 0) for c in run.holes_per_cpu}:
-        failures.append(f"missing {run.holes_per_cpu} but reported lost {run.lost_per_cpu}")
-    if (summary_events, summary_lost) != (run.recorded, run.lost):
-        failures.append(f"the recorder said {summary_events} + {summary_lost} lost")
+    if (summary.events, summary.lost) != (run.recorded, run.lost):
+        failures.append(f"the recorder said {summary.events} + {summary.lost} lost")
     if run.replay_exit != 0 or run.replay_lines != run.rows:
         failures.append(f"replay exit {run.replay_exit}, {run.replay_lines} of {run.rows} rows")
-    if floor_rise > RSS_GROWTH_LIMIT_KIB:
-        failures.append(f"the RSS floor rose by {floor_rise / 1024:.0f} MiB during the run")
+    limit = RSS_GROWTH_LIMIT_KIB / 1024
+    if run.rss_peak_rise_mib > limit:
+        failures.append(f"the RSS peak rose by {run.rss_peak_rise_mib} MiB (first to last third)")
+    if run.rss_floor_rise_mib > limit:
+        failures.append(f"the RSS floor rose by {run.rss_floor_rise_mib} MiB (middle to last)")
     return failures
 
 
@@ -331,15 +377,21 @@ def child_run(transport: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_run(r: Run) -> None:
+    per_cpu = "".join(
+        f"\n    CPU {c}: produced {a['produced']:,} = recorded {a['recorded']:,} + dropped "
+        f"{a['dropped']:,} (unaccounted {a['unaccounted']}); the file reports {a['lost']:,} lost"
+        for c, a in sorted(r.per_cpu.items())
+    )
     print(
         f"{r.transport}: {r.duration_s} s, {r.size} B events, producers on CPU {r.producers}\n"
         f"  produced {r.produced:,} ({r.produced_per_s:,}/s) = recorded {r.recorded:,} "
-        f"({r.recorded_per_s:,}/s) + lost {r.lost:,} ({r.loss_pct}%); unaccounted "
-        f"{r.unaccounted}, corrupted {r.corrupted}, out of order {r.out_of_order}\n"
-        f"  per CPU missing {r.holes_per_cpu}, reported lost {r.lost_per_cpu}\n"
-        f"  RSS ({r.arrow_pool}) start {r.rss_start_mib} MiB, at 10% {r.rss_at_10pct_mib}, "
-        f"peak {r.rss_peak_mib}, end {r.rss_end_mib}; floor rise {r.rss_floor_rise_mib}; "
-        f"every 10%: {r.rss_series_mib}\n"
+        f"({r.recorded_per_s:,}/s) + dropped {r.dropped:,} ({r.loss_pct}%); the file reports "
+        f"{r.lost:,} lost; unaccounted {r.unaccounted}, corrupted {r.corrupted}, "
+        f"out of order {r.out_of_order}{per_cpu}\n"
+        f"  RSS ({r.arrow_pool}) start {r.rss_start_mib} MiB, peak {r.rss_peak_mib}, "
+        f"end {r.rss_end_mib}; every 10%: {r.rss_series_mib}\n"
+        f"  RSS per third: peaks {r.rss_third_peaks_mib}, floors {r.rss_third_floors_mib}; "
+        f"peak rise {r.rss_peak_rise_mib}, floor rise {r.rss_floor_rise_mib} MiB\n"
         f"  file {r.file_bytes / 2**20:.1f} MiB ({r.bytes_per_event} B/event); replay exit "
         f"{r.replay_exit}, {r.replay_lines:,} lines for {r.rows:,} rows in {r.replay_s} s\n"
         f"  {'FAILED: ' + '; '.join(r.failures) if r.failures else 'ok'}",

@@ -7,9 +7,13 @@ import threading
 import time
 from collections.abc import Callable
 
+TEST_PROGRAM_PREFIX = "ebcap_t_"
+"""Unit tests name the programs they load themselves so: never a recorder's."""
+
 
 def ebcap_programs() -> set[tuple[int, str]]:
-    """(id, name) of loaded BPF programs whose name says ebcap made them."""
+    """(id, name) of loaded BPF programs whose name says ebcap made them (not a unit test:
+    those running at the same time must not count as a recorder's leftovers)."""
     from ebcap.bpf.prog import loaded_program_ids, program_name_by_id
     from ebcap.errors import BpfObjectNotFoundError
 
@@ -19,7 +23,7 @@ def ebcap_programs() -> set[tuple[int, str]]:
             name = program_name_by_id(prog_id)
         except BpfObjectNotFoundError:  # unloaded while we looked
             continue
-        if name.startswith("ebcap"):
+        if name.startswith("ebcap") and not name.startswith(TEST_PROGRAM_PREFIX):
             found.add((prog_id, name))
     return found
 

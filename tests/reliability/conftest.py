@@ -28,7 +28,7 @@ CAPTURES = {
     ),
 }
 """Small real captures: multi-batch perf and ring buffer, perf with lost records, tracepoints
-(``getppid``: few columns and several batches, small enough to cut at every offset). The
+(``getppid``: few columns and several batches, small enough to cut thousands of times). The
 syscalls captures record only their workload (--pid)."""
 
 

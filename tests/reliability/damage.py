@@ -71,10 +71,20 @@ class Verdicts:
     same: int = 0
     partly_recovered: int = 0
     failures: list[str] = field(default_factory=list)
+    per_command: dict[str, int] = field(default_factory=dict)
+    """Cases judged per command (any outcome)."""
 
     @property
     def cases(self) -> int:
         return self.refused + self.same + self.partly_recovered + len(self.failures)
+
+    def add(self, other: Verdicts) -> None:
+        self.refused += other.refused
+        self.same += other.same
+        self.partly_recovered += other.partly_recovered
+        self.failures += other.failures
+        for name, count in other.per_command.items():
+            self.per_command[name] = self.per_command.get(name, 0) + count
 
     def check(self) -> None:
         assert not self.failures, (
@@ -139,6 +149,7 @@ class DamageRunner:
     def judge(self, name: str, data: bytes, what: str) -> None:
         """Run command ``name`` on ``data`` and file the outcome under ``what``."""
         self.input.write_bytes(data)
+        self.verdicts.per_command[name] = self.verdicts.per_command.get(name, 0) + 1
         start = time.monotonic()
         outcome = self._run(name)
         elapsed = time.monotonic() - start
@@ -207,10 +218,15 @@ def judge_all(runner: DamageRunner, cases: Sequence[Case]) -> None:
     """Judge ``cases`` on two CPUs: half here, half in a forked copy of this process.
 
     The fork is the same interpreter state (same CLI, same capsys), working in a
-    sibling directory; it sends its tally back through a pipe.
+    sibling directory; it sends its tally back through a pipe. The cases that must
+    stay here count towards this process's half.
     """
-    mine = [c for i, c in enumerate(cases) if i % 2 == 0 or c[0] in IN_PARENT_ONLY]
-    theirs = [c for i, c in enumerate(cases) if i % 2 == 1 and c[0] not in IN_PARENT_ONLY]
+    here = [c for c in cases if c[0] in IN_PARENT_ONLY]
+    others = [c for c in cases if c[0] not in IN_PARENT_ONLY]
+    quota = max(0, len(cases) // 2 - len(here))
+    picked = {len(others) * i // quota for i in range(quota)} if quota else set()
+    mine = here + [c for i, c in enumerate(others) if i in picked]
+    theirs = [c for i, c in enumerate(others) if i not in picked]
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the helper: judge, report, and leave without running any cleanup
@@ -235,8 +251,4 @@ def judge_all(runner: DamageRunner, cases: Sequence[Case]) -> None:
             payload = pipe.read()
         _, status = os.waitpid(pid, 0)
     assert status == 0 and payload, f"the helper process failed (wait status {status})"
-    helper = Verdicts(**pickle.loads(payload))
-    runner.verdicts.refused += helper.refused
-    runner.verdicts.same += helper.same
-    runner.verdicts.partly_recovered += helper.partly_recovered
-    runner.verdicts.failures += helper.failures
+    runner.verdicts.add(Verdicts(**pickle.loads(payload)))

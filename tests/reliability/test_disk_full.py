@@ -1,5 +1,6 @@
 """A full disk while recording: one clear line, a non-zero exit, and the file up to the
-last complete batch recoverable; nothing else on the file system touched.
+last complete batch recoverable; nothing else on the file system touched. On both
+transports (perf and the ring buffer).
 
 The test mounts a small tmpfs of its own (and always unmounts it), holding one
 unrelated file that must come out unchanged.
@@ -30,6 +31,7 @@ from ebcap.format.writer import partial_path
 pytestmark = pytest.mark.privileged
 
 OTHER = b"an unrelated file on the same file system\n"
+TRANSPORTS = ["perf", "ringbuf"]
 
 
 @pytest.fixture
@@ -48,15 +50,17 @@ def small_fs(request: pytest.FixtureRequest) -> Iterator[Path]:
         mountpoint.rmdir()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("small_fs", [1 << 20], indirect=True)
 def test_disk_full_after_some_batches(
-    small_fs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    small_fs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], transport: str
 ) -> None:
     programs = ebcap_programs()
     out = small_fs / "run.arrow"
     with workload(30.0, 100, 0.001) as pid:
         done = ebcap_run(
-            "record", "-o", out, "--pid", str(pid), "--flush-interval", "0.1", "--duration", "25"
+            *("record", "-o", out, "-t", transport, "--pid", str(pid)),
+            *("--flush-interval", "0.1", "--duration", "25"),
         )
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
@@ -81,12 +85,15 @@ def test_disk_full_after_some_batches(
     assert ebcap_programs_left(programs) == set()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("small_fs", [256 << 10], indirect=True)
-def test_disk_full_before_the_first_batch(small_fs: Path) -> None:
+def test_disk_full_before_the_first_batch(small_fs: Path, transport: str) -> None:
     programs = ebcap_programs()
     out = small_fs / "run.arrow"
     with workload(30.0, 100_000, 0.0) as pid:
-        done = ebcap_run("record", "-o", out, "--pid", str(pid), "--duration", "25")
+        done = ebcap_run(
+            "record", "-o", out, "-t", transport, "--pid", str(pid), "--duration", "25"
+        )
     assert done.returncode == 1, done.stderr
     assert done.stderr == (
         f"ebcap: error: disk full writing {partial_path(out)}: nothing had been flushed yet\n"

@@ -2,8 +2,10 @@
 
 The captures come from `ebcap record` (conftest). Every run goes through
 ``ebcap.cli.run`` in this process; :mod:`reliability.damage` says what counts
-as a correct reaction. Over 10,000 cases in all: each test asserts how many
-it ran.
+as a correct reaction. Every command (info, replay, replay --sorted, reorder,
+sql, export, recover) gets at least TRUNCATIONS cuts spread over the whole
+file, FLIPS bit flips on each of the 5 captures and HYPOTHESIS_EXAMPLES
+hypothesis cases: each test asserts how many cases it ran per command.
 """
 
 from __future__ import annotations
@@ -23,20 +25,18 @@ from reliability.damage import COMMANDS, DamageRunner, judge_all
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(300)]
 
-FAST_READERS = ("info", "recover")
-"""Run at every truncation offset; the others at every STRIDE-th one and around each message."""
-STRIDE = 131
+TRUNCATIONS = 1500
+"""Cut offsets per command: every message boundary and BOUNDARY_REACH bytes either side,
+then random offsets (the command's own) over the whole file."""
+BOUNDARY_REACH = 4
+SPREAD = 10
+"""Each command's cuts must fall in every tenth of the file, at least MIN_PER_TENTH times."""
+MIN_PER_TENTH = 50
 
-FLIPS = {
-    "info": 120,
-    "replay": 90,
-    "sorted": 60,
-    "reorder": 60,
-    "export": 60,
-    "recover": 90,
-    "sql": 20,
-}
+FLIPS = 100
 """Random single-bit flips per command and capture."""
+HYPOTHESIS_EXAMPLES = 100
+"""Hypothesis cases per command."""
 
 
 def message_starts(data: bytes) -> list[int]:
@@ -52,27 +52,45 @@ def message_starts(data: bytes) -> list[int]:
             return starts
 
 
-def test_truncated_at_every_offset(
+def cut_short(data: bytes, size: int) -> bytes:
+    return data[:size]
+
+
+def cut_offsets(name: str, size: int, boundaries: set[int]) -> list[int]:
+    """Where to cut a file of ``size`` bytes for command ``name`` (see TRUNCATIONS)."""
+    rest = sorted(set(range(size)) - boundaries)
+    drawn = random.Random(f"cuts-{name}").sample(rest, TRUNCATIONS - len(boundaries))
+    return sorted(boundaries | set(drawn))
+
+
+def test_truncated_over_the_whole_file(
     captures: dict[str, Path], capsys: pytest.CaptureFixture[str], shm_dir: Path
 ) -> None:
     with DamageRunner(capsys, shm_dir, captures["getppid"]) as runner:
         data = runner.original
         boundaries = {
-            s + d for s in message_starts(data) for d in (-1, 0, 1) if 0 <= s + d < len(data)
+            s + d
+            for s in message_starts(data)
+            for d in range(-BOUNDARY_REACH, BOUNDARY_REACH + 1)
+            if 0 <= s + d < len(data)
         }
-        sampled = sorted(set(range(0, len(data), STRIDE)) | boundaries)
+        assert len(message_starts(data)) >= 6 and len(boundaries) < TRUNCATIONS // 2
+        offsets = {name: cut_offsets(name, len(data), boundaries) for name in COMMANDS}
         cases = [
-            (name, functools.partial(data.__getitem__, slice(cut)), f"the first {cut} bytes")
-            for cut in range(len(data))
-            for name in COMMANDS
-            if name in FAST_READERS or cut in sampled
+            (name, functools.partial(cut_short, data, cut), f"the first {cut} bytes")
+            for name, cuts in offsets.items()
+            for cut in cuts
         ]
         judge_all(runner, cases)
     runner.verdicts.check()
-    slow = len(COMMANDS) - len(FAST_READERS)
-    assert runner.verdicts.cases == len(FAST_READERS) * len(data) + slow * len(sampled)
+    assert runner.verdicts.per_command == {name: len(cuts) for name, cuts in offsets.items()}
+    for name, cuts in offsets.items():
+        assert len(cuts) == TRUNCATIONS and boundaries <= set(cuts), name
+        tenths = [sum(1 for c in cuts if c * SPREAD // len(data) == t) for t in range(SPREAD)]
+        assert min(tenths) >= MIN_PER_TENTH, f"{name}: cuts per tenth of the file {tenths}"
     assert runner.verdicts.same == 0, "a cut file passed for the whole one"
-    assert runner.verdicts.partly_recovered > len(data) // 3, "cuts after a batch save it"
+    recovers = len(offsets["recover"])
+    assert runner.verdicts.partly_recovered > recovers // 2, "cuts after a batch save it"
 
 
 def flipped(data: bytes, bit: int) -> bytes:
@@ -92,13 +110,13 @@ def test_random_bit_flips(
         data = runner.original
         rng = random.Random(f"flips-{capture}")
         cases = []
-        for name, count in FLIPS.items():
-            for bit in (rng.randrange(8 * len(data)) for _ in range(count)):
+        for name in COMMANDS:
+            for bit in (rng.randrange(8 * len(data)) for _ in range(FLIPS)):
                 what = f"bit {bit} flipped (byte {bit // 8})"
                 cases.append((name, functools.partial(flipped, data, bit), what))
         judge_all(runner, cases)
     runner.verdicts.check()
-    assert runner.verdicts.cases == sum(FLIPS.values())
+    assert runner.verdicts.per_command == dict.fromkeys(COMMANDS, FLIPS)
     assert runner.verdicts.refused > runner.verdicts.cases // 2, "most bytes are checked data"
 
 
@@ -142,22 +160,22 @@ def runners(
         }
 
 
-@settings(
-    max_examples=400,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
-    capture=st.sampled_from(HYPOTHESIS_CAPTURES),
-    command=st.sampled_from(sorted(set(COMMANDS) - {"sql"})),
-    data=st.data(),
-)
-def test_arbitrary_damage(
-    runners: dict[str, DamageRunner], capture: str, command: str, data: st.DataObject
-) -> None:
-    runner = runners[capture]
-    how, offset, blob, length = data.draw(damage(len(runner.original)))
-    damaged = apply(runner.original, how, offset, blob, length)
-    runner.judge(command, damaged, f"{how} at {offset} ({len(blob)} bytes, length {length})")
-    runner.verdicts.check()
+@pytest.mark.parametrize("command", COMMANDS)
+def test_arbitrary_damage(runners: dict[str, DamageRunner], command: str) -> None:
+    @settings(
+        max_examples=HYPOTHESIS_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(capture=st.sampled_from(HYPOTHESIS_CAPTURES), data=st.data())
+    def damaged(capture: str, data: st.DataObject) -> None:
+        runner = runners[capture]
+        how, offset, blob, length = data.draw(damage(len(runner.original)))
+        damaged = apply(runner.original, how, offset, blob, length)
+        runner.judge(command, damaged, f"{how} at {offset} ({len(blob)} bytes, length {length})")
+        runner.verdicts.check()
+
+    damaged()
+    ran = sum(r.verdicts.per_command.get(command, 0) for r in runners.values())
+    assert ran == HYPOTHESIS_EXAMPLES
