@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +155,39 @@ def test_abort_writes_what_was_handed_over(tmp_path: Path) -> None:
     threading.Timer(0.1, held.go.set).start()
     writer.abort()
     assert batches_on_disk(partial_path(out)) == [100, 100]
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    """Until ``condition()`` holds (a state another thread reaches), at most 10 s."""
+    for _ in range(1000):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+def test_cancel_runs_no_queued_job_and_waits_for_the_running_one() -> None:
+    release, running = threading.Event(), threading.Event()
+    done: list[int] = []
+
+    def slow() -> None:
+        running.set()
+        release.wait()
+        done.append(0)
+
+    behind = WriteBehind("test", depth=3)
+    behind.submit(slow)
+    for i in (1, 2, 3):
+        behind.submit(lambda i=i: done.append(i))
+    assert running.wait(10)
+    cancelling = threading.Thread(target=behind.cancel)
+    cancelling.start()
+    wait_for(lambda: behind.cancelled)
+    assert cancelling.is_alive(), "cancel returned before the running job ended"
+    release.set()
+    cancelling.join(timeout=10)
+    assert not cancelling.is_alive()
+    assert done == [0], "a queued job ran after cancel"
+    with pytest.raises(RuntimeError, match="stopped"):
+        behind.submit(lambda: None)
+    behind.cancel()  # again: nothing
