@@ -190,6 +190,8 @@ def test_two_damaged_batches_in_the_cli_summary(
         "end time, duration and drops kept from the capture",
         f"{bad} is unchanged: keep it to look into the skipped batches, or remove it",
     ]
+    assert run(["replay", str(bad)]) == 2  # the same batches, numbered alike
+    assert "batch 5 of 16 is damaged (column 'data' does not match" in capsys.readouterr().err
     assert run(["info", "--json", str(fixed)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows"] == len(kept) * PER_BATCH
