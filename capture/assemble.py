@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from ebcap.capture.batch import EventBatch, fixed_rows
 from ebcap.capture.sources import Source
+from ebcap.format.counts import CpuCounts
 from ebcap.format.schema import CORE_COLUMNS, KIND_LOST, KIND_SAMPLE, KINDS
-from ebcap.format.writer import CpuCounts
 
 KIND_CODE_SAMPLE = KINDS.index(KIND_SAMPLE)
 KIND_CODE_LOST = KINDS.index(KIND_LOST)

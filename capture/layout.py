@@ -88,14 +88,16 @@ class PayloadLayout:
             columns[self.column_name(name)] = _to_arrow(events[name])
         return columns
 
-    def to_json(self) -> str:
+    def description(self) -> dict[str, Any]:
+        """What ``ebcap.source_layout`` stores (docs/FORMAT.md): size, roles, fields."""
         fields = []
         for name in self.dtype.names or ():
             sub, offset = _fields(self.dtype)[name][:2]
             fields.append({"name": name, "type": _type_name(sub), "offset": offset})
-        return json.dumps(
-            {"size": self.size, "ts": self.ts_field, "cpu": self.cpu_field, "fields": fields}
-        )
+        return {"size": self.size, "ts": self.ts_field, "cpu": self.cpu_field, "fields": fields}
+
+    def to_json(self) -> str:
+        return json.dumps(self.description())
 
 
 def parse_layout(spec: str) -> PayloadLayout:

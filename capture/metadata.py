@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import socket
@@ -47,25 +46,25 @@ def capture_metadata(recorder: Recorder, opts: RecordOptions) -> dict[str, str]:
     """Schema metadata for a recording about to start."""
     source = recorder.source
     layout = source.layout
-    meta = {
+    meta: dict[str, object] = {
         s.META_EBCAP_VERSION: __version__,
         s.META_TRANSPORT: recorder.transport,
         s.META_SOURCE: source.spec,
-        s.META_COMMAND: json.dumps(opts.command),
+        s.META_COMMAND: opts.command,
         s.META_HOSTNAME: socket.gethostname(),
         s.META_KERNEL: os.uname().release,
-        s.META_NCPUS: str(len(cpus.online_cpus())),
-        s.META_CPUS: json.dumps(recorder.cpus),
-        s.META_PAGE_SIZE: str(mmap.PAGESIZE),
-        s.META_BUFFER_SIZE: str(opts.buffer_bytes),
+        s.META_NCPUS: len(cpus.online_cpus()),
+        s.META_CPUS: recorder.cpus,
+        s.META_PAGE_SIZE: mmap.PAGESIZE,
+        s.META_BUFFER_SIZE: opts.buffer_bytes,
         s.META_WAKEUP: wakeup_description(
             recorder.transport, opts.wakeup_events, opts.watermark_bytes
         ),
         s.META_CLOCK: CLOCK_NAME,
-        s.META_REALTIME_OFFSET: str(realtime_offset_ns()),
+        s.META_REALTIME_OFFSET: realtime_offset_ns(),
         s.META_START_TIME: utc_now_iso(),
-        s.META_FLUSH_INTERVAL: str(opts.flush_interval_s),
+        s.META_FLUSH_INTERVAL: opts.flush_interval_s,
     }
     if layout is not None:
-        meta[s.META_SOURCE_LAYOUT] = layout.to_json()
-    return meta
+        meta[s.META_SOURCE_LAYOUT] = layout.description()
+    return s.encode_metadata(meta)

@@ -20,6 +20,7 @@ bug in ebcap.
     │   ├── VerifierError                   carries the verifier log
     │   └── BpfObjectNotFoundError          a pin, map or program id that is not there
     ├── CaptureError                exit 1  recording failed midway (disk full, ...)
+    │   └── OutputWriteError                writing the output failed; ``reason`` says why
     └── ClosedError                 exit 1  used after close() (a caller bug, not a fault)
 
 A Ctrl-C ends a command with :data:`INTERRUPTED_EXIT` and one line.
@@ -109,6 +110,16 @@ class BpfObjectNotFoundError(KernelError):
 
 class CaptureError(EbcapError):
     """Recording stopped on a fault (e.g. disk full); the file keeps what was flushed."""
+
+
+class OutputWriteError(CaptureError):
+    """Writing an output file failed (disk full, I/O error); ``reason`` is the short cause,
+    ``errno`` the system's (ENOSPC, ...)."""
+
+    def __init__(self, message: str, reason: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.errno = errno
 
 
 class ClosedError(EbcapError):

@@ -1,8 +1,9 @@
 """A capture's summary: what was recorded where, over which time, per CPU, at what size.
 
-One pass over the batches (core columns only matter) gives the time span and
-the per-CPU counts when the totals are missing; the rest comes from metadata,
-the totals and the file size. ``ebcap info`` prints this.
+One pass over the batches, decoding only the core columns it needs (not the
+payloads, not the source's columns), gives the time span and the per-CPU
+counts when the totals are missing; the rest comes from metadata, the totals
+and the file size. ``ebcap info`` prints this.
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
+from ebcap.errors import BadFileError
 from ebcap.format import schema as fs
+from ebcap.format.counts import CpuCounts, sample_mask
 from ebcap.format.reader import CaptureReader
-from ebcap.format.writer import CpuCounts
 
-NS_PER_S = 1_000_000_000
+NS_PER_S: Final = 1_000_000_000
+SUMMARY_COLUMNS: Final = ("seq", "cpu", "ts_ns", "kind", "lost")
+"""The columns a summary reads (``seq`` so that its order is checked too)."""
 
 
 @dataclass(frozen=True)
@@ -53,12 +57,15 @@ class CaptureSummary:
     lost_records: int
     batches: int
     events_per_cpu: dict[int, int]
+    """Sample records per CPU; every CPU of ``cpus`` is listed, with 0 if it had none."""
     lost_per_cpu: dict[int, int]
     drops_per_cpu: dict[int, int] | None
     counts_from: str
     """"totals" when the per-CPU counts come from the end-of-capture totals, else "rows"."""
-    uncompressed_bytes: int
+    uncompressed_bytes: int | None
+    """Arrow bytes of the rows before compression, from the totals (None without them)."""
     bytes_per_event: float | None
+    """File bytes per sample event (lost records are not events), as ``ebcap record`` says."""
     compression_ratio: float | None
     recovered: dict[str, Any] | None
     """The ``ebcap.recovered`` metadata of a file written by ``ebcap recover``."""
@@ -82,21 +89,19 @@ def wall_clock_iso(monotonic_ns: int, realtime_offset_ns: int) -> str:
 
 
 def summarize(reader: CaptureReader) -> CaptureSummary:
-    """Read ``reader`` once and summarise it."""
+    """Read ``reader`` once (its core columns only) and summarise it."""
     meta = reader.metadata
+    recorded_cpus = _recorded_cpus(reader)
     counts = CpuCounts()
     first_ts: int | None = None
     last_ts: int | None = None
-    rows = samples = uncompressed = 0
-    sample_code = fs.KINDS.index(fs.KIND_SAMPLE)
-    for batch in reader.iter_batches():
+    rows = samples = 0
+    for batch in reader.iter_batches(SUMMARY_COLUMNS):
         rows += batch.num_rows
-        uncompressed += batch.nbytes
         if batch.num_rows == 0:
             continue
         counts.add(batch)
-        is_sample = batch.column("kind").indices.to_numpy() == sample_code
-        ts = batch.column("ts_ns").to_numpy()[is_sample]
+        ts = batch.column("ts_ns").to_numpy()[sample_mask(batch)]
         samples += len(ts)
         if len(ts):
             low, high = int(np.min(ts)), int(np.max(ts))
@@ -104,8 +109,10 @@ def summarize(reader: CaptureReader) -> CaptureSummary:
             last_ts = high if last_ts is None else max(last_ts, high)
 
     totals = reader.totals or {}
-    from_rows = counts.totals()
     use_totals = fs.TOTAL_EVENTS_PER_CPU in totals
+    per_cpu = totals if use_totals else counts.totals()
+    drops = totals.get(fs.TOTAL_DROPS_PER_CPU)
+    uncompressed = totals.get(fs.TOTAL_UNCOMPRESSED_BYTES)
     offset = meta.get(fs.META_REALTIME_OFFSET)
     file_size = reader.file_size
     return CaptureSummary(
@@ -119,7 +126,7 @@ def summarize(reader: CaptureReader) -> CaptureSummary:
         hostname=meta.get(fs.META_HOSTNAME),
         kernel=meta.get(fs.META_KERNEL),
         ncpus=meta.get(fs.META_NCPUS),
-        cpus=meta.get(fs.META_CPUS),
+        cpus=recorded_cpus,
         buffer_size=meta.get(fs.META_BUFFER_SIZE),
         wakeup=meta.get(fs.META_WAKEUP),
         clock=meta.get(fs.META_CLOCK),
@@ -134,16 +141,35 @@ def summarize(reader: CaptureReader) -> CaptureSummary:
         samples=samples,
         lost_records=rows - samples,
         batches=reader.num_batches,
-        events_per_cpu=(totals if use_totals else from_rows)[fs.TOTAL_EVENTS_PER_CPU],
-        lost_per_cpu=(totals if use_totals else from_rows).get(fs.TOTAL_LOST_PER_CPU, {}),
-        drops_per_cpu=totals.get(fs.TOTAL_DROPS_PER_CPU),
+        events_per_cpu=_every_cpu(per_cpu[fs.TOTAL_EVENTS_PER_CPU], recorded_cpus),
+        lost_per_cpu=_every_cpu(per_cpu.get(fs.TOTAL_LOST_PER_CPU, {}), recorded_cpus),
+        drops_per_cpu=None if drops is None else _every_cpu(drops, recorded_cpus),
         counts_from="totals" if use_totals else "rows",
         uncompressed_bytes=uncompressed,
-        bytes_per_event=file_size / rows if rows else None,
-        compression_ratio=uncompressed / file_size if file_size else None,
+        bytes_per_event=file_size / samples if samples else None,
+        compression_ratio=uncompressed / file_size if uncompressed and file_size else None,
         recovered=meta.get(fs.META_RECOVERED),
         source_columns=list(reader.source_columns),
     )
+
+
+def _recorded_cpus(reader: CaptureReader) -> list[int] | None:
+    """``ebcap.cpus``, checked to be a list of CPU numbers (None when absent)."""
+    cpus = reader.metadata.get(fs.META_CPUS)
+    if cpus is None:
+        return None
+    if not isinstance(cpus, list) or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cpus
+    ):
+        raise BadFileError(f"{reader.path}: metadata {fs.META_CPUS} is not a list of CPU numbers")
+    return cpus
+
+
+def _every_cpu(counts: dict[int, int], cpus: list[int] | None) -> dict[int, int]:
+    """``counts`` with every recorded CPU present (0 where it counted nothing), sorted."""
+    merged = dict.fromkeys(cpus or (), 0)
+    merged.update(counts)
+    return dict(sorted(merged.items()))
 
 
 def _wall(ts: int | None, offset: int | None) -> str | None:

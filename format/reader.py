@@ -2,7 +2,9 @@
 
 Every way a file can be wrong (missing, empty, not Arrow, not ebcap, too new,
 cut short, damaged) becomes one :class:`~ebcap.errors.BadFileError` with a
-one-line message; no pyarrow exception escapes to the caller.
+one-line message; no pyarrow exception escapes to the caller. What is
+checked lives in :mod:`ebcap.format.file_checks` (before reading) and
+:mod:`ebcap.format.batch_checks` (every batch read).
 """
 
 from __future__ import annotations
@@ -11,172 +13,29 @@ import contextlib
 import mmap
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 
 from ebcap.closing import ClosesOnExit
-from ebcap.errors import (
-    BadFileError,
-    ClosedError,
-    NotAnArrowFileError,
-    NotAnEbcapFileError,
-    TruncatedFileError,
-    UnsupportedVersionError,
-)
-from ebcap.format import checksum
+from ebcap.errors import BadFileError, ClosedError, TruncatedFileError
 from ebcap.format import schema as fs
+from ebcap.format.batch_checks import BatchCheck, batch_label
+from ebcap.format.file_checks import (
+    ARROW_MAGIC,
+    ARROW_MAGIC_PADDED,
+    DAMAGE_ERRORS,
+    FOOTER_LENGTH_SIZE,
+    check_input_path,
+    check_magic,
+    check_message_layout,
+    check_schema,
+    one_line,
+    recover_hint,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
-
-ARROW_MAGIC = b"ARROW1"
-"""Opens and closes every Arrow IPC file; at the start it is padded to 8 bytes."""
-ARROW_MAGIC_PADDED = ARROW_MAGIC + b"\0\0"
-FOOTER_LENGTH_SIZE = 4
-"""The int32 footer length that sits just before the closing magic."""
-
-DAMAGE_ERRORS = (pa.ArrowException, OSError, UnicodeDecodeError)
-"""What pyarrow raises on damaged bytes; turned into BadFileError, never passed on."""
-
-
-def recover_hint(path: Path | str) -> str:
-    return f"run `ebcap recover {path} -o FIXED`"
-
-
-def check_input_path(path: str | os.PathLike[str]) -> Path:
-    """The path of a readable, non-empty regular file, or a BadFileError saying why not."""
-    p = Path(path)
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise BadFileError(f"{p}: no such file") from None
-    except OSError as exc:
-        raise BadFileError(f"cannot read {p}: {exc.strerror}") from None
-    if p.is_dir():
-        raise BadFileError(f"{p} is a directory, not an ebcap file")
-    if st.st_size == 0:
-        raise BadFileError(f"{p} is empty")
-    if not os.access(p, os.R_OK):
-        raise BadFileError(f"cannot read {p}: permission denied")
-    return p
-
-
-def check_magic(path: Path, head: bytes, size: int) -> None:
-    """Reject what is not the start of an Arrow IPC file (or a prefix of one)."""
-    expected = ARROW_MAGIC_PADDED[: min(size, len(ARROW_MAGIC_PADDED))]
-    if head[: len(expected)] == expected:
-        return
-    if head[:4] == b"\xff\xff\xff\xff":
-        raise NotAnArrowFileError(f"{path} is an Arrow IPC stream, not an Arrow IPC file")
-    raise NotAnArrowFileError(f"{path} is not an Arrow IPC file (it does not start with ARROW1)")
-
-
-def check_schema(path: Path, schema: pa.Schema) -> dict[str, Any]:
-    """The decoded ``ebcap.*`` metadata of a schema that ebcap can read, or why it cannot."""
-    try:
-        _ = schema.names
-    except UnicodeDecodeError:
-        raise BadFileError(f"{path}: the schema is damaged (column names are not UTF-8)") from None
-    raw = schema.metadata or {}
-    if raw.get(fs.MAGIC_KEY.encode()) != fs.MAGIC_VALUE.encode():
-        raise NotAnEbcapFileError(f"{path} is an Arrow file but not an ebcap capture")
-    version_text = raw.get(fs.VERSION_KEY.encode(), b"").decode("utf-8", "replace")
-    if not version_text.isdigit():
-        raise UnsupportedVersionError(f"{path} has an unknown format version {version_text!r}")
-    version = int(version_text)
-    if version < 1 or version > fs.FORMAT_VERSION:
-        raise UnsupportedVersionError(
-            f"{path} is format version {version}; this ebcap reads up to {fs.FORMAT_VERSION}"
-        )
-    try:
-        metadata = fs.decode_metadata(raw)
-    except ValueError as exc:
-        raise BadFileError(f"{path}: {exc}") from None
-    algorithm = metadata.get(fs.META_CHECKSUM, checksum.ALGORITHM)
-    if algorithm != checksum.ALGORITHM:
-        raise UnsupportedVersionError(f"{path} uses an unknown checksum {algorithm!r}")
-    missing = [key for key in fs.REQUIRED_META if key not in metadata]
-    if missing:
-        raise NotAnEbcapFileError(f"{path} lacks ebcap metadata {', '.join(missing)}")
-    for want in fs.CORE_FIELDS:
-        index = schema.get_field_index(want.name)
-        if index < 0:
-            raise NotAnEbcapFileError(f"{path} lacks the core column {want.name!r}")
-        got = schema.field(index).type
-        if got != want.type:
-            raise BadFileError(f"{path}: column {want.name!r} is {got}, expected {want.type}")
-    return metadata
-
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message, for one-line errors."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def batch_problem(batch: pa.RecordBatch, *, full: bool = True) -> str:
-    """Why a batch that parsed must still not be trusted ('' when it is fine).
-
-    ``full`` validates every value (offsets, UTF-8, dictionary indices);
-    without it only the structure (buffer sizes) is checked, for batches
-    whose checksums vouch for the values.
-    """
-    try:
-        batch.validate(full=full)
-    except DAMAGE_ERRORS as exc:
-        return one_line(exc)
-    names = batch.schema.names
-    if "kind" in names:
-        kind = batch.column("kind")
-        dictionary = kind.dictionary
-        try:
-            dictionary.validate(full=True)  # a few values: always checked before reading them
-        except DAMAGE_ERRORS as exc:
-            return one_line(exc)
-        if dictionary.type != pa.string() or dictionary.to_pylist() != list(fs.KINDS):
-            return f"the kind dictionary is not {'|'.join(fs.KINDS)}"
-        codes = kind.indices.to_numpy(zero_copy_only=False)
-        if not full and len(codes) and (codes.min() < 0 or codes.max() >= len(fs.KINDS)):
-            return "a kind is not in its dictionary"
-    if "seq" in names and batch.num_rows > 1:
-        seq = batch.column("seq").to_numpy()
-        if not bool(np.all(seq[1:] > seq[:-1])):
-            return "seq does not increase"
-    return ""
-
-
-class BatchCheck:
-    """Everything a batch of one schema must pass: Arrow validation, kinds, checksums.
-
-    With ``trust_checksums``, a batch whose column checksums match gets the
-    structural validation only: the values are the ones the writer wrote.
-    """
-
-    def __init__(
-        self, schema: pa.Schema, metadata: dict[str, Any], *, trust_checksums: bool = False
-    ) -> None:
-        self.schema = schema
-        self.schema_crc = checksum.schema_crc(schema)
-        self.required = fs.META_CHECKSUM in metadata
-        self.trust_checksums = trust_checksums
-
-    def problem(self, batch: pa.RecordBatch, custom_metadata: pa.KeyValueMetadata | None) -> str:
-        """Why ``batch`` (all columns or a projection) must not be trusted; '' if it may."""
-        vouched = self.trust_checksums and fs.CHECKSUMS_KEY.encode() in (custom_metadata or {})
-        return batch_problem(batch, full=not vouched) or self.checksum_problem(
-            batch, custom_metadata
-        )
-
-    def checksum_problem(
-        self, batch: pa.RecordBatch, custom_metadata: pa.KeyValueMetadata | None
-    ) -> str:
-        """Why ``batch`` or its totals do not match the stored checksums; '' if they do."""
-        return checksum.checksum_problem(
-            batch, custom_metadata, self.schema, self.schema_crc, self.required
-        )
 
 
 class CaptureReader(ClosesOnExit):
@@ -232,6 +91,11 @@ class CaptureReader(ClosesOnExit):
         self.schema: pa.Schema = file_schema
         self._check = BatchCheck(file_schema, self.metadata, trust_checksums=True)
         self.num_batches: int = ipc.num_record_batches
+        if self._map is not None:
+            try:
+                check_message_layout(self.path, pa.py_buffer(self._map), self.num_batches)
+            finally:
+                self._release_pages()
         if self.num_batches == 0 and self._check.required:
             raise self._lost_totals()
         self._ipc = ipc
@@ -244,6 +108,10 @@ class CaptureReader(ClosesOnExit):
         if self._map is None or self._ipc is None:
             raise ClosedError(f"reader for {self.path} is closed")
         return self._ipc
+
+    def _label(self, index: int) -> str:
+        """How messages name batch ``index``: "batch 6 of 15" (counting from 1)."""
+        return batch_label(index, self.num_batches)
 
     def _damaged(self, what: str, exc: BaseException) -> BadFileError:
         return BadFileError(f"{self.path}: {what} is damaged ({one_line(exc)})")
@@ -284,14 +152,15 @@ class CaptureReader(ClosesOnExit):
             return None
         index = self.num_batches - 1
         try:
-            last, custom = self._require().get_batch_with_custom_metadata(index)
+            # The totals have a checksum of their own: one small column is enough to read.
+            last, custom = self._projection(["seq"]).get_batch_with_custom_metadata(index)
         except DAMAGE_ERRORS as exc:
-            raise self._damaged("the last batch", exc) from None
+            raise self._damaged(f"the last batch ({self._label(index)})", exc) from None
         finally:
             self._release_pages()
         problem = self._check.checksum_problem(last, custom)
         if problem:
-            raise BadFileError(f"{self.path}: batch {index} is damaged ({problem})")
+            raise BadFileError(f"{self.path}: {self._label(index)} is damaged ({problem})")
         text = (custom or {}).get(fs.TOTALS_KEY.encode())
         if text is None:
             if self._check.required:
@@ -318,7 +187,7 @@ class CaptureReader(ClosesOnExit):
         try:
             batch, custom = ipc.get_batch_with_custom_metadata(index)
         except DAMAGE_ERRORS as exc:
-            raise self._damaged(f"batch {index}", exc) from None
+            raise self._damaged(self._label(index), exc) from None
         finally:
             self._release_pages()
         self.check_batch(batch, custom, index)
@@ -352,7 +221,7 @@ class CaptureReader(ClosesOnExit):
         self._require()
         problem = self._check.problem(batch, custom_metadata)
         if problem:
-            raise BadFileError(f"{self.path}: batch {index} is damaged ({problem})")
+            raise BadFileError(f"{self.path}: {self._label(index)} is damaged ({problem})")
 
     def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
         """The record batches in file (= arrival) order, ``seq`` increasing across them.
@@ -367,7 +236,7 @@ class CaptureReader(ClosesOnExit):
                 first = batch.column("seq")[0].as_py()
                 if last_seq is not None and first <= last_seq:
                     raise BadFileError(
-                        f"{self.path}: batch {index} is damaged (seq does not increase)"
+                        f"{self.path}: {self._label(index)} is damaged (seq does not increase)"
                     )
                 last_seq = batch.column("seq")[-1].as_py()
             yield batch

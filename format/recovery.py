@@ -1,42 +1,59 @@
-"""Save the complete batches of a capture that never got its footer.
+"""Save what can be saved of a capture that never got its footer, or got damaged.
 
 An Arrow IPC file is the magic ``ARROW1\\0\\0``, an IPC stream (schema,
 dictionaries, record batches, end-of-stream marker) and a footer indexing the
 batches. A capture that was killed, crashed or ran out of disk has the stream
-but no footer. Recovery walks that stream message by message, keeps every
-batch that reads back whole and valid, stops at the first that does not, and
-writes those rows into a new, valid ebcap file. It never invents events: the
-totals are recomputed from the saved rows and marked as recovered.
+but no footer: recovery keeps the batches up to the first that is not whole
+and valid. When the footer survived, every batch it indexes is judged on its
+own and each intact one kept, the damaged ones skipped and listed
+(:mod:`ebcap.format.recovery_scan`). The rows go into a new, valid ebcap file.
+
+Recovery never invents events, and never touches its input: the output is
+written to a work file of its own (never ``NAME.partial`` when that is the
+input) and renamed into place. A file with batches missing says so in its
+``ebcap.recovered`` metadata, and its totals are recomputed from its rows.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-import numpy as np
 import pyarrow as pa
 
-from ebcap.errors import BadFileError, UsageError
+from ebcap.errors import BadFileError, OutputWriteError, UsageError
 from ebcap.format import schema as fs
-from ebcap.format.reader import (
-    ARROW_MAGIC_PADDED,
-    DAMAGE_ERRORS,
-    BatchCheck,
-    check_input_path,
-    check_magic,
-    check_schema,
-    one_line,
+from ebcap.format.counts import count_samples
+from ebcap.format.file_checks import ARROW_MAGIC_PADDED, check_input_path, check_magic
+from ebcap.format.recovery_scan import (
+    REASON_CUT_AT_BOUNDARY,
+    REASON_NO_FOOTER,
+    FooterScan,
+    SkippedBatch,
+    StreamScan,
 )
-from ebcap.format.writer import CaptureWriter, conform_batch
+from ebcap.format.writer import PARTIAL_SUFFIX, CaptureWriter, partial_path
 
-REASON_COMPLETE = "the file is complete"
-REASON_NO_FOOTER = "the stream ends cleanly but the footer is missing"
-REASON_CUT_AT_BOUNDARY = "the file ends between two batches"
+__all__ = [
+    "REASON_COMPLETE",
+    "REASON_CUT_AT_BOUNDARY",
+    "REASON_NO_FOOTER",
+    "RecoveryReport",
+    "SkippedBatch",
+    "recover",
+]
+
+REASON_COMPLETE: Final = "the file is complete"
+
+_NEVER: Final = 1 << 62
+"""Row threshold that never triggers: recovery flushes once per source batch."""
+_WORK_NAMES: Final = 100
+"""How many work file names to try before giving up (each one that exists is skipped)."""
 
 
 @dataclass(frozen=True)
@@ -53,176 +70,213 @@ class RecoveryReport:
     """Bytes of the source, from its start, that held the saved batches."""
     source_size: int
     damage_offset: int | None
-    """Byte offset where the source breaks; None when it was complete."""
+    """Byte offset where the source's stream breaks; None when it was complete."""
     totals_present: bool
     """Whether the source still had the totals written at the end of the capture."""
     reason: str
+    source_batches: int | None = None
+    """Batches the source's footer indexes; None without a usable footer."""
+    skipped: tuple[SkippedBatch, ...] = ()
+    """Damaged batches left out, between batches that were saved."""
+    totals_recomputed: bool = False
+    """Whether the event and lost totals were recounted from the saved rows."""
 
     @property
     def complete(self) -> bool:
-        return self.damage_offset is None
+        return self.damage_offset is None and not self.skipped
+
+    @property
+    def rows_skipped(self) -> int | None:
+        """Rows of the skipped batches; None if any of them is unknown."""
+        rows = [s.rows for s in self.skipped]
+        return None if None in rows else sum(r for r in rows if r is not None)
+
+
+@dataclass
+class _Plan:
+    """Which batches to save, and what to say about the ones that are not."""
+
+    batches: Iterable[pa.RecordBatch]
+    count: int
+    totals: dict[str, Any] | None
+    reason: str
+    complete: bool
+    bytes_used: int
+    skipped: tuple[SkippedBatch, ...] = ()
 
 
 def recover(
     src: str | os.PathLike[str], dst: str | os.PathLike[str], *, force: bool = False
 ) -> RecoveryReport:
-    """Write the readable part of ``src`` as a valid ebcap file at ``dst``.
+    """Write the readable part of ``src`` as a valid ebcap file at ``dst``; ``src`` is
+    only ever read.
 
     Raises BadFileError when ``src`` holds no complete batch (nothing to save)
     or is not an ebcap Arrow file at all; OutputExistsError when ``dst`` exists
-    and not ``force``.
+    and not ``force``; UsageError when ``dst`` is ``src``; OutputWriteError
+    (disk full, ...) when the output cannot be written, having removed it.
     """
     source = check_input_path(src)
     output = Path(dst)
-    if output.exists() and os.path.samefile(source, output):
+    if _same_file(source, output):
         raise UsageError(f"recovering {source} onto itself: pick another output")
     with pa.memory_map(str(source)) as mm:
         size = mm.size()
         check_magic(source, bytes(mm.read_at(min(size, len(ARROW_MAGIC_PADDED)), 0)), size)
-        has_footer = _has_valid_footer(mm)
-        survey = _StreamWalk(source, mm)
-        for _ in survey:  # first pass: how far the stream is usable, and why it stops
+        scan = StreamScan(source, mm)
+        footer = FooterScan.open(mm, scan.schema, scan.metadata)
+        scan.total = None if footer is None else footer.num_record_batches
+        for _ in scan:  # first pass: how far the stream is usable, and why it stops
             pass
-        if survey.batches == 0:
+        plan = _plan(source, mm, scan, footer, size)
+        if plan.count == 0:
             raise BadFileError(f"{source} holds no complete batch: nothing to recover")
-        complete = has_footer and survey.reached_eos
-        schema = survey.schema if complete else _mark_recovered(survey, source)
-        batches = itertools.islice(_StreamWalk(source, mm), survey.batches)
-        writer = CaptureWriter(output, schema, force=force, flush_rows=_NEVER)
+        damage = None if plan.complete else scan.end
+        schema = _saved_schema(scan.schema)
+        if not plan.complete:
+            schema = _mark_recovered(schema, source, damage, plan, scan.total)
+        rows_complete = not plan.skipped and plan.totals is not None
+        work = _work_path(source, output)
+        writer: CaptureWriter | None = None
         samples = 0
         try:
-            for batch in batches:
+            writer = CaptureWriter(output, schema, force=force, flush_rows=_NEVER, work_path=work)
+            for batch in plan.batches:
                 writer.write(batch)
                 writer.flush()
-                samples += _samples(batch)
-            totals = survey.totals
-            if totals is None:
-                totals = {
-                    **writer.counts.totals(),
-                    fs.TOTAL_END_TIME: None,  # unknown: the capture never said when it stopped
-                    fs.TOTAL_RECOVERED: True,
-                }
-            writer.close(totals)
+                samples += count_samples(batch)
+            writer.close(plan.totals if rows_complete else _recounted(plan.totals))
+        except OutputWriteError as exc:
+            _discard(writer, work, source)
+            message = _write_failure(exc, output, source)
+            raise OutputWriteError(message, exc.reason, exc.errno) from None
         except BaseException:
-            writer.abort()  # a half-written copy is worth nothing: the source is still there
-            writer.partial_path.unlink(missing_ok=True)
+            _discard(writer, work, source)  # a half-written copy is worth nothing
             raise
     return RecoveryReport(
         source=source,
         output=output,
-        batches_saved=survey.batches,
+        batches_saved=plan.count,
         rows_saved=writer.rows_written,
         events_saved=samples,
-        bytes_used=survey.end,
+        bytes_used=plan.bytes_used,
         source_size=size,
-        damage_offset=None if complete else survey.end,
-        totals_present=survey.totals is not None,
-        reason=REASON_COMPLETE if complete else survey.reason,
+        damage_offset=damage,
+        totals_present=plan.totals is not None,
+        reason=plan.reason,
+        source_batches=scan.total,
+        skipped=plan.skipped,
+        totals_recomputed=not rows_complete,
     )
 
 
-_NEVER = 1 << 62
-"""Row threshold that never triggers: recovery flushes once per source batch."""
+def _plan(
+    source: Path,
+    mm: pa.MemoryMappedFile,
+    scan: StreamScan,
+    footer: pa.ipc.RecordBatchFileReader | None,
+    size: int,
+) -> _Plan:
+    """Save the stream's good prefix, or, when the footer finds more, every intact batch."""
 
-_EOS_MARKER = b"\xff\xff\xff\xff\x00\x00\x00\x00"
-"""The end-of-stream message an IPC file writer puts before the footer."""
+    def prefix(reason: str, complete: bool = False) -> _Plan:
+        batches = itertools.islice(StreamScan(source, mm), scan.batches)
+        return _Plan(batches, scan.batches, scan.totals, reason, complete, scan.end)
+
+    if footer is None:
+        return prefix(scan.reason)
+    if scan.reached_eos:
+        if footer.num_record_batches == scan.batches:
+            return prefix(REASON_COMPLETE, complete=True)
+        return prefix(
+            f"the stream ends cleanly but the footer indexes "
+            f"{footer.num_record_batches} of its {scan.batches} batches"
+        )
+    indexed = FooterScan(mm, footer, scan.schema, scan.metadata)
+    if len(indexed.kept) <= scan.batches or not indexed.agrees_with(scan):
+        return prefix(scan.reason)
+    kept = indexed.kept
+    return _Plan(
+        (indexed.batch(i) for i in kept),
+        len(kept),
+        indexed.totals,
+        scan.reason,
+        False,
+        size,
+        tuple(indexed.skipped),
+    )
 
 
-class _StreamWalk:
-    """The record batches of the source's IPC stream, up to the first unusable one.
+def _recounted(totals: dict[str, Any] | None) -> dict[str, Any]:
+    """Totals for rows that are not all there: what describes the capture (end time,
+    duration, drops) is kept; the counts of rows are left to the writer, which
+    recounts the rows it writes."""
+    kept = {k: v for k, v in (totals or {}).items() if k not in fs.ROW_TOTALS}
+    # end_time None: unknown unless the capture said when it stopped
+    return {fs.TOTAL_END_TIME: None, **kept, fs.TOTAL_RECOVERED: True}
 
-    After iteration, ``end`` is the offset just past the last good batch,
-    ``reason`` says why the walk stopped and ``totals`` holds the capture's
-    totals if the batch carrying them survived.
+
+def _saved_schema(schema: pa.Schema) -> pa.Schema:
+    """The source's schema with the core columns exactly as ebcap writes them.
+
+    Another tool may have marked them nullable; the rows kept hold no nulls there.
     """
-
-    def __init__(self, source: Path, mm: pa.MemoryMappedFile) -> None:
-        self._source = source
-        self._mm = mm
-        mm.seek(len(ARROW_MAGIC_PADDED))
-        try:
-            self._stream = pa.ipc.open_stream(mm)
-        except DAMAGE_ERRORS:
-            raise BadFileError(
-                f"{source} is cut before its schema ends: nothing to recover"
-            ) from None
-        self.schema: pa.Schema = self._stream.schema
-        self.metadata = check_schema(source, self.schema)
-        self._check = BatchCheck(self.schema, self.metadata)
-        self.end = mm.tell()
-        self.reason = ""
-        self.reached_eos = False
-        self.totals: dict[str, Any] | None = None
-        self.batches = 0
-        self._last_seq: int | None = None
-
-    def __iter__(self) -> Iterator[pa.RecordBatch]:
-        while True:
-            try:
-                batch, custom = self._stream.read_next_batch_with_custom_metadata()
-            except StopIteration:
-                self.reached_eos = (
-                    bytes(self._mm.read_at(len(_EOS_MARKER), self.end)) == _EOS_MARKER
-                )
-                self.reason = REASON_NO_FOOTER if self.reached_eos else REASON_CUT_AT_BOUNDARY
-                return
-            except DAMAGE_ERRORS as exc:
-                self.reason = f"batch {self.batches + 1} is cut short or corrupt ({one_line(exc)})"
-                return
-            problem = self._problem(batch, custom)
-            if problem:
-                self.reason = f"batch {self.batches + 1} {problem}"
-                return
-            self.end = self._mm.tell()
-            self.batches += 1
-            yield batch
-
-    def _problem(self, batch: pa.RecordBatch, custom: pa.KeyValueMetadata | None) -> str:
-        """Why a batch that parsed must still not be trusted ('' when it is fine)."""
-        problem = self._check.problem(batch, custom)
-        if problem:
-            return f"is corrupt ({problem})"
-        try:
-            conform_batch(batch, self.schema)  # what the writer would refuse, refuse here
-        except ValueError as exc:
-            return f"is corrupt ({exc})"
-        seq = batch.column("seq").to_numpy()
-        if len(seq):
-            if (self._last_seq is not None and int(seq[0]) <= self._last_seq) or bool(
-                np.any(seq[1:] <= seq[:-1])
-            ):
-                return "is corrupt (seq does not increase)"
-            self._last_seq = int(seq[-1])
-        text = (custom or {}).get(fs.TOTALS_KEY.encode())
-        if text is not None:
-            try:
-                self.totals = fs.decode_totals(text)
-            except ValueError as exc:
-                return f"has corrupt totals ({exc})"
-        return ""
+    core = len(fs.CORE_FIELDS)
+    fields = [*fs.CORE_FIELDS, *(schema.field(i) for i in range(core, len(schema)))]
+    if fields == list(schema):
+        return schema
+    return pa.schema(fields, metadata=schema.metadata)
 
 
-def _mark_recovered(walk: _StreamWalk, source: Path) -> pa.Schema:
-    """The source schema plus :data:`META_RECOVERED` saying where and why it broke."""
-    damage = {
+def _mark_recovered(
+    schema: pa.Schema, source: Path, damage: int | None, plan: _Plan, total: int | None
+) -> pa.Schema:
+    """The schema plus :data:`META_RECOVERED` saying where and why the source broke."""
+    marker: dict[str, Any] = {
         fs.RECOVERED_FROM: source.name,
-        fs.RECOVERED_DAMAGE_OFFSET: walk.end,
-        fs.RECOVERED_REASON: walk.reason,
+        fs.RECOVERED_DAMAGE_OFFSET: damage,
+        fs.RECOVERED_REASON: plan.reason,
     }
-    meta = dict(walk.schema.metadata or {})  # bytes as found: other keys pass through untouched
-    text = fs.encode_metadata({fs.META_RECOVERED: damage})[fs.META_RECOVERED]
+    if total is not None:
+        marker[fs.RECOVERED_SOURCE_BATCHES] = total
+    if plan.skipped:
+        marker[fs.RECOVERED_SKIPPED] = [s.describe() for s in plan.skipped]
+    meta = dict(schema.metadata or {})  # bytes as found: other keys pass through untouched
+    text = fs.encode_metadata({fs.META_RECOVERED: marker})[fs.META_RECOVERED]
     meta[fs.META_RECOVERED.encode()] = text.encode()
-    return walk.schema.with_metadata(meta)
+    return schema.with_metadata(meta)
 
 
-def _has_valid_footer(mm: pa.MemoryMappedFile) -> bool:
+def _same_file(a: Path, b: Path) -> bool:
     try:
-        pa.ipc.open_file(mm)
-    except DAMAGE_ERRORS:
+        return os.path.samefile(a, b)
+    except OSError:  # b does not exist (or cannot be looked at): not the same file
         return False
-    return True
 
 
-def _samples(batch: pa.RecordBatch) -> int:
-    kind = batch.column("kind").indices.to_numpy()
-    return int(np.count_nonzero(kind == fs.KINDS.index(fs.KIND_SAMPLE)))
+def _work_path(source: Path, output: Path) -> Path:
+    """Where to write until done: OUTPUT.partial, unless that name is taken (by the
+    input, when recovering NAME.partial into NAME, or by anything else: it is
+    never replaced); then OUTPUT.recover.partial, OUTPUT.recover-2.partial, ..."""
+    names = [partial_path(output).name, f"{output.name}.recover{PARTIAL_SUFFIX}"]
+    names += [f"{output.name}.recover-{n}{PARTIAL_SUFFIX}" for n in range(2, _WORK_NAMES)]
+    for name in names:
+        candidate = output.with_name(name)
+        if not os.path.lexists(candidate) and not _same_file(source, candidate):
+            return candidate
+    raise UsageError(f"cannot find a free work file name next to {output}")
+
+
+def _discard(writer: CaptureWriter | None, work: Path, source: Path) -> None:
+    """Remove the work file the writer created (never the input; and when the
+    writer could not start, it created nothing, or removed it itself)."""
+    if writer is None:
+        return
+    writer.abort()
+    if not _same_file(source, work):
+        work.unlink(missing_ok=True)
+
+
+def _write_failure(exc: OutputWriteError, output: Path, source: Path) -> str:
+    advice = "free some space and run it again" if exc.errno == errno.ENOSPC else "run it again"
+    return f"{exc.reason} writing {output}: nothing was saved; {source} is unchanged: {advice}"

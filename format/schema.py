@@ -72,7 +72,7 @@ _META_FLOAT: Final = frozenset({META_FLUSH_INTERVAL})
 _META_JSON: Final = frozenset({META_SOURCE_LAYOUT, META_COMMAND, META_CPUS, META_RECOVERED})
 
 TOTALS_KEY: Final = "ebcap.totals"
-"""Custom metadata of the last batch: JSON with end_time, events/lost/drops per CPU."""
+"""Custom metadata of the last batch: JSON with end_time, events/lost/drops per CPU, ..."""
 
 CHECKSUMS_KEY: Final = "ebcap.checksums"
 """Custom metadata of every batch: JSON with the CRC-32 of the schema, each column, the totals."""
@@ -85,13 +85,39 @@ TOTAL_DROPS: Final = "drops"  # events the BPF program counted as dropped
 TOTAL_EVENTS_PER_CPU: Final = "events_per_cpu"  # {cpu: count}, likewise below
 TOTAL_LOST_PER_CPU: Final = "lost_per_cpu"
 TOTAL_DROPS_PER_CPU: Final = "drops_per_cpu"
+TOTAL_UNDECODABLE: Final = "undecodable"  # samples too short for the layout (columns null)
+TOTAL_UNCOMPRESSED_BYTES: Final = "uncompressed_bytes"  # Arrow bytes of the rows, uncompressed
+TOTAL_LAST_DRAIN_NS: Final = "last_drain_ns"  # CLOCK_MONOTONIC of the last drain with events
 TOTAL_RECOVERED: Final = "recovered"  # true when recomputed from the rows by `ebcap recover`
-COUNT_TOTALS: Final = (TOTAL_EVENTS, TOTAL_LOST, TOTAL_DROPS)
+COUNT_TOTALS: Final = (
+    TOTAL_EVENTS,
+    TOTAL_LOST,
+    TOTAL_DROPS,
+    TOTAL_UNDECODABLE,
+    TOTAL_UNCOMPRESSED_BYTES,
+)
 PER_CPU_TOTALS: Final = (TOTAL_EVENTS_PER_CPU, TOTAL_LOST_PER_CPU, TOTAL_DROPS_PER_CPU)
+ROW_TOTALS: Final = (
+    TOTAL_EVENTS,
+    TOTAL_LOST,
+    TOTAL_EVENTS_PER_CPU,
+    TOTAL_LOST_PER_CPU,
+    TOTAL_UNDECODABLE,
+    TOTAL_UNCOMPRESSED_BYTES,
+)
+"""Totals that describe the rows: recomputed (or dropped) when recovery loses rows.
+The others (end time, duration, drops) describe the capture and stay true."""
 
+RECOVERED_FROM: Final = "from"  # file name of the damaged source
 RECOVERED_DAMAGE_OFFSET: Final = "damage_offset"  # byte offset where the source file broke
 RECOVERED_REASON: Final = "reason"
-RECOVERED_FROM: Final = "from"  # file name of the damaged source
+RECOVERED_SOURCE_BATCHES: Final = "source_batches"  # batches the source's footer indexes
+RECOVERED_SKIPPED: Final = "skipped_batches"  # damaged batches left out: the file has gaps
+SKIPPED_BATCH: Final = "batch"  # 1-based number of the batch in the source
+SKIPPED_ROWS: Final = "rows"  # rows it held, null when its header is unreadable too
+SKIPPED_FIRST_SEQ: Final = "first_seq"  # its seq range, when its seq column is intact
+SKIPPED_LAST_SEQ: Final = "last_seq"
+SKIPPED_REASON: Final = "reason"
 
 
 def make_schema(

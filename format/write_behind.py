@@ -13,7 +13,8 @@ a 2 M events/s producer overflowing).
 The queue is short on purpose: when the worker falls behind, the caller
 blocks (and the kernel counts the events it cannot take as lost) rather than
 buffering without bound; and a crash loses at most what is queued, a fraction
-of a flush interval.
+of a flush interval. Cancelling (the writer's abort) drops the queued jobs
+and waits only for the one being run, so giving up is fast.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class WriteBehind:
     def __init__(self, name: str, depth: int = DEFAULT_DEPTH) -> None:
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._cancelled = False
         self._thread: threading.Thread | None = threading.Thread(
             target=self._work, name=name, daemon=True
         )
@@ -67,6 +69,28 @@ class WriteBehind:
             self._jobs.put(_STOP)
             thread.join()
 
+    def cancel(self) -> None:
+        """Drop the queued jobs unrun and end the thread; a job already running finishes.
+
+        Returns once the thread has ended. Errors are kept, not raised.
+        """
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._cancelled = True  # a job taken from the queue from now on is skipped
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            self._jobs.task_done()
+        self._jobs.put(_STOP)
+        thread.join()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
     @property
     def failed(self) -> bool:
         return self._error is not None
@@ -81,7 +105,7 @@ class WriteBehind:
             try:
                 if job is _STOP:
                     return
-                if self._error is None:
+                if self._error is None and not self._cancelled:
                     job()
             except BaseException as exc:  # handed to the caller's thread
                 self._error = exc

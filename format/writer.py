@@ -14,18 +14,25 @@ import datetime as dt
 import errno
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Self, TypeAlias
+from typing import Any, BinaryIO, NoReturn, Self, TypeAlias
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from ebcap.errors import CaptureError, ClosedError, OutputExistsError, UsageError
+from ebcap.errors import (
+    CaptureError,
+    ClosedError,
+    OutputExistsError,
+    OutputWriteError,
+    UsageError,
+)
 from ebcap.format import checksum
 from ebcap.format import schema as fs
+from ebcap.format.conform import Rows, conform_batch, empty_batch
+from ebcap.format.counts import CpuCounts
 from ebcap.format.write_behind import WriteBehind
 
 COMPRESSION = "zstd"
@@ -37,8 +44,8 @@ FILE_MODE = 0o600
 
 PARTIAL_SUFFIX = ".partial"
 
-ColumnValues: TypeAlias = pa.Array | pa.ChunkedArray | np.ndarray | Sequence[Any]
-Rows: TypeAlias = pa.RecordBatch | Mapping[str, ColumnValues]
+LastMetadata: TypeAlias = Callable[[], dict[str, str]]
+"""Makes the custom metadata of the last batch, once the sizes of all batches are known."""
 
 
 def partial_path(path: str | os.PathLike[str]) -> Path:
@@ -61,39 +68,6 @@ def utc_now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-class CpuCounts:
-    """Per-CPU sample records and lost-event sums of the rows seen, for the totals."""
-
-    def __init__(self) -> None:
-        self.events: dict[int, int] = {}
-        self.lost: dict[int, int] = {}
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        cpu = batch.column("cpu").to_numpy()
-        kind = batch.column("kind").indices.to_numpy()
-        is_sample = kind == fs.KINDS.index(fs.KIND_SAMPLE)
-        _add_bincount(self.events, np.bincount(cpu[is_sample]))
-        lost_rows = ~is_sample
-        if lost_rows.any():
-            lost = batch.column("lost").to_numpy()[lost_rows]
-            for c, n in zip(cpu[lost_rows].tolist(), lost.tolist(), strict=True):
-                self.lost[c] = self.lost.get(c, 0) + n
-
-    def totals(self) -> dict[str, Any]:
-        """The event and lost totals (sums and per CPU) as stored in the file."""
-        return {
-            fs.TOTAL_EVENTS: sum(self.events.values()),
-            fs.TOTAL_LOST: sum(self.lost.values()),
-            fs.TOTAL_EVENTS_PER_CPU: dict(sorted(self.events.items())),
-            fs.TOTAL_LOST_PER_CPU: dict(sorted(self.lost.items())),
-        }
-
-
-def _add_bincount(into: dict[int, int], counts: np.ndarray) -> None:
-    for c in np.flatnonzero(counts).tolist():
-        into[c] = into.get(c, 0) + int(counts[c])
-
-
 class CaptureWriter:
     """Append rows to ``path`` (via ``path.partial``); :meth:`close` finishes the file.
 
@@ -101,7 +75,9 @@ class CaptureWriter:
     tests inject a fake one. ``background``: batches are compressed and written
     on a worker thread (:mod:`ebcap.format.write_behind`), so the caller can go
     on draining rings meanwhile; the final batch and the footer are written by
-    :meth:`close` once the worker has caught up.
+    :meth:`close` once the worker has caught up. ``work_path`` replaces
+    ``path.partial`` as the file written until :meth:`close` (recovery names
+    its own when ``path.partial`` is its input); it must not exist.
     """
 
     def __init__(
@@ -115,6 +91,7 @@ class CaptureWriter:
         clock: Callable[[], float] = time.monotonic,
         background: bool = False,
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
+        work_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if not flush_interval > 0:
             raise UsageError(f"flush interval must be positive, got {flush_interval}")
@@ -122,7 +99,8 @@ class CaptureWriter:
             raise UsageError(f"flush rows must be at least 1, got {flush_rows}")
         codec = zstd_codec(zstd_level)
         self.path = Path(path)
-        self.partial_path = partial_path(self.path)
+        self.partial_path = partial_path(self.path) if work_path is None else Path(work_path)
+        self._replace_partial = force and work_path is None
         _check_schema(schema)
         self.schema = schema.with_metadata(
             {**(schema.metadata or {}), fs.META_CHECKSUM.encode(): checksum.ALGORITHM.encode()}
@@ -133,6 +111,8 @@ class CaptureWriter:
         self.rows_written = 0
         self.batches_written = 0
         self.counts = CpuCounts()
+        self.uncompressed_bytes = 0
+        """Arrow bytes of the batches written, before compression (for the totals)."""
         self._force = force
         self._clock = clock
         self._buffer: list[pa.RecordBatch] = []
@@ -141,6 +121,7 @@ class CaptureWriter:
         self._last_seq: int | None = None
         self._state = "open"
         self._failure = ""
+        self._behind: WriteBehind | None = None
         self._check_destination()
         self._file = self._create_partial()
         try:
@@ -148,6 +129,8 @@ class CaptureWriter:
             # those preempt the thread that drains the rings (see write_behind.py).
             options = pa.ipc.IpcWriteOptions(compression=codec, use_threads=False)
             self._ipc = pa.ipc.new_file(self._file, self.schema, options=options)
+        except OSError as exc:
+            self._fail(exc)
         except BaseException:
             self._discard()
             raise
@@ -165,7 +148,7 @@ class CaptureWriter:
     def _create_partial(self) -> BinaryIO:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            if self._force:
+            if self._replace_partial:
                 self.partial_path.unlink(missing_ok=True)
             fd = os.open(self.partial_path, flags, FILE_MODE)
         except FileExistsError:
@@ -208,38 +191,39 @@ class CaptureWriter:
     def flush(self) -> None:
         """Write the buffered rows as record batches now."""
         self._check_open()
-        self._write_buffer(custom_metadata=None)
+        self._write_buffer(last_metadata=None)
 
-    def _write_buffer(self, custom_metadata: dict[str, str] | None) -> None:
+    def _write_buffer(self, last_metadata: LastMetadata | None) -> None:
         """Hand the buffered rows to be written (on the worker, if there is one).
 
-        The batch carrying ``custom_metadata`` (the totals) is written here, after
+        The batch carrying ``last_metadata()`` (the totals) is written here, after
         every batch before it.
         """
         pending = self._buffer
         self._buffer, self._buffered_rows, self._oldest = [], 0, None
-        if not pending and custom_metadata is None:
+        if not pending and last_metadata is None:
             return
         try:
             if self._behind is not None:
-                if custom_metadata is None:
+                if last_metadata is None:
                     self._behind.submit(lambda: self._encode(pending, None))
                     return
                 self._behind.wait()
-            self._encode(pending, custom_metadata)
+            self._encode(pending, last_metadata)
         except OSError as exc:
             self._fail(exc)
 
-    def _encode(
-        self, pending: list[pa.RecordBatch], custom_metadata: dict[str, str] | None
-    ) -> None:
-        """Write ``pending`` as batches of at most ``flush_rows``; the last carries the metadata.
+    def _encode(self, pending: list[pa.RecordBatch], last_metadata: LastMetadata | None) -> None:
+        """Write ``pending`` as batches of at most ``flush_rows``; the last carries
+        ``last_metadata()``, asked for once the sizes of all of them are counted.
 
         Every batch carries its checksums; those of the last cover the totals too.
         """
-        whole = pa.concat_batches(pending) if pending else _empty_batch(self.schema)
+        whole = pa.concat_batches(pending) if pending else empty_batch(self.schema)
         step = self.flush_rows
         pieces = [whole.slice(off, step) for off in range(0, whole.num_rows, step)] or [whole]
+        self.uncompressed_bytes += sum(piece.nbytes for piece in pieces)  # as read back
+        custom_metadata = last_metadata() if last_metadata is not None else None
         for i, piece in enumerate(pieces):
             meta = dict(custom_metadata or {}) if i == len(pieces) - 1 else {}
             meta[fs.CHECKSUMS_KEY] = checksum.batch_checksums(
@@ -266,16 +250,22 @@ class CaptureWriter:
 
         ``totals`` gives what only the caller knows (``drops_per_cpu``,
         ``duration_s``, ...); ``events``/``lost`` and their per-CPU maps default
-        to the counts of the rows written, ``end_time`` to now. ValueError on
-        malformed totals. Idempotent: returns the final path.
+        to the counts of the rows written, ``uncompressed_bytes`` to their
+        size, ``end_time`` to now. ValueError on malformed totals. Idempotent:
+        returns the final path.
         """
         if self._state == "closed":
             return self.path
         self._check_open()
         merged: dict[str, Any] = {fs.TOTAL_END_TIME: utc_now_iso(), **self.counts.totals()}
         merged.update(totals or {})
-        text = fs.encode_totals(merged)
-        self._write_buffer(custom_metadata={fs.TOTALS_KEY: text})
+        fs.encode_totals(merged)  # malformed totals: ValueError before anything is written
+
+        def with_size() -> dict[str, str]:
+            sized = {fs.TOTAL_UNCOMPRESSED_BYTES: self.uncompressed_bytes, **merged}
+            return {fs.TOTALS_KEY: fs.encode_totals(sized)}
+
+        self._write_buffer(last_metadata=with_size)
         self._stop_behind()
         try:
             self._ipc.close()
@@ -310,12 +300,19 @@ class CaptureWriter:
             ) from None
 
     def abort(self) -> None:
-        """Stop without a footer: keep NAME.partial for `ebcap recover` if anything was flushed."""
+        """Stop without a footer, promptly: keep NAME.partial for `ebcap recover` if
+        anything was written.
+
+        Batches still queued for the worker are dropped, not written (a second
+        Ctrl-C must not wait for seconds of compression); a batch being written
+        is finished, so the file ends with whole batches only.
+        """
         if self._state != "open":
             return
         self._state = "aborted"
         self._buffer = []
-        self._stop_behind()  # what it holds is written: more to recover
+        if self._behind is not None:
+            self._behind.cancel()
         if self.batches_written:
             # The flushed batches are on disk already; a failing close loses nothing more.
             with contextlib.suppress(OSError):
@@ -329,12 +326,14 @@ class CaptureWriter:
 
     def _discard(self) -> None:
         self._state = "aborted"
-        self._stop_behind()
+        if self._behind is not None:
+            self._behind.cancel()
         with contextlib.suppress(OSError):  # the file is removed next
             self._file.close()
         self.partial_path.unlink(missing_ok=True)
 
-    def _fail(self, exc: OSError) -> None:
+    def _fail(self, exc: OSError) -> NoReturn:
+        """Abort on a write error, keeping what was written; OutputWriteError saying so."""
         what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         if self.batches_written:
             kept = (
@@ -345,7 +344,7 @@ class CaptureWriter:
             kept = "nothing had been flushed yet"
         self._failure = f"{what} writing {self.partial_path}: {kept}"
         self.abort()
-        raise CaptureError(self._failure) from None
+        raise OutputWriteError(self._failure, what, exc.errno or 0) from None
 
     def _check_open(self) -> None:
         if self._state == "open":
@@ -387,77 +386,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# -- conforming input rows to the schema ----------------------------------------
-
-_KINDS_ARRAY = pa.array(fs.KINDS, pa.string())
-
-
-def conform_batch(rows: Rows, schema: pa.Schema) -> pa.RecordBatch:
-    """``rows`` as a record batch of exactly ``schema``; ValueError naming what does not fit.
-
-    Columns may come as Arrow arrays or numpy arrays of a castable type; ``kind``
-    may be strings, integer codes (index into :data:`KINDS`) or a dictionary array.
-    """
-    if isinstance(rows, pa.RecordBatch):
-        columns: Mapping[str, Any] = {name: rows.column(name) for name in rows.schema.names}
-    elif isinstance(rows, Mapping):
-        columns = rows
-    else:
-        raise TypeError(f"rows must be a RecordBatch or a mapping of columns, not {type(rows)}")
-    missing = [name for name in schema.names if name not in columns]
-    extra = [name for name in columns if schema.get_field_index(name) < 0]
-    if missing or extra:
-        raise ValueError(f"columns do not match the schema: missing {missing}, unexpected {extra}")
-    arrays = [_conform_column(columns[field.name], field) for field in schema]
-    lengths = {len(a) for a in arrays}
-    if len(lengths) > 1:
-        raise ValueError(f"columns have different lengths: {sorted(lengths)}")
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _conform_column(values: Any, field: pa.Field) -> pa.Array:
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    try:
-        if field.name == "kind":
-            array = _kind_array(values)
-        elif isinstance(values, pa.Array):
-            array = values if values.type == field.type else values.cast(field.type)
-        else:
-            array = pa.array(values, type=field.type)
-    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"column {field.name!r} does not fit {field.type}: {first}") from None
-    if not field.nullable and array.null_count:
-        raise ValueError(f"column {field.name!r} has nulls")
-    return array
-
-
-def _kind_array(values: Any) -> pa.DictionaryArray:
-    """The ``kind`` column on the fixed dictionary, whatever form it came in."""
-    array = values if isinstance(values, pa.Array) else pa.array(values)
-    if pa.types.is_dictionary(array.type):
-        if array.dictionary.equals(_KINDS_ARRAY) or len(array) == 0:
-            return pa.DictionaryArray.from_arrays(array.indices.cast(pa.int8()), _KINDS_ARRAY)
-        array = array.dictionary_decode()
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-        codes = pc.index_in(array, value_set=_KINDS_ARRAY)
-        if codes.null_count > array.null_count:
-            raise ValueError(f"kind must be one of {list(fs.KINDS)}")
-    elif pa.types.is_null(array.type) and len(array) == 0:
-        codes = pa.array([], pa.int8())  # an empty list carries no type
-    elif pa.types.is_integer(array.type):
-        codes = array
-        low, high = pc.min_max(codes).values()
-        if len(codes) and (low.as_py() < 0 or high.as_py() >= len(fs.KINDS)):
-            raise ValueError(f"kind codes must be 0..{len(fs.KINDS) - 1}")
-    else:
-        raise ValueError(f"kind must be strings or integer codes, not {array.type}")
-    return pa.DictionaryArray.from_arrays(codes.cast(pa.int8()), _KINDS_ARRAY)
-
-
-def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
-    """No rows, but the same ``kind`` dictionary: an IPC file cannot replace dictionaries."""
-    return conform_batch({f.name: pa.array([], f.type) for f in schema}, schema)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from ebcap import __version__
-from ebcap.cli import run
+from ebcap.cli import SHORT_HELP, app, run
 
 
 def test_version(capsys) -> None:
@@ -18,6 +18,30 @@ def test_help_lists_commands(capsys) -> None:
     assert run(["--help"]) == 0
     out = capsys.readouterr().out
     assert "Record and replay eBPF event streams" in out
+
+
+def test_help_lists_every_command_with_its_whole_line(capsys, monkeypatch) -> None:
+    """Each command on a line of its own with its one-line description, not cut mid-phrase."""
+    monkeypatch.setenv("COLUMNS", "80")  # the usual terminal: every line fits in it
+    assert run(["--help"]) == 0
+    listed = capsys.readouterr().out.split("Commands:\n", 1)[1].splitlines()
+    names = [info.name for info in app.registered_commands]
+    assert sorted(names) == sorted(SHORT_HELP), "a command without a one-line description"
+    assert len(listed) == len(names)
+    for line, name in zip(listed, names, strict=True):
+        assert line.split(None, 1) == [name, SHORT_HELP[name]]
+        assert not line.endswith("...")
+
+
+def test_help_shows_examples(capsys) -> None:
+    assert run(["--help"]) == 0
+    top = capsys.readouterr().out
+    assert "Examples:" in top and "\n    ebcap record -o run.arrow" in top
+    for info in app.registered_commands:
+        assert run([info.name, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "Example" in text, f"ebcap {info.name} --help shows no example"
+        assert f"\n    ebcap {info.name} " in text, f"ebcap {info.name}: no example runs it"
 
 
 def test_unknown_command_is_one_line_exit_2(capsys) -> None:

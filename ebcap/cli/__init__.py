@@ -51,6 +51,19 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 """Modules whose ``register(app)`` adds their commands, in --help order."""
 
+SHORT_HELP: dict[str, str] = {
+    "record": "Record eBPF events into a zstd-compressed Arrow IPC file.",
+    "info": "Summarise a capture: source, host, time span, counts, size.",
+    "recover": "Save the intact batches of a cut-short or damaged capture.",
+    "replay": "Print the events in arrival order or exact time order.",
+    "reorder": "Measure how late events arrive against timestamp order.",
+    "sql": "Run SQL over a capture with DuckDB.",
+    "export": "Convert a capture to Parquet, CSV, JSON lines or pcapng.",
+    "bench": "Measure recording throughput with a built-in BPF producer.",
+}
+"""The one line ``ebcap --help`` shows per command (click would cut the first
+sentence of the full help at 45 characters, mid-phrase)."""
+
 
 def _version(value: bool) -> None:
     if value:
@@ -69,6 +82,9 @@ def _root(
 
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
+for _info in app.registered_commands:
+    if _info.name in SHORT_HELP:
+        _info.short_help = SHORT_HELP[_info.name]
 
 
 def _fail(message: str, code: int) -> int:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from ebcap.errors import UsageError
+from ebcap.errors import BadFileError, UsageError
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
           "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}  # fmt: skip
 _SIZE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def input_path(text: str) -> Path:
+    """An input file argument as given; refuses an empty one (``Path("")`` would be ``.``)."""
+    if not text:
+        raise BadFileError("the input path is empty")
+    return Path(text)
 
 
 def parse_size(text: str, option: str) -> int:

@@ -15,7 +15,7 @@ from ebcap.cli._common import (
     print_json,
     print_table,
 )
-from ebcap.cli._values import human_bytes
+from ebcap.cli._values import human_bytes, input_path
 
 if TYPE_CHECKING:
     from ebcap.format.info import CaptureSummary
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
 
 def info(
-    file: Path = typer.Argument(..., help="An ebcap file.", show_default=False),
+    file: Path = typer.Argument(..., help="An ebcap file.", show_default=False, parser=input_path),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
 ) -> None:
     from ebcap.format.info import summarize
@@ -122,7 +122,9 @@ def _rows(s: CaptureSummary) -> str:
 
 
 def _size(s: CaptureSummary) -> str:
-    per_row = None if s.bytes_per_event is None else f"{s.bytes_per_event:.1f} bytes/event"
+    per_row = (
+        None if s.bytes_per_event is None else f"{s.bytes_per_event:.1f} bytes per sample event"
+    )
     ratio = None if s.compression_ratio is None else f"compression {s.compression_ratio:.2f}x"
     return _joined(f"{human_bytes(s.file_size)}", f"{count(s.file_size)} bytes", per_row, ratio)
 
@@ -130,8 +132,17 @@ def _size(s: CaptureSummary) -> str:
 def _recovered(s: CaptureSummary) -> str | None:
     if not s.recovered:
         return None
+    from ebcap.format import schema as fs
+
     r = s.recovered
-    return f"from {r.get('from')}: damage at byte {r.get('damage_offset')} ({r.get('reason')})"
+    text = (
+        f"from {r.get(fs.RECOVERED_FROM)}: damage at byte {r.get(fs.RECOVERED_DAMAGE_OFFSET)} "
+        f"({r.get(fs.RECOVERED_REASON)})"
+    )
+    skipped = r.get(fs.RECOVERED_SKIPPED)
+    if isinstance(skipped, list) and skipped:
+        text += f"; {counted(len(skipped), 'damaged batch', 'damaged batches')} left out"
+    return text
 
 
 def _print_per_cpu(s: CaptureSummary) -> None:

@@ -1,20 +1,25 @@
-"""``ebcap recover``: save the complete batches of a capture that did not finish."""
+"""``ebcap recover``: save the complete batches of a capture that did not finish, or got damaged."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ebcap.cli._common import count, counted
+from ebcap.cli._values import input_path
+
+if TYPE_CHECKING:
+    from ebcap.format.recovery import RecoveryReport
 
 
 def register(app: typer.Typer) -> None:
     app.command(
         "recover",
         help=(
-            "Write the complete batches of a cut-short capture (killed, crashed, disk full) "
-            "to a valid file.\n\n"
+            "Write the intact batches of a cut-short (killed, crashed, disk full) or damaged "
+            "capture to a valid file. The input is only read, never changed.\n\n"
             "Examples:\n\n"
             "  ebcap recover run.arrow.partial -o run.arrow"
         ),
@@ -22,26 +27,64 @@ def register(app: typer.Typer) -> None:
 
 
 def recover(
-    broken: Path = typer.Argument(..., help="The damaged or unfinished file.", show_default=False),
+    broken: Path = typer.Argument(
+        ..., help="The damaged or unfinished file.", show_default=False, parser=input_path
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the repaired file."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
 ) -> None:
     from ebcap.format.recovery import recover as recover_file
 
     report = recover_file(broken, output, force=force)
+    for line in _summary(report):
+        typer.echo(line)
+
+
+def _summary(report: RecoveryReport) -> list[str]:
     saved = (
         f"{counted(report.batches_saved, 'batch', 'batches')}, {counted(report.rows_saved, 'row')} "
         f"({counted(report.events_saved, 'event')})"
     )
+    kept = f"{report.source} is unchanged and can now be removed"
     if report.complete:
-        typer.echo(f"{broken} is complete: copied {saved} to {output}")
-        return
-    typer.echo(
-        f"saved {saved} to {output} from the first {count(report.bytes_used)} "
-        f"of {count(report.source_size)} bytes"
-    )
-    typer.echo(f"damage starts at byte {count(report.damage_offset or 0)}: {report.reason}")
-    if report.totals_present:
-        typer.echo("totals: kept from the end of the capture")
+        return [f"{report.source} is complete: copied {saved} to {report.output}", kept]
+    if report.skipped:
+        damaged = counted(len(report.skipped), "damaged batch", "damaged batches")
+        kept = (
+            f"{report.source} is unchanged: keep it to look into the skipped batches, or remove it"
+        )
+        lines = [
+            f"saved {count(report.batches_saved)} of {count(report.source_batches or 0)} "
+            f"batches, {counted(report.rows_saved, 'row')} "
+            f"({counted(report.events_saved, 'event')}), to {report.output}; skipped {damaged}:"
+        ]
+        for skipped in report.skipped:
+            rows = "rows unknown" if skipped.rows is None else counted(skipped.rows, "row")
+            seq = (
+                ""
+                if skipped.first_seq is None
+                else f", seq {skipped.first_seq}..{skipped.last_seq}"
+            )
+            label = f"batch {skipped.index + 1} of {report.source_batches}"
+            lines.append(f"  skipped {label} ({rows}{seq}): {skipped.reason}")
+        lines.append(
+            "the saved file has a gap where each skipped batch was; "
+            "its ebcap.recovered metadata lists them"
+        )
     else:
-        typer.echo("totals: recomputed from the saved rows (BPF drop counts unknown)")
+        lines = [
+            f"saved {saved} to {report.output} from the first {count(report.bytes_used)} "
+            f"of {count(report.source_size)} bytes",
+            f"damage starts at byte {count(report.damage_offset or 0)}: {report.reason}",
+        ]
+    if not report.totals_recomputed:
+        lines.append("totals: kept from the end of the capture")
+    elif report.totals_present:
+        lines.append(
+            "totals: events and lost recounted from the saved rows; "
+            "end time, duration and drops kept from the capture"
+        )
+    else:
+        lines.append("totals: recomputed from the saved rows (BPF drop counts unknown)")
+    lines.append(kept)
+    return lines

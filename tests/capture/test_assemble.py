@@ -13,8 +13,8 @@ from ebcap.capture.batch import EventBatch
 from ebcap.capture.layout import parse_layout
 from ebcap.capture.sources import PinnedSource
 from ebcap.format import schema as fs
+from ebcap.format.counts import CpuCounts
 from ebcap.format.schema import make_schema
-from ebcap.format.writer import CpuCounts
 
 LAYOUT = "ts:u64,cpu:u32,seq:u32,pad:8x"
 EVENT = struct.Struct("<QII8x")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +55,11 @@ def test_recover_a_cut_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         f"saved 2 batches, 20 rows (20 events) to {fixed} from the first {ends[1]:,} "
         f"of {ends[1] + 5:,} bytes"
     )
-    assert out[1].startswith(f"damage starts at byte {ends[1]:,}: batch 3 is cut short")
+    assert out[1].startswith(
+        f"damage starts at byte {ends[1]:,}: batch 3 (counting from 1) is cut short"
+    )
     assert out[2] == "totals: recomputed from the saved rows (BPF drop counts unknown)"
+    assert out[3] == f"{broken} is unchanged and can now be removed"
     with CaptureReader(fixed) as reader:
         assert reader.to_table().column("seq").to_pylist() == list(range(20))
 
@@ -64,6 +70,7 @@ def test_recover_a_complete_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert run(["recover", str(good), "--output", str(tmp_path / "copy.arrow")]) == 0
     assert capsys.readouterr().out == (
         f"{good} is complete: copied 4 batches, 30 rows (30 events) to {tmp_path / 'copy.arrow'}\n"
+        f"{good} is unchanged and can now be removed\n"
     )
 
 
@@ -129,3 +136,145 @@ def test_python_dash_m(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"saved 1 batch, 10 rows (10 events) to {tmp_path / 'f.arrow'}")
+
+
+def cut_capture(tmp_path: Path, name: str) -> tuple[Path, bytes]:
+    """``name`` holding the first two of three batches of a capture and a bit of the third,
+    as a killed recording leaves NAME.partial; returns its path and bytes."""
+    good = tmp_path / "source" / "good.arrow"
+    good.parent.mkdir()
+    ends = write(good)
+    data = good.read_bytes()[: ends[1] + 5]
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path, data
+
+
+@pytest.mark.parametrize("existing", [None, "force", "no-force"])
+def test_the_documented_command_recovers_name_partial_into_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], existing: str | None
+) -> None:
+    """`ebcap recover run.arrow.partial -o run.arrow`: the input is the writer's usual work
+    file for the output. It is only read: not deleted, not truncated, not written to."""
+    partial, data = cut_capture(tmp_path, "run.arrow.partial")
+    out = tmp_path / "run.arrow"
+    argv = ["recover", str(partial), "-o", str(out)]
+    if existing is not None:
+        out.write_bytes(b"an older file")
+    if existing == "force":
+        argv.append("--force")
+    if existing == "no-force":
+        assert run(argv) == 2
+        assert "exists" in capsys.readouterr().err
+        assert out.read_bytes() == b"an older file" and partial.read_bytes() == data
+        return
+    assert run(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"saved 2 batches, 20 rows (20 events) to {out} from the first")
+    assert lines[-1] == f"{partial} is unchanged and can now be removed"
+    assert partial.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "run.arrow",
+        "run.arrow.partial",
+        "source",
+    ]
+    with CaptureReader(out) as reader:
+        assert reader.to_table().column("seq").to_pylist() == list(range(20))
+        assert reader.metadata[fs.META_RECOVERED][fs.RECOVERED_FROM] == "run.arrow.partial"
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_an_input_linked_as_the_work_file_is_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], link: str
+) -> None:
+    saved, data = cut_capture(tmp_path, "saved.partial")
+    work = tmp_path / "run.arrow.partial"
+    if link == "hard":
+        os.link(saved, work)
+    else:
+        work.symlink_to(saved)
+    assert run(["recover", str(saved), "-o", str(tmp_path / "run.arrow"), "--force"]) == 0
+    assert saved.read_bytes() == data and work.read_bytes() == data
+    assert work.is_symlink() == (link == "symbolic")
+    with CaptureReader(tmp_path / "run.arrow") as reader:
+        assert reader.num_rows == 20
+
+
+def test_another_captures_work_file_is_never_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NAME.partial of a recording still running (or to recover later) is not ours to
+    delete, even with --force: recovery writes beside it."""
+    other, _ = cut_capture(tmp_path, "other.partial")
+    unfinished = tmp_path / "run.arrow.partial"
+    unfinished.write_bytes(b"another capture, still being written")
+    assert run(["recover", str(other), "-o", str(tmp_path / "run.arrow"), "--force"]) == 0
+    assert unfinished.read_bytes() == b"another capture, still being written"
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["other.partial", "run.arrow", "run.arrow.partial", "source"]
+
+
+def test_recovering_onto_the_input_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    partial, data = cut_capture(tmp_path, "run.arrow.partial")
+    link = tmp_path / "run.arrow"
+    link.symlink_to(partial)
+    assert run(["recover", str(partial), "-o", str(link), "--force"]) == 2
+    assert "onto itself" in capsys.readouterr().err
+    assert partial.read_bytes() == data and link.is_symlink()
+
+
+@pytest.fixture
+def small_fs() -> Iterator[Path]:
+    """A 512 KiB tmpfs of our own (unmounted afterwards)."""
+    mountpoint = Path(tempfile.mkdtemp(prefix="ebcap-recover-full-"))
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "ebcap-test", mountpoint],
+        check=True,
+    )
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "--lazy", mountpoint], check=True)
+        mountpoint.rmdir()
+
+
+def incompressible_capture(path: Path, batches: int, per_batch: int, payload: int) -> None:
+    rng = np.random.default_rng(3)
+    with CaptureWriter(path, SCHEMA) as writer:
+        for b in range(batches):
+            seq = np.arange(b * per_batch, (b + 1) * per_batch, dtype=np.uint64)
+            writer.write(
+                {
+                    "seq": seq,
+                    "cpu": seq % 2,
+                    "ts_ns": seq,
+                    "kind": np.zeros(per_batch, np.int8),
+                    "lost": np.zeros(per_batch, np.uint64),
+                    "round": np.zeros(per_batch, np.uint32),
+                    "data": [rng.bytes(payload) for _ in range(per_batch)],
+                }
+            )
+            writer.flush()
+
+
+@pytest.mark.privileged  # mounts a tmpfs
+def test_disk_full_leaves_the_input_and_nothing_else(
+    small_fs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The input fills most of a small file system; its copy cannot fit."""
+    good = tmp_path / "good.arrow"
+    incompressible_capture(good, batches=6, per_batch=25, payload=2000)  # ~300 KB
+    data = good.read_bytes()[:-100]  # the footer cut off: a .partial
+    partial = small_fs / "run.arrow.partial"
+    partial.write_bytes(data)
+    out = small_fs / "run.arrow"
+    assert run(["recover", str(partial), "-o", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"ebcap: error: disk full writing {out}: nothing was saved; {partial} is unchanged: "
+        "free some space and run it again\n"
+    )
+    assert partial.read_bytes() == data
+    assert sorted(p.name for p in small_fs.iterdir()) == ["run.arrow.partial"]

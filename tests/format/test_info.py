@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from ebcap.errors import BadFileError
 from ebcap.format import CaptureReader, CaptureWriter, make_schema, summarize
 from ebcap.format import schema as fs
 from ebcap.format.info import wall_clock_iso
@@ -81,7 +82,7 @@ def test_summary_matches_the_rows(
         raw = sum(plain.get_batch(i).nbytes for i in range(plain.num_record_batches))
     assert s.uncompressed_bytes == raw
     assert s.compression_ratio == pytest.approx(raw / s.file_size)
-    assert s.bytes_per_event == pytest.approx(s.file_size / 3000)
+    assert s.bytes_per_event == pytest.approx(s.file_size / int(samples.sum()))  # per sample
     assert (s.transport, s.source, s.kernel, s.hostname, s.ncpus) == (
         "perf",
         "syscalls",
@@ -120,9 +121,47 @@ def test_no_samples_means_no_time_span(tmp_path: Path) -> None:
     with CaptureReader(path) as reader:
         s = summarize(reader)
     assert s.rows == 0 and s.first_ts_ns is None and s.duration_s is None
-    assert s.bytes_per_event is None and s.events_per_cpu == {}
+    assert s.bytes_per_event is None
+    assert s.events_per_cpu == s.lost_per_cpu == {0: 0, 1: 0, 2: 0, 3: 0}  # every recorded CPU
 
 
 def test_wall_clock_keeps_nanoseconds() -> None:
     assert wall_clock_iso(1, 1_700_000_000_000_000_000) == "2023-11-14T22:13:20.000000001Z"
     assert wall_clock_iso(999_999_999, 0) == "1970-01-01T00:00:00.999999999Z"
+
+
+def test_the_summary_decodes_the_core_columns_only(
+    capture: tuple[Path, dict[str, np.ndarray | list[object]]], tmp_path: Path
+) -> None:
+    """Payloads and source columns changed under their checksums: reading them would fail
+    (as replay does), so a summary that succeeds, with the same numbers, never read them."""
+    path, _ = capture
+    bad = tmp_path / "payloads-changed.arrow"
+    with pa.memory_map(str(path)) as mm:
+        ipc = pa.ipc.open_file(mm)
+        with pa.ipc.new_file(str(bad), ipc.schema) as out:
+            for index in range(ipc.num_record_batches):
+                batch, custom = ipc.get_batch_with_custom_metadata(index)
+                for name in ("data", "comm"):
+                    i = batch.schema.get_field_index(name)
+                    column = batch.column(i)
+                    values = [
+                        v[::-1] + (b"!" if name == "data" else "!") for v in column.to_pylist()
+                    ]
+                    batch = batch.set_column(
+                        i, batch.schema.field(i), pa.array(values, column.type)
+                    )
+                out.write_batch(batch, custom_metadata=custom)
+    with CaptureReader(bad) as reader:
+        with pytest.raises(BadFileError, match="does not match its checksum"):
+            reader.to_table()
+        changed = summarize(reader)
+    with CaptureReader(path) as reader:
+        original = summarize(reader)
+    assert (changed.rows, changed.samples, changed.events_per_cpu, changed.lost_per_cpu) == (
+        original.rows,
+        original.samples,
+        original.events_per_cpu,
+        original.lost_per_cpu,
+    )
+    assert (changed.first_ts_ns, changed.last_ts_ns) == (original.first_ts_ns, original.last_ts_ns)

@@ -120,7 +120,7 @@ def test_recovered_totals_are_recomputed_and_marked(
     cut.write_bytes(data[: ends[1] + 10])  # two whole batches, the third begun
     report = recover(cut, tmp_path / "fixed.arrow")
     assert not report.totals_present and report.rows_saved == 4
-    assert report.reason.startswith("batch 3 is cut short")
+    assert report.reason.startswith("batch 3 (counting from 1) is cut short")
     kept = table.slice(0, 4).to_pydict()
     events = {c: 0 for c in (0, 1)}
     lost = {c: 0 for c in (0, 1)}

@@ -1,9 +1,11 @@
-"""Writing on a worker thread: order kept, errors reach the caller, nothing left unwritten."""
+"""Writing on a worker thread: order kept, errors reach the caller, aborting is prompt."""
 
 from __future__ import annotations
 
 import errno
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 from format.test_writer import SCHEMA, batches_on_disk, rows
 
 from ebcap.errors import CaptureError
-from ebcap.format import CaptureReader, CaptureWriter
+from ebcap.format import CaptureReader, CaptureWriter, recover
 from ebcap.format.write_behind import WriteBehind
 from ebcap.format.writer import partial_path
 
@@ -84,8 +86,10 @@ class HeldWrites:
         self.error = error
         self.go = threading.Event()
         self.started = threading.Event()
+        self.writes = 0
 
     def write_batch(self, batch: pa.RecordBatch, custom_metadata: Any = None) -> None:
+        self.writes += 1
         self.started.set()
         self.go.wait()
         if self.error is not None:
@@ -142,14 +146,65 @@ def test_a_failed_background_write_is_one_capture_error(tmp_path: Path) -> None:
     assert batches_on_disk(partial_path(out)) == [100]
 
 
-def test_abort_writes_what_was_handed_over(tmp_path: Path) -> None:
-    """Aborting (a second Ctrl-C) still leaves every handed-over batch in .partial."""
+def wait_for(condition: Callable[[], bool]) -> None:
+    """Until ``condition()`` holds (a state another thread reaches), at most 10 s."""
+    for _ in range(1000):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+def test_cancel_runs_no_queued_job_and_waits_for_the_running_one() -> None:
+    release, running = threading.Event(), threading.Event()
+    done: list[int] = []
+
+    def slow() -> None:
+        running.set()
+        release.wait()
+        done.append(0)
+
+    behind = WriteBehind("test", depth=3)
+    behind.submit(slow)
+    for i in (1, 2, 3):
+        behind.submit(lambda i=i: done.append(i))
+    assert running.wait(10)
+    cancelling = threading.Thread(target=behind.cancel)
+    cancelling.start()
+    wait_for(lambda: behind.cancelled)
+    assert cancelling.is_alive(), "cancel returned before the running job ended"
+    release.set()
+    cancelling.join(timeout=10)
+    assert not cancelling.is_alive()
+    assert done == [0], "a queued job ran after cancel"
+    with pytest.raises(RuntimeError, match="stopped"):
+        behind.submit(lambda: None)
+    behind.cancel()  # again: nothing
+
+
+def test_abort_drops_queued_batches_and_finishes_the_one_being_written(tmp_path: Path) -> None:
+    """A second Ctrl-C during a slow finish: abort writes none of the queued batches
+    (it used to compress and write them all first); the batch being written is
+    finished, so .partial ends with whole batches that `recover` saves."""
     out = tmp_path / "run.arrow"
     writer = CaptureWriter(out, SCHEMA, flush_rows=100, background=True)
     held = HeldWrites(writer._ipc)
     writer._ipc = held
-    writer.write(rows(0, 100))
-    writer.write(rows(100, 100))
-    threading.Timer(0.1, held.go.set).start()
-    writer.abort()
-    assert batches_on_disk(partial_path(out)) == [100, 100]
+    writer.write(rows(0, 100))  # handed over: being written, held
+    assert held.started.wait(10)
+    writer.write(rows(100, 100))  # queued
+    writer.write(rows(200, 100))  # queued: the queue is full now
+    behind = writer._behind
+    assert behind is not None
+    aborting = threading.Thread(target=writer.abort)
+    aborting.start()
+    wait_for(lambda: behind.cancelled)
+    held.go.set()
+    aborting.join(timeout=10)
+    assert not aborting.is_alive()
+    assert held.writes == 1, "abort wrote queued batches"
+    assert batches_on_disk(partial_path(out)) == [100]
+    report = recover(partial_path(out), tmp_path / "fixed.arrow")
+    assert report.rows_saved == 100
+    with CaptureReader(tmp_path / "fixed.arrow") as reader:
+        assert reader.to_table()["seq"].to_pylist() == list(range(100))

@@ -4,13 +4,15 @@ A command given damaged input may do exactly two things: refuse it (exit 2,
 one ``ebcap: error:`` line, no output file left behind), or succeed with
 exactly the output it gives for the intact file (the damage hit bytes that
 do not matter, such as padding). ``recover`` may also succeed with less: the
-rows of the first k batches, unchanged, in a file marked as recovered.
+rows of the first k batches, unchanged, in a file marked as recovered, less
+the damaged batches it lists there as skipped.
 Anything else (another exit code, a traceback, a different answer, a hang)
 fails the test.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import time
@@ -199,12 +201,36 @@ class DamageRunner:
             return f"saved a part without marking it recovered: {outcome.out[:200]!r}"
         if {k: v for k, v in metadata.items() if k != marker} != ref.metadata:
             return "saved a part under a changed schema"
-        if rows.num_rows not in ref.batch_ends:
-            return f"saved {rows.num_rows} rows, not a whole number of batches {ref.batch_ends}"
-        if not rows.equals(ref.rows.slice(0, rows.num_rows)):
+        skipped = {
+            entry[fs.SKIPPED_BATCH]
+            for entry in json.loads(metadata[marker]).get(fs.RECOVERED_SKIPPED, [])
+        }
+        expected = self._first_batches(rows.num_rows, skipped)
+        if expected is None:
+            return (
+                f"saved {rows.num_rows} rows, not the first whole batches {ref.batch_ends} "
+                f"less the skipped ones {sorted(skipped)}"
+            )
+        if not rows.equals(expected):
             return "saved rows that differ from the capture's"
         self.verdicts.partly_recovered += 1
         return ""
+
+    def _first_batches(self, rows: int, skipped: set[int]) -> pa.Table | None:
+        """The rows of the capture's first batches, less those listed as skipped (numbered
+        from 1), that add up to ``rows``; None if no such prefix does."""
+        ref = self.reference
+        parts, total, start = [], 0, 0
+        for number, end in enumerate(ref.batch_ends, start=1):
+            if total == rows and number not in skipped:
+                break
+            if number not in skipped:
+                parts.append(ref.rows.slice(start, end - start))
+                total += end - start
+            start = end
+        if total != rows:
+            return None
+        return pa.concat_tables(parts) if parts else ref.rows.slice(0, 0)
 
 
 Case = tuple[str, Callable[[], bytes], str]

@@ -117,7 +117,8 @@ def test_random_bit_flips(
         judge_all(runner, cases)
     runner.verdicts.check()
     assert runner.verdicts.per_command == dict.fromkeys(COMMANDS, FLIPS)
-    assert runner.verdicts.refused > runner.verdicts.cases // 2, "most bytes are checked data"
+    detected = runner.verdicts.refused + runner.verdicts.partly_recovered  # recover skips it
+    assert detected > runner.verdicts.cases // 2, "most bytes are checked data"
 
 
 @st.composite

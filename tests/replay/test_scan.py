@@ -65,7 +65,7 @@ def test_values_changed_under_their_checksum_are_refused_in_a_projection(tmp_pat
     bad = rewritten(path, tmp_path / "bad.arrow", swap_comm)
     with CaptureReader(bad) as reader:
         assert len(list(reader.iter_batches(["pid"]))) == reader.num_batches  # comm not read
-        with pytest.raises(BadFileError, match=r"batch 0 is damaged \(column 'comm'"):
+        with pytest.raises(BadFileError, match=r"batch 1 of \d+ is damaged \(column 'comm'"):
             list(iter_slices(reader, columns=["comm"]))
 
 
