@@ -14,7 +14,10 @@ The queue is short on purpose: when the worker falls behind, the caller
 blocks (and the kernel counts the events it cannot take as lost) rather than
 buffering without bound; and a crash loses at most what is queued, a fraction
 of a flush interval. Cancelling (the writer's abort) drops the queued jobs
-and waits only for the one being run, so giving up is fast.
+and waits a moment at most for the one being run: at a high zstd level one
+batch compresses for seconds, and a second Ctrl-C must not wait for it. A job
+that outlives the wait finishes on its own and then runs the caller's
+clean-up (closing the file) itself.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class WriteBehind:
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._cancelled = False
+        self._then: Job | None = None
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = threading.Thread(
             target=self._work, name=name, daemon=True
         )
@@ -69,15 +74,22 @@ class WriteBehind:
             self._jobs.put(_STOP)
             thread.join()
 
-    def cancel(self) -> None:
+    def cancel(self, wait_s: float | None = None, then: Job | None = None) -> bool:
         """Drop the queued jobs unrun and end the thread; a job already running finishes.
 
-        Returns once the thread has ended. Errors are kept, not raised.
+        Waits ``wait_s`` seconds at most (None: until the thread ends) for that
+        job. ``then`` runs once the worker is idle: here if it ended in time,
+        else on the worker right after its job. True if the thread ended in time.
+        Errors are kept, not raised.
         """
         thread, self._thread = self._thread, None
         if thread is None:
-            return
-        self._cancelled = True  # a job taken from the queue from now on is skipped
+            if then is not None:
+                then()
+            return True
+        with self._lock:
+            self._cancelled = True  # a job taken from the queue from now on is skipped
+            self._then = then
         while True:
             try:
                 self._jobs.get_nowait()
@@ -85,7 +97,11 @@ class WriteBehind:
                 break
             self._jobs.task_done()
         self._jobs.put(_STOP)
-        thread.join()
+        thread.join(wait_s)
+        if thread.is_alive():
+            return False
+        self._run_then()
+        return True
 
     @property
     def cancelled(self) -> bool:
@@ -99,11 +115,19 @@ class WriteBehind:
         if self._error is not None:
             raise self._error
 
+    def _run_then(self) -> None:
+        """Run the clean-up a cancel asked for, once, on whichever thread gets here first."""
+        with self._lock:
+            then, self._then = self._then, None
+        if then is not None:
+            then()
+
     def _work(self) -> None:
         while True:
             job = self._jobs.get()
             try:
                 if job is _STOP:
+                    self._run_then()
                     return
                 if self._error is None and not self._cancelled:
                     job()

@@ -44,6 +44,9 @@ FILE_MODE = 0o600
 
 PARTIAL_SUFFIX = ".partial"
 
+ABORT_WAIT_S = 0.2
+"""How long an abort waits for the batch being written before leaving it to the worker."""
+
 LastMetadata: TypeAlias = Callable[[], dict[str, str]]
 """Makes the custom metadata of the last batch, once the sizes of all batches are known."""
 
@@ -304,15 +307,22 @@ class CaptureWriter:
         anything was written.
 
         Batches still queued for the worker are dropped, not written (a second
-        Ctrl-C must not wait for seconds of compression); a batch being written
-        is finished, so the file ends with whole batches only.
+        Ctrl-C must not wait for seconds of compression). A batch being written
+        gets :data:`ABORT_WAIT_S` to finish; one that takes longer (a high zstd
+        level) finishes on the worker, which then closes the file, while the
+        caller goes on. Recovery reads whole batches only, so a batch cut off
+        by the process ending is simply not recovered.
         """
         if self._state != "open":
             return
         self._state = "aborted"
         self._buffer = []
         if self._behind is not None:
-            self._behind.cancel()
+            self._behind.cancel(ABORT_WAIT_S, then=self._close_aborted)
+        else:
+            self._close_aborted()
+
+    def _close_aborted(self) -> None:
         if self.batches_written:
             # The flushed batches are on disk already; a failing close loses nothing more.
             with contextlib.suppress(OSError):
