@@ -124,7 +124,10 @@ def test_the_pinned_layout_type_mapping() -> None:
 
 def test_tracepoint_columns_have_the_documented_types() -> None:
     documented_types = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-                        "uint64", "string", "binary", "fixed_size_list"}  # fmt: skip
+                        "uint64", "string", "binary", "fixed_size_list", "bool"}  # fmt: skip
+    table = TEXT[TEXT.index("**`tracepoint:CAT:NAME`**") : TEXT.index("**`xdp:IFACE`")]
+    undocumented = {k for k in documented_types if f"`{k}" not in table and "int" not in k}
+    assert not undocumented, f"the tracepoint type table lacks {undocumented}"
     seen: set[str] = set()
     for path in sorted(FIXTURES.glob("*.format")):  # real format files of this kernel
         raw = path.stem.startswith("raw_syscalls")
