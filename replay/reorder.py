@@ -34,7 +34,7 @@ import numpy as np
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.lateness import LatenessTracker
-from ebcap.replay.order import SortReport, later_minimums
+from ebcap.replay.order import OrderReport, later_minimums
 from ebcap.replay.scan import is_sample, iter_slices, u64
 
 CHUNK_ROWS: Final = 1024
@@ -166,7 +166,7 @@ def _ranks(values: np.ndarray) -> list[float]:
 
 def analyze(reader: CaptureReader, *, keep_plot_points: bool = False) -> ReorderReport:
     """Measure the reordering of a capture (see the module docstring for the terms)."""
-    sort_report = SortReport()
+    sort_report = OrderReport()
     bounds = later_minimums(reader, sort_report)
     report = ReorderReport(transport=str(reader.metadata.get(fs.META_TRANSPORT, "?")))
     report.cpu_disorder = dict(sort_report.cpu_disorder)
