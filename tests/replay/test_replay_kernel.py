@@ -147,6 +147,7 @@ def test_reorder_report_matches_the_rows(capture) -> None:
     truth = [x for x in lateness_by_loop(table["ts_ns"].to_pylist(), [True] * table.num_rows) if x]
     with CaptureReader(path) as reader:
         report = analyze(reader)
+    report.close()
     assert report.transport == transport
     assert report.samples == table.num_rows
     assert report.late == len(truth)
@@ -174,6 +175,7 @@ def test_perf_buffer_reorders_and_the_ring_buffer_less(recordings: dict[str, tup
         with CaptureReader(path) as reader:
             report = analyze(reader)
         late[transport] = report.late
+        report.close()
     print(f"late events: {late}")
     assert late["perf"] > 0
     assert late["ringbuf"] < late["perf"]
