@@ -6,20 +6,26 @@ Code written against a live perf buffer (``handler(cpu, data)`` per sample,
     with ebcap.open("run.arrow") as capture:
         replay_callbacks(capture, handle_sample, sorted=True, lost_handler=handle_lost)
 
-Both walk the file in bounded memory, like ``ebcap replay``.
+Both walk the file in bounded memory, like ``ebcap replay``, and say what the
+ordering met in an :class:`~ebcap.replay.order.OrderReport`: ``.report`` of
+the iterator :func:`iter_events` returns, or the ``report`` given to
+:func:`replay_callbacks` (filled in as it runs). A CPU whose own events came
+out of timestamp order is in ``report.cpu_disorder`` once the first event
+is out in time order, at the end in arrival order; ``report.notes()`` says
+it all in words.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
-from ebcap.replay.order import OrderedBatch, arrival_order, time_order
+from ebcap.replay.order import OrderedBatch, OrderReport, arrival_order, time_order
 from ebcap.replay.scan import KIND_LOST_CODE
 
 SampleHandler = Callable[[int, bytes], object]
@@ -56,17 +62,48 @@ def _opened(source: CaptureReader | str | os.PathLike[str]) -> Iterator[CaptureR
 
 
 @contextlib.contextmanager
-def _batches(reader: CaptureReader, in_time_order: bool) -> Iterator[Iterator[OrderedBatch]]:
-    stream = time_order(reader) if in_time_order else arrival_order(reader)
+def _batches(
+    reader: CaptureReader, in_time_order: bool, report: OrderReport
+) -> Iterator[Iterator[OrderedBatch]]:
+    stream = (
+        time_order(reader, report=report) if in_time_order else arrival_order(reader, None, report)
+    )
     with contextlib.closing(stream):
         yield stream
 
 
+class EventStream(Iterator[Event]):
+    """The events of a capture, one at a time; ``report`` says what the ordering met."""
+
+    def __init__(self, source: CaptureReader | str | os.PathLike[str], sorted: bool) -> None:
+        self.report = OrderReport()
+        self._events = _events(source, sorted, self.report)
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> Event:
+        return next(self._events)
+
+    def close(self) -> None:
+        """Stop early: close the file if it was opened here and drop any sort runs."""
+        self._events.close()
+
+
 def iter_events(
     reader: CaptureReader | str | os.PathLike[str], sorted: bool = False
-) -> Iterator[Event]:
-    """Every row as an :class:`Event`, in arrival order or (``sorted``) exact time order."""
-    with _opened(reader) as capture, _batches(capture, sorted) as stream:
+) -> EventStream:
+    """Every row as an :class:`Event`, in arrival order or (``sorted``) exact time order.
+
+    The iterator's ``report`` (:class:`~ebcap.replay.order.OrderReport`) fills in as it goes.
+    """
+    return EventStream(reader, sorted)
+
+
+def _events(
+    reader: CaptureReader | str | os.PathLike[str], sorted: bool, report: OrderReport
+) -> Generator[Event, None, None]:
+    with _opened(reader) as capture, _batches(capture, sorted, report) as stream:
         extra = [name for name in capture.schema.names if name not in fs.CORE_COLUMNS]
         for batch in stream:
             rows = batch.rows
@@ -90,14 +127,17 @@ def replay_callbacks(
     handler: SampleHandler,
     sorted: bool = False,
     lost_handler: LostHandler | None = None,
+    report: OrderReport | None = None,
 ) -> int:
     """Call ``handler(cpu, data)`` per sample and ``lost_handler(cpu, count)`` per loss.
 
     Like a libbpf perf buffer's sample and lost callbacks; loss rows are
-    skipped when no ``lost_handler`` is given. Returns the number of samples.
+    skipped when no ``lost_handler`` is given. ``report``, if given, is filled
+    in with what the ordering met. Returns the number of samples.
     """
     samples = 0
-    with _opened(reader) as capture, _batches(capture, sorted) as stream:
+    report = report if report is not None else OrderReport()
+    with _opened(reader) as capture, _batches(capture, sorted, report) as stream:
         for batch in stream:
             rows = batch.rows
             cpus = rows.column("cpu").to_pylist()

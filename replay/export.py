@@ -4,7 +4,10 @@ The files keep every column (CSV and JSON lines hold bytes as hex; Parquet
 keeps them binary and the capture's ``ebcap.*`` metadata) and gain ``time``,
 ``timestamp[ns, UTC]``: ``ts_ns`` plus the capture's CLOCK_REALTIME -
 CLOCK_MONOTONIC offset, so tools without ebcap see real dates. Batches
-stream through; nothing holds the whole capture.
+stream through; nothing holds the whole capture. CSV and JSON lines can go
+to stdout (``-``); Parquet cannot (its writer needs a file). What the
+ordering met (a CPU's own disorder, a sort that spilled) comes back in the
+summary's :class:`~ebcap.replay.order.OrderReport`.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import pyarrow.parquet as pq
 from ebcap.errors import UsageError
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
-from ebcap.replay.order import arrival_order, time_order
+from ebcap.replay.order import OrderReport, arrival_order, time_order
 from ebcap.replay.records import CSV, JSONL, encoder_for
-from ebcap.replay.sink import AtomicPath, Output, inner_suffix, is_compressed
+from ebcap.replay.sink import STDOUT_NAMES, AtomicPath, Output, inner_suffix, is_compressed
 
 PARQUET: Final = "parquet"
 EXPORT_FORMATS: Final = (PARQUET, CSV, JSONL)
@@ -36,9 +39,11 @@ PARQUET_COMPRESSION: Final = "zstd"
 
 @dataclass
 class ExportSummary:
-    path: Path
+    path: Path | None
+    """None: written to stdout."""
     fmt: str
     rows: int
+    order: OrderReport
 
 
 def export_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
@@ -53,7 +58,17 @@ def export_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
         raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
     if chosen == PARQUET and is_compressed(path):
         raise UsageError("Parquet is compressed inside (zstd); drop the .zst suffix")
+    if chosen == PARQUET and to_stdout(path):
+        raise UsageError(
+            "Parquet cannot be written to stdout (its footer points back into the file): "
+            "give a file name, or use --format csv or jsonl"
+        )
     return chosen
+
+
+def to_stdout(path: str | os.PathLike[str] | None) -> bool:
+    """Whether an output name means stdout (``-``)."""
+    return path is None or str(path) in STDOUT_NAMES
 
 
 def time_schema(schema: pa.Schema) -> pa.Schema:
@@ -68,8 +83,12 @@ def with_time(batch: pa.RecordBatch, offset_ns: int) -> pa.RecordBatch:
     return batch.add_column(batch.schema.get_field_index("ts_ns") + 1, TIME_FIELD, time)
 
 
-def _rows(reader: CaptureReader, in_time_order: bool) -> Iterator[pa.RecordBatch]:
-    stream = time_order(reader) if in_time_order else arrival_order(reader)
+def _rows(
+    reader: CaptureReader, in_time_order: bool, report: OrderReport
+) -> Iterator[pa.RecordBatch]:
+    stream = (
+        time_order(reader, report=report) if in_time_order else arrival_order(reader, None, report)
+    )
     with contextlib.closing(stream):
         for ordered in stream:
             yield ordered.rows
@@ -92,7 +111,8 @@ def export(
         )
     schema = time_schema(reader.schema)
     rows = 0
-    batches = (with_time(batch, offset) for batch in _rows(reader, in_time_order))
+    report = OrderReport()
+    batches = (with_time(batch, offset) for batch in _rows(reader, in_time_order, report))
     if chosen == PARQUET:
         with (
             AtomicPath(path, force=force, inputs=[reader.path]) as temp,
@@ -108,4 +128,4 @@ def export(
             for batch in batches:
                 out.write(encoder.encode(batch))
                 rows += batch.num_rows
-    return ExportSummary(Path(path), chosen, rows)
+    return ExportSummary(None if to_stdout(path) else Path(path), chosen, rows, report)

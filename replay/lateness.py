@@ -1,11 +1,18 @@
 """Lateness: how far back in time an event went when it was delivered.
 
 Definition, used everywhere in ebcap (replay markers, ``ebcap reorder``):
-in arrival order (``seq``), sample *i* is **late** if
-``ts_ns[i] < max(ts_ns[0..i-1])`` over the samples delivered before it, and its
-**lateness** is that maximum minus ``ts_ns[i]``. The first sample is never
-late; an equal timestamp is not late. ``lost`` rows carry no event time of
-their own, so they are neither late nor raise the maximum.
+in arrival order (``seq``), a row *i* is **late** if
+``ts_ns[i] < max(ts_ns[j])`` over the samples *j* delivered before it, and
+its **lateness** is that maximum minus ``ts_ns[i]``. The first sample is
+never late; an equal timestamp is not late.
+
+A ``lost`` row can be late too: its ``ts_ns`` is when the kernel wrote the
+loss record (or when ebcap read the drop counter), and the sort places it
+by that time like any row, so replay marks it when it came after samples
+stamped later. It never raises the maximum, though: a drop counter read
+at the end of a drain is stamped after the samples of that drain, and
+would make the next round's samples look late when they are not.
+``ebcap reorder`` measures samples only.
 
 A consumer that sorts online needs a reorder window at least as long as the
 largest lateness, which is why this number is the one to look at.
@@ -37,7 +44,7 @@ class LatenessTracker:
         return prior
 
     def update(self, ts: np.ndarray, sample: np.ndarray) -> np.ndarray:
-        """Lateness in ns of each row of the next slice (0 where not late)."""
+        """Lateness in ns of each row (sample or loss) of the next slice (0 where not late)."""
         prior = self.prior_max(ts, sample)
-        late = sample & (ts < prior)
+        late = ts < prior
         return np.where(late, prior - ts, np.uint64(0)).astype(np.uint64, copy=False)

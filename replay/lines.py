@@ -303,16 +303,6 @@ def zero_padded(values: np.ndarray, width: int) -> Piece:
     return pc.utf8_lpad(decimal(values), width=width, padding="0")
 
 
-def rows_of(strings: Piece, mask: np.ndarray) -> Piece:
-    """The strings of the rows where ``mask`` is set (as a block when they have one width)."""
-    if isinstance(strings, np.ndarray):
-        return strings[mask]
-    if isinstance(strings, str):
-        return strings
-    chars = uniform_chars(strings)
-    return chars[mask] if chars is not None else strings.filter(pa.array(mask))
-
-
 def either(mask: np.ndarray, values: pa.Array, other: str) -> pa.Array:
     """``values`` spread, in order, over the rows where ``mask`` is set; ``other`` elsewhere."""
     choices = pa.concat_arrays([pa.array([other], values.type), values])

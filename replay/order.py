@@ -6,11 +6,21 @@ without loading the file: a first pass reads only ``ts_ns``, ``cpu`` and
 after it. The second pass holds back only rows at or above that bound (no
 later row can precede them) and emits the rest sorted, so memory follows the
 reordering window, not the file. The perf buffer reorders across CPUs only,
-which keeps that window small; the sort does not rely on it. If the window
-would exceed ``max_window_rows`` (an event delivered very late, or a CPU whose
-own stream is out of order) the rest of the file is sorted externally: sorted
-runs spilled to temporary Arrow files, then merged. :class:`SortReport` says
-what happened, for the CLI to tell the user.
+which keeps that window small; the sort does not rely on it.
+
+When the rows held back would exceed ``max_window_rows`` (an event delivered
+very late, or a CPU whose own stream is out of order), they are spilled as a
+sorted run to a temporary file (:mod:`~ebcap.replay.runs`): only those rows,
+none of which could go out yet. From then on, rows below the bound go out
+merged with the runs' rows below it, read back a block at a time, and the
+window fills again from empty. Peak memory is the window plus a block per
+open run, whatever the length of the file.
+
+Each row carries its lateness (:mod:`~ebcap.replay.lateness`) and, in time
+order, how many earlier-delivered rows it now precedes
+(:mod:`~ebcap.replay.moves`). :class:`OrderReport` says what the ordering
+met, for the caller to tell the user: what the first pass found is there
+before the first row is handed out.
 """
 
 from __future__ import annotations
@@ -23,12 +33,12 @@ from typing import Final
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ebcap.errors import BadFileError
-from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
+from ebcap.replay.dictionaries import coded_like, gathered_dictionary, merged_by_concatenation
 from ebcap.replay.lateness import LatenessTracker
+from ebcap.replay.moves import MoveCounter
 from ebcap.replay.runs import SpilledRuns, sort_keys, sort_order
 from ebcap.replay.scan import (
     SLICE_ROWS,
@@ -49,62 +59,104 @@ COMPACT_FACTOR: Final = 4
 """Held rows are compacted when the batches kept for them hold this many times more rows."""
 
 LATE_FIELD: Final = pa.field("__ebcap_late_ns", pa.uint64(), nullable=False)
-"""Lateness travels with its row through the sort as this extra column."""
+ARRIVAL_FIELD: Final = pa.field("__ebcap_arrival", pa.int64(), nullable=False)
+"""Lateness and arrival position travel with their row through the sort as extra columns."""
+
+OnScanned = Callable[["OrderReport"], None]
 
 
 @dataclass
 class OrderedBatch:
     """Rows in replay order, with each row's lateness in arrival order (0: on time).
 
-    In time order a non-zero lateness means the sort moved the row earlier.
+    ``moved`` (time order only): how many rows delivered before each row come
+    after it now; 0 where the sort did not move the row ahead of any.
     """
 
     rows: pa.RecordBatch
     late_ns: np.ndarray
+    moved: np.ndarray | None = None
+
+    def filter(self, mask: np.ndarray) -> OrderedBatch:
+        """The rows where ``mask`` is set, with their lateness and moves."""
+        moved = self.moved[mask] if self.moved is not None else None
+        return OrderedBatch(self.rows.filter(pa.array(mask)), self.late_ns[mask], moved)
+
+    def slice(self, start: int, stop: int) -> OrderedBatch:
+        """Rows ``start`` to ``stop`` (zero-copy)."""
+        moved = self.moved[start:stop] if self.moved is not None else None
+        return OrderedBatch(self.rows.slice(start, stop - start), self.late_ns[start:stop], moved)
 
 
 @dataclass
-class SortReport:
-    """What the time sort met and did; filled in while it runs."""
+class OrderReport:
+    """What an ordering met and did; filled in while it runs.
 
+    ``cpu_disorder`` is known before the first row in time order (the first
+    pass finds it), at the end in arrival order.
+    """
+
+    sorted: bool = False
     rows: int = 0
+    scanned: bool = False
+    """Time order: the first pass is done (``cpu_disorder`` is final)."""
     peak_window_rows: int = 0
     spilled_runs: int = 0
+    """Runs written by spilling (not counting those merges wrote)."""
     spilled_rows: int = 0
+    run_merges: int = 0
+    peak_open_runs: int = 0
     cpu_disorder: dict[int, int] = field(default_factory=dict)
     """CPU -> samples delivered after a later-stamped sample of the same CPU."""
 
+    def disorder_notes(self) -> list[str]:
+        """One line per CPU whose own events came out of timestamp order."""
+        tail = "; the sort is still exact" if self.sorted else ""
+        return [
+            f"CPU {cpu}'s own stream is out of timestamp order "
+            f"({count} event{'' if count == 1 else 's'}){tail}"
+            for cpu, count in sorted(self.cpu_disorder.items())
+        ]
+
+    def spill_notes(self) -> list[str]:
+        """What the sort had to do on disk (known at the end)."""
+        if not self.spilled_runs:
+            return []
+        merged = f", merged {self.run_merges} times" if self.run_merges else ""
+        return [
+            f"reordering exceeded the in-memory window: sorted {self.spilled_rows} events "
+            f"externally in {self.spilled_runs} temporary runs{merged} (exact)"
+        ]
+
     def notes(self) -> list[str]:
         """One line per noteworthy fact, for stderr."""
-        out = []
-        for cpu, count in sorted(self.cpu_disorder.items()):
-            out.append(
-                f"CPU {cpu}'s own stream is out of timestamp order ({count} events); "
-                "the sort is still exact"
-            )
-        if self.spilled_runs:
-            out.append(
-                f"reordering exceeded the in-memory window: sorted {self.spilled_rows} events "
-                f"externally in {self.spilled_runs} temporary runs (exact)"
-            )
-        return out
+        return self.disorder_notes() + self.spill_notes()
 
 
 def arrival_order(
-    reader: CaptureReader, columns: Sequence[str] | None = None
+    reader: CaptureReader,
+    columns: Sequence[str] | None = None,
+    report: OrderReport | None = None,
 ) -> Generator[OrderedBatch, None, None]:
     """The capture as delivered, checking that ``seq`` only grows.
 
     ``columns``: read only those and the ordering keys (seq, cpu, ts_ns, kind).
+    ``report`` gets the rows and each CPU's own disorder, as they stream.
     """
+    report = report if report is not None else OrderReport()
     tracker = LatenessTracker()
+    highs: dict[int, int] = {}
     last = -1
     for rows in iter_slices(reader, columns=columns):
         seq = u64(rows, "seq")
         if int(seq[0]) <= last or (len(seq) > 1 and bool(np.any(seq[1:] <= seq[:-1]))):
             raise BadFileError(f"{reader.path}: seq does not increase in file order (damaged file)")
         last = int(seq[-1])
-        yield OrderedBatch(rows, tracker.update(u64(rows, "ts_ns"), is_sample(rows)))
+        ts, sample = u64(rows, "ts_ns"), is_sample(rows)
+        cpu = rows.column("cpu").to_numpy()
+        _count_cpu_disorder(cpu[sample], ts[sample], highs, report)
+        report.rows += rows.num_rows
+        yield OrderedBatch(rows, tracker.update(ts, sample))
 
 
 def time_order(
@@ -112,54 +164,89 @@ def time_order(
     *,
     max_window_rows: int = DEFAULT_MAX_WINDOW_ROWS,
     spill_dir: str | Path | None = None,
-    report: SortReport | None = None,
+    report: OrderReport | None = None,
     columns: Sequence[str] | None = None,
     prepare: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None,
+    on_scanned: OnScanned | None = None,
 ) -> Generator[OrderedBatch, None, None]:
     """The capture sorted exactly by (ts_ns, cpu, seq), in bounded memory.
 
     ``columns``: read only those and the ordering keys (seq, cpu, ts_ns, kind).
     ``prepare`` turns each slice as read into what is sorted and handed out
     (it must keep the ordering keys): work done there per row is not
-    carried through the sort column by column.
+    carried through the sort column by column. ``on_scanned(report)`` is
+    called after the first pass, before the first row.
     """
-    report = report if report is not None else SortReport()
+    report = report if report is not None else OrderReport()
+    report.sorted = True
     bounds = later_minimums(reader, report)
+    report.scanned = True
+    if on_scanned is not None:
+        on_scanned(report)
     read_schema = slice_schema(reader, columns)
     if prepare is not None:
         read_schema = prepare(pa.RecordBatch.from_pylist([], schema=read_schema)).schema
-    schema = read_schema.append(LATE_FIELD)
+    schema = read_schema.append(LATE_FIELD).append(ARRIVAL_FIELD)
     tracker = LatenessTracker()
     window = _Window(schema)
-    runs: SpilledRuns | None = None
+    emitter = _Emitter(schema, SpilledRuns(schema, spill_dir), MoveCounter())
+    arrival = 0
     try:
         for index, rows in enumerate(iter_slices(reader, columns=columns)):
             late = tracker.update(u64(rows, "ts_ns"), is_sample(rows))
             if prepare is not None:
                 rows = prepare(rows)
-            window.add(rows.append_column(LATE_FIELD, pa.array(late, pa.uint64())))
-            report.rows += rows.num_rows
+            count = rows.num_rows
+            positions = pa.array(np.arange(arrival, arrival + count, dtype=np.int64))
+            arrival += count
+            rows = rows.append_column(LATE_FIELD, pa.array(late, pa.uint64()))
+            window.add(rows.append_column(ARRIVAL_FIELD, positions))
+            report.rows += count
             report.peak_window_rows = max(report.peak_window_rows, window.rows)
-            if runs is None:
-                if index + 1 < len(bounds):
-                    yield from _split(window.release_below(int(bounds[index + 1])))
-                if window.rows > max_window_rows:
-                    runs = SpilledRuns(schema, spill_dir)
-            if runs is not None and window.rows >= max_window_rows:
-                runs.add(window.take_all(sort=False))
-        if runs is None:
-            yield from _split(window.take_all())
-            return
-        runs.add(window.take_all(sort=False))
-        report.spilled_runs, report.spilled_rows = len(runs.paths), runs.rows
-        for table in runs.merge():
-            yield from _split(table)
+            if index + 1 == len(bounds):
+                break  # the last slice: everything goes out below
+            yield from emitter.emit(window, int(bounds[index + 1]))
+            if window.rows > max_window_rows:  # none of them can go out yet: to disk
+                emitter.runs.add(window.take_all(sort=False))
+                report.spilled_runs += 1
+        yield from emitter.emit(window, None)
     finally:
-        if runs is not None:
-            runs.close()
+        runs = emitter.runs
+        report.spilled_rows = runs.spilled_rows
+        report.run_merges = runs.merges
+        report.peak_open_runs = max(report.peak_open_runs, runs.peak_open)
+        runs.close()
 
 
-def later_minimums(reader: CaptureReader, report: SortReport) -> np.ndarray:
+@dataclass
+class _Emitter:
+    """Hands out the rows that may go out: from the window alone, or merged with the runs."""
+
+    schema: pa.Schema
+    runs: SpilledRuns
+    mover: MoveCounter
+
+    def emit(self, window: _Window, bound: int | None) -> Iterator[OrderedBatch]:
+        """Every row with ts_ns < ``bound`` (all rows when None) not handed out yet."""
+        ready = window.take_all() if bound is None else window.release_below(bound)
+        if self.runs.pending_rows == 0:
+            yield from self._split(ready)
+            return
+        for table in self.runs.merge_below(bound, ready):
+            yield from self._split(coded_like(table, self.schema))
+
+    def _split(self, table: pa.Table) -> Iterator[OrderedBatch]:
+        """Sorted table -> OrderedBatches of at most a slice, without the carried columns."""
+        for batch in table.combine_chunks().to_batches(max_chunksize=SLICE_ROWS):
+            if batch.num_rows == 0:
+                continue
+            late = batch.column(LATE_FIELD.name).to_numpy().astype(np.uint64, copy=False)
+            moved = self.mover.moved(batch.column(ARRIVAL_FIELD.name).to_numpy())
+            rows = batch.drop_columns([LATE_FIELD.name, ARRIVAL_FIELD.name])
+            yield OrderedBatch(rows, late, moved)
+
+
+def later_minimums(reader: CaptureReader, report: OrderReport) -> np.ndarray:
     """First pass: for slice i, the smallest ts_ns of slices i..end (per-CPU order checked)."""
     minimums: list[int] = []
     highs: dict[int, int] = {}
@@ -178,7 +265,7 @@ def later_minimums(reader: CaptureReader, report: SortReport) -> np.ndarray:
 
 
 def _count_cpu_disorder(
-    cpu: np.ndarray, ts: np.ndarray, highs: dict[int, int], report: SortReport
+    cpu: np.ndarray, ts: np.ndarray, highs: dict[int, int], report: OrderReport
 ) -> None:
     """Count samples older than an earlier sample of the same CPU (carrying across slices)."""
     if len(cpu) == 0:
@@ -255,14 +342,14 @@ class _Window:
 
     def _take(self, positions: np.ndarray) -> pa.Table:
         table = pa.Table.from_batches(self.batches, schema=self.schema)
-        merged = [f.name for f in self.schema if _merged_by_concatenation(f)]
+        merged = [f.name for f in self.schema if merged_by_concatenation(f)]
         if not merged:
             return table.take(pa.array(positions, pa.int64()))
         taken = table.drop_columns(merged).take(pa.array(positions, pa.int64()))
         for name in merged:
             index = self.schema.get_field_index(name)
             field = self.schema.field(index)
-            column = _gathered_dictionary(field, [b.column(index) for b in self.batches], positions)
+            column = gathered_dictionary(field, [b.column(index) for b in self.batches], positions)
             taken = taken.add_column(index, field, column)
         return taken
 
@@ -289,54 +376,3 @@ class _Window:
         self.batches = table.to_batches()
         self.batch_rows = table.num_rows
         self.where = np.arange(table.num_rows, dtype=np.int64)
-
-
-def _merged_by_concatenation(field: pa.Field) -> bool:
-    """A source's dictionary column: batches bring their own dictionaries, maybe large.
-
-    Arrow would unify them (hash every value) on every take; concatenating
-    them and shifting the codes gives the same values without hashing. Only
-    where the codes have room for that; ``kind`` has one small fixed
-    dictionary and its codes mean something.
-    """
-    kind = field.type
-    return (
-        pa.types.is_dictionary(kind)
-        and kind.index_type in (pa.int32(), pa.int64())
-        and field.name not in fs.CORE_COLUMNS
-    )
-
-
-def _gathered_dictionary(
-    field: pa.Field, columns: list[pa.DictionaryArray], positions: np.ndarray
-) -> pa.Array:
-    """The values at ``positions`` of the columns laid end to end, dictionaries concatenated."""
-    kind = field.type
-    if not columns:
-        return pa.DictionaryArray.from_arrays(
-            pa.array([], kind.index_type), pa.array([], kind.value_type)
-        )
-    sizes = np.array([len(column.dictionary) for column in columns], dtype=np.int64)
-    shifts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    codes = np.concatenate(
-        [
-            pc.fill_null(c.indices, 0).to_numpy().astype(np.int64) + shift
-            for c, shift in zip(columns, shifts, strict=True)
-        ]
-    )[positions]
-    nulls = None
-    if any(column.null_count for column in columns):
-        valid = np.concatenate([np.asarray(column.is_valid()) for column in columns])
-        nulls = ~valid[positions]
-    dictionary = pa.concat_arrays([column.dictionary for column in columns])
-    indices = pa.array(codes, kind.index_type, mask=nulls)
-    return pa.DictionaryArray.from_arrays(indices, dictionary)
-
-
-def _split(table: pa.Table) -> Iterator[OrderedBatch]:
-    """Sorted table -> OrderedBatches of at most a slice, without the lateness column."""
-    for batch in table.combine_chunks().to_batches(max_chunksize=SLICE_ROWS):
-        if batch.num_rows == 0:
-            continue
-        late = batch.column(LATE_FIELD.name).to_numpy().astype(np.uint64, copy=False)
-        yield OrderedBatch(batch.drop_columns([LATE_FIELD.name]), late)

@@ -21,16 +21,18 @@ import pyarrow as pa
 from ebcap.errors import UsageError
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
+from ebcap.replay.display import lines_bytes
 from ebcap.replay.order import (
     DEFAULT_MAX_WINDOW_ROWS,
+    OnScanned,
     OrderedBatch,
-    SortReport,
+    OrderReport,
     arrival_order,
     time_order,
 )
 from ebcap.replay.records import CSV, JSONL, encoder_for
-from ebcap.replay.scan import KIND_LOST_CODE, KIND_SAMPLE_CODE
-from ebcap.replay.text import ARRIVAL, TIME, TextFormatter, lines_bytes
+from ebcap.replay.scan import KIND_LOST_CODE, KIND_SAMPLE_CODE, scan_columns
+from ebcap.replay.text import ARRIVAL, TIME, TextFormatter
 
 TEXT: Final = "text"
 FORMATS: Final = (TEXT, JSONL, CSV)
@@ -77,12 +79,23 @@ class ReplayOptions:
 
 @dataclass
 class ReplaySummary:
-    """What a replay wrote, and what the time sort had to say."""
+    """What a replay wrote, and what the ordering had to say."""
 
     rows: int = 0
     samples: int = 0
     lost_rows: int = 0
-    sort: SortReport = field(default_factory=SortReport)
+    order: OrderReport = field(default_factory=OrderReport)
+
+
+def capture_cpus(reader: CaptureReader) -> list[int]:
+    """The CPUs a capture recorded: from its metadata, else from its rows."""
+    recorded = reader.metadata.get(fs.META_CPUS)
+    if isinstance(recorded, list) and all(isinstance(c, int) for c in recorded):
+        return sorted(recorded)
+    seen: set[int] = set()
+    for part in scan_columns(reader, ("cpu",)):
+        seen.update(np.unique(part.column("cpu").to_numpy()).tolist())
+    return sorted(seen)
 
 
 class Pacer:
@@ -131,18 +144,20 @@ def _selected(batch: OrderedBatch, options: ReplayOptions) -> OrderedBatch:
         mask = wanted if mask is None else mask & wanted
     if mask is None or mask.all():
         return batch
-    return OrderedBatch(rows.filter(pa.array(mask)), batch.late_ns[mask])
+    return batch.filter(mask)
 
 
 def ordered(
     reader: CaptureReader,
     options: ReplayOptions,
-    report: SortReport,
+    report: OrderReport,
     columns: Sequence[str] | None = None,
     prepare: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None,
+    on_scanned: OnScanned | None = None,
 ) -> Generator[OrderedBatch, None, None]:
     """The capture in the requested order (``columns``: only those, plus the ordering keys;
-    ``prepare``: applied to each slice before the time sort)."""
+    ``prepare``: applied to each slice before the time sort; ``on_scanned``: told what
+    the sort's first pass found, before the first row)."""
     if options.order == TIME:
         return time_order(
             reader,
@@ -151,18 +166,24 @@ def ordered(
             report=report,
             columns=columns,
             prepare=prepare,
+            on_scanned=on_scanned,
         )
-    return arrival_order(reader, columns)
+    return arrival_order(reader, columns, report)
 
 
-def replay(
+def write_replay(
     reader: CaptureReader,
     out: Sink,
     options: ReplayOptions,
     *,
     pacer: Pacer | None = None,
+    on_scanned: OnScanned | None = None,
 ) -> ReplaySummary:
-    """Write the capture to ``out`` as ``options`` say; returns what was written."""
+    """Write the capture to ``out`` as ``options`` say; returns what was written.
+
+    ``on_scanned(report)``: in time order, called with what the first pass
+    found (a CPU's own disorder) before anything is written.
+    """
     options.check()
     summary = ReplaySummary()
     if options.speed is not None and pacer is None:
@@ -184,7 +205,8 @@ def replay(
         out.write(encoder.header())
     remaining = options.limit
     prepare = text.prepare if text is not None else None
-    with contextlib.closing(ordered(reader, options, summary.sort, columns, prepare)) as stream:
+    stream = ordered(reader, options, summary.order, columns, prepare, on_scanned)
+    with contextlib.closing(stream):
         for batch in stream:
             if text is not None and text.origin is None:
                 text.set_origin(int(batch.rows.column("ts_ns")[0].as_py()))
@@ -192,15 +214,15 @@ def replay(
                 break
             chosen = _selected(batch, options)
             if remaining is not None and chosen.rows.num_rows > remaining:
-                chosen = OrderedBatch(chosen.rows.slice(0, remaining), chosen.late_ns[:remaining])
+                chosen = chosen.slice(0, remaining)
             if chosen.rows.num_rows == 0:
                 continue
             for start, end in _ranges(chosen.rows, pacer):
-                part = chosen.rows.slice(start, end - start)
+                part = chosen.slice(start, end)
                 if text is not None:
-                    out.write(lines_bytes(text.format(part, chosen.late_ns[start:end])))
+                    out.write(lines_bytes(text.format(part.rows, part.late_ns, part.moved)))
                 elif encoder is not None:
-                    out.write(encoder.encode(part))
+                    out.write(encoder.encode(part.rows))
                 if pacer is not None:
                     out.flush()
             _count(summary, chosen.rows)

@@ -8,18 +8,52 @@ state alone.
 from __future__ import annotations
 
 import os
-from typing import IO, TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from ebcap.errors import UsageError
 from ebcap.replay.reorder import ReorderReport
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+PICTURE_FORMATS: Final = (
+    "png",
+    "svg",
+    "svgz",
+    "pdf",
+    "eps",
+    "ps",
+    "jpg",
+    "jpeg",
+    "webp",
+    "tif",
+    "tiff",
+)
+"""What the Agg canvas (with Pillow for the bitmaps) writes, named by file extension."""
 
-def draw(report: ReorderReport, out: str | os.PathLike[str] | IO[Any], *, title: str = "") -> None:
-    """Write a PNG: timestamp vs arrival order coloured by CPU, and a lateness histogram."""
+
+def picture_format(path: str | os.PathLike[str]) -> str:
+    """The format a picture's file name asks for (``reorder.svg`` -> ``svg``)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in PICTURE_FORMATS:
+        raise UsageError(
+            f"cannot tell the picture format of {path} from its name: "
+            f"use one of .{', .'.join(PICTURE_FORMATS)}"
+        )
+    return suffix
+
+
+def draw(
+    report: ReorderReport,
+    out: str | os.PathLike[str] | IO[Any],
+    *,
+    title: str = "",
+    fmt: str = "png",
+) -> None:
+    """Draw timestamp vs arrival order coloured by CPU, and a lateness histogram, as ``fmt``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -36,9 +70,10 @@ def draw(report: ReorderReport, out: str | os.PathLike[str] | IO[Any], *, title:
         head_origin = int(points.head_ts.min()) if len(head) else 0
         close_up = f"the first {len(head)} events: late ones sit below the rising edge"
         _scatter(zoom, head, points.head_ts, points.head_cpu, head_origin, close_up)
-    late_us = report.lateness_ns.astype(np.float64) / 1e3
-    if len(late_us):
-        spread.hist(late_us, bins=min(100, max(10, len(late_us) // 20)), log=True)
+    values, counts = report.lateness_ns.histogram()
+    if len(values):
+        bins = min(100, max(10, report.late // 20))
+        spread.hist(values / 1e3, bins=bins, weights=counts, log=True)
     else:
         spread.text(
             0.5, 0.5, "no late events", ha="center", va="center", transform=spread.transAxes
@@ -52,7 +87,7 @@ def draw(report: ReorderReport, out: str | os.PathLike[str] | IO[Any], *, title:
     spread.set_ylabel("events")
     if title:
         figure.suptitle(title)
-    figure.savefig(out, format="png")
+    figure.savefig(out, format=fmt)
 
 
 def _scatter(

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from ebcap.replay.display import lines_bytes
 from ebcap.replay.hexfmt import bytes_hex
 from ebcap.replay.lines import Piece, join_lines
 from ebcap.replay.repeats import distinct_rows, repeats_enough
-from ebcap.replay.text import lines_bytes
 
 JSONL: Final = "jsonl"
 CSV: Final = "csv"
@@ -34,13 +34,17 @@ class RowEncoder(Protocol):
 
 
 def plain_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Dictionaries decoded and binary columns as hex strings: what text formats can hold."""
+    """Dictionaries decoded and binary columns as hex strings (nulls kept): what text formats
+    can hold."""
     arrays, fields = [], []
     for field, column in zip(batch.schema, batch.columns, strict=True):
         if pa.types.is_dictionary(field.type):
             column = column.dictionary_decode()
         if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-            column = bytes_hex(column)
+            text = bytes_hex(column)
+            if column.null_count:
+                text = pc.if_else(column.is_null(), pa.scalar(None, pa.string()), text)
+            column = text
         arrays.append(column)
         fields.append(pa.field(field.name, column.type, field.nullable))
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))

@@ -18,14 +18,22 @@ Terms (see :mod:`ebcap.replay.lateness` for *late* and *lateness*):
 The reorder window a consumer sorting online would have needed is the
 largest lateness (in ns) and the largest displacement (in events).
 
-Two passes in bounded memory: the first finds, for each slice, the smallest
-timestamp still to come; the second keeps only earlier timestamps above that
-bound (the only ones a later sample can be displaced by).
+Two passes: the first finds, for each slice, the smallest timestamp still to
+come; the second keeps only earlier timestamps above that bound (the only
+ones a later sample can be displaced by) in a structure that counts them in
+O(log n) (:mod:`~ebcap.replay.inversions`): 8 bytes per timestamp of the
+reorder window, however long the file. Lateness and displacement
+percentiles come from :class:`~ebcap.replay.distribution.Distribution`
+(exact while their distinct values are few, else within 1%; the report
+says which), per-round counts from :class:`~ebcap.replay.rounds.RoundLog`
+(the worst rounds in memory, all in a temporary file): nothing is kept per
+late event.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -33,54 +41,17 @@ import numpy as np
 
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
+from ebcap.replay.distribution import Distribution
+from ebcap.replay.inversions import GreaterCounter
 from ebcap.replay.lateness import LatenessTracker
-from ebcap.replay.order import SortReport, later_minimums
+from ebcap.replay.order import OrderReport, later_minimums
+from ebcap.replay.plot_points import PlotPoints
+from ebcap.replay.rounds import RoundLog
 from ebcap.replay.scan import is_sample, iter_slices, u64
 
-CHUNK_ROWS: Final = 1024
-"""Rows compared pairwise when counting displacement within a slice."""
-PLOT_POINTS: Final = 200_000
-"""At most this many (arrival, timestamp) points are kept for the plot."""
-ZOOM_POINTS: Final = 600
-"""The first events, all kept, for a close-up where single late events show."""
 PERCENTILES: Final = (50.0, 99.0, 99.9)
-
-
-@dataclass
-class PlotPoints:
-    """An evenly thinned sample of (arrival index, ts_ns, cpu), plus every late event's lateness."""
-
-    index: list[np.ndarray] = field(default_factory=list)
-    ts: list[np.ndarray] = field(default_factory=list)
-    cpu: list[np.ndarray] = field(default_factory=list)
-    stride: int = 1
-    kept: int = 0
-    head_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
-    head_cpu: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint16))
-
-    def add(self, start: int, ts: np.ndarray, cpu: np.ndarray) -> None:
-        room = ZOOM_POINTS - len(self.head_ts)
-        if room > 0:
-            self.head_ts = np.concatenate((self.head_ts, ts[:room]))
-            self.head_cpu = np.concatenate((self.head_cpu, cpu[:room]))
-        positions = np.arange(start, start + len(ts))
-        pick = positions % self.stride == 0
-        self.index.append(positions[pick])
-        self.ts.append(ts[pick])
-        self.cpu.append(cpu[pick])
-        self.kept += int(pick.sum())
-        if self.kept > PLOT_POINTS:
-            self.stride *= 2
-            index, ts_all, cpu_all = self.arrays()
-            keep = index % self.stride == 0
-            self.index, self.ts, self.cpu = [index[keep]], [ts_all[keep]], [cpu_all[keep]]
-            self.kept = int(keep.sum())
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-            return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-
-        return cat(self.index, np.int64), cat(self.ts, np.uint64), cat(self.cpu, np.uint16)
+CPU_PAIR_BASE: Final = 1 << 16
+"""CPU numbers are uint16: a pair (a, b) is coded as a * base + b."""
 
 
 @dataclass
@@ -90,16 +61,16 @@ class ReorderReport:
     transport: str
     samples: int = 0
     late: int = 0
-    lateness_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
-    displacement: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    lateness_ns: Distribution = field(default_factory=Distribution)
+    displacement: Distribution = field(default_factory=Distribution)
     per_cpu: dict[int, dict[str, int]] = field(default_factory=dict)
     cpu_pairs: dict[tuple[int, int], dict[str, int]] = field(default_factory=dict)
-    rounds: int = 0
-    rounds_with_late: int = 0
-    max_late_in_round: int = 0
+    rounds: RoundLog = field(default_factory=RoundLog)
     round_distance: Counter[int] = field(default_factory=Counter)
     cpu_disorder: dict[int, int] = field(default_factory=dict)
     plot: PlotPoints | None = None
+    work: int = 0
+    """Element operations spent counting displacement (grows like n log n)."""
 
     @property
     def late_percent(self) -> float:
@@ -107,25 +78,30 @@ class ReorderReport:
 
     @property
     def max_lateness_ns(self) -> int:
-        return int(self.lateness_ns.max()) if len(self.lateness_ns) else 0
+        return self.lateness_ns.max
 
     @property
     def max_displacement(self) -> int:
-        return int(self.displacement.max()) if len(self.displacement) else 0
+        return self.displacement.max
 
     def lateness_percentiles_us(self) -> dict[str, float]:
         """Nearest-rank percentiles of the late events' lateness, in microseconds."""
-        return {
-            _pname(p): float(v) / 1e3
-            for p, v in zip(PERCENTILES, _ranks(self.lateness_ns), strict=True)
-        }
+        return {_pname(p): self.lateness_ns.percentile(p) / 1e3 for p in PERCENTILES}
 
     def displacement_percentiles(self) -> dict[str, int]:
-        return {
-            _pname(p): int(v) for p, v in zip(PERCENTILES, _ranks(self.displacement), strict=True)
-        }
+        """Nearest-rank percentiles of the late events' displacement, in events."""
+        return {_pname(p): round(self.displacement.percentile(p)) for p in PERCENTILES}
+
+    def late_rounds(self) -> Iterator[dict[str, int]]:
+        """Every drain round with a late event, in file order (read back from disk)."""
+        return iter(self.rounds)
+
+    def close(self) -> None:
+        """Drop the per-round temporary file. Idempotent."""
+        self.rounds.close()
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything but the list of all rounds with late events (see :meth:`late_rounds`)."""
         distance = {str(k): v for k, v in sorted(self.round_distance.items()) if k < 2}
         distance["2+"] = sum(v for k, v in self.round_distance.items() if k >= 2)
         return {
@@ -138,6 +114,10 @@ class ReorderReport:
                 "max": self.max_displacement,
                 **self.displacement_percentiles(),
             },
+            "percentiles": {
+                "lateness": self.lateness_ns.kind,
+                "displacement": self.displacement.kind,
+            },
             "window": {"ns": self.max_lateness_ns, "events": self.max_displacement},
             "per_cpu": {str(c): v for c, v in sorted(self.per_cpu.items())},
             "cpu_pairs": [
@@ -145,10 +125,11 @@ class ReorderReport:
                 for (a, b), v in sorted(self.cpu_pairs.items())
             ],
             "rounds": {
-                "count": self.rounds,
-                "with_late": self.rounds_with_late,
-                "max_late_in_one": self.max_late_in_round,
+                "count": self.rounds.rounds,
+                "with_late": self.rounds.with_late,
+                "max_late_in_one": self.rounds.max_late,
                 "distance": distance,
+                "most_late": self.rounds.top(),
             },
             "cpu_disorder": {str(c): n for c, n in sorted(self.cpu_disorder.items())},
         }
@@ -158,30 +139,31 @@ def _pname(p: float) -> str:
     return f"p{p:g}".replace(".", "")
 
 
-def _ranks(values: np.ndarray) -> list[float]:
-    if len(values) == 0:
-        return [0.0] * len(PERCENTILES)
-    return [float(v) for v in np.percentile(values, PERCENTILES, method="inverted_cdf")]
-
-
 def analyze(reader: CaptureReader, *, keep_plot_points: bool = False) -> ReorderReport:
-    """Measure the reordering of a capture (see the module docstring for the terms)."""
-    sort_report = SortReport()
-    bounds = later_minimums(reader, sort_report)
+    """Measure the reordering of a capture (see the module docstring for the terms).
+
+    The report holds a temporary file of per-round counts: close it when done.
+    """
+    order_report = OrderReport()
+    bounds = later_minimums(reader, order_report)
     report = ReorderReport(transport=str(reader.metadata.get(fs.META_TRANSPORT, "?")))
-    report.cpu_disorder = dict(sort_report.cpu_disorder)
+    report.cpu_disorder = dict(order_report.cpu_disorder)
     report.plot = PlotPoints() if keep_plot_points else None
     walk = _Walk(report)
-    for index, rows in enumerate(iter_slices(reader)):
-        sample = is_sample(rows)
-        future = int(bounds[index + 1]) if index + 1 < len(bounds) else None
-        walk.slice(
-            u64(rows, "ts_ns")[sample],
-            rows.column("cpu").to_numpy()[sample].astype(np.int64),
-            rows.column("round").to_numpy()[sample].astype(np.int64),
-            future,
-        )
-    walk.finish()
+    try:
+        for index, rows in enumerate(iter_slices(reader)):
+            sample = is_sample(rows)
+            future = int(bounds[index + 1]) if index + 1 < len(bounds) else None
+            walk.slice(
+                u64(rows, "ts_ns")[sample],
+                rows.column("cpu").to_numpy()[sample].astype(np.int64),
+                rows.column("round").to_numpy()[sample].astype(np.int64),
+                future,
+            )
+        walk.finish()
+    except BaseException:
+        report.close()
+        raise
     return report
 
 
@@ -191,13 +173,9 @@ class _Walk:
     def __init__(self, report: ReorderReport) -> None:
         self.report = report
         self.tracker = LatenessTracker()
-        self.window = np.zeros(0, dtype=np.uint64)  # earlier timestamps still able to displace
+        self.earlier = GreaterCounter()  # earlier timestamps still able to displace
         self.max_round = -1  # round of the sample holding the running maximum
         self.max_cpu = -1
-        self.late_parts: list[np.ndarray] = []
-        self.disp_parts: list[np.ndarray] = []
-        self.per_round_late: Counter[int] = Counter()
-        self.round_ids: set[int] = set()
 
     def slice(
         self, ts: np.ndarray, cpu: np.ndarray, rounds: np.ndarray, future: int | None
@@ -211,17 +189,16 @@ class _Walk:
         prior = self.tracker.prior_max(ts, np.ones(n, dtype=bool))
         late = ts < prior
         holder, against = self._holders(ts, prior, rounds, cpu)
-        displacement = self._displacement(ts, late, future)
-        lateness = (prior - ts)[late]
-        self.late_parts.append(lateness)
-        self.disp_parts.append(displacement[late])
+        displacement = self.earlier.displacement(ts, late, future)
+        report.work = self.earlier.work
+        lateness = np.where(late, prior - ts, np.uint64(0))
+        report.lateness_ns.add(lateness[late])
+        report.displacement.add(displacement[late])
         report.samples += n
         report.late += int(late.sum())
-        self._per_cpu(cpu, late, prior - np.where(late, ts, prior))
-        self._pairs(cpu[late], against[late], lateness)
-        self.round_ids.update(np.unique(rounds).tolist())
-        late_rounds, counts = np.unique(rounds[late], return_counts=True)
-        self.per_round_late.update(dict(zip(late_rounds.tolist(), counts.tolist(), strict=True)))
+        self._per_cpu(cpu, late, lateness)
+        self._pairs(cpu[late], against[late], lateness[late])
+        report.rounds.add(rounds, late, lateness)
         report.round_distance.update((rounds[late] - holder[late]).tolist())
 
     def _holders(
@@ -241,33 +218,6 @@ class _Walk:
             self.max_cpu = int(cpu[last_setter[-1]])
         return holder_round, holder_cpu
 
-    def _displacement(self, ts: np.ndarray, late: np.ndarray, future: int | None) -> np.ndarray:
-        """For each sample, how many earlier samples carry a larger timestamp."""
-        n = len(ts)
-        out = np.zeros(n, dtype=np.int64)
-        rest_min = np.minimum.accumulate(ts[::-1])[::-1]
-        for start in range(0, n, CHUNK_ROWS):
-            end = min(n, start + CHUNK_ROWS)
-            chunk = ts[start:end]
-            rows = np.flatnonzero(late[start:end])
-            if len(rows):
-                stamps = chunk[rows]
-                out[start + rows] = len(self.window) - np.searchsorted(self.window, stamps, "right")
-                earlier = np.arange(len(chunk))[None, :] < rows[:, None]
-                out[start + rows] += np.count_nonzero(
-                    earlier & (chunk[None, :] > stamps[:, None]), axis=1
-                )
-            self.window = np.sort(np.concatenate((self.window, chunk)))
-            upcoming = [int(rest_min[end])] if end < n else []
-            if future is not None:
-                upcoming.append(future)
-            bound = min(upcoming) if upcoming else None
-            if bound is None:
-                self.window = self.window[:0]
-            else:
-                self.window = self.window[np.searchsorted(self.window, bound, "right") :]
-        return out
-
     def _per_cpu(self, cpu: np.ndarray, late: np.ndarray, lateness: np.ndarray) -> None:
         for c in np.unique(cpu).tolist():
             mine = cpu == c
@@ -281,19 +231,13 @@ class _Walk:
     def _pairs(self, late_cpu: np.ndarray, against_cpu: np.ndarray, lateness: np.ndarray) -> None:
         if len(late_cpu) == 0:
             return
-        keys = late_cpu * 65_536 + against_cpu
+        keys = late_cpu * CPU_PAIR_BASE + against_cpu
         for key in np.unique(keys).tolist():
             mine = keys == key
-            pair = (key // 65_536, key % 65_536)
+            pair = (key // CPU_PAIR_BASE, key % CPU_PAIR_BASE)
             entry = self.report.cpu_pairs.setdefault(pair, {"count": 0, "max_lateness_ns": 0})
             entry["count"] += int(mine.sum())
             entry["max_lateness_ns"] = max(entry["max_lateness_ns"], int(lateness[mine].max()))
 
     def finish(self) -> None:
-        report = self.report
-        if self.late_parts:
-            report.lateness_ns = np.concatenate(self.late_parts).astype(np.uint64)
-            report.displacement = np.concatenate(self.disp_parts).astype(np.int64)
-        report.rounds = len(self.round_ids)
-        report.rounds_with_late = len(self.per_round_late)
-        report.max_late_in_round = max(self.per_round_late.values(), default=0)
+        self.report.rounds.finish()

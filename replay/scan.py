@@ -29,21 +29,22 @@ KIND_SAMPLE_CODE: Final = fs.KINDS.index(fs.KIND_SAMPLE)
 KIND_LOST_CODE: Final = fs.KINDS.index(fs.KIND_LOST)
 
 
-def slices_of(batch: pa.RecordBatch, rows: int = SLICE_ROWS) -> Iterator[pa.RecordBatch]:
+def slices_of(batch: pa.RecordBatch, rows: int) -> Iterator[pa.RecordBatch]:
     """Zero-copy slices of at most ``rows`` rows (none for an empty batch)."""
     for start in range(0, batch.num_rows, rows):
         yield batch.slice(start, rows)
 
 
 def iter_slices(
-    reader: CaptureReader, rows: int = SLICE_ROWS, columns: Sequence[str] | None = None
+    reader: CaptureReader, rows: int | None = None, columns: Sequence[str] | None = None
 ) -> Iterator[pa.RecordBatch]:
     """Every row of the capture in file order, as slices with ``kind`` normalised.
 
+    ``rows``: slice size (default :data:`SLICE_ROWS`, looked up at call time).
     ``columns``: read only those and the ordering keys (see :func:`slice_schema`).
     """
     for batch in reader.iter_batches(_read_columns(reader, columns)):
-        for piece in slices_of(batch, rows):
+        for piece in slices_of(batch, rows or SLICE_ROWS):
             yield normalise_kind(piece)
 
 
@@ -65,11 +66,11 @@ def _read_columns(reader: CaptureReader, columns: Sequence[str] | None) -> list[
 
 
 def scan_columns(
-    reader: CaptureReader, names: Sequence[str], rows: int = SLICE_ROWS
+    reader: CaptureReader, names: Sequence[str], rows: int | None = None
 ) -> Iterator[pa.RecordBatch]:
     """Only the named columns, sliced exactly like :func:`iter_slices`."""
     for batch in reader.iter_batches(names):
-        yield from slices_of(batch, rows)
+        yield from slices_of(batch, rows or SLICE_ROWS)
 
 
 @functools.cache

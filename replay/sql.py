@@ -1,4 +1,4 @@
-"""SQL over a capture with DuckDB, streaming, and an aligned-table rendering.
+"""SQL over a capture with DuckDB, streaming (the table rendering is :mod:`.table_text`).
 
 DuckDB cannot open Arrow IPC files by path, so the capture is registered as
 a pyarrow dataset under the name ``events``: DuckDB then scans it batch by
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
@@ -23,11 +22,9 @@ import pyarrow.dataset as pads
 from ebcap.closing import ClosesOnExit
 from ebcap.errors import ClosedError, UsageError
 from ebcap.format.reader import CaptureReader
-from ebcap.replay.text import value_strings
 
 VIEW: Final = "events"
 BATCH_ROWS: Final = 65_536
-NULL_TEXT: Final = "NULL"
 
 
 class SqlSession(ClosesOnExit):
@@ -71,30 +68,3 @@ class SqlSession(ClosesOnExit):
         if con is not None:
             con.close()
         shutil.rmtree(self.spill_directory, ignore_errors=True)
-
-
-def render_table(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> list[str]:
-    """Rows as aligned text lines under a header; numbers right-aligned, bytes as hex."""
-    columns: list[list[str]] = [[] for _ in schema]
-    for batch in batches:
-        for i, column in enumerate(batch.columns):
-            columns[i] += value_strings(column, null=NULL_TEXT).to_pylist()
-    names = list(schema.names)
-    widths = [
-        max([len(name), *(len(v) for v in values)])
-        for name, values in zip(names, columns, strict=True)
-    ]
-    right = [
-        pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)
-        for f in schema
-    ]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
-        ).rstrip()
-
-    out = [line(names), line(["-" * w for w in widths])]
-    rows = len(columns[0]) if columns else 0
-    out += [line([values[i] for values in columns]) for i in range(rows)]
-    return out

@@ -2,15 +2,25 @@
 
 One line per row::
 
-    0.000123456 [001] #1234 openat(0xffffff9c, 0x7ffd3c1a, 0x80000, 0x0, 0x0, 0x0) pid=42 comm=bash
-    0.000123402 [000] #1235 write(0x1, ...) pid=7 comm=sshd  << 20.4 us late
+    0.000123456 [001] #1234 openat(0xffffff9c, 0x7ffd3c1a, 0x80000, 0x0, 0x0, 0x0) pid=42
+    0.000123402 [000] #1235 write(0x1, ...) pid=7 comm="sshd"  << 20.4 us late
     0.000124000 [001] #1236 *** CPU 1 lost 37 events ***
+    0.000130000 [000] #1240 IPv4 198.51.100.1.443 > 198.51.100.2.5123: TCP [P.], length 98 ifindex=3
+    0.000131000 [001] #1237 prev_comm="bash" prev_pid=42  [moved ahead of 3 events, 12.0 us late]
+
+The body is a syscall with its arguments, a packet summary
+(:mod:`~ebcap.replay.packets`), or the source's columns as ``name=value``
+(strings quoted with JSON's escapes, bytes as hex, arrays as ``[1,2]``);
+``name=value`` fields follow the call or the summary for the columns they
+do not show. A capture without source columns shows its payload's first bytes.
 
 Time is relative to the first row of the replay (``--wall`` adds the wall
-clock from the capture's realtime offset). Arrival order marks a late event
-with its lateness; time order marks the rows the sort moved earlier with the
-``seq`` they arrived as and how late they were. Colour (ANSI) is only used when asked to, i.e. when
-the output is a terminal.
+clock from the capture's realtime offset). Arrival order marks a late row
+(sample or loss, see :mod:`~ebcap.replay.lateness`) with its lateness; time
+order marks every row the sort moved ahead of rows delivered before it
+(late, a tie broken by CPU, a loss record) with how many and, if it was
+late, by how much. Colour (ANSI) is only used when asked to, i.e. when the
+output is a terminal.
 """
 
 from __future__ import annotations
@@ -24,18 +34,20 @@ import pyarrow.compute as pc
 
 from ebcap.errors import UsageError
 from ebcap.format import schema as fs
+from ebcap.replay.display import value_strings
 from ebcap.replay.hexfmt import bytes_hex, payload_lengths, u64_hex_columns
 from ebcap.replay.lines import (
     Decimal,
     Piece,
     decimal,
+    either,
     join_lines,
     number_text,
     padded_digits,
-    rows_of,
     spread_lines,
     zero_padded,
 )
+from ebcap.replay.packets import SUMMARISED, PacketSummaries, is_packet_capture
 from ebcap.replay.repeats import distinct_rows
 from ebcap.replay.scan import KIND_LOST_CODE
 
@@ -63,7 +75,6 @@ _MAGENTA: Final = "\x1b[35m"
 _RED_BOLD: Final = "\x1b[1;31m"
 
 _NS_PER_S: Final = 1_000_000_000
-_CONTROL_CHARS: Final = r"[\x00-\x1f\x7f]"
 _TIME_WIDTH: Final = 14
 """Seconds are right-aligned to this width: 4 digits (or a sign and 3), a dot, 9 digits."""
 _WHOLE_WIDTH: Final = _TIME_WIDTH - 10
@@ -110,38 +121,6 @@ def microseconds(ns: np.ndarray) -> list[Piece | Decimal]:
     return [Decimal(tenths // np.uint64(10)), ".", padded_digits(tenths % np.uint64(10), 1), " us"]
 
 
-def value_strings(column: pa.Array, null: str = "-") -> pa.Array:
-    """Any column as display strings: hex for bytes, control characters replaced, nulls ``null``."""
-    kind = column.type
-    if pa.types.is_dictionary(kind):
-        column = column.dictionary_decode()
-        kind = column.type
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        text = bytes_hex(column)
-    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        text = column
-        if _has_control_chars(column):
-            text = pc.replace_substring_regex(column, pattern=_CONTROL_CHARS, replacement="?")
-    else:
-        try:
-            text = pc.cast(column, pa.string())
-        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-            values = column.to_pylist()
-            text = pa.array([None if v is None else str(v) for v in values], pa.string())
-    return pc.fill_null(text, null)
-
-
-def _has_control_chars(column: pa.Array) -> bool:
-    """Whether any string holds a byte below 0x20 or 0x7f (checked on the raw buffer)."""
-    if isinstance(column, pa.ChunkedArray):
-        return any(_has_control_chars(chunk) for chunk in column.chunks)
-    data = column.buffers()[2]
-    if data is None:
-        return False
-    raw = np.frombuffer(data, dtype=np.uint8)
-    return bool(np.any((raw < 0x20) | (raw == 0x7F)))
-
-
 class TextFormatter:
     """Turns replay batches into text lines; remembers the time origin."""
 
@@ -166,7 +145,16 @@ class TextFormatter:
         self.origin: int | None = None
         extra = [name for name in schema.names if name not in fs.CORE_COLUMNS]
         self.syscall_style = SYSCALL_COLUMN in extra and all(a in extra for a in SYSCALL_ARGS)
-        hidden = {SYSCALL_COLUMN, SYSCALL_NR_COLUMN, *SYSCALL_ARGS} if self.syscall_style else set()
+        self.packets = (
+            PacketSummaries(metadata)
+            if not self.syscall_style and is_packet_capture(schema, metadata)
+            else None
+        )
+        hidden: set[str] = set()
+        if self.syscall_style:
+            hidden = {SYSCALL_COLUMN, SYSCALL_NR_COLUMN, *SYSCALL_ARGS}
+        elif self.packets is not None:
+            hidden = set(SUMMARISED)
         self.field_columns: Sequence[str] = [name for name in extra if name not in hidden]
 
     def set_origin(self, ts_ns: int) -> None:
@@ -183,17 +171,22 @@ class TextFormatter:
         names = ["seq", "cpu", "ts_ns", "kind", "lost"]
         if self.syscall_style:
             names += [SYSCALL_COLUMN, *SYSCALL_ARGS]
+        if self.packets is not None:
+            names += PacketSummaries.columns
         names += self.field_columns
-        if not self.syscall_style and not self.field_columns:
+        if "data" not in names and not self.syscall_style and not self.field_columns:
             names.append("data")
         return names
 
-    def format(self, rows: pa.RecordBatch, late_ns: np.ndarray) -> pa.Array:
+    def format(
+        self, rows: pa.RecordBatch, late_ns: np.ndarray, moved: np.ndarray | None = None
+    ) -> pa.Array:
         """One string per row, each ending in a newline.
 
-        The body of a row (call, arguments, fields) is formatted once per
-        distinct body when a batch repeats them; loss lines and late markers
-        only for the rows that have them.
+        ``late_ns``: each row's lateness; ``moved`` (time order): how many rows
+        delivered before it the sort put after it. The body of a row (call,
+        arguments, fields) is formatted once per distinct body when a batch
+        repeats them; loss lines and markers only for the rows that have them.
         """
         count = rows.num_rows
         ts = rows.column("ts_ns").to_numpy()
@@ -207,7 +200,7 @@ class TextFormatter:
         seq = number_text(rows.column("seq").to_numpy())
         pieces += [" #", seq, " "]
         lost = rows.column("kind").indices.to_numpy(zero_copy_only=False) == KIND_LOST_CODE
-        pieces += [self._bodies(rows, lost), self._line_ends(seq, late_ns)]
+        pieces += [self._bodies(rows, lost), self._line_ends(late_ns, moved)]
         return join_lines(pieces, count)
 
     def prepare(self, rows: pa.RecordBatch) -> pa.RecordBatch:
@@ -262,8 +255,11 @@ class TextFormatter:
             args = u64_hex_columns([rows.column(a) for a in SYSCALL_ARGS], ", ")
             name = pc.fill_null(rows.column(SYSCALL_COLUMN), "?")
             pieces += [*self._paint([name], _BOLD), "(", args, ")"]
+        if self.packets is not None:
+            pieces.append(self.packets.summaries(rows))
         for name in self.field_columns:
-            pieces += [" " if pieces else "", f"{name}=", value_strings(rows.column(name))]
+            column = value_strings(rows.column(name), quote=True)
+            pieces += [" " if pieces else "", f"{name}=", column]
         if not pieces:
             data = rows.column("data")
             lengths = payload_lengths(data)
@@ -271,25 +267,23 @@ class TextFormatter:
             pieces += [decimal(lengths), "B ", bytes_hex(data, PAYLOAD_PREVIEW_BYTES), more]
         return pieces
 
-    def _line_ends(self, seq: Piece, late_ns: np.ndarray) -> Piece:
+    def _line_ends(self, late_ns: np.ndarray, moved: np.ndarray | None) -> Piece:
         """What ends each line: its late / moved marker, if any, and the newline."""
-        late = late_ns > 0
-        if not late.any():
-            return "\n"
-        late_us = microseconds(late_ns[late])
         if self.order == ARRIVAL:
-            text = self._paint(["  << ", *late_us, " late"], _YELLOW)
-        else:
-            moved = rows_of(seq, late)
-            text = self._paint(["  [moved from seq ", moved, ": ", *late_us, " late]"], _MAGENTA)
-        return spread_lines(late, [*text, "\n"], "\n")
-
-
-def lines_bytes(lines: pa.Array) -> memoryview:
-    """The concatenated text of a string array (its data buffer), without copying."""
-    if len(lines) == 0:
-        return memoryview(b"")
-    width = np.int32 if lines.type == pa.string() else np.int64
-    offsets = np.frombuffer(lines.buffers()[1], dtype=width)
-    start, end = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
-    return memoryview(lines.buffers()[2])[start:end]
+            late = late_ns > 0
+            if not late.any():
+                return "\n"
+            text = self._paint(["  << ", *microseconds(late_ns[late]), " late"], _YELLOW)
+            return spread_lines(late, [*text, "\n"], "\n")
+        if moved is None:
+            raise UsageError("time order needs how far the sort moved each row")
+        marked = moved > 0
+        if not marked.any():
+            return "\n"
+        count, late_ns = moved[marked], late_ns[marked]
+        late = late_ns > 0
+        plural = pc.if_else(pa.array(count != 1), "s", "")
+        late_text = join_lines([", ", *microseconds(late_ns[late]), " late"], int(late.sum()))
+        how_late = either(late, late_text, "")
+        pieces = ["  [moved ahead of ", Decimal(count), " event", plural, how_late, "]"]
+        return spread_lines(marked, [*self._paint(pieces, _MAGENTA), "\n"], "\n")

@@ -195,16 +195,59 @@ def write_capture(path: Path, spec: Synthetic | None = None) -> pa.Table:
     return table
 
 
+def late_first_event_capture(path: Path, rows: int) -> None:
+    """Two CPUs in timestamp order, except the first event, delivered after all others."""
+    rng = np.random.default_rng(rows)
+    ts = 1_000_000_000 + np.cumsum(rng.integers(1, 10_000, rows)).astype(np.uint64)
+    cpu = (np.arange(rows) % 2).astype(np.uint16)
+    order = np.concatenate((np.arange(1, rows), [0]))
+    kind = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(rows, np.int8)), pa.array(list(fs.KINDS), pa.string())
+    )
+    comm = np.array(["bash", "python3", "kworker/0:1", "sshd"])[rng.integers(0, 4, rows)]
+    schema = fs.make_schema([pa.field("comm", pa.string())], metadata=metadata(Synthetic()))
+    columns = [
+        pa.array(np.arange(rows, dtype=np.uint64)),
+        pa.array(cpu[order]),
+        pa.array(ts[order]),
+        kind,
+        pa.array(np.zeros(rows, np.uint64)),
+        pa.array((np.arange(rows) // 100).astype(np.uint32)),
+        pa.array([b"0123456789abcdef"] * rows, pa.binary()),
+        pa.array(comm, pa.string()),
+    ]
+    write_table(path, pa.Table.from_arrays(columns, schema=schema), batch_rows=65_536)
+
+
 def lateness_by_loop(ts: list[int], is_sample: list[bool]) -> list[int]:
-    """Ground truth: lateness of each row (0 if not late), samples only, by a plain loop."""
+    """Ground truth: lateness of each row (0 if not late) against the samples before it, by a
+    plain loop; a lost row can be late but does not raise the maximum."""
     out = []
     high: int | None = None
     for t, sample in zip(ts, is_sample, strict=True):
-        if not sample:
-            out.append(0)
-            continue
         out.append(high - t if high is not None and t < high else 0)
-        high = t if high is None else max(high, t)
+        if sample:
+            high = t if high is None else max(high, t)
+    return out
+
+
+def moved_ahead(keys: list[tuple[int, int, int]]) -> list[int]:
+    """Ground truth for the sorted replay's marker: for rows given in arrival order by their
+    sort key (ts_ns, cpu, seq), how many rows delivered before each sort after it; listed in
+    arrival order. Plain loops over a Fenwick tree of arrival positions."""
+    n = len(keys)
+    tree = [0] * (n + 1)
+    out = [0] * n
+    for position in sorted(range(n), key=keys.__getitem__):
+        done, i = 0, position  # rows delivered before this one that are already out
+        while i > 0:
+            done += tree[i]
+            i -= i & -i
+        out[position] = position - done
+        i = position + 1
+        while i <= n:
+            tree[i] += 1
+            i += i & -i
     return out
 
 
@@ -232,7 +275,7 @@ LINE = re.compile(
     r"^\s*(?P<time>-?\d+\.\d{9})(?: (?P<wall>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{9}))?"
     r" \[(?P<cpu>\d{3,})\] #(?P<seq>\d+) (?P<body>.*?)"
     r"(?:  << (?P<late>\d+\.\d) us late"
-    r"|  \[moved from seq (?P<moved>\d+): (?P<mlate>\d+\.\d) us late\])?$"
+    r"|  \[moved ahead of (?P<moved>\d+) events?(?:, (?P<mlate>\d+\.\d) us late)?\])?$"
 )
 
 

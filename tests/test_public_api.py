@@ -38,3 +38,24 @@ def test_open_reads_and_walks_the_events(tmp_path: Path) -> None:
     assert count == samples.num_rows
     assert seen == list(zip(samples["cpu"].to_pylist(), samples["data"].to_pylist(), strict=True))
     assert sum(n for _, n in losses) == pc.sum(table["lost"]).as_py()
+
+
+def test_what_the_ordering_met_is_there_to_see(tmp_path: Path) -> None:
+    """A CPU whose own events are out of order: known before the first sorted event,
+    and after an arrival-order walk; through events() and replay() alike."""
+    write_capture(tmp_path / "d.arrow", Synthetic(seed=3, disorder_cpu=1, disorder_swaps=2))
+    with ebcap.open(tmp_path / "d.arrow") as capture:
+        stream = capture.events(sorted=True)
+        assert stream.report is capture.order_report
+        next(stream)
+        assert set(stream.report.cpu_disorder) == {1}
+        assert stream.report.notes()[0].startswith("CPU 1's own stream is out of timestamp order")
+        stream.close()
+        arrival = capture.events()
+        assert arrival.report.cpu_disorder == {}  # not known until the walk is done
+        list(arrival)
+        assert arrival.report.cpu_disorder == stream.report.cpu_disorder
+        capture.replay(lambda cpu, data: None, sorted=True)
+        assert capture.order_report is not None
+        assert capture.order_report.cpu_disorder == stream.report.cpu_disorder
+        assert capture.order_report.rows == capture.num_rows

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ebcap.cli._common import closed_pipe_ends_quietly, count
+
+if TYPE_CHECKING:
+    from ebcap.replay.order import OrderReport
 
 PCAPNG = "pcapng"
 
@@ -17,18 +21,22 @@ def register(app: typer.Typer) -> None:
         help=(
             "Convert a capture to Parquet (zstd), CSV or JSON lines (NAME.zst: compressed), "
             "adding a wall-clock `time` column (UTC), or the packets of an xdp:/tc: capture "
-            "to pcapng. The format comes from the output name unless --format says.\n\n"
+            "to pcapng. The format comes from the output name unless --format says; "
+            "-o - writes csv, jsonl or pcapng to stdout.\n\n"
             "Examples:\n\n"
             "  ebcap export run.arrow -o run.parquet\n\n"
             "  ebcap export run.arrow -o run.jsonl.zst --sorted\n\n"
-            "  ebcap export pkts.arrow -o pkts.pcapng"
+            "  ebcap export pkts.arrow -o pkts.pcapng\n\n"
+            "  ebcap export pkts.arrow -f pcapng -o - | tcpdump -r -"
         ),
     )(export)
 
 
 def export(
     file: Path = typer.Argument(..., help="The capture to convert."),
-    output: Path = typer.Option(..., "-o", "--output", help="The file to write."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="The file to write (-: stdout, for csv, jsonl and pcapng)."
+    ),
     fmt: str | None = typer.Option(
         None,
         "--format",
@@ -40,29 +48,45 @@ def export(
 ) -> None:
     from ebcap.format.reader import CaptureReader
     from ebcap.replay.export import export as run_export
-    from ebcap.replay.export import export_format
-    from ebcap.replay.sink import check_output_path
+    from ebcap.replay.export import export_format, to_stdout
+    from ebcap.replay.sink import check_output_path, inner_suffix
 
-    if fmt == PCAPNG or (fmt is None and output.suffix == ".pcapng"):
+    stdout = to_stdout(output)
+    if fmt == PCAPNG or (fmt is None and inner_suffix(output) == ".pcapng"):
+        if not stdout:
+            check_output_path(output, force=force, inputs=[file])
         _export_pcapng(file, output, force=force, in_time_order=sorted_)
         return
-    check_output_path(output, force=force, inputs=[file])
+    if not stdout:
+        check_output_path(output, force=force, inputs=[file])
     chosen = export_format(output, fmt)
     with closed_pipe_ends_quietly(), CaptureReader(file) as reader:
         summary = run_export(reader, output, fmt=chosen, force=force, in_time_order=sorted_)
-    typer.echo(f"wrote {count(summary.rows)} rows to {summary.path} ({summary.fmt})", err=True)
+    where = "stdout" if summary.path is None else str(summary.path)
+    _notes(summary.order)
+    typer.echo(f"wrote {count(summary.rows)} rows to {where} ({summary.fmt})", err=True)
+
+
+def _notes(report: OrderReport) -> None:
+    for note in report.notes():
+        typer.echo(f"ebcap: note: {note}", err=True)
 
 
 def _export_pcapng(file: Path, output: Path, *, force: bool, in_time_order: bool) -> None:
-    """The packets of an xdp:/tc: capture as pcapng, written to a temporary file, then renamed."""
-    from ebcap.format.pcapng import write_pcapng
+    """The packets of an xdp:/tc: capture as pcapng, streamed to stdout or to a file that
+    appears only once complete."""
     from ebcap.format.reader import CaptureReader
-    from ebcap.replay.sink import AtomicPath
+    from ebcap.replay.order import OrderReport
+    from ebcap.replay.pcapng_export import export_pcapng
+    from ebcap.replay.sink import Output
 
-    with CaptureReader(file) as reader, AtomicPath(output, force=force, inputs=[file]) as temp:
-        table = reader.to_table()
-        if in_time_order:
-            table = table.sort_by([("ts_ns", "ascending"), ("seq", "ascending")])
-        with open(temp, "wb") as out:
-            packets = write_pcapng(table, reader.metadata, out)
-    typer.echo(f"wrote {count(packets)} packets to {output} (pcapng)", err=True)
+    report = OrderReport()
+    with (
+        closed_pipe_ends_quietly(),
+        CaptureReader(file) as reader,
+        Output(output, force=force, inputs=[file]) as out,
+    ):
+        packets = export_pcapng(reader, out, in_time_order=in_time_order, report=report)
+    _notes(report)
+    where = "stdout" if str(output) == "-" else str(output)
+    typer.echo(f"wrote {count(packets)} packets to {where} (pcapng)", err=True)

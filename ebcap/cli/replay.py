@@ -10,7 +10,8 @@ import typer
 from ebcap.cli._common import closed_pipe_ends_quietly
 from ebcap.errors import UsageError
 
-FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
+FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".csv": "csv"}
+TEXT_SUFFIXES = ("", ".txt", ".log", ".text")
 
 
 def register(app: typer.Typer) -> None:
@@ -18,8 +19,10 @@ def register(app: typer.Typer) -> None:
         "replay",
         help=(
             "Print the events of a capture, in arrival order or (--sorted) exact time order.\n\n"
-            "Arrival order marks late events (<< 20.4 us late); sorted order marks the events "
-            "the sort moved. Lost rows print as loss lines.\n\n"
+            "Arrival order marks late events (<< 20.4 us late); sorted order marks every event "
+            "the sort moved ahead of events delivered before it ([moved ahead of 3 events, "
+            "20.4 us late]). Lost rows print as loss lines. A CPU whose own events are out of "
+            "timestamp order is noted on stderr (before the first line with --sorted).\n\n"
             "Examples:\n\n"
             "  ebcap replay run.arrow | head\n\n"
             "  ebcap replay --sorted --cpu 0-1 --kind sample run.arrow\n\n"
@@ -55,8 +58,8 @@ def replay(
     from ebcap.bpf.cpus import parse_cpu_list
     from ebcap.format.reader import CaptureReader
     from ebcap.replay.memory import use_streaming_pool
-    from ebcap.replay.player import ReplayOptions
-    from ebcap.replay.player import replay as run_replay
+    from ebcap.replay.order import OrderReport
+    from ebcap.replay.player import ReplayOptions, capture_cpus, write_replay
     from ebcap.replay.sink import Output, check_output_path
     from ebcap.replay.text import ARRIVAL, TIME
 
@@ -74,15 +77,49 @@ def replay(
     )
     options.check()
     use_streaming_pool()
+
+    def early_notes(report: OrderReport) -> None:
+        for note in report.disorder_notes():
+            typer.echo(f"ebcap: note: {note}", err=True)
+
     with (
         closed_pipe_ends_quietly(),
         CaptureReader(file) as reader,
         Output(output, force=force, inputs=[file]) as out,
     ):
+        if options.cpus is not None:
+            _warn_missing_cpus(sorted(options.cpus), capture_cpus(reader))
         options.colour = chosen == "text" and out.is_terminal and not os.environ.get("NO_COLOR")
-        summary = run_replay(reader, out, options)
-    for note in summary.sort.notes():
+        summary = write_replay(reader, out, options, on_scanned=early_notes)
+    report = summary.order
+    for note in report.spill_notes() if report.sorted else report.notes():
         typer.echo(f"ebcap: note: {note}", err=True)
+
+
+def _warn_missing_cpus(wanted: list[int], present: list[int]) -> None:
+    """A --cpu the capture does not have would silently print nothing: say so."""
+    missing = [cpu for cpu in wanted if cpu not in present]
+    if missing:
+        plural = "s" if len(missing) > 1 else ""
+        typer.echo(
+            f"ebcap: warning: the capture has no CPU{plural} {_cpu_list(missing)} "
+            f"(its CPUs: {_cpu_list(present) or 'none'})",
+            err=True,
+        )
+
+
+def _cpu_list(cpus: list[int]) -> str:
+    """``0-3,6``: sorted CPU numbers as the --cpu syntax writes them."""
+    parts: list[str] = []
+    start = previous = None
+    for cpu in [*cpus, None]:
+        if cpu is not None and previous is not None and cpu == previous + 1:
+            previous = cpu
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = cpu
+    return ",".join(parts)
 
 
 def _format_from(output: Path | None) -> str:
@@ -94,6 +131,11 @@ def _format_from(output: Path | None) -> str:
     suffix = inner_suffix(output)
     if suffix in FORMAT_BY_SUFFIX:
         return FORMAT_BY_SUFFIX[suffix]
-    if suffix in ("", ".txt", ".log", ".text"):
+    if suffix in TEXT_SUFFIXES:
         return "text"
+    if suffix == ".json":
+        raise UsageError(
+            f"{output}: replay writes JSON lines (one object per line), not one JSON "
+            "document: name the output .jsonl"
+        )
     raise UsageError(f"cannot tell the format of {output} from its name: give --format")

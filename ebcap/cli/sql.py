@@ -36,7 +36,10 @@ def sql(
     file: Path = typer.Argument(..., help="The capture to query."),
     query: str = typer.Argument(..., help="The SQL statement; the table is `events`."),
     fmt: str = typer.Option(
-        "table", "--format", "-f", help="table (aligned text), csv, jsonl or json."
+        "table",
+        "--format",
+        "-f",
+        help="table (aligned text, widths from the first 65,536 rows), csv, jsonl or json.",
     ),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write here, not stdout."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
@@ -44,7 +47,8 @@ def sql(
     from ebcap.format.reader import CaptureReader
     from ebcap.replay.records import encoder_for
     from ebcap.replay.sink import Output, check_output_path
-    from ebcap.replay.sql import SqlSession, render_table
+    from ebcap.replay.sql import SqlSession
+    from ebcap.replay.table_text import table_lines
 
     if fmt not in SQL_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(SQL_FORMATS)}, not {fmt!r}")
@@ -56,8 +60,8 @@ def sql(
             return
         with closed_pipe_ends_quietly(), Output(output, force=force, inputs=[file]) as out:
             if fmt == "table":
-                lines = render_table(result.schema, result)
-                out.write(("\n".join(lines) + "\n").encode())
+                for chunk in table_lines(result.schema, result):
+                    out.write(chunk)
             elif fmt == "json":
                 _write_json_array(out, result)
             else:

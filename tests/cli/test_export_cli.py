@@ -13,8 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from synthetic import REALTIME_OFFSET_NS, Synthetic, write_capture
+from synthetic_packets import packet_capture
 
 from ebcap.cli import run
+from ebcap.format.pcapng import write_pcapng
+from ebcap.format.reader import CaptureReader
 
 
 @pytest.fixture
@@ -103,3 +106,58 @@ def test_refuses_to_overwrite(capture, tmp_path: Path, capsys: pytest.CaptureFix
     assert out.read_bytes() == b"old"
     assert run(["export", str(path), "-o", str(out), "--force"]) == 0
     assert pq.read_table(out).num_rows > 0
+
+
+def test_binary_parquet_is_refused_on_stdout(
+    capture, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = capture
+    assert run(["export", str(path), "-o", "-", "-f", "parquet"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and "stdout" in err
+    assert not Path("-").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["c.arrow"]
+
+
+def test_text_formats_stream_to_stdout(capture, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    path, table = capture
+    assert run(["export", str(path), "-o", "-", "-f", "jsonl"]) == 0
+    out, err = capfdbinary.readouterr()
+    rows = [json.loads(line) for line in out.decode().splitlines()]
+    assert [r["seq"] for r in rows] == table.column("seq").to_pylist()
+    assert b"rows to stdout (jsonl)" in err
+    assert not Path("-").exists()
+
+
+def test_sorted_export_reports_what_the_sort_met(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "d.arrow"
+    write_capture(path, Synthetic(seed=92, ncpus=2, disorder_cpu=1))
+    assert run(["export", str(path), "-o", str(tmp_path / "d.csv"), "--sorted"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("ebcap: note: CPU 1's own stream is out of timestamp order")
+    assert "the sort is still exact" in err
+
+
+@pytest.mark.parametrize("in_order", [False, True])
+def test_pcapng_streams_the_packets_in_replay_order(
+    tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes], in_order: bool
+) -> None:
+    """Batch by batch, in arrival or exact (ts, cpu, seq) order: the same bytes the format's
+    whole-table writer gives for the table in that order, to a file or to stdout."""
+    path = tmp_path / "p.arrow"
+    table = packet_capture(path)
+    if in_order:
+        keys = zip(*(table.column(k).to_pylist() for k in ("ts_ns", "cpu", "seq")), strict=True)
+        ranked = sorted(range(table.num_rows), key=list(keys).__getitem__)
+        table = table.take(pa.array(ranked))
+    with CaptureReader(path) as reader:
+        expected = io.BytesIO()
+        packets = write_pcapng(table, reader.metadata, expected)
+    sorted_flag = ["--sorted"] if in_order else []
+    out = tmp_path / "p.pcapng"
+    assert run(["export", str(path), "-o", str(out), *sorted_flag]) == 0
+    assert out.read_bytes() == expected.getvalue()
+    assert f"wrote {packets} packets to {out} (pcapng)".encode() in capfdbinary.readouterr().err
+    assert run(["export", str(path), "-o", "-", "-f", "pcapng", *sorted_flag]) == 0
+    assert capfdbinary.readouterr().out == expected.getvalue()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,9 @@ def test_text_to_stdout_in_both_orders(capture, capsys: pytest.CaptureFixture[st
     assert run(["replay", str(path)]) == 0
     out, err = capsys.readouterr()
     assert [int(parse(line)["seq"]) for line in out.splitlines()] == table.column("seq").to_pylist()
-    assert err == ""
+    # CPU 2 delivered its own events out of order: arrival order notices it too, at the end.
+    assert err.startswith("ebcap: note: CPU 2's own stream is out of timestamp order")
+    assert len(err.splitlines()) == 1 and "sort" not in err
     assert run(["replay", "--sorted", str(path)]) == 0
     out, err = capsys.readouterr()
     rows = {r["seq"]: r for r in table.to_pylist()}
@@ -37,8 +40,9 @@ def test_text_to_stdout_in_both_orders(capture, capsys: pytest.CaptureFixture[st
         for s in (int(parse(x)["seq"]) for x in out.splitlines())
     ]
     assert keys == sorted(keys) and len(keys) == table.num_rows
-    # CPU 2 delivered its own events out of order: the note says so, on stderr only.
+    # The note says so, on stderr only.
     assert err.startswith("ebcap: note: CPU 2's own stream is out of timestamp order")
+    assert err.rstrip().endswith("the sort is still exact")
     assert "\x1b" not in out
 
 
@@ -77,6 +81,7 @@ def test_filters_and_limit_on_the_command_line(capture, capsys: pytest.CaptureFi
         (["{capture}", "-o", "{capture}"], "is the input"),
         (["{capture}", "-o", "{dir}/no/such/out.txt"], "does not exist"),
         (["{capture}", "-o", "{dir}/out.arrow"], "cannot tell the format"),
+        (["{capture}", "-o", "{dir}/out.json"], "name the output .jsonl"),
         (["{capture}", "--limit", "ten"], "--limit"),
         (["{text}"], "not an Arrow IPC file"),
     ],
@@ -148,3 +153,72 @@ def test_truncated_capture_points_to_recover(
     assert out == "" and len(err.splitlines()) == 1
     assert "truncated" in err and "ebcap recover" in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_cpu_the_capture_lacks_is_warned_about(
+    capture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = capture
+    assert run(["replay", str(path), "--cpu", "1,7-9"]) == 0
+    out, err = capsys.readouterr()
+    assert {parse(line)["cpu"] for line in out.splitlines()} == {"001"}
+    assert "ebcap: warning: the capture has no CPUs 7-9 (its CPUs: 0-2)" in err
+    assert run(["replay", str(path), "--cpu", "99", "--sorted"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "no CPU 99 (its CPUs: 0-2)" in err
+
+
+def test_sorted_notes_what_the_first_pass_found_before_the_first_line(capture) -> None:
+    """A CPU's own disorder is known before anything is printed: `| head -1` shows it."""
+    path, _ = capture
+    pipeline = f"{sys.executable} -m ebcap replay --sorted {path} 2>&1 | head -1"
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("ebcap: note: CPU 2's own stream is out of timestamp order")
+
+
+def run_on_a_terminal(args: list[str], env: dict[str, str]) -> bytes:
+    """What `ebcap ARGS` prints when its stdout is a terminal (a pseudo-terminal here)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ebcap", *args],
+            stdout=follower,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        os.close(follower)
+        follower = -1
+        out = bytearray()
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert process.wait(timeout=60) == 0
+        return bytes(out)
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+
+
+def test_colour_on_a_terminal_unless_no_color(capture) -> None:
+    path, table = capture
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    coloured = run_on_a_terminal(["replay", "--sorted", str(path)], env)
+    lines = coloured.decode().splitlines()
+    assert len(lines) == table.num_rows
+    assert all("\x1b[" in line for line in lines)
+    assert any("\x1b[35m  [moved ahead of" in line for line in lines)  # markers coloured too
+    plain = run_on_a_terminal(["replay", "--sorted", str(path)], {**env, "NO_COLOR": "1"})
+    assert b"\x1b" not in plain
+    strip = re.compile(r"\x1b\[[0-9;]*m")
+    assert [strip.sub("", line) for line in lines] == plain.decode().splitlines()

@@ -11,6 +11,7 @@ from synthetic import Synthetic, write_capture
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.api import Event, iter_events, replay_callbacks
+from ebcap.replay.order import OrderReport
 
 
 @pytest.fixture
@@ -77,3 +78,16 @@ def test_package_exports_exactly_the_public_api() -> None:
     assert ebcap.replay.__all__ == sorted(ebcap.replay.__all__)
     for name in ebcap.replay.__all__:
         assert getattr(ebcap.replay, name).__name__ == name
+
+
+def test_the_ordering_report_comes_with_the_events(tmp_path: Path) -> None:
+    path = tmp_path / "d.arrow"
+    write_capture(path, Synthetic(seed=43, disorder_cpu=0, disorder_swaps=3))
+    events = iter_events(path, sorted=True)
+    first = next(events)
+    assert events.report.scanned and set(events.report.cpu_disorder) == {0}
+    walked = [first, *events]
+    assert walked == sorted(walked, key=lambda e: (e.ts_ns, e.cpu, e.seq))
+    report = OrderReport()
+    replay_callbacks(path, lambda cpu, data: None, report=report)
+    assert report.cpu_disorder == events.report.cpu_disorder and not report.sorted

@@ -15,7 +15,6 @@ from ebcap.replay.lines import (
     join_lines,
     number_text,
     padded_digits,
-    rows_of,
     spread_lines,
     uniform_chars,
     zero_padded,
@@ -130,13 +129,10 @@ def test_uniform_chars_sees_through_slices_and_refuses_nulls() -> None:
     assert uniform_chars(pa.array(["ab", "cd"], pa.large_string())).tobytes() == b"abcd"
 
 
-def test_either_and_rows_of() -> None:
+def test_either() -> None:
     mask = np.array([False, True, True, False, True])
     values = pa.array(["x", "yy", "z"], pa.string())
     assert strings(either(mask, values, "-")) == ["-", "x", "yy", "-", "z"]
-    uniform = pa.array(["ab", "cd", "ef", "gh", "ij"], pa.string())
-    assert rows_of(uniform, mask).tobytes() == b"cdefij"
-    assert strings(rows_of(pa.array(["a", "bb", "c", "d", "e"]), mask)) == ["bb", "c", "e"]
 
 
 @settings(max_examples=200, deadline=None)

@@ -10,11 +10,19 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from synthetic import Synthetic, build_table, lateness_by_loop, write_capture, write_table
+from synthetic import (
+    Synthetic,
+    build_table,
+    lateness_by_loop,
+    moved_ahead,
+    write_capture,
+    write_table,
+)
 
 from ebcap.errors import BadFileError
 from ebcap.format.reader import CaptureReader
-from ebcap.replay.order import SortReport, arrival_order, time_order
+from ebcap.replay import runs, scan
+from ebcap.replay.order import OrderReport, arrival_order, time_order
 
 
 def full_sort(table: pa.Table) -> list[int]:
@@ -45,6 +53,30 @@ def collect(batches) -> tuple[list[int], list[int]]:
     return seqs, late
 
 
+def collect_moves(batches) -> tuple[list[int], list[int], list[int]]:
+    """(seqs, lateness, how many earlier-delivered rows each was moved ahead of)."""
+    seqs: list[int] = []
+    late: list[int] = []
+    moved: list[int] = []
+    for batch in batches:
+        seqs += batch.rows.column("seq").to_pylist()
+        late += batch.late_ns.tolist()
+        moved += batch.moved.tolist()
+    return seqs, late, moved
+
+
+def ground_moves(table: pa.Table) -> dict[int, int]:
+    keys = list(
+        zip(
+            table.column("ts_ns").to_pylist(),
+            table.column("cpu").to_pylist(),
+            table.column("seq").to_pylist(),
+            strict=True,
+        )
+    )
+    return dict(zip(table.column("seq").to_pylist(), moved_ahead(keys), strict=True))
+
+
 def test_arrival_order_is_file_order_with_exact_lateness(tmp_path: Path) -> None:
     table = write_capture(tmp_path / "c.arrow", Synthetic(seed=1, lost_every=15))
     with CaptureReader(tmp_path / "c.arrow") as reader:
@@ -57,7 +89,7 @@ def test_arrival_order_is_file_order_with_exact_lateness(tmp_path: Path) -> None
 
 def test_time_order_matches_full_sort_and_keeps_lateness(tmp_path: Path) -> None:
     table = write_capture(tmp_path / "c.arrow", Synthetic(seed=2, ncpus=3, lost_every=10))
-    report = SortReport()
+    report = OrderReport()
     with CaptureReader(tmp_path / "c.arrow") as reader:
         seqs, late = collect(time_order(reader, report=report))
     assert seqs == full_sort(table)
@@ -79,6 +111,7 @@ def test_time_order_matches_full_sort_and_keeps_lateness(tmp_path: Path) -> None
     window=st.integers(1, 400),
     disorder=st.booleans(),
     lost_every=st.sampled_from([0, 5]),
+    slice_rows=st.sampled_from([7, 40, 65_536]),
 )
 def test_bounded_sort_equals_full_sort(
     seed: int,
@@ -89,6 +122,7 @@ def test_bounded_sort_equals_full_sort(
     window: int,
     disorder: bool,
     lost_every: int,
+    slice_rows: int,
 ) -> None:
     spec = Synthetic(
         seed=seed,
@@ -99,19 +133,62 @@ def test_bounded_sort_equals_full_sort(
         disorder_cpu=0 if disorder else None,
         lost_every=lost_every,
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        small_runs(patch, slice_rows)
         path = Path(tmp) / "c.arrow"
         table = write_capture(path, spec)
-        report = SortReport()
+        report = OrderReport()
         with CaptureReader(path) as reader:
-            seqs, _ = collect(
+            seqs, late, moved = collect_moves(
                 time_order(reader, max_window_rows=window, spill_dir=tmp, report=report)
             )
         assert seqs == full_sort(table)
+        truth, moves = ground_lateness(table), ground_moves(table)
+        assert late == [truth[s] for s in seqs]
+        assert moved == [moves[s] for s in seqs]
         assert sorted(p.name for p in Path(tmp).iterdir()) == ["c.arrow"]  # runs cleaned up
     if report.spilled_runs:
         assert report.spilled_rows <= table.num_rows
         assert any("externally" in note for note in report.notes())
+
+
+def small_runs(patch: pytest.MonkeyPatch, slice_rows: int) -> None:
+    """Slices, run blocks and the open-run limit small enough for a small file to spill,
+    spill many runs and merge them."""
+    patch.setattr(scan, "SLICE_ROWS", slice_rows)
+    patch.setattr(runs, "RUN_BLOCK_ROWS", 3)
+    patch.setattr(runs, "MAX_OPEN_RUNS", 5)
+    patch.setattr(runs, "MERGE_WIDTH", 2)
+
+
+def test_spilling_sort_merges_runs_and_stays_exact(tmp_path: Path) -> None:
+    """An event delivered last but stamped first: everything else spills, runs get merged
+    while spilling, and the output is still the full sort."""
+    table = build_table(Synthetic(seed=8, ncpus=3, events_per_cpu=400, lost_every=9))
+    first = int(np.argmin(table.column("ts_ns").to_numpy()))
+    order = np.concatenate(([i for i in range(table.num_rows) if i != first], [first]))
+    table = table.take(pa.array(order))
+    table = table.set_column(
+        0, table.schema.field(0), pa.array(np.arange(table.num_rows, dtype=np.uint64))
+    )
+    write_table(tmp_path / "late.arrow", table)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    report = OrderReport()
+    with pytest.MonkeyPatch.context() as patch, CaptureReader(tmp_path / "late.arrow") as reader:
+        small_runs(patch, 50)
+        seqs, late, moved = collect_moves(
+            time_order(reader, max_window_rows=30, spill_dir=spill, report=report)
+        )
+    assert seqs == full_sort(table)
+    truth, moves = ground_lateness(table), ground_moves(table)
+    assert late == [truth[s] for s in seqs]
+    assert moved == [moves[s] for s in seqs]
+    assert seqs[0] == table.num_rows - 1 and moved[0] == table.num_rows - 1  # the late event
+    assert report.spilled_runs >= 10 and report.run_merges >= 3
+    assert report.peak_open_runs <= runs.MAX_OPEN_RUNS + 1
+    assert report.spilled_rows >= table.num_rows - 100  # nearly everything went to disk
+    assert list(spill.iterdir()) == []
 
 
 def test_cpu_out_of_order_forces_fallback_and_is_reported(tmp_path: Path) -> None:
@@ -121,7 +198,7 @@ def test_cpu_out_of_order_forces_fallback_and_is_reported(tmp_path: Path) -> Non
     cpus = table.column("cpu").to_pylist()
     cpu1 = [t for t, c in zip(stamps, cpus, strict=True) if c == 1]
     expected_disorder = sum(1 for i, t in enumerate(cpu1) if i and t < max(cpu1[:i]))
-    report = SortReport()
+    report = OrderReport()
     with CaptureReader(tmp_path / "c.arrow") as reader:
         seqs, _ = collect(time_order(reader, max_window_rows=50, spill_dir=tmp_path, report=report))
     assert seqs == full_sort(table)
@@ -137,7 +214,7 @@ def test_stopping_early_removes_spilled_runs(tmp_path: Path) -> None:
     spill.mkdir()
     write_capture(tmp_path / "c.arrow", Synthetic(seed=6, disorder_cpu=0, disorder_swaps=4))
     with CaptureReader(tmp_path / "c.arrow") as reader:
-        report = SortReport()
+        report = OrderReport()
         stream = time_order(reader, max_window_rows=10, spill_dir=spill, report=report)
         while report.spilled_runs == 0:
             next(stream)

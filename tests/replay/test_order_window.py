@@ -13,7 +13,7 @@ from synthetic import Synthetic, lateness_by_loop, write_capture
 
 from ebcap.format.reader import CaptureReader
 from ebcap.replay import order
-from ebcap.replay.order import SortReport, time_order
+from ebcap.replay.order import OrderReport, time_order
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -38,7 +38,7 @@ def test_compacted_window_still_sorts_exactly(
         path = Path(tmp) / "c.arrow"
         table = write_capture(path, spec)
         with CaptureReader(path) as reader:
-            batches = list(time_order(reader, report=SortReport()))
+            batches = list(time_order(reader, report=OrderReport()))
     rows = table.to_pylist()
     late = dict(
         zip(

@@ -11,7 +11,7 @@ from synthetic import Collect, Synthetic, parse, write_capture
 
 from ebcap.errors import UsageError
 from ebcap.format.reader import CaptureReader
-from ebcap.replay.player import Pacer, ReplayOptions, replay
+from ebcap.replay.player import Pacer, ReplayOptions, write_replay
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def capture(tmp_path: Path) -> tuple[Path, pa.Table]:
 def run(path: Path, pacer: Pacer | None = None, **options: object) -> tuple[list[dict], object]:
     sink = Collect()
     with CaptureReader(path) as reader:
-        summary = replay(reader, sink, ReplayOptions(**options), pacer=pacer)  # type: ignore[arg-type]
+        summary = write_replay(reader, sink, ReplayOptions(**options), pacer=pacer)  # type: ignore[arg-type]
     return [parse(line) for line in sink.lines()], summary
 
 

@@ -12,7 +12,7 @@ import pytest
 from synthetic import Collect, Synthetic, build_table, write_capture, write_table
 
 from ebcap.format.reader import CaptureReader
-from ebcap.replay.player import ReplayOptions, replay
+from ebcap.replay.player import ReplayOptions, write_replay
 from ebcap.replay.records import CsvEncoder, JsonlEncoder
 
 
@@ -26,7 +26,7 @@ def expected_rows(table: pa.Table) -> list[dict]:
 def replayed(path: Path, fmt: str, **options: object) -> str:
     sink = Collect()
     with CaptureReader(path) as reader:
-        replay(reader, sink, ReplayOptions(fmt=fmt, **options))  # type: ignore[arg-type]
+        write_replay(reader, sink, ReplayOptions(fmt=fmt, **options))  # type: ignore[arg-type]
     return sink.data.decode()
 
 

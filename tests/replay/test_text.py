@@ -14,6 +14,8 @@ from synthetic import (
     Synthetic,
     build_table,
     lateness_by_loop,
+    metadata,
+    moved_ahead,
     parse,
     seconds,
     us,
@@ -22,8 +24,9 @@ from synthetic import (
 )
 
 from ebcap.errors import UsageError
+from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
-from ebcap.replay.player import ReplayOptions, replay
+from ebcap.replay.player import ReplayOptions, write_replay
 from ebcap.replay.text import TextFormatter
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -32,7 +35,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 def run(path: Path, **options: object) -> list[str]:
     sink = Collect()
     with CaptureReader(path) as reader:
-        replay(reader, sink, ReplayOptions(**options))  # type: ignore[arg-type]
+        write_replay(reader, sink, ReplayOptions(**options))  # type: ignore[arg-type]
     return sink.lines()
 
 
@@ -59,29 +62,32 @@ def test_arrival_lines_carry_time_cpu_seq_call_and_lateness(syscalls) -> None:
     rows, late = rows_by_seq(table), lateness(table)
     assert len(lines) == table.num_rows
     origin = table.column("ts_ns")[0].as_py()
-    marked = 0
+    marked = lost_marked = 0
     for line, seq in zip(lines, table.column("seq").to_pylist(), strict=True):
         got, row = parse(line), rows[seq]
         assert int(got["seq"]) == seq and int(got["cpu"]) == row["cpu"]
         assert got["time"] == seconds(row["ts_ns"] - origin)
+        assert got["late"] == (us(late[seq]) if late[seq] else None)
+        marked += bool(late[seq])
         if row["kind"] == "lost":
             assert got["body"] == f"*** CPU {row['cpu']} lost {row['lost']} events ***"
-            assert got["late"] is None
+            lost_marked += bool(late[seq])
             continue
         args = ", ".join(hex(row[f"arg{i}"]) for i in range(6))
         assert (
             got["body"]
-            == f"{row['syscall']}({args}) pid={row['pid']} tid={row['tid']} comm={row['comm']}"
+            == f'{row["syscall"]}({args}) pid={row["pid"]} tid={row["tid"]} comm="{row["comm"]}"'
         )
-        assert got["late"] == (us(late[seq]) if late[seq] else None)
-        marked += bool(late[seq])
     assert marked == sum(1 for v in late.values() if v) > 10
+    assert lost_marked > 0  # a loss record delivered after later samples is marked too
 
 
 def test_sorted_lines_are_time_ordered_and_mark_moved_events(syscalls) -> None:
     path, table = syscalls
     lines = run(path, order="time", wall=True)
     rows, late = rows_by_seq(table), lateness(table)
+    keys = [(r["ts_ns"], r["cpu"], r["seq"]) for r in table.to_pylist()]
+    moved = dict(zip(table.column("seq").to_pylist(), moved_ahead(keys), strict=True))
     parsed = [parse(line) for line in lines]
     seqs = [int(p["seq"]) for p in parsed]
     assert sorted(seqs) == sorted(rows)
@@ -94,10 +100,12 @@ def test_sorted_lines_are_time_ordered_and_mark_moved_events(syscalls) -> None:
         wall = dt.datetime.fromtimestamp((ts + REALTIME_OFFSET_NS) // 10**9, dt.UTC)
         assert got["wall"] == f"{wall:%Y-%m-%d %H:%M:%S}.{(ts + REALTIME_OFFSET_NS) % 10**9:09d}"
         assert got["late"] is None
-        if late[seq]:
-            assert (got["moved"], got["mlate"]) == (str(seq), us(late[seq]))
+        if moved[seq]:
+            assert got["moved"] == str(moved[seq])
+            assert got["mlate"] == (us(late[seq]) if late[seq] else None)
         else:
-            assert got["moved"] is None
+            assert got["moved"] is None and not late[seq]  # late rows always move
+    assert sum(1 for m in moved.values() if m) > 10
 
 
 def test_payload_preview_without_source_columns(tmp_path: Path) -> None:
@@ -136,8 +144,59 @@ def test_control_characters_in_strings_cannot_break_lines(tmp_path: Path) -> Non
     write_table(tmp_path / "n.arrow", table)
     lines = run(tmp_path / "n.arrow")
     assert [parse(line)["body"] for line in lines] == [
-        "note=a?b",
-        "note=tab?here",
-        "note=plain",
-        "note=bell?",
+        'note="a\\nb"',
+        'note="tab\\there"',
+        'note="plain"',
+        'note="bell\\u0007"',
     ]
+
+
+def handmade(path: Path, rows: list[tuple[int, int, str, int]]) -> pa.Table:
+    """A capture of the given (cpu, ts_ns, kind, lost) rows, seq 0.. in that order."""
+    n = len(rows)
+    kind = pa.DictionaryArray.from_arrays(
+        pa.array([fs.KINDS.index(r[2]) for r in rows], pa.int8()),
+        pa.array(list(fs.KINDS), pa.string()),
+    )
+    table = pa.Table.from_arrays(
+        [
+            pa.array(range(n), pa.uint64()),
+            pa.array([r[0] for r in rows], pa.uint16()),
+            pa.array([r[1] for r in rows], pa.uint64()),
+            kind,
+            pa.array([r[3] for r in rows], pa.uint64()),
+            pa.array([0] * n, pa.uint32()),
+            pa.array([b"\x01" if r[2] == "sample" else b"" for r in rows], pa.binary()),
+        ],
+        schema=fs.make_schema([], metadata=metadata(Synthetic())),
+    )
+    write_table(path, table)
+    return table
+
+
+def test_ties_are_broken_by_cpu_then_seq_and_every_moved_row_is_marked(tmp_path: Path) -> None:
+    """Equal timestamps sort by CPU, then by arrival; the row a tie moves is marked, and so
+    is a loss record stamped before the samples delivered ahead of it."""
+    handmade(
+        tmp_path / "tie.arrow",
+        [
+            (1, 1000, "sample", 0),  # #0
+            (0, 1000, "sample", 0),  # #1: same time, lower CPU: goes before #0
+            (0, 900, "lost", 5),  # #2: a loss stamped before both: first, 100 ns late
+            (1, 1000, "sample", 0),  # #3: same time and CPU as #0, delivered later: after it
+            (0, 950, "sample", 0),  # #4: late: after #2, before the others
+        ],
+    )
+    lines = [parse(line) for line in run(tmp_path / "tie.arrow", order="time")]
+    assert [int(got["seq"]) for got in lines] == [2, 4, 1, 0, 3]
+    assert [(got["moved"], got["mlate"]) for got in lines] == [
+        ("2", "0.1"),  # ahead of #0 and #1, delivered before it
+        ("3", "0.1"),  # ahead of #0, #1 and #3 (#2 is before it in time too)
+        ("1", None),  # the tie: moved ahead of #0, not late
+        (None, None),
+        (None, None),
+    ]
+    assert lines[0]["body"] == "*** CPU 0 lost 5 events ***"
+    assert run(tmp_path / "tie.arrow", order="time")[2].endswith("  [moved ahead of 1 event]")
+    arrival = [parse(line) for line in run(tmp_path / "tie.arrow")]
+    assert [got["late"] for got in arrival] == [None, None, "0.1", None, "0.1"]

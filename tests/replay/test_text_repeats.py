@@ -16,13 +16,22 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from synthetic import Collect, Synthetic, arrival_order, lateness_by_loop, metadata, write_table
+from synthetic import (
+    Collect,
+    Synthetic,
+    arrival_order,
+    lateness_by_loop,
+    metadata,
+    moved_ahead,
+    write_table,
+)
 
 from ebcap.bpf.cpus import online_cpus
 from ebcap.cli import run
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
-from ebcap.replay.player import ReplayOptions, replay
+from ebcap.replay import scan
+from ebcap.replay.player import ReplayOptions, write_replay
 
 CALLS = (("getppid", 110), ("read", 0), ("futex", 202))
 ARGS = (
@@ -86,18 +95,21 @@ def us(late: int) -> str:
     return f"{tenths // 10}.{tenths % 10}"
 
 
-def expected_line(row: dict, origin: int, late: int, order: str) -> str:
+def expected_line(row: dict, origin: int, late: int, order: str, moved: int = 0) -> str:
     head = f"{seconds(row['ts_ns'] - origin)} [{row['cpu']:03d}] #{row['seq']} "
     if row["kind"] == "lost":
-        return f"{head}*** CPU {row['cpu']} lost {row['lost']} events ***"
-    args = ", ".join(hex(row[f"arg{i}"] or 0) for i in range(6))
-    comm = "-" if row["comm"] is None else row["comm"].replace("\t", "?")
-    body = f"{row['syscall']}({args}) pid={row['pid']} tid={row['tid']} comm={comm}"
-    if not late:
-        return head + body
+        body = f"*** CPU {row['cpu']} lost {row['lost']} events ***"
+    else:
+        args = ", ".join(hex(row[f"arg{i}"] or 0) for i in range(6))
+        comm = "-" if row["comm"] is None else json.dumps(row["comm"])
+        body = f"{row['syscall']}({args}) pid={row['pid']} tid={row['tid']} comm={comm}"
     if order == "arrival":
-        return f"{head}{body}  << {us(late)} us late"
-    return f"{head}{body}  [moved from seq {row['seq']}: {us(late)} us late]"
+        return f"{head}{body}  << {us(late)} us late" if late else head + body
+    if not moved:
+        return head + body
+    events = "event" if moved == 1 else "events"
+    how_late = f", {us(late)} us late" if late else ""
+    return f"{head}{body}  [moved ahead of {moved} {events}{how_late}]"
 
 
 @pytest.mark.parametrize("wide", [False, True])
@@ -105,21 +117,19 @@ def expected_line(row: dict, origin: int, late: int, order: str) -> str:
 def test_every_text_line_matches_its_row(tmp_path: Path, order: str, wide: bool) -> None:
     path = tmp_path / "c.arrow"
     table = repetitive_capture(path, seed=41, wide=wide)
-    rows = table.to_pylist()
-    late = lateness_by_loop([r["ts_ns"] for r in rows], [r["kind"] == "sample" for r in rows])
-    if order != "arrival":
-        ranked = sorted(
-            range(len(rows)), key=lambda i: (rows[i]["ts_ns"], rows[i]["cpu"], rows[i]["seq"])
-        )
-        rows, late = [rows[i] for i in ranked], [late[i] for i in ranked]
-    origin = rows[0]["ts_ns"]
     kind = order.split(",")[0]
-    expected = [expected_line(r, origin, x, kind) for r, x in zip(rows, late, strict=True)]
+    rows, late, moved = ordered_rows(table, kind)
+    origin = rows[0]["ts_ns"]
+    expected = [
+        expected_line(r, origin, x, kind, m) for r, x, m in zip(rows, late, moved, strict=True)
+    ]
     sink = Collect()
-    spill = {"max_window_rows": 700, "spill_dir": tmp_path} if "spilled" in order else {}
-    with CaptureReader(path) as reader:
-        summary = replay(reader, sink, ReplayOptions(order=order.split(",")[0], **spill))
-    assert bool(summary.sort.spilled_runs) == bool(spill)
+    spill = {"max_window_rows": 30, "spill_dir": tmp_path} if "spilled" in order else {}
+    with pytest.MonkeyPatch.context() as patch, CaptureReader(path) as reader:
+        if spill:
+            patch.setattr(scan, "SLICE_ROWS", 250)  # several slices: the window can spill
+        summary = write_replay(reader, sink, ReplayOptions(order=kind, **spill))
+    assert bool(summary.order.spilled_runs) == bool(spill)
     got = sink.data.decode().split("\n")
     assert got[-1] == "" and got[:-1] == expected
     assert sum(1 for x in late if x) > 1000  # the markers really are exercised
@@ -136,12 +146,13 @@ def test_every_json_line_matches_its_row(tmp_path: Path, order: str) -> None:
         expected.sort(key=lambda r: (r["ts_ns"], r["cpu"], r["seq"]))
     sink = Collect()
     with CaptureReader(path) as reader:
-        replay(reader, sink, ReplayOptions(order=order, fmt="jsonl"))
+        write_replay(reader, sink, ReplayOptions(order=order, fmt="jsonl"))
     assert [json.loads(line) for line in sink.lines()] == expected
     assert [list(json.loads(line)) for line in sink.lines()[:1]] == [table.schema.names]
 
 
 COMM = "ebcaplines"
+EVENTS = 200_000
 WORKER = """
 import os, sys
 open("/proc/self/comm", "w").write(sys.argv[1])
@@ -151,15 +162,17 @@ while True:
 """
 
 
-def ordered_rows(table: pa.Table, order: str) -> tuple[list[dict], list[int]]:
+def ordered_rows(table: pa.Table, order: str) -> tuple[list[dict], list[int], list[int]]:
+    """Rows in replay order, with each one's lateness and how far the sort moved it."""
     rows = table.to_pylist()
     late = lateness_by_loop([r["ts_ns"] for r in rows], [r["kind"] == "sample" for r in rows])
+    keys = [(r["ts_ns"], r["cpu"], r["seq"]) for r in rows]
+    moved = moved_ahead(keys) if order == "time" else [0] * len(rows)
     if order == "time":
-        ranked = sorted(
-            range(len(rows)), key=lambda i: (rows[i]["ts_ns"], rows[i]["cpu"], rows[i]["seq"])
-        )
+        ranked = sorted(range(len(rows)), key=keys.__getitem__)
         rows, late = [rows[i] for i in ranked], [late[i] for i in ranked]
-    return rows, late
+        moved = [moved[i] for i in ranked]
+    return rows, late, moved
 
 
 @pytest.mark.privileged
@@ -172,20 +185,25 @@ def test_a_real_capture_replays_line_for_line(tmp_path: Path) -> None:
     ]
     try:
         time.sleep(0.5)  # the workers name themselves before the first syscall we count
-        assert run(["record", "-o", str(path), "--comm", COMM, "--count", "80000"]) == 0
+        # 200,000 calls keep both CPUs busy at once for a few hundred milliseconds: enough
+        # drain rounds for the perf buffer to reorder even when other load slows one worker
+        # (80,000 once came out with no late event at all on a busy machine).
+        assert run(["record", "-o", str(path), "--comm", COMM, "--count", str(EVENTS)]) == 0
     finally:
         for worker in workers:
             worker.kill()
             worker.wait()
     with CaptureReader(path) as reader:
         table = reader.to_table()
-    assert table.filter(pa.compute.equal(table["kind"], "sample")).num_rows == 80_000
+    assert table.filter(pa.compute.equal(table["kind"], "sample")).num_rows == EVENTS
     for order, flags in (("arrival", []), ("time", ["--sorted"])):
         out = tmp_path / f"{order}.txt"
         assert run(["replay", *flags, str(path), "-o", str(out)]) == 0
-        rows, late = ordered_rows(table, order)
+        rows, late, moved = ordered_rows(table, order)
         origin = rows[0]["ts_ns"]
-        expected = [expected_line(r, origin, x, order) for r, x in zip(rows, late, strict=True)]
+        expected = [
+            expected_line(r, origin, x, order, m) for r, x, m in zip(rows, late, moved, strict=True)
+        ]
         assert out.read_text().split("\n") == [*expected, ""]
         assert sum(1 for x in late if x) > 100  # the perf buffer really reordered
         out = tmp_path / f"{order}.jsonl"

@@ -1,0 +1,117 @@
+"""Column values as display text, a whole column at a time: replay fields and SQL tables.
+
+Bytes are shown as hex, lists as ``[1,2,3]`` (no spaces, so a ``name=value``
+field stays one word), nulls as a chosen placeholder. Strings either keep
+their text with control characters replaced (an aligned table), or are
+quoted with JSON's escapes (a replay line, where ``comm="a b"`` must read as
+one value); the escaping runs once per distinct value that needs it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ebcap.replay.hexfmt import bytes_hex
+
+CONTROL_CHARS: Final = r"[\x00-\x1f\x7f]"
+_QUOTE: Final = ord('"')
+_BACKSLASH: Final = ord("\\")
+_DEL: Final = 0x7F
+_SPACE: Final = 0x20
+
+
+def value_strings(column: pa.Array, null: str = "-", *, quote: bool = False) -> pa.Array:
+    """Any column as display strings; ``quote``: strings as JSON string literals."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.dictionary_decode()
+        kind = column.type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        text = pc.if_else(column.is_null(), pa.scalar(None, pa.string()), bytes_hex(column))
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        text = quoted(column) if quote else plain_text(column)
+    elif pa.types.is_boolean(kind):
+        text = pc.if_else(column, "true", "false")
+    elif _is_list(kind):
+        text = _list_text(column)
+    else:
+        try:
+            text = pc.cast(column, pa.string())
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            values = column.to_pylist()
+            text = pa.array([None if v is None else str(v) for v in values], pa.string())
+    return pc.fill_null(text, null)
+
+
+def plain_text(column: pa.Array) -> pa.Array:
+    """Strings with control characters replaced by ``?`` (a line stays one line)."""
+    if not _has_bytes(column, control=True):
+        return column
+    return pc.replace_substring_regex(column, pattern=CONTROL_CHARS, replacement="?")
+
+
+def quoted(column: pa.Array) -> pa.Array:
+    """Strings as JSON string literals: ``"a b"``, ``"tab\\there"`` (nulls stay null)."""
+    if not _has_bytes(column, control=True, quote_chars=True):
+        return pc.binary_join_element_wise('"', column, '"', "")
+    encoded = pc.dictionary_encode(column)
+    literals = [json.dumps(v, ensure_ascii=False) for v in encoded.dictionary.to_pylist()]
+    return pa.array(literals, pa.string()).take(encoded.indices)
+
+
+def _has_bytes(column: pa.Array, *, control: bool, quote_chars: bool = False) -> bool:
+    """Whether any string holds a control character (or a quote or backslash), on the raw
+    buffer."""
+    if isinstance(column, pa.ChunkedArray):
+        return any(_has_bytes(c, control=control, quote_chars=quote_chars) for c in column.chunks)
+    data = column.buffers()[2]
+    if data is None:
+        return False
+    raw = np.frombuffer(data, dtype=np.uint8)
+    found = (raw < _SPACE) | (raw == _DEL) if control else np.zeros(len(raw), dtype=bool)
+    if quote_chars:
+        found |= (raw == _QUOTE) | (raw == _BACKSLASH)
+    return bool(np.any(found))
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    )
+
+
+def _list_text(column: pa.Array) -> pa.Array:
+    """``[v,v,...]`` of each list (tracepoint arrays: short and rare, so per value)."""
+    return pa.array(
+        [None if v is None else "[" + ",".join(map(_item, v)) + "]" for v in column.to_pylist()],
+        pa.string(),
+    )
+
+
+def _item(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ",".join(map(_item, value)) + "]"
+    return str(value)
+
+
+def lines_bytes(lines: pa.Array) -> memoryview:
+    """The concatenated text of a string array (its data buffer), without copying."""
+    if len(lines) == 0:
+        return memoryview(b"")
+    width = np.int32 if lines.type == pa.string() else np.int64
+    offsets = np.frombuffer(lines.buffers()[1], dtype=width)
+    start, end = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
+    return memoryview(lines.buffers()[2])[start:end]

@@ -1,0 +1,130 @@
+"""How many events the time sort moved each row ahead of, in memory that follows the disorder.
+
+A row *moved ahead of* N events when N rows delivered before it come after
+it in time order: a late event, a tie the sort breaks by CPU, a loss record
+stamped before the samples delivered ahead of it. It is counted as rows come
+out of the sort: N is the number of rows delivered before it that have not
+come out yet, which is its arrival position minus how many of the positions
+below it were already handed out.
+
+Within a batch, the rows handed out earlier that were delivered after a row
+are counted by :func:`earlier_greater`. Across batches, the positions
+handed out are kept as disjoint intervals. Output in arrival
+order keeps them one interval, ``[0, n)``; an event delivered very late adds
+one more. Memory follows how scattered the handed-out positions are (the
+disorder), not the length of the file.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ebcap.replay.inversions import GreaterCounter
+
+BAND: Final = 128
+"""Rows looked back over directly when counting earlier rows delivered after a row."""
+PIECE_ROWS: Final = 4096
+"""Rows compared against their band at a time (bounds the comparison matrix)."""
+PAIR_BUDGET: Final = 64
+"""Far-back comparisons allowed per row before the general counter takes over."""
+
+
+class MoveCounter:
+    """Counts, for rows handed out in time order, the earlier-delivered rows still to come."""
+
+    def __init__(self) -> None:
+        self.starts = np.zeros(0, dtype=np.int64)
+        self.ends = np.zeros(0, dtype=np.int64)
+        """Handed-out positions: ``[starts[i], ends[i])``, sorted, disjoint, not touching."""
+        self.before = np.zeros(0, dtype=np.int64)
+        """Positions in the intervals before interval i."""
+
+    @property
+    def intervals(self) -> int:
+        """How many intervals the handed-out positions form (what memory follows)."""
+        return len(self.starts)
+
+    def moved(self, arrival: np.ndarray) -> np.ndarray:
+        """For rows handed out in this order (their arrival positions), how many rows
+        delivered before each are still to come; records them as handed out."""
+        arrival = np.asarray(arrival, dtype=np.int64)
+        # Rows delivered before each that had not come out when this batch began, less
+        # those earlier in the batch that were delivered before it too.
+        earlier_below = np.arange(len(arrival)) - earlier_greater(arrival)
+        out = arrival - self.handed_out_below(arrival) - earlier_below
+        self._add(arrival)
+        return out
+
+    def handed_out_below(self, positions: np.ndarray) -> np.ndarray:
+        """How many handed-out positions are below each of ``positions``."""
+        if not len(self.starts):
+            return np.zeros(len(positions), dtype=np.int64)
+        i = np.searchsorted(self.starts, positions, side="right") - 1
+        inside = np.maximum(i, 0)
+        width = self.ends[inside] - self.starts[inside]
+        count = self.before[inside] + np.clip(positions - self.starts[inside], 0, width)
+        return np.where(i >= 0, count, 0)
+
+    def _add(self, positions: np.ndarray) -> None:
+        """Mark ``positions`` (distinct, not yet handed out) as handed out."""
+        if not len(positions):
+            return
+        points = np.sort(positions)
+        breaks = np.flatnonzero(np.diff(points) != 1) + 1
+        first = np.concatenate(([0], breaks))
+        last = np.concatenate((breaks - 1, [len(points) - 1]))
+        starts = np.concatenate((self.starts, points[first]))
+        ends = np.concatenate((self.ends, points[last] + 1))
+        order = np.argsort(starts, kind="stable")
+        starts, ends = starts[order], ends[order]
+        reach = np.maximum.accumulate(ends)
+        opens = np.concatenate(([True], starts[1:] > reach[:-1]))  # touching intervals join
+        heads = np.flatnonzero(opens)
+        self.starts = starts[heads]
+        self.ends = np.maximum.reduceat(ends, heads)
+        lengths = self.ends - self.starts
+        self.before = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+
+
+def earlier_greater(values: np.ndarray) -> np.ndarray:
+    """For each i, how many of values[:i] are greater than values[i] (values distinct).
+
+    Rows handed out in time order are mostly in arrival order: only a row
+    below the running maximum (a descent) has any. Those within :data:`BAND`
+    rows before it are compared directly; those further back can only be
+    values greater than something more than BAND rows after them, usually
+    few (one event delivered very late is one), compared with the rows
+    that need them. When there are many, the general counter does it all.
+    """
+    n = len(values)
+    out = np.zeros(n, dtype=np.int64)
+    if n < 2:
+        return out
+    running = np.maximum.accumulate(values)
+    descents = np.flatnonzero(values[1:] < running[:-1]) + 1
+    if not len(descents):
+        return out
+    padded = np.concatenate((np.full(BAND, -1, dtype=np.int64), values))
+    windows = sliding_window_view(padded, BAND)  # row i: values[i - BAND : i]
+    for start in range(0, len(descents), PIECE_ROWS):
+        rows = descents[start : start + PIECE_ROWS]
+        out[rows] = np.count_nonzero(windows[rows] > values[rows][:, None], axis=1)
+    far = descents[descents > BAND]
+    far = far[running[far - BAND - 1] > values[far]]
+    if not len(far):
+        return out
+    later_min = np.minimum.accumulate(values[::-1])[::-1]
+    sources = np.flatnonzero(values[: n - BAND - 1] > later_min[BAND + 1 :])
+    if len(sources) * len(far) > PAIR_BUDGET * n:
+        wanted = np.zeros(n, dtype=bool)
+        wanted[descents] = True
+        return GreaterCounter().displacement(values.astype(np.uint64), wanted, None)
+    for start in range(0, len(far), PIECE_ROWS):
+        rows = far[start : start + PIECE_ROWS]
+        behind = sources[None, :] < (rows - BAND)[:, None]
+        greater = values[sources][None, :] > values[rows][:, None]
+        out[rows] += np.count_nonzero(behind & greater, axis=1)
+    return out
