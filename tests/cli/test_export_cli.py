@@ -161,3 +161,23 @@ def test_pcapng_streams_the_packets_in_replay_order(
     assert f"wrote {packets} packets to {out} (pcapng)".encode() in capfdbinary.readouterr().err
     assert run(["export", str(path), "-o", "-", "-f", "pcapng", *sorted_flag]) == 0
     assert capfdbinary.readouterr().out == expected.getvalue()
+
+
+def test_pcapng_of_a_capture_without_packets_opens_in_a_pcap_library(tmp_path: Path) -> None:
+    """Only the loss record of the packet capture is kept: the export still names the
+    interface (a reader refuses a pcapng file without an Interface Description Block)."""
+    from sources.pcapng_reader import parse_pcapng, read_with_dpkt
+    from synthetic import write_table
+
+    path = tmp_path / "p.arrow"
+    table = packet_capture(path)
+    with CaptureReader(path) as reader:
+        schema = reader.schema
+    only_loss = table.filter(pa.compute.equal(table["kind"].cast(pa.string()), "lost"))
+    write_table(path, only_loss.cast(schema))
+    out = tmp_path / "empty.pcapng"
+    assert run(["export", str(path), "-o", str(out)]) == 0
+    view = read_with_dpkt(out.read_bytes())
+    assert view.packets == []
+    interfaces = parse_pcapng(out.read_bytes())["interfaces"]
+    assert len(interfaces) == 1
