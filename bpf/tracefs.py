@@ -52,6 +52,24 @@ USER_STRING_TYPE: Final = "const char *"
 NOT_TEXT: Final = frozenset({"buf"})
 """``const char *`` syscall arguments that are data, not strings (write, pwrite64)."""
 
+_SIGNED: Final = {"char": 1, "short": 2, "int": 4, "long": 8, "long long": 8}
+C_INTEGERS: Final = {
+    **{name: (size, True) for name, size in _SIGNED.items()},
+    **{f"signed {name}": (size, True) for name, size in _SIGNED.items()},
+    **{f"unsigned {name}": (size, False) for name, size in _SIGNED.items()},
+    **{f"{p}{sign}{bits}": (bits // 8, sign == "s")
+       for p in ("", "__") for sign in "su" for bits in (8, 16, 32, 64)},
+    "signed": (4, True), "unsigned": (4, False), "bool": (1, False), "_Bool": (1, False),
+    "pid_t": (4, True), "uid_t": (4, False), "gid_t": (4, False), "qid_t": (4, False),
+    "umode_t": (2, False), "mode_t": (4, False), "key_serial_t": (4, True),
+    "clockid_t": (4, True), "timer_t": (4, True), "rwf_t": (4, True), "mqd_t": (4, True),
+    "size_t": (8, False), "ssize_t": (8, True), "off_t": (8, True), "loff_t": (8, True),
+}
+"""Integer C types by name: (bytes, signed) on x86-64. A syscall tracepoint stores every
+argument in an 8-byte slot (``int dfd; size:8; signed:0``) holding the register as the
+caller left it: an ``int`` -100 arrives as 0xffffff9c from one program and as
+0xffffffffffffff9c from another. Its value is the declared type's low bytes."""
+
 
 class FieldKind(enum.Enum):
     """How a field's bytes are to be read."""
@@ -91,6 +109,20 @@ class TracepointField:
     """Elements of an array field; 1 otherwise."""
     relative: bool = False
     """A ``__rel_loc`` field: the data offset counts from the end of this field."""
+    value_size: int = 0
+    """Bytes of an integer's value when its declared C type is narrower than its slot
+    (see :data:`C_INTEGERS`); 0: the whole slot."""
+
+    @property
+    def int_size(self) -> int:
+        """Bytes of an integer field's value (the low bytes of its slot)."""
+        return self.value_size or self.size
+
+    @property
+    def int_signed(self) -> bool:
+        """Whether an integer field's value is signed, by its declared type if known."""
+        declared = C_INTEGERS.get(self.type.removeprefix("const "))
+        return declared[1] if declared is not None and self.value_size else self.signed
 
     @property
     def is_common(self) -> bool:
@@ -188,16 +220,19 @@ def parse_field_line(line: str) -> TracepointField | None:
     if parts is None:
         raise BadFileError(f"cannot parse field declaration {decl!r}")
     size = int(match["size"])
-    kind, count, relative = classify(parts["type"], parts["dims"], size)
+    ctype = " ".join(parts["type"].split())
+    kind, count, relative = classify(ctype, parts["dims"], size)
+    declared = C_INTEGERS.get(ctype.removeprefix("const ")) if kind is FieldKind.INT else None
     return TracepointField(
         name=parts["name"],
-        type=" ".join(parts["type"].split()),
+        type=ctype,
         offset=int(match["offset"]),
         size=size,
         signed=match["signed"] == "1",
         kind=kind,
         count=count,
         relative=relative,
+        value_size=declared[0] if declared is not None and declared[0] < size else 0,
     )
 
 

@@ -181,7 +181,7 @@ def _event_dtype(
 def _field_format(field: TracepointField) -> object:
     """The numpy format of a fixed field's bytes."""
     if field.kind is FieldKind.INT:
-        return _int_dtype(field.size, field.signed)
+        return _int_dtype(field.int_size, field.int_signed)
     if field.kind is FieldKind.POINTER:
         return "<u8"
     if field.kind is FieldKind.STRING:
@@ -215,7 +215,7 @@ def _arrow_type(field: TracepointField) -> pa.DataType:
     if _is_bool(field):
         return pa.bool_()
     if field.kind is FieldKind.INT:
-        return _int_type(field.size, field.signed)
+        return _int_type(field.int_size, field.int_signed)
     if field.kind is FieldKind.POINTER:
         return pa.uint64()
     if field.kind in (FieldKind.STRING, *_TEXT_SLOTS):

@@ -54,7 +54,12 @@ def test_data_loc_pointer_array_and_bytes_fields() -> None:
     assert parent.type == "__data_loc char[]" and parent.is_dynamic
     openat = fixture("syscalls_sys_enter_openat")
     assert openat.field("filename").kind is FieldKind.USER_STRING
-    assert (openat.field("dfd").size, openat.field("dfd").signed) == (8, False)
+    dfd, mode = openat.field("dfd"), openat.field("mode")
+    assert (dfd.size, dfd.signed, dfd.int_size, dfd.int_signed) == (8, False, 4, True)
+    assert (mode.type, mode.int_size, mode.int_signed) == ("umode_t", 2, False)
+    assert (openat.field("flags").int_size, openat.field("flags").int_signed) == (4, True)
+    sched = fixture("sched_sched_switch").field("prev_pid")
+    assert (sched.size, sched.value_size, sched.int_signed) == (4, 0, True)
     args = fixture("raw_syscalls_sys_enter").field("args")
     assert (args.kind, args.count, args.element_size) == (FieldKind.INT_ARRAY, 6, 8)
     ipi = fixture("ipi_ipi_send_cpumask").field("cpumask")
