@@ -22,6 +22,7 @@ from ebcap.bpf.maps import Map
 from ebcap.capture.batch import EventBatch
 from ebcap.capture.epoll_wait import EpollReader
 from ebcap.capture.perf_ring import SAMPLE_TYPE, walk_perf_ring
+from ebcap.capture.ring_walk import RingPosition
 from ebcap.errors import KernelError, UsageError
 
 _U64: Final = struct.Struct("<Q")
@@ -37,6 +38,10 @@ class _CpuRing:
     area: mmap.mmap
     data_offset: int
     data_size: int
+    head: RingPosition
+    """data_head: the kernel's, read whole."""
+    tail: RingPosition
+    """data_tail: ours, stored whole (the kernel reads it at every write)."""
 
 
 class PerfBufferReader(EpollReader):
@@ -99,6 +104,10 @@ class PerfBufferReader(EpollReader):
             call = f"mmap(perf ring of CPU {cpu}, {pages} pages)"
             raise _sys.kernel_error(call, exc.errno or 0, capability="CAP_IPC_LOCK") from None
         stack.callback(area.close)
+        head = RingPosition(area, _sys.DATA_HEAD_OFFSET)
+        tail = RingPosition(area, _sys.DATA_TAIL_OFFSET)
+        stack.callback(head.release)  # before the mapping closes (LIFO)
+        stack.callback(tail.release)
         data_offset = _U64.unpack_from(area, _sys.DATA_OFFSET_OFFSET)[0] or self.page_size
         data_size = _U64.unpack_from(area, _sys.DATA_SIZE_OFFSET)[0] or pages * self.page_size
         self._map.update(_U32.pack(cpu), _U32.pack(fd))
@@ -107,7 +116,7 @@ class PerfBufferReader(EpollReader):
         self._epoll.add(fd)
         _sys.ioctl(fd, _sys.PERF_EVENT_IOC_ENABLE)
         stack.callback(_sys.ioctl, fd, _sys.PERF_EVENT_IOC_DISABLE)
-        return _CpuRing(cpu, fd, area, data_offset, data_size)
+        return _CpuRing(cpu, fd, area, data_offset, data_size, head, tail)
 
     @property
     def ncpus(self) -> int:
@@ -123,8 +132,8 @@ class PerfBufferReader(EpollReader):
         self._check_open()
         batches = []
         for ring in self._rings:
-            head = _U64.unpack_from(ring.area, _sys.DATA_HEAD_OFFSET)[0]
-            tail = _U64.unpack_from(ring.area, _sys.DATA_TAIL_OFFSET)[0]
+            head = ring.head.load()
+            tail = ring.tail.load()
             if head == tail:
                 continue
             end = ring.data_offset + ring.data_size
@@ -133,7 +142,7 @@ class PerfBufferReader(EpollReader):
                     data, ring.data_size, head, tail, ring.cpu, payload_size=self._payload_size
                 )
             # Only now, with the records copied out, may the kernel reuse their space.
-            _U64.pack_into(ring.area, _sys.DATA_TAIL_OFFSET, walk.tail)
+            ring.tail.store(walk.tail)
             self.unknown_records += walk.unknown
             self.bytes_read += walk.tail - tail
             batches.append(walk.batch)
