@@ -27,6 +27,7 @@ from ebcap.capture.metadata import capture_metadata
 from ebcap.capture.pacing import DrainPacer
 from ebcap.capture.readers import Reader, open_reader
 from ebcap.capture.sources import KernelSide, Source, read_percpu_u64
+from ebcap.errors import CaptureError, EbcapError
 from ebcap.format.schema import make_schema
 from ebcap.format.writer import DEFAULT_ZSTD_LEVEL, CaptureWriter, utc_now_iso
 
@@ -132,8 +133,15 @@ class Recorder:
                 if on_started is not None:
                     on_started()
                 summary = self._loop(writer, reader, kernel, drops, should_stop, on_progress)
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
+            kept = _what_was_kept(writer)
+            told = str(writer.partial_path) in str(exc)  # the writer's own failures say it
+            if kept is None or told or not isinstance(exc, Exception):
+                raise  # (Ctrl-C: the command says where the data is)
+            if isinstance(exc, EbcapError):
+                raise CaptureError(f"{exc}; {kept}") from exc
+            exc.add_note(kept)  # a bug: the traceback (EBCAP_DEBUG=1) says where the data is
             raise
         return summary
 
@@ -271,6 +279,17 @@ class _DropTracker:
             if count > rows.lost_per_cpu.get(cpu, 0)
         }
         return rows.drop_rows(pending, time.monotonic_ns(), round_no) if pending else None
+
+
+def _what_was_kept(writer: CaptureWriter) -> str | None:
+    """Where the rows flushed before a failure are, and how to get them back (None: nowhere)."""
+    partial = writer.partial_path
+    if not writer.batches_written or not partial.exists():
+        return None
+    return (
+        f"the {writer.rows_written:,} rows flushed before are in {partial} "
+        f"(`ebcap recover {partial} -o FIXED` makes a valid file of them)"
+    )
 
 
 def _samples(rows: RowAssembler) -> int:
