@@ -21,11 +21,12 @@ import pyarrow as pa
 
 from ebcap.bpf import _sys
 from ebcap.bpf import cpus as cpu_info
-from ebcap.capture.assemble import KIND_CODE_SAMPLE, RowAssembler
-from ebcap.capture.batch import EventBatch
+from ebcap.capture.assemble import RowAssembler
+from ebcap.capture.batch import KIND_CODE_SAMPLE, EventBatch
 from ebcap.capture.metadata import capture_metadata
 from ebcap.capture.pacing import DrainPacer
 from ebcap.capture.readers import Reader, open_reader
+from ebcap.capture.ring_settings import DEFAULT_PERF_BUFFER_BYTES, DEFAULT_WAKEUP_EVENTS
 from ebcap.capture.sources import KernelSide, Source, read_percpu_u64
 from ebcap.errors import CaptureError, EbcapError
 from ebcap.format.schema import make_schema
@@ -42,9 +43,9 @@ class RecordOptions:
 
     output: Path
     transport: str = "perf"
-    buffer_bytes: int = 8 << 20
-    """Perf: per CPU; ring buffer: the whole ring."""
-    wakeup_events: int | None = 64
+    buffer_bytes: int = DEFAULT_PERF_BUFFER_BYTES
+    """Perf: per CPU (rounded up to a power of two of pages); ring buffer: the whole ring."""
+    wakeup_events: int | None = DEFAULT_WAKEUP_EVENTS
     watermark_bytes: int | None = None
     cpus: list[int] | None = None
     duration_s: float | None = None
@@ -66,6 +67,7 @@ class Progress:
     payload_bytes: int
     events_per_cpu: dict[int, int]
     lost_per_cpu: dict[int, int]
+    payload_bytes_per_cpu: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -315,6 +317,7 @@ def _progress(rows: RowAssembler, drops: _DropTracker, elapsed: float) -> Progre
         payload_bytes=rows.payload_bytes,
         events_per_cpu=dict(rows.samples_per_cpu),
         lost_per_cpu=dict(rows.lost_per_cpu),
+        payload_bytes_per_cpu=dict(rows.payload_bytes_per_cpu),
     )
 
 

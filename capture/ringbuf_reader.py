@@ -14,6 +14,7 @@ import mmap
 from typing import Final
 
 from ebcap.bpf import _sys
+from ebcap.bpf._errors import kernel_error
 from ebcap.bpf.maps import Map
 from ebcap.capture.batch import EventBatch
 from ebcap.capture.epoll_wait import EpollReader
@@ -59,7 +60,7 @@ class RingBufReader(EpollReader):
             area = mmap.mmap(fd, length, mmap.MAP_SHARED, prot, offset=offset)
         except OSError as exc:
             call = f"mmap(ring buffer, {length} bytes at {offset})"
-            raise _sys.kernel_error(call, exc.errno or 0, capability="CAP_BPF") from None
+            raise kernel_error(call, exc.errno or 0) from None  # no capability is checked
         self._stack.callback(area.close)
         return area
 
