@@ -16,7 +16,7 @@ from ebcap.capture.ring_settings import (
     DEFAULT_RINGBUF_BYTES,
     DEFAULT_WAKEUP_EVENTS,
 )
-from ebcap.cli._common import note
+from ebcap.cli._common import note, print_table
 from ebcap.cli._values import (
     check_watermark,
     human_bytes,
@@ -39,8 +39,8 @@ def register(app: typer.Typer) -> None:
         help=(
             "Measure ebcap: a BPF producer (BPF_PROG_TEST_RUN, one pinned thread per CPU) "
             "emits events as fast as it can while ebcap records them to a file; reports "
-            "produced/s, consumed/s, loss and per-CPU integrity. Exits 1 on any corrupted "
-            "or unaccounted event.\n\n"
+            "produced/s, consumed/s, loss and per-CPU integrity. Exits 1 on any corrupted, "
+            "duplicated, reordered or unaccounted event.\n\n"
             "Example:\n\n  ebcap bench --transport ringbuf --size 256 --producers 0,1 --duration 3"
         ),
     )(bench)
@@ -119,10 +119,7 @@ def bench(
         report = run_bench(BenchSource(size), cpus, duration, options)
     _print(report, as_json)
     if not report.ok:
-        raise CaptureError(
-            f"integrity check failed: {report.corrupted} corrupted, "
-            f"{report.duplicates} duplicated, {report.unaccounted} unaccounted events"
-        )
+        raise CaptureError(f"integrity check failed: {report.problems}")
 
 
 def _print(r: BenchReport, as_json: bool) -> None:
@@ -138,3 +135,14 @@ def _print(r: BenchReport, as_json: bool) -> None:
         f"integrity: {r.corrupted} corrupted, {r.duplicates} duplicates, "
         f"{r.unaccounted} unaccounted"
     )
+    header = ["cpu", "produced", "received", "lost", "holes", "out of order", "unaccounted"]
+    columns = (
+        r.produced_per_cpu,
+        r.received_per_cpu,
+        r.lost_per_cpu,
+        r.holes_per_cpu,
+        r.out_of_order_per_cpu,
+        r.unaccounted_per_cpu,
+    )
+    rows = [[f"cpu{cpu}", *(f"{c.get(cpu, 0):,}" for c in columns)] for cpu in r.producers]
+    print_table(header, rows)
