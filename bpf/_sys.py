@@ -12,18 +12,13 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import functools
-import os
 import platform
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-from ebcap.errors import (
-    BpfObjectNotFoundError,
-    KernelError,
-    MissingCapabilityError,
-    NotSupportedError,
-)
+from ebcap.bpf._errors import kernel_error
+from ebcap.errors import BpfObjectNotFoundError, KernelError, NotSupportedError
 
 # --- bpf(2) commands -------------------------------------------------------
 BPF_MAP_CREATE: Final = 0
@@ -66,6 +61,7 @@ BPF_PROG_TYPE_RAW_TRACEPOINT: Final = 17
 
 BPF_XDP: Final = 37
 BPF_PERF_EVENT: Final = 41
+
 
 # --- flags -----------------------------------------------------------------
 BPF_ANY: Final = 0
@@ -149,8 +145,6 @@ MS_NOEXEC: Final = 1 << 3
 
 BPF_ATTR_SIZE: Final = 144
 """sizeof(union bpf_attr) on this kernel; every bpf() call passes this much."""
-
-_ENOTSUPP: Final = 524  # kernel-internal "not supported", leaks to user space from bpf()
 
 _SYSCALL_NUMBERS: Final[Mapping[str, Mapping[str, int]]] = MappingProxyType(
     {
@@ -398,36 +392,34 @@ def _syscall(name: str, *args: int) -> tuple[int, int]:
     return ret, (ctypes.get_errno() if ret < 0 else 0)
 
 
-def kernel_error(
-    call: str, err: int, *, capability: str, feature: str | None = None
-) -> KernelError:
-    """The ebcap error for ``call`` failing with ``err``.
-
-    ``capability`` names what EPERM/EACCES means for this call; ``feature``,
-    when given, says which missing kernel feature EINVAL points to.
-    """
-    if err in (_errno.EPERM, _errno.EACCES):
-        return MissingCapabilityError(
-            f"{call}: permission denied: needs {capability} (run as root)", capability, err
-        )
-    reason = os.strerror(err).lower()
-    if err in (_errno.ENOSYS, _errno.EOPNOTSUPP, _ENOTSUPP) or (
-        err == _errno.EINVAL and feature is not None
-    ):
-        name = feature or call
-        return NotSupportedError(f"{call}: this kernel does not support {name}", name, err)
-    return KernelError(f"{call}: {reason} (errno {err})", err)
-
-
 _LOOKUP_CMDS: Final = frozenset(
     {BPF_OBJ_GET, BPF_PROG_GET_FD_BY_ID, BPF_MAP_GET_FD_BY_ID, BPF_LINK_GET_FD_BY_ID}
 )
+_ADMIN_CMDS: Final = frozenset(
+    {BPF_PROG_GET_NEXT_ID, BPF_LINK_GET_NEXT_ID, *_LOOKUP_CMDS} - {BPF_OBJ_GET}
+)
+_PATH_CMDS: Final = frozenset({BPF_OBJ_PIN, BPF_OBJ_GET})
 
 
-def bpf(cmd: int, attr: ctypes.Structure, *, feature: str | None = None) -> int:
+def command_capabilities(cmd: int) -> tuple[str, ...]:
+    """What the kernel checks for ``cmd`` by default: ids are CAP_SYS_ADMIN's, pins go
+    by file permissions, the rest wants CAP_BPF (program loads more: see prog.py)."""
+    if cmd in _ADMIN_CMDS:
+        return ("CAP_SYS_ADMIN",)
+    return () if cmd in _PATH_CMDS else ("CAP_BPF",)
+
+
+def bpf(
+    cmd: int,
+    attr: ctypes.Structure,
+    *,
+    feature: str | None = None,
+    capabilities: tuple[str, ...] | None = None,
+) -> int:
     """bpf(cmd, attr): the attr is copied into a zeroed 144-byte union and back.
 
     Returns the syscall's result (often a new fd, owned by the caller).
+    ``capabilities`` (default: :func:`command_capabilities`) are what EPERM means.
     """
     size = ctypes.sizeof(attr)
     buf = (ctypes.c_char * BPF_ATTR_SIZE)()
@@ -438,7 +430,8 @@ def bpf(cmd: int, attr: ctypes.Structure, *, feature: str | None = None) -> int:
         call = f"bpf({BPF_CMD_NAMES.get(cmd, str(cmd))})"
         if err == _errno.ENOENT and cmd in _LOOKUP_CMDS:
             raise BpfObjectNotFoundError(f"{call}: no such object", err)
-        raise kernel_error(call, err, capability="CAP_BPF", feature=feature)
+        needs = command_capabilities(cmd) if capabilities is None else capabilities
+        raise kernel_error(call, err, capabilities=needs, feature=feature)
     return int(ret)
 
 
@@ -451,7 +444,7 @@ def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int, group_fd: int, flag
         if err == _errno.ENOENT:
             event = f"perf event type {attr.type} config {attr.config}"
             raise NotSupportedError(f"perf_event_open(): no {event} here", event, err)
-        raise kernel_error("perf_event_open()", err, capability="CAP_PERFMON")
+        raise kernel_error("perf_event_open()", err, capabilities=("CAP_PERFMON",))
     return int(ret)
 
 
@@ -460,7 +453,7 @@ def ioctl(fd: int, request: int, arg: int = 0) -> int:
     ret, err = _syscall("ioctl", fd, request, arg)
     if err:
         name = IOCTL_NAMES.get(request, hex(request))
-        raise kernel_error(f"ioctl({name})", err, capability="CAP_PERFMON")
+        raise kernel_error(f"ioctl({name})", err, capabilities=("CAP_PERFMON",))
     return int(ret)
 
 
@@ -474,7 +467,7 @@ def mount(source: str, target: str, fstype: str, flags: int = 0) -> None:
         call = f"mount({fstype} on {target})"
         if err == _errno.ENODEV:
             raise NotSupportedError(f"{call}: this kernel has no {fstype}", fstype, err)
-        raise kernel_error(call, err, capability="CAP_SYS_ADMIN")
+        raise kernel_error(call, err, capabilities=("CAP_SYS_ADMIN",))
 
 
 def obj_get_info_by_fd(fd: int, info: ctypes.Structure) -> None:

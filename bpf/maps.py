@@ -9,18 +9,48 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final, Self
 
 from ebcap.bpf import _sys, fs
 from ebcap.bpf._fd import OwnedFd
 from ebcap.bpf.cpus import possible_cpus
-from ebcap.errors import KernelError, UsageError
+from ebcap.errors import KernelError, NotSupportedError, UsageError
 
 _MAP_FD_LINK: Final = "anon_inode:bpf-map"  # what /proc/self/fd/N points to for a map fd
 _OBJ_NAME: Final = re.compile(r"^[A-Za-z0-9_.]{0,15}$")
+_U32_MAX: Final = 0xFFFFFFFF
+
+RINGBUF_MAX_BYTES: Final = 1 << 31
+"""The largest BPF ring buffer: max_entries is a u32 and a power of two (the kernel
+refuses 2^32, which a u32 cannot even hold: it would wrap to 0)."""
+
+MAP_TYPE_NAMES: Final[Mapping[int, str]] = MappingProxyType(
+    {v: k for k, v in vars(_sys).items() if k.startswith("BPF_MAP_TYPE_")}
+)
+"""Map type number -> uapi name, for messages."""
+
+_PROBE_SIZES: Final[Mapping[int, tuple[int, int, int]]] = MappingProxyType(
+    {
+        _sys.BPF_MAP_TYPE_HASH: (4, 8, 1),
+        _sys.BPF_MAP_TYPE_ARRAY: (4, 8, 1),
+        _sys.BPF_MAP_TYPE_PERF_EVENT_ARRAY: (4, 4, 1),
+        _sys.BPF_MAP_TYPE_PERCPU_ARRAY: (4, 8, 1),
+        _sys.BPF_MAP_TYPE_RINGBUF: (0, 0, mmap.PAGESIZE),
+    }
+)
+"""(key size, value size, max_entries) every kernel with the map type accepts:
+what tells "no such map type here" from "not with these sizes"."""
+
+
+def map_type_name(map_type: int) -> str:
+    """``BPF_MAP_TYPE_RINGBUF`` for 27; ``map type N`` for a number ebcap does not name."""
+    return MAP_TYPE_NAMES.get(map_type, f"map type {map_type}")
 
 
 def encode_obj_name(name: str) -> bytes:
@@ -36,7 +66,15 @@ def round_up(n: int, align: int) -> int:
 
 def validate_ringbuf_size(n: int, page_size: int) -> int:
     """Return ``n`` if it can be a BPF ring buffer's max_entries, else raise UsageError."""
-    if n <= 0 or n & (n - 1) or n % page_size:
+    if n < page_size:
+        raise UsageError(
+            f"ring buffer size {n}: below the kernel's minimum of one page ({page_size} bytes)"
+        )
+    if n > RINGBUF_MAX_BYTES:
+        raise UsageError(
+            f"ring buffer size {n}: above the kernel's maximum of {RINGBUF_MAX_BYTES} bytes (2 GiB)"
+        )
+    if n & (n - 1) or n % page_size:
         raise UsageError(
             f"ring buffer size {n} must be a power of two and a multiple of the page size "
             f"({page_size})"
@@ -84,18 +122,32 @@ class Map(OwnedFd):
         flags: int = 0,
         name: str = "",
     ) -> Self:
-        """BPF_MAP_CREATE; EINVAL is reported as this kernel lacking the map type."""
+        """BPF_MAP_CREATE. EINVAL is this kernel lacking the map type only when the
+        type's smallest map fails too; otherwise it is these sizes or flags."""
         if map_type == _sys.BPF_MAP_TYPE_RINGBUF:
             validate_ringbuf_size(max_entries, os.sysconf("SC_PAGE_SIZE"))
+        fields = {"key_size": key_size, "value_size": value_size, "max_entries": max_entries}
+        for field, value in {**fields, "map_flags": flags}.items():
+            if not 0 <= value <= _U32_MAX:
+                raise UsageError(f"{map_type_name(map_type)}: {field} {value} is not a u32")
         attr = _sys.MapCreateAttr(
-            map_type=map_type,
-            key_size=key_size,
-            value_size=value_size,
-            max_entries=max_entries,
-            map_flags=flags,
-            map_name=encode_obj_name(name),
+            map_type=map_type, **fields, map_flags=flags, map_name=encode_obj_name(name)
         )
-        fd = _sys.bpf(_sys.BPF_MAP_CREATE, attr, feature=f"map type {map_type} with these sizes")
+        try:
+            fd = _sys.bpf(_sys.BPF_MAP_CREATE, attr)
+        except KernelError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            what = f"bpf(BPF_MAP_CREATE) of a {map_type_name(map_type)}"
+            if not _map_type_exists(map_type):
+                feature = map_type_name(map_type)
+                raise NotSupportedError(
+                    f"{what}: this kernel does not support {feature}", feature, exc.errno
+                ) from None
+            sizes = ", ".join(f"{k} {v}" for k, v in {**fields, "flags": flags}.items())
+            raise KernelError(
+                f"{what}: the kernel refused {sizes} (invalid argument)", exc.errno
+            ) from None
         return cls(fd)
 
     @classmethod
@@ -187,7 +239,24 @@ class Map(OwnedFd):
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
-        return f"<Map {self._info.name!r} id={self._info.id} type={self._info.type} {state}>"
+        kind = map_type_name(self._info.type)
+        return f"<Map {self._info.name!r} id={self._info.id} {kind} {state}>"
+
+
+def _map_type_exists(map_type: int) -> bool:
+    """Whether this kernel creates the smallest map of ``map_type`` (True when unsure)."""
+    sizes = _PROBE_SIZES.get(map_type)
+    if sizes is None:
+        return True
+    key_size, value_size, max_entries = sizes
+    attr = _sys.MapCreateAttr(
+        map_type=map_type, key_size=key_size, value_size=value_size, max_entries=max_entries
+    )
+    try:
+        os.close(_sys.bpf(_sys.BPF_MAP_CREATE, attr))
+    except KernelError as exc:
+        return exc.errno != errno.EINVAL
+    return True
 
 
 def _read_info(fd: int) -> MapInfo:

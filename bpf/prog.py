@@ -10,15 +10,33 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final, Self
 
 from ebcap.bpf import _sys
 from ebcap.bpf._fd import OwnedFd
 from ebcap.bpf.asm import INSN_SIZE, Item, assemble
 from ebcap.bpf.maps import encode_obj_name
-from ebcap.errors import KernelError, MissingCapabilityError, UsageError, VerifierError
+from ebcap.errors import KernelError, UsageError, VerifierError
+
+PROG_TYPE_NAMES: Final[Mapping[int, str]] = MappingProxyType(
+    {v: k for k, v in vars(_sys).items() if k.startswith("BPF_PROG_TYPE_")}
+)
+"""Program type number -> uapi name, for messages."""
+
+PROG_TYPE_CAPABILITIES: Final[Mapping[int, tuple[str, ...]]] = MappingProxyType(
+    {
+        _sys.BPF_PROG_TYPE_SOCKET_FILTER: ("CAP_BPF",),
+        _sys.BPF_PROG_TYPE_SCHED_CLS: ("CAP_BPF", "CAP_NET_ADMIN"),
+        _sys.BPF_PROG_TYPE_XDP: ("CAP_BPF", "CAP_NET_ADMIN"),
+        _sys.BPF_PROG_TYPE_TRACEPOINT: ("CAP_BPF", "CAP_PERFMON"),
+        _sys.BPF_PROG_TYPE_RAW_TRACEPOINT: ("CAP_BPF", "CAP_PERFMON"),
+    }
+)
+"""What BPF_PROG_LOAD checks per program type (bpf_prog_load in kernel/bpf/syscall.c:
+CAP_BPF, plus CAP_NET_ADMIN for networking types and CAP_PERFMON for tracing ones)."""
 
 VERIFIER_LOG_SIZE: Final = 4 << 20
 """Bytes of verifier log kept when a load fails (the kernel keeps the tail)."""
@@ -44,6 +62,11 @@ class TestRunResult:
 
     retval: int
     duration_ns: int
+
+
+def prog_type_name(prog_type: int) -> str:
+    """``BPF_PROG_TYPE_XDP`` for 6; ``program type N`` for a number ebcap does not name."""
+    return PROG_TYPE_NAMES.get(prog_type, f"program type {prog_type}")
 
 
 def verifier_summary(log: str) -> str:
@@ -104,8 +127,8 @@ class Program(OwnedFd):
         try:
             fd = _load(attr, log_level, log_buf)
         except KernelError as exc:
-            if isinstance(exc, MissingCapabilityError) and exc.errno == errno.EPERM:
-                raise
+            if exc.errno == errno.EPERM:
+                raise  # a missing capability: no verifier log would say more (EACCES would)
             failure = exc
         else:
             return cls(fd, _text(log_buf))
@@ -119,6 +142,13 @@ class Program(OwnedFd):
                 return cls(fd)
         log = _text(log_buf)
         if not log.strip():
+            if failure.errno == errno.EINVAL:  # no log: the kernel refused before verifying
+                kind = prog_type_name(prog_type)
+                raise KernelError(
+                    f"bpf(BPF_PROG_LOAD) of a {kind} program: invalid argument (this kernel "
+                    f"may not know {kind}, or the attach type does not fit it)",
+                    failure.errno,
+                ) from None
             raise failure
         label = f"program {name!r}" if name else "program"
         raise VerifierError(
@@ -150,12 +180,13 @@ class Program(OwnedFd):
             ctx_buf = ctypes.create_string_buffer(ctx, len(ctx))
             attr.ctx_size_in = len(ctx)
             attr.ctx_in = ctypes.addressof(ctx_buf)
-        _sys.bpf(_sys.BPF_PROG_TEST_RUN, attr, feature="BPF_PROG_TEST_RUN for this program type")
+        _sys.bpf(_sys.BPF_PROG_TEST_RUN, attr)  # ENOTSUPP: a type without test runs
         return TestRunResult(retval=attr.retval, duration_ns=attr.duration)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
-        return f"<Program {self._info.name!r} id={self._info.id} type={self._info.type} {state}>"
+        kind = prog_type_name(self._info.type)
+        return f"<Program {self._info.name!r} id={self._info.id} {kind} {state}>"
 
 
 def _load(
@@ -165,7 +196,8 @@ def _load(
     attr.log_level = log_level if log_buf is not None else 0
     attr.log_size = len(log_buf) if log_buf is not None else 0
     attr.log_buf = ctypes.addressof(log_buf) if log_buf is not None else 0
-    return _sys.bpf(_sys.BPF_PROG_LOAD, attr)
+    needs = PROG_TYPE_CAPABILITIES.get(attr.prog_type, ("CAP_BPF",))
+    return _sys.bpf(_sys.BPF_PROG_LOAD, attr, capabilities=needs)
 
 
 def _text(log_buf: ctypes.Array[ctypes.c_char] | None) -> str:

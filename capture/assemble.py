@@ -10,18 +10,16 @@ Everything is vectorised over the batch.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from ebcap.capture.batch import EventBatch, fixed_rows
+from ebcap.capture.batch import KIND_CODE_LOST, KIND_CODE_SAMPLE, EventBatch, fixed_rows
 from ebcap.capture.sources import Source
 from ebcap.format.counts import CpuCounts
-from ebcap.format.schema import CORE_COLUMNS, KIND_LOST, KIND_SAMPLE, KINDS
+from ebcap.format.schema import CORE_COLUMNS, KINDS
 
-KIND_CODE_SAMPLE = KINDS.index(KIND_SAMPLE)
-KIND_CODE_LOST = KINDS.index(KIND_LOST)
 _KIND_DICTIONARY = pa.array(KINDS, pa.string())
 
 
@@ -35,6 +33,8 @@ class RowAssembler:
     """The writer's per-CPU counts of the rows written (the one place they are counted)."""
     next_seq: int = 0
     payload_bytes: int = 0
+    payload_bytes_per_cpu: dict[int, int] = field(default_factory=dict)
+    """Payload bytes of the rows by the CPU each came from (live progress)."""
     last_drain_ns: int = 0
     """CLOCK_MONOTONIC when the last batch with events was assembled."""
     undecodable: int = 0
@@ -52,6 +52,9 @@ class RowAssembler:
         seq = np.arange(self.next_seq, self.next_seq + n, dtype=np.uint64)
         self.next_seq += n
         self.payload_bytes += int(batch.offsets[-1] - batch.offsets[0])
+        per_cpu = np.bincount(cpu, weights=np.diff(batch.offsets))
+        for c in np.flatnonzero(per_cpu).tolist():
+            self.payload_bytes_per_cpu[c] = self.payload_bytes_per_cpu.get(c, 0) + int(per_cpu[c])
         self.last_drain_ns = time.monotonic_ns()
         columns = {
             "seq": pa.array(seq),

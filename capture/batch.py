@@ -7,16 +7,15 @@ exactly Arrow's binary layout: the recorder gets its ``data`` column without
 copying payloads one by one.
 
 :class:`BatchBuilder` is how the ring walkers assemble a batch out of runs of
-equal records (vectorised) and single records (the slow path), and
-:func:`run_length` finds how far such a run goes.
+equal records (vectorised) and single records (the slow path);
+:func:`fixed_rows` gathers fixed-size payload prefixes out of the values.
 """
 
 from __future__ import annotations
 
-import mmap
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Self, TypeAlias
+from typing import Final, Self
 
 import numpy as np
 import pyarrow as pa
@@ -26,9 +25,6 @@ from ebcap.format.schema import KIND_LOST, KIND_SAMPLE, KINDS
 
 KIND_CODE_SAMPLE: Final = KINDS.index(KIND_SAMPLE)
 KIND_CODE_LOST: Final = KINDS.index(KIND_LOST)
-
-RingData: TypeAlias = bytes | bytearray | memoryview | mmap.mmap | np.ndarray
-"""A ring's data area as the walkers accept it: anything with the buffer protocol."""
 
 _ARROW_BINARY_MAX: Final = 2**31 - 1
 """Largest byte count an Arrow ``binary`` column (int32 offsets) can address."""
@@ -221,53 +217,6 @@ class BatchBuilder:
             offsets=offsets,
             values=values,
         )
-
-
-# --- walking a ring --------------------------------------------------------------
-_FIRST_WINDOW: Final = 32
-
-
-def copy_span(data: RingData, data_size: int, start: int, end: int) -> np.ndarray:
-    """Bytes ``[start, end)`` of a ring of ``data_size`` bytes, copied out in one piece.
-
-    Positions grow forever and are taken modulo ``data_size`` (a power of two);
-    a span that wraps past the ring's end is copied as two slices, so records
-    split by the end come out whole.
-    """
-    if data_size <= 0 or data_size & (data_size - 1):
-        raise CaptureError(f"ring data area of {data_size} bytes is not a power of two")
-    length = end - start
-    if not 0 <= length <= data_size:
-        raise CaptureError(
-            f"ring positions out of step: {length} bytes between {start} and {end} "
-            f"in a {data_size}-byte ring"
-        )
-    ring = np.frombuffer(data, dtype=np.uint8, count=data_size)
-    out = np.empty(length, dtype=np.uint8)
-    first = start & (data_size - 1)
-    head = min(length, data_size - first)
-    out[:head] = ring[first : first + head]
-    out[head:] = ring[: length - head]
-    del ring  # no view of the caller's buffer may outlive the copy (mmaps close cleanly)
-    return out
-
-
-def run_length(matches: Callable[[int, int], np.ndarray], limit: int) -> int:
-    """How many consecutive records from the first match, at most ``limit``.
-
-    ``matches(start, count)`` says, for records ``start .. start + count - 1``,
-    which still follow the pattern. Windows double in size, so a run of ``k``
-    costs O(k) and a pattern that breaks early costs little.
-    """
-    done, window = 0, _FIRST_WINDOW
-    while done < limit:
-        count = min(window, limit - done)
-        ok = matches(done, count)
-        if not ok.all():
-            return done + int(np.argmin(ok))
-        done += count
-        window *= 2
-    return done
 
 
 def fixed_rows(values: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ebcap import __version__
 from ebcap.bpf import cpus
+from ebcap.capture.readers import ring_bytes_used
 from ebcap.format import schema as s
 from ebcap.format.writer import utc_now_iso
 
@@ -56,7 +57,7 @@ def capture_metadata(recorder: Recorder, opts: RecordOptions) -> dict[str, str]:
         s.META_NCPUS: len(cpus.online_cpus()),
         s.META_CPUS: recorder.cpus,
         s.META_PAGE_SIZE: mmap.PAGESIZE,
-        s.META_BUFFER_SIZE: opts.buffer_bytes,
+        s.META_BUFFER_SIZE: ring_bytes_used(recorder.transport, opts.buffer_bytes, source),
         s.META_WAKEUP: wakeup_description(
             recorder.transport, opts.wakeup_events, opts.watermark_bytes
         ),

@@ -10,6 +10,7 @@ rings. The ring walking itself is :mod:`ebcap.capture.perf_ring`.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -18,11 +19,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from ebcap.bpf import _sys
+from ebcap.bpf._errors import kernel_error
 from ebcap.bpf.maps import Map
 from ebcap.capture.batch import EventBatch
 from ebcap.capture.epoll_wait import EpollReader
 from ebcap.capture.perf_ring import SAMPLE_TYPE, walk_perf_ring
-from ebcap.errors import KernelError, UsageError
+from ebcap.capture.ring_walk import RingPosition
+from ebcap.errors import EbcapError, KernelError, MissingCapabilityError, UsageError
 
 _U64: Final = struct.Struct("<Q")
 _U32: Final = struct.Struct("<I")
@@ -37,6 +40,10 @@ class _CpuRing:
     area: mmap.mmap
     data_offset: int
     data_size: int
+    head: RingPosition
+    """data_head: the kernel's, read whole."""
+    tail: RingPosition
+    """data_tail: ours, stored whole (the kernel reads it at every write)."""
 
 
 class PerfBufferReader(EpollReader):
@@ -96,9 +103,12 @@ class PerfBufferReader(EpollReader):
                 mmap.PROT_READ | mmap.PROT_WRITE,
             )
         except OSError as exc:
-            call = f"mmap(perf ring of CPU {cpu}, {pages} pages)"
-            raise _sys.kernel_error(call, exc.errno or 0, capability="CAP_IPC_LOCK") from None
+            raise _mmap_error(cpu, pages, self.page_size, exc.errno or 0) from None
         stack.callback(area.close)
+        head = RingPosition(area, _sys.DATA_HEAD_OFFSET)
+        tail = RingPosition(area, _sys.DATA_TAIL_OFFSET)
+        stack.callback(head.release)  # before the mapping closes (LIFO)
+        stack.callback(tail.release)
         data_offset = _U64.unpack_from(area, _sys.DATA_OFFSET_OFFSET)[0] or self.page_size
         data_size = _U64.unpack_from(area, _sys.DATA_SIZE_OFFSET)[0] or pages * self.page_size
         self._map.update(_U32.pack(cpu), _U32.pack(fd))
@@ -107,7 +117,7 @@ class PerfBufferReader(EpollReader):
         self._epoll.add(fd)
         _sys.ioctl(fd, _sys.PERF_EVENT_IOC_ENABLE)
         stack.callback(_sys.ioctl, fd, _sys.PERF_EVENT_IOC_DISABLE)
-        return _CpuRing(cpu, fd, area, data_offset, data_size)
+        return _CpuRing(cpu, fd, area, data_offset, data_size, head, tail)
 
     @property
     def ncpus(self) -> int:
@@ -123,8 +133,8 @@ class PerfBufferReader(EpollReader):
         self._check_open()
         batches = []
         for ring in self._rings:
-            head = _U64.unpack_from(ring.area, _sys.DATA_HEAD_OFFSET)[0]
-            tail = _U64.unpack_from(ring.area, _sys.DATA_TAIL_OFFSET)[0]
+            head = ring.head.load()
+            tail = ring.tail.load()
             if head == tail:
                 continue
             end = ring.data_offset + ring.data_size
@@ -133,7 +143,7 @@ class PerfBufferReader(EpollReader):
                     data, ring.data_size, head, tail, ring.cpu, payload_size=self._payload_size
                 )
             # Only now, with the records copied out, may the kernel reuse their space.
-            _U64.pack_into(ring.area, _sys.DATA_TAIL_OFFSET, walk.tail)
+            ring.tail.store(walk.tail)
             self.unknown_records += walk.unknown
             self.bytes_read += walk.tail - tail
             batches.append(walk.batch)
@@ -145,6 +155,26 @@ class PerfBufferReader(EpollReader):
             return
         with suppress(KernelError):  # the map's owner may have gone first
             self._map.delete(_U32.pack(cpu))
+
+
+def _mmap_error(cpu: int, pages: int, page_size: int, err: int) -> EbcapError:
+    """Why the ring of ``cpu`` could not be mapped, said as the user can act on it."""
+    call = f"mmap(perf ring of CPU {cpu}, {pages} pages)"
+    if err == errno.ENOMEM:
+        return UsageError(
+            f"{call}: the kernel cannot allocate a ring of {pages * page_size} bytes per CPU: "
+            "choose a smaller --buffer-size"
+        )
+    failure = kernel_error(call, err, capabilities=("CAP_IPC_LOCK",))
+    if not isinstance(failure, MissingCapabilityError):
+        return failure
+    return MissingCapabilityError(
+        f"{call}: permission denied: the rings lock more memory than perf_event_mlock_kb "
+        "and RLIMIT_MEMLOCK leave this user (its other processes count too): needs "
+        "CAP_IPC_LOCK, or a smaller --buffer-size",
+        "CAP_IPC_LOCK",
+        err,
+    )
 
 
 def _check_args(

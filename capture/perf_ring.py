@@ -18,7 +18,8 @@ from typing import Final, NamedTuple
 import numpy as np
 
 from ebcap.bpf import _sys
-from ebcap.capture.batch import BatchBuilder, EventBatch, RingData, copy_span, run_length
+from ebcap.capture.batch import BatchBuilder, EventBatch
+from ebcap.capture.ring_walk import RingData, copy_span, run_length
 from ebcap.errors import CaptureError
 
 SAMPLE_TYPE: Final = _sys.PERF_SAMPLE_TIME | _sys.PERF_SAMPLE_CPU | _sys.PERF_SAMPLE_RAW

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import mmap
 from typing import TYPE_CHECKING, Protocol
 
 from ebcap.bpf.maps import Map
 from ebcap.capture.batch import EventBatch
+from ebcap.capture.ring_settings import ring_size
 from ebcap.errors import UsageError
 
 if TYPE_CHECKING:
@@ -32,10 +32,17 @@ class Reader(Protocol):
     def close(self) -> None: ...
 
 
-def perf_pages_per_cpu(buffer_bytes: int) -> int:
-    """Data pages per CPU: the buffer size in pages, rounded up to a power of two."""
-    pages = max(1, -(-buffer_bytes // mmap.PAGESIZE))
-    return 1 << (pages - 1).bit_length()
+def ring_bytes_used(transport: str, requested: int, source: Source) -> int:
+    """The size of one ring as the recording will have it (what its file records).
+
+    A pinned ring buffer has the size its owner gave it, whatever was asked.
+    """
+    from ebcap.capture.sources import PinnedSource
+
+    if transport == "ringbuf" and isinstance(source, PinnedSource):
+        with Map.open_pinned(source.path) as pinned:
+            return pinned.info.max_entries
+    return ring_size(transport, requested).bytes
 
 
 def open_reader(
@@ -50,7 +57,7 @@ def open_reader(
         return PerfBufferReader(
             events,
             cpus,
-            pages_per_cpu=perf_pages_per_cpu(opts.buffer_bytes),
+            pages_per_cpu=ring_size(transport, opts.buffer_bytes).pages,
             wakeup_events=None if opts.watermark_bytes else opts.wakeup_events,
             watermark_bytes=opts.watermark_bytes,
             payload_size=payload_size,

@@ -21,12 +21,14 @@ import pyarrow as pa
 
 from ebcap.bpf import _sys
 from ebcap.bpf import cpus as cpu_info
-from ebcap.capture.assemble import KIND_CODE_SAMPLE, RowAssembler
-from ebcap.capture.batch import EventBatch
+from ebcap.capture.assemble import RowAssembler
+from ebcap.capture.batch import KIND_CODE_SAMPLE, EventBatch
 from ebcap.capture.metadata import capture_metadata
 from ebcap.capture.pacing import DrainPacer
 from ebcap.capture.readers import Reader, open_reader
+from ebcap.capture.ring_settings import DEFAULT_PERF_BUFFER_BYTES, DEFAULT_WAKEUP_EVENTS
 from ebcap.capture.sources import KernelSide, Source, read_percpu_u64
+from ebcap.errors import CaptureError, EbcapError
 from ebcap.format.schema import make_schema
 from ebcap.format.writer import DEFAULT_ZSTD_LEVEL, CaptureWriter, utc_now_iso
 
@@ -41,9 +43,9 @@ class RecordOptions:
 
     output: Path
     transport: str = "perf"
-    buffer_bytes: int = 8 << 20
-    """Perf: per CPU; ring buffer: the whole ring."""
-    wakeup_events: int | None = 64
+    buffer_bytes: int = DEFAULT_PERF_BUFFER_BYTES
+    """Perf: per CPU (rounded up to a power of two of pages); ring buffer: the whole ring."""
+    wakeup_events: int | None = DEFAULT_WAKEUP_EVENTS
     watermark_bytes: int | None = None
     cpus: list[int] | None = None
     duration_s: float | None = None
@@ -65,6 +67,7 @@ class Progress:
     payload_bytes: int
     events_per_cpu: dict[int, int]
     lost_per_cpu: dict[int, int]
+    payload_bytes_per_cpu: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,8 +135,15 @@ class Recorder:
                 if on_started is not None:
                     on_started()
                 summary = self._loop(writer, reader, kernel, drops, should_stop, on_progress)
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
+            kept = _what_was_kept(writer)
+            told = str(writer.partial_path) in str(exc)  # the writer's own failures say it
+            if kept is None or told or not isinstance(exc, Exception):
+                raise  # (Ctrl-C: the command says where the data is)
+            if isinstance(exc, EbcapError):
+                raise CaptureError(f"{exc}; {kept}") from exc
+            exc.add_note(kept)  # a bug: the traceback (EBCAP_DEBUG=1) says where the data is
             raise
         return summary
 
@@ -273,6 +283,17 @@ class _DropTracker:
         return rows.drop_rows(pending, time.monotonic_ns(), round_no) if pending else None
 
 
+def _what_was_kept(writer: CaptureWriter) -> str | None:
+    """Where the rows flushed before a failure are, and how to get them back (None: nowhere)."""
+    partial = writer.partial_path
+    if not writer.batches_written or not partial.exists():
+        return None
+    return (
+        f"the {writer.rows_written:,} rows flushed before are in {partial} "
+        f"(`ebcap recover {partial} -o FIXED` makes a valid file of them)"
+    )
+
+
 def _samples(rows: RowAssembler) -> int:
     return sum(rows.samples_per_cpu.values())
 
@@ -296,6 +317,7 @@ def _progress(rows: RowAssembler, drops: _DropTracker, elapsed: float) -> Progre
         payload_bytes=rows.payload_bytes,
         events_per_cpu=dict(rows.samples_per_cpu),
         lost_per_cpu=dict(rows.lost_per_cpu),
+        payload_bytes_per_cpu=dict(rows.payload_bytes_per_cpu),
     )
 
 

@@ -11,17 +11,17 @@ when the consumer has caught up). The ring walking itself is
 from __future__ import annotations
 
 import mmap
-import struct
 from typing import Final
 
 from ebcap.bpf import _sys
+from ebcap.bpf._errors import kernel_error
 from ebcap.bpf.maps import Map
 from ebcap.capture.batch import EventBatch
 from ebcap.capture.epoll_wait import EpollReader
+from ebcap.capture.ring_walk import RingPosition
 from ebcap.capture.ringbuf_ring import walk_ringbuf
 from ebcap.errors import UsageError
 
-_U64: Final = struct.Struct("<Q")
 _POS_OFFSET: Final = 0
 """consumer_pos / producer_pos: the first u64 of their page."""
 
@@ -48,6 +48,8 @@ class RingBufReader(EpollReader):
             self._producer = self._map(
                 fd, self.page_size + 2 * self.buffer_bytes, self.page_size, mmap.PROT_READ
             )
+            self._consumer_pos = self._position(self._consumer, _POS_OFFSET)
+            self._producer_pos = self._position(self._producer, _POS_OFFSET)
             self._epoll.add(fd)
         except BaseException:
             self._stack.close()
@@ -58,9 +60,14 @@ class RingBufReader(EpollReader):
             area = mmap.mmap(fd, length, mmap.MAP_SHARED, prot, offset=offset)
         except OSError as exc:
             call = f"mmap(ring buffer, {length} bytes at {offset})"
-            raise _sys.kernel_error(call, exc.errno or 0, capability="CAP_BPF") from None
+            raise kernel_error(call, exc.errno or 0) from None  # no capability is checked
         self._stack.callback(area.close)
         return area
+
+    def _position(self, area: mmap.mmap, offset: int) -> RingPosition:
+        position = RingPosition(area, offset)
+        self._stack.callback(position.release)  # before the mapping closes (LIFO)
+        return position
 
     @property
     def ncpus(self) -> int:
@@ -74,8 +81,8 @@ class RingBufReader(EpollReader):
     def read(self) -> EventBatch:
         """Every committed record from the consumer position on, in ring order."""
         self._check_open()
-        consumer = _U64.unpack_from(self._consumer, _POS_OFFSET)[0]
-        producer = _U64.unpack_from(self._producer, _POS_OFFSET)[0]
+        consumer = self._consumer_pos.load()
+        producer = self._producer_pos.load()
         if consumer == producer:
             return EventBatch.empty()
         start, end = self.page_size, self.page_size + 2 * self.buffer_bytes
@@ -83,7 +90,7 @@ class RingBufReader(EpollReader):
             walk = walk_ringbuf(data, self.buffer_bytes, consumer, producer)
         if walk.consumer_pos != consumer:
             # Only now, with the records copied out, may producers reuse their space.
-            _U64.pack_into(self._consumer, _POS_OFFSET, walk.consumer_pos)
+            self._consumer_pos.store(walk.consumer_pos)
         self.discarded += walk.discarded
         self.bytes_read += walk.consumer_pos - consumer
         return walk.batch

@@ -21,7 +21,8 @@ from typing import Final, NamedTuple
 import numpy as np
 
 from ebcap.bpf import _sys
-from ebcap.capture.batch import BatchBuilder, EventBatch, RingData, copy_span, run_length
+from ebcap.capture.batch import BatchBuilder, EventBatch
+from ebcap.capture.ring_walk import RingData, copy_span, run_length
 from ebcap.errors import CaptureError
 
 RINGBUF_RECORD_HEADER: Final = np.dtype([("len", "<u4"), ("pg_off", "<u4")])

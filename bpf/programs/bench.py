@@ -58,6 +58,8 @@ PAD_MAGIC: Final = 0x5A5AA5A5C3C33C3C
 
 BENCH_STATS: Final = np.dtype([("invocations", "<u8"), ("drops", "<u8")])
 """Value of the per-CPU stats map (PERCPU_ARRAY, key u32 0): attempts and drops."""
+STATS_INVOCATIONS, STATS_DROPS = 0, 1
+"""Which u64 of a :data:`BENCH_STATS` value counts attempts and which drops."""
 
 _KEY_SLOT: Final = -8  # u32 key 0 for the stats and scratch lookups
 _CPU_SLOT: Final = -16  # u32 CPU number, kept across the next call
@@ -131,16 +133,17 @@ def build_bench_program(
         call("BPF_FUNC_map_lookup_elem"),
         jmp_imm("jeq", R0, 0, _SKIP),
         mov64_reg(R7, R0),
-        ldx_mem(DW, R8, R7, 0),
+        ldx_mem(DW, R8, R7, 8 * STATS_INVOCATIONS),
         mov64_reg(R1, R8),
         add64_imm(R1, 1),
-        stx_mem(DW, R7, R1, 0),
+        stx_mem(DW, R7, R1, 8 * STATS_INVOCATIONS),
         call("BPF_FUNC_get_smp_processor_id"),
         stx_mem(W, FP, R0, _CPU_SLOT),
         call("BPF_FUNC_ktime_get_ns"),
         mov64_reg(R9, R0),  # r9 = ts
     ]
-    drop = [ldx_mem(DW, R1, R7, 8), add64_imm(R1, 1), stx_mem(DW, R7, R1, 8)]  # drops++
+    drops = 8 * STATS_DROPS
+    drop = [ldx_mem(DW, R1, R7, drops), add64_imm(R1, 1), stx_mem(DW, R7, R1, drops)]
     if transport == TRANSPORT_RINGBUF:
         items += [
             ld_map_fd(R1, events_map_fd),

@@ -1,4 +1,5 @@
-"""Output helpers shared by the commands: JSON, aligned fields, per-CPU tables, closed pipes.
+"""Output helpers shared by the commands: JSON, aligned fields, per-CPU tables, notes,
+closed pipes.
 
 Commands print through these so every ``--json`` is one JSON object and every
 human-readable report lines up the same way.
@@ -61,3 +62,8 @@ def closed_pipe_ends_quietly() -> Iterator[None]:
         yield
     except BrokenPipeError:
         raise typer.Exit(0) from None
+
+
+def note(message: str) -> None:
+    """One ``ebcap: note:`` line on stderr (yellow on a terminal)."""
+    typer.secho(f"ebcap: note: {message}", err=True, fg="yellow")

@@ -1,11 +1,18 @@
-"""Parsers for command-line values (sizes, CPU lists), each failing with one clear line."""
+"""Parsers for command-line values (sizes, durations, output names), each failing with
+one clear line that names the option."""
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ebcap.errors import BadFileError, UsageError
+
+if TYPE_CHECKING:
+    from ebcap.capture.ring_settings import RingSize
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
           "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}  # fmt: skip
@@ -29,6 +36,66 @@ def parse_size(text: str, option: str) -> int:
     if value <= 0:
         raise UsageError(f"{option}: size must be positive, got {text!r}")
     return value
+
+
+def file_name(option: str) -> Callable[[str], Path]:
+    """A typer ``parser`` for a file option: an empty name is refused here, before a
+    ``Path`` turns it into ``.`` (the current directory)."""
+
+    def parse(text: str) -> Path:
+        if not text.strip():
+            raise UsageError(f"{option}: the file name is empty")
+        return Path(text)
+
+    return parse
+
+
+output_file = file_name("-o/--output")
+"""The parser of every command's ``-o/--output`` (``typer.Option(..., parser=output_file)``)."""
+
+
+def positive_seconds(value: float | None, option: str) -> float | None:
+    """A duration in seconds that is a finite number above 0 (nan, inf, 0 are refused)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{option} must be a finite number of seconds above 0, got {value}")
+    return value
+
+
+def parse_buffer_size(text: str | None, transport: str) -> RingSize:
+    """``--buffer-size`` for ``transport`` (its default when None): the rings' real size,
+    refused below one page or above what the kernel can allocate."""
+    from ebcap.capture.ring_settings import default_buffer_bytes, ring_size
+
+    if text is None:
+        return ring_size(transport, default_buffer_bytes(transport))
+    requested = parse_size(text, "--buffer-size")
+    try:
+        return ring_size(transport, requested)
+    except UsageError as exc:
+        raise UsageError(f"--buffer-size {text}: {exc}") from None
+
+
+def unused_wakeup(wakeup: str | None, transport: str) -> str | None:
+    """What to note about a --wakeup the transport does not use (None: nothing).
+
+    --wakeup is the perf transport's: a ring buffer wakes its reader by its own
+    rule, so the value is said to be unused rather than silently dropped.
+    """
+    if wakeup is None or transport == "perf":
+        return None
+    return (
+        f"--wakeup {wakeup} is not used: a ring buffer wakes its reader by its own rule "
+        "(when the reader has caught up)"
+    )
+
+
+def check_watermark(wakeup: str | None, watermark: int | None, ring_bytes: int) -> None:
+    """A byte watermark must be below the size of one ring, or no wakeup would ever come."""
+    if watermark is not None and watermark >= ring_bytes:
+        raise UsageError(
+            f"--wakeup {wakeup}: a watermark of {watermark} bytes must be below the "
+            f"{ring_bytes}-byte ring of each CPU"
+        )
 
 
 def parse_wakeup(text: str) -> tuple[int | None, int | None]:

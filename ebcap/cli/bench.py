@@ -11,7 +11,22 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ebcap.cli._values import human_bytes, human_count, parse_size, parse_wakeup
+from ebcap.capture.ring_settings import (
+    DEFAULT_PERF_BUFFER_BYTES,
+    DEFAULT_RINGBUF_BYTES,
+    DEFAULT_WAKEUP_EVENTS,
+)
+from ebcap.cli._common import note, print_table
+from ebcap.cli._values import (
+    check_watermark,
+    human_bytes,
+    human_count,
+    output_file,
+    parse_buffer_size,
+    parse_wakeup,
+    positive_seconds,
+    unused_wakeup,
+)
 from ebcap.errors import CaptureError, UsageError
 
 if TYPE_CHECKING:
@@ -24,8 +39,8 @@ def register(app: typer.Typer) -> None:
         help=(
             "Measure ebcap: a BPF producer (BPF_PROG_TEST_RUN, one pinned thread per CPU) "
             "emits events as fast as it can while ebcap records them to a file; reports "
-            "produced/s, consumed/s, loss and per-CPU integrity. Exits 1 on any corrupted "
-            "or unaccounted event.\n\n"
+            "produced/s, consumed/s, loss and per-CPU integrity. Exits 1 on any corrupted, "
+            "duplicated, reordered or unaccounted event.\n\n"
             "Example:\n\n  ebcap bench --transport ringbuf --size 256 --producers 0,1 --duration 3"
         ),
     )(bench)
@@ -36,41 +51,66 @@ def bench(
     size: int = typer.Option(24, "--size", help="Event size in bytes: a multiple of 8, 16..4096."),
     producers: str = typer.Option("0", "--producers", help="CPUs to produce on, e.g. 0 or 0,1."),
     duration: float = typer.Option(3.0, "--duration", "-d", help="Seconds of production."),
-    wakeup: str = typer.Option("64", "--wakeup", "-w", help="Perf wakeup: N events or bytes."),
+    wakeup: str | None = typer.Option(
+        None,
+        "--wakeup",
+        "-w",
+        help=f"Perf wakeup: N events (default {DEFAULT_WAKEUP_EVENTS}) or a byte watermark.",
+    ),
     buffer_size: str | None = typer.Option(
-        None, "--buffer-size", "-b", help="Perf: per CPU (8MiB); ringbuf: whole ring (16MiB)."
+        None,
+        "--buffer-size",
+        "-b",
+        help=(
+            f"Perf: per CPU ({human_bytes(DEFAULT_PERF_BUFFER_BYTES)}); "
+            f"ringbuf: whole ring ({human_bytes(DEFAULT_RINGBUF_BYTES)})."
+        ),
     ),
     output: Path | None = typer.Option(
-        None, "-o", "--output", help="Keep the recording here (default: a temporary file)."
+        None,
+        "-o",
+        "--output",
+        help="Keep the recording here (default: a temporary file).",
+        parser=output_file,
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite --output."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    from ebcap.bpf.caps import require_tracing_capabilities
     from ebcap.bpf.cpus import online_cpus, parse_cpu_list
-    from ebcap.capture.bench import BenchSource, run_bench, validate_event_size
+    from ebcap.bpf.programs.bench import check_size
+    from ebcap.capture.bench import BenchSource, run_bench
+    from ebcap.capture.privileges import require_recording_capabilities
     from ebcap.capture.recorder import RecordOptions
     from ebcap.replay.memory import use_streaming_pool
 
     if transport not in ("perf", "ringbuf"):
         raise UsageError(f"--transport: unknown transport {transport!r}: use perf or ringbuf")
-    if duration <= 0:
-        raise UsageError("--duration must be positive")
-    validate_event_size(size)
+    positive_seconds(duration, "--duration")
+    try:
+        check_size(size)
+    except UsageError as exc:
+        raise UsageError(f"--size: {exc}") from None
     cpus = parse_cpu_list(producers)
     offline = sorted(set(cpus) - set(online_cpus()))
     if offline:
         raise UsageError(f"--producers: CPU {offline[0]} is not online")
-    wakeup_events, watermark = parse_wakeup(wakeup)
-    default = "16MiB" if transport == "ringbuf" else "8MiB"
-    buffer_bytes = parse_size(buffer_size or default, "--buffer-size")
-    require_tracing_capabilities()
+    wakeup_events, watermark = (
+        parse_wakeup(wakeup) if wakeup is not None else (DEFAULT_WAKEUP_EVENTS, None)
+    )
+    ring = parse_buffer_size(buffer_size, transport)
+    if transport == "perf":
+        check_watermark(wakeup, watermark, ring.bytes)
+    rings = len(online_cpus()) if transport == "perf" else 1
+    require_recording_capabilities("bench", "bench", transport, ring, rings)
+    rounded = ring.note and f"--buffer-size {buffer_size} {ring.note}"
+    for said in filter(None, (unused_wakeup(wakeup, transport), rounded)):
+        note(said)
     use_streaming_pool()  # memory stays flat over a long recording
     with tempfile.TemporaryDirectory(prefix="ebcap-bench-") as tmp:
         options = RecordOptions(
             output=output or Path(tmp) / "bench.arrow",
             transport=transport,
-            buffer_bytes=buffer_bytes,
+            buffer_bytes=ring.bytes,
             wakeup_events=wakeup_events,
             watermark_bytes=watermark,
             force=force,
@@ -79,10 +119,7 @@ def bench(
         report = run_bench(BenchSource(size), cpus, duration, options)
     _print(report, as_json)
     if not report.ok:
-        raise CaptureError(
-            f"integrity check failed: {report.corrupted} corrupted, "
-            f"{report.duplicates} duplicated, {report.unaccounted} unaccounted events"
-        )
+        raise CaptureError(f"integrity check failed: {report.problems}")
 
 
 def _print(r: BenchReport, as_json: bool) -> None:
@@ -98,3 +135,14 @@ def _print(r: BenchReport, as_json: bool) -> None:
         f"integrity: {r.corrupted} corrupted, {r.duplicates} duplicates, "
         f"{r.unaccounted} unaccounted"
     )
+    header = ["cpu", "produced", "received", "lost", "holes", "out of order", "unaccounted"]
+    columns = (
+        r.produced_per_cpu,
+        r.received_per_cpu,
+        r.lost_per_cpu,
+        r.holes_per_cpu,
+        r.out_of_order_per_cpu,
+        r.unaccounted_per_cpu,
+    )
+    rows = [[f"cpu{cpu}", *(f"{c.get(cpu, 0):,}" for c in columns)] for cpu in r.producers]
+    print_table(header, rows)

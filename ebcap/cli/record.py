@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -14,14 +15,27 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from ebcap.cli._values import human_bytes, human_count, parse_size, parse_wakeup
-from ebcap.errors import INTERRUPTED_EXIT, UsageError
+from ebcap.capture.ring_settings import (
+    DEFAULT_PERF_BUFFER_BYTES,
+    DEFAULT_RINGBUF_BYTES,
+    DEFAULT_WAKEUP_EVENTS,
+)
+from ebcap.cli._common import note
+from ebcap.cli._values import (
+    check_watermark,
+    file_name,
+    human_bytes,
+    human_count,
+    output_file,
+    parse_buffer_size,
+    parse_wakeup,
+    positive_seconds,
+    unused_wakeup,
+)
+from ebcap.errors import INTERRUPTED_EXIT, CaptureError, UsageError
 
 if TYPE_CHECKING:
     from ebcap.capture.recorder import Progress, RecordSummary
-
-DEFAULT_PERF_BUFFER = "8MiB"
-DEFAULT_RINGBUF_BUFFER = "16MiB"
 
 
 def register(app: typer.Typer) -> None:
@@ -46,7 +60,7 @@ def record(
         None, help="With --list-sources: a glob over the sources (default: all)."
     ),
     output: Path | None = typer.Option(
-        None, "-o", "--output", help="File to write (NAME.partial until done)."
+        None, "-o", "--output", help="File to write (NAME.partial until done).", parser=output_file
     ),
     transport: str = typer.Option(
         "perf",
@@ -81,15 +95,19 @@ def record(
         "--buffer-size",
         "-b",
         help=(
-            f"Perf: per CPU (default {DEFAULT_PERF_BUFFER}); "
-            f"ringbuf: whole ring, a power of two (default {DEFAULT_RINGBUF_BUFFER})."
+            f"Perf: per CPU, rounded up to a power of two of pages (default "
+            f"{human_bytes(DEFAULT_PERF_BUFFER_BYTES)}); ringbuf: whole ring, a power of two "
+            f"(default {human_bytes(DEFAULT_RINGBUF_BYTES)})."
         ),
     ),
-    wakeup: str = typer.Option(
-        "64",
+    wakeup: str | None = typer.Option(
+        None,
         "--wakeup",
         "-w",
-        help="Perf wakeup: every N events, or a byte watermark such as 256K.",
+        help=(
+            f"Perf wakeup: every N events (default {DEFAULT_WAKEUP_EVENTS}), or a byte watermark "
+            "such as 256K. (A ring buffer wakes its reader by its own rule.)"
+        ),
     ),
     cpus: str | None = typer.Option(
         None, "--cpus", help="Perf: CPUs whose rings to read, e.g. 0,2-3 (default: all online)."
@@ -126,14 +144,15 @@ def record(
         None,
         "--ready-file",
         help="Create this file once the rings are installed (for scripts that start a producer).",
+        parser=file_name("--ready-file"),
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    from ebcap.bpf.caps import require_tracing_capabilities
     from ebcap.bpf.cpus import online_cpus, parse_cpu_list
     from ebcap.capture.layout import parse_layout
     from ebcap.capture.leftovers import remove_leftovers
+    from ebcap.capture.privileges import require_recording_capabilities
     from ebcap.capture.recorder import Recorder, RecordOptions
     from ebcap.capture.sources import TRANSPORTS, parse_source
     from ebcap.format.writer import zstd_codec
@@ -153,24 +172,25 @@ def record(
         raise UsageError("-o/--output is required")
     if transport not in TRANSPORTS:
         raise UsageError(f"--transport: unknown transport {transport!r}: use perf or ringbuf")
-    if duration is not None and duration <= 0:
-        raise UsageError("--duration must be positive")
+    positive_seconds(duration, "--duration")
     if count is not None and count <= 0:
         raise UsageError("--count must be positive")
-    if flush_interval <= 0:
-        raise UsageError("--flush-interval must be positive")
+    positive_seconds(flush_interval, "--flush-interval")
     try:
         zstd_codec(zstd_level)
     except UsageError as exc:
         raise UsageError(f"--zstd-level: {exc}") from None
     if comm is not None and not 0 < len(comm.encode()) <= 15:
         raise UsageError("--comm must be 1..15 bytes (the kernel's TASK_COMM_LEN - 1)")
-    wakeup_events, watermark = parse_wakeup(wakeup)
+    wakeup_events, watermark = (
+        parse_wakeup(wakeup) if wakeup is not None else (DEFAULT_WAKEUP_EVENTS, None)
+    )
     chosen_cpus = parse_cpu_list(cpus) if cpus else None
     if chosen_cpus is not None:
         missing = sorted(set(chosen_cpus) - set(online_cpus()))
         if missing:
             raise UsageError(f"--cpus: CPU {missing[0]} is not online")
+    check_ready_file(ready_file, output)
     src = parse_source(
         source,
         pin=pin,
@@ -183,36 +203,38 @@ def record(
         replace_xdp=replace_xdp,
         notify=lambda message: typer.secho(f"ebcap: {message}", err=True, fg="yellow"),
     )
-    require_tracing_capabilities()
-    for note in remove_leftovers():  # what killed ebcap processes left on interfaces
-        typer.secho(f"ebcap: {note}", err=True, fg="yellow")
-    use_streaming_pool()  # memory stays flat over a long recording
     actual_transport = src.transport_of(transport)
+    notes: list[str | None] = []  # said once recording runs: a refusal stays one line
     if pin is not None and drops is None and actual_transport == "ringbuf":
-        typer.secho(
-            "ebcap: note: the kernel counts no losses for a ring buffer; without --drops "
-            "this capture cannot show the events its producer failed to reserve",
-            err=True,
-            fg="yellow",
+        notes.append(
+            "the kernel counts no losses for a ring buffer; without --drops "
+            "this capture cannot show the events its producer failed to reserve"
         )
     if chosen_cpus is not None and actual_transport != "perf":
         raise UsageError(
             "--cpus applies to the perf transport (a ring buffer is shared by all CPUs)"
         )
-    default_buffer = (
-        DEFAULT_RINGBUF_BUFFER if actual_transport == "ringbuf" else DEFAULT_PERF_BUFFER
-    )
-    buffer_bytes = parse_size(buffer_size or default_buffer, "--buffer-size")
-    if actual_transport == "ringbuf" and pin is None:
-        import mmap
-
-        from ebcap.bpf.maps import validate_ringbuf_size
-
-        validate_ringbuf_size(buffer_bytes, mmap.PAGESIZE)
+    notes.append(unused_wakeup(wakeup, actual_transport))
+    if pin is not None and actual_transport == "ringbuf" and buffer_size is not None:
+        notes.append(
+            f"--buffer-size {buffer_size} is not used: a pinned ring buffer has its own size"
+        )
+        buffer_size = None
+    ring = parse_buffer_size(buffer_size, actual_transport)
+    if actual_transport == "perf":
+        check_watermark(wakeup, watermark, ring.bytes)
+    if ring.note:
+        notes.append(f"--buffer-size {buffer_size} {ring.note}")
+    rings = len(chosen_cpus or online_cpus()) if actual_transport == "perf" else 1
+    kind = "pin" if pin is not None else source.partition(":")[0]
+    require_recording_capabilities("recording", kind, actual_transport, ring, rings)
+    for leftover in remove_leftovers():  # what killed ebcap processes left on interfaces
+        typer.secho(f"ebcap: {leftover}", err=True, fg="yellow")
+    use_streaming_pool()  # memory stays flat over a long recording
     options = RecordOptions(
         output=output,
         transport=actual_transport,
-        buffer_bytes=buffer_bytes,
+        buffer_bytes=ring.bytes,
         wakeup_events=wakeup_events,
         watermark_bytes=watermark,
         cpus=chosen_cpus,
@@ -230,11 +252,45 @@ def record(
             summary = recorder.run(
                 should_stop=stop.is_set,
                 on_progress=live.update,
-                on_started=(lambda: ready_file.touch()) if ready_file else None,
+                on_started=started(notes, ready_file),
             )
     except KeyboardInterrupt:
         _interrupted(output)
     _print_summary(summary, as_json)
+
+
+def check_ready_file(ready: Path | None, output: Path) -> None:
+    """Refuse, before anything is attached, a --ready-file that cannot be created."""
+    if ready is None:
+        return
+    from ebcap.format.writer import partial_path
+
+    target = ready.resolve()
+    if target in (output.resolve(), partial_path(output).resolve()):
+        raise UsageError(f"--ready-file {ready} is the output file: name another file")
+    if target.is_dir():
+        raise UsageError(f"--ready-file {ready} is a directory")
+    parent = target.parent
+    if not parent.is_dir():
+        raise UsageError(f"--ready-file {ready}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--ready-file {ready}: cannot create files in {parent}")
+
+
+def started(notes: list[str | None], ready: Path | None) -> Callable[[], None]:
+    """What runs once the rings are installed: the notes, then the --ready-file."""
+
+    def run() -> None:
+        for said in filter(None, notes):
+            note(said)
+        if ready is None:
+            return
+        try:
+            ready.touch()
+        except OSError as exc:
+            raise CaptureError(f"--ready-file {ready}: {exc.strerror}") from None
+
+    return run
 
 
 def _interrupted(output: Path) -> NoReturn:
@@ -295,25 +351,33 @@ class _LiveProgress:
             return
         from rich.table import Table
 
-        rate = p.events / p.elapsed_s if p.elapsed_s > 0 else 0.0
-        table = Table(box=None, show_header=True, header_style="bold")
-        for column in (f"{p.elapsed_s:.1f}s", "events", "events/s", "lost", "drops", "payload"):
-            table.add_column(column, justify="right")
+        def rate(events: int) -> str:
+            return human_count(events / p.elapsed_s if p.elapsed_s > 0 else 0.0)
 
         def warn(n: int) -> str:
             return f"[bold yellow]{n:,}[/]" if n else "0"
 
+        table = Table(box=None, show_header=True, header_style="bold")
+        for column in (f"{p.elapsed_s:.1f}s", "events", "events/s", "lost", "drops", "bytes"):
+            table.add_column(column, justify="right")
         table.add_row(
             "all",
             f"{p.events:,}",
-            human_count(rate),
+            rate(p.events),
             warn(p.lost),
             warn(p.drops),
             human_bytes(p.payload_bytes),
         )
         for cpu in sorted(set(p.events_per_cpu) | set(p.lost_per_cpu)):
             events = p.events_per_cpu.get(cpu, 0)
-            table.add_row(f"cpu{cpu}", f"{events:,}", "", warn(p.lost_per_cpu.get(cpu, 0)), "", "")
+            table.add_row(
+                f"cpu{cpu}",
+                f"{events:,}",
+                rate(events),
+                warn(p.lost_per_cpu.get(cpu, 0)),
+                "",
+                human_bytes(p.payload_bytes_per_cpu.get(cpu, 0)),
+            )
         self._live.update(table)
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from ebcap.bpf import _sys
+from ebcap.bpf import _sys, maps
 from ebcap.bpf.asm import R0, exit_, mov64_imm
 from ebcap.bpf.cpus import possible_cpus
 from ebcap.bpf.fs import ensure_bpffs
-from ebcap.bpf.maps import Map, validate_ringbuf_size
+from ebcap.bpf.maps import RINGBUF_MAX_BYTES, Map, map_type_name, validate_ringbuf_size
 from ebcap.bpf.prog import Program
-from ebcap.errors import ClosedError, KernelError, UsageError
+from ebcap.errors import ClosedError, KernelError, NotSupportedError, UsageError
 
 pytestmark = pytest.mark.privileged
 
@@ -117,13 +117,61 @@ def test_close_is_idempotent_and_use_after_close_fails() -> None:
 def test_ringbuf_size_rules() -> None:
     page = os.sysconf("SC_PAGE_SIZE")
     assert validate_ringbuf_size(page * 16, page) == page * 16
-    for bad in (0, page * 3, page // 2, page * 16 + 8):
+    assert validate_ringbuf_size(RINGBUF_MAX_BYTES, page) == 1 << 31
+    for bad in (page * 3, page * 16 + 8):
         with pytest.raises(UsageError, match="power of two"):
             validate_ringbuf_size(bad, page)
+    for small in (0, 3, page // 2):
+        with pytest.raises(UsageError, match="below the kernel's minimum of one page"):
+            validate_ringbuf_size(small, page)
+    for large in (1 << 32, 1 << 33):  # 2^32 as a u32 max_entries would wrap to 0
+        with pytest.raises(UsageError, match="above the kernel's maximum"):
+            validate_ringbuf_size(large, page)
     with pytest.raises(UsageError):
         Map.create(_sys.BPF_MAP_TYPE_RINGBUF, 0, 0, page * 3)
     with Map.create(_sys.BPF_MAP_TYPE_RINGBUF, 0, 0, page * 4) as ring:
         assert (ring.info.type, ring.info.max_entries) == (27, page * 4)
+
+
+def test_sizes_that_are_no_u32_are_refused_before_the_kernel() -> None:
+    with pytest.raises(UsageError, match="BPF_MAP_TYPE_ARRAY: max_entries 4294967296 is not a u32"):
+        Map.create(_sys.BPF_MAP_TYPE_ARRAY, 4, 4, 1 << 32)
+    with pytest.raises(UsageError, match="value_size -1 is not a u32"):
+        Map.create(_sys.BPF_MAP_TYPE_ARRAY, 4, -1, 1)
+
+
+def test_einval_names_the_map_type_and_blames_the_sizes_not_the_kernel() -> None:
+    with pytest.raises(KernelError) as caught:
+        Map.create(_sys.BPF_MAP_TYPE_ARRAY, 4, 0, 1)  # a value of 0 bytes: refused
+    assert not isinstance(caught.value, NotSupportedError)
+    assert str(caught.value) == (
+        "bpf(BPF_MAP_CREATE) of a BPF_MAP_TYPE_ARRAY: the kernel refused key_size 4, "
+        "value_size 0, max_entries 1, flags 0 (invalid argument)"
+    )
+
+
+def test_einval_for_a_map_type_the_kernel_lacks_is_not_supported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    unknown = 0x7FFF  # no kernel has this many map types
+    with pytest.raises(KernelError) as caught:  # ebcap cannot probe a type it does not know
+        Map.create(unknown, 4, 4, 1)
+    assert not isinstance(caught.value, NotSupportedError)
+    assert "of a map type 32767: the kernel refused" in str(caught.value)
+    # Were its smallest map known, the kernel refusing that too means it lacks the type.
+    monkeypatch.setattr(maps, "_PROBE_SIZES", {**maps._PROBE_SIZES, unknown: (4, 8, 1)})
+    with pytest.raises(NotSupportedError) as lacking:
+        Map.create(unknown, 4, 4, 1)
+    assert lacking.value.feature == "map type 32767"
+    assert str(lacking.value) == (
+        "bpf(BPF_MAP_CREATE) of a map type 32767: this kernel does not support map type 32767"
+    )
+
+
+def test_map_types_have_their_uapi_names() -> None:
+    assert map_type_name(_sys.BPF_MAP_TYPE_RINGBUF) == "BPF_MAP_TYPE_RINGBUF"
+    assert map_type_name(_sys.BPF_MAP_TYPE_PERCPU_ARRAY) == "BPF_MAP_TYPE_PERCPU_ARRAY"
+    assert map_type_name(99) == "map type 99"
 
 
 def test_bad_name_is_a_usage_error() -> None:

@@ -10,7 +10,8 @@ import struct
 
 import pytest
 
-from ebcap.bpf import _sys
+from ebcap.bpf import _sys, caps
+from ebcap.bpf._errors import kernel_error
 from ebcap.bpf.maps import Map
 from ebcap.bpf.prog import Program
 from ebcap.errors import (
@@ -84,31 +85,65 @@ def test_constants_keep_uapi_values() -> None:
     assert _sys.DATA_HEAD_OFFSET == 1024 and _sys.DATA_SIZE_OFFSET == 1048
 
 
+NO_CAPABILITIES = 0
+ONLY_BPF_AND_PERFMON = (1 << caps.CAP_BPF) | (1 << caps.CAP_PERFMON)
+
+
 @pytest.mark.parametrize("err", [errno.EPERM, errno.EACCES])
-def test_permission_errors_name_the_capability(err: int) -> None:
-    exc = _sys.kernel_error("bpf(BPF_PROG_LOAD)", err, capability="CAP_BPF")
+def test_permission_errors_name_exactly_the_missing_capabilities(
+    err: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(caps, "effective_capabilities", lambda: ONLY_BPF_AND_PERFMON)
+    exc = kernel_error("bpf(BPF_PROG_LOAD)", err, capabilities=("CAP_BPF", "CAP_NET_ADMIN"))
     assert isinstance(exc, MissingCapabilityError)
-    assert exc.capability == "CAP_BPF"
+    assert exc.capability == "CAP_NET_ADMIN"  # it has CAP_BPF: that is not what is missing
     assert exc.errno == err
-    assert str(exc).startswith("bpf(BPF_PROG_LOAD): ")
-    assert str(exc).endswith(": needs CAP_BPF (run as root)")
-    assert "\n" not in str(exc)
+    assert str(exc) == (
+        "bpf(BPF_PROG_LOAD): permission denied: needs CAP_NET_ADMIN (run as root or grant it)"
+    )
+    monkeypatch.setattr(caps, "effective_capabilities", lambda: NO_CAPABILITIES)
+    exc = kernel_error("mmap(x)", err, capabilities=("CAP_PERFMON", "CAP_IPC_LOCK"))
+    assert isinstance(exc, MissingCapabilityError)
+    assert exc.capability == "CAP_PERFMON + CAP_IPC_LOCK"
+    assert str(exc).endswith(": needs CAP_PERFMON + CAP_IPC_LOCK (run as root or grant them)")
+
+
+def test_sys_admin_passes_for_bpf_and_perfmon_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(caps, "effective_capabilities", lambda: 1 << caps.CAP_SYS_ADMIN)
+    wanted = ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_IPC_LOCK")
+    assert caps.missing_capabilities(wanted) == ["CAP_NET_ADMIN", "CAP_IPC_LOCK"]
+
+
+def test_permission_denied_with_every_capability_is_not_blamed_on_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(caps, "effective_capabilities", lambda: ONLY_BPF_AND_PERFMON)
+    exc = kernel_error("bpf(BPF_MAP_CREATE)", errno.EPERM, capabilities=("CAP_BPF",))
+    assert type(exc) is KernelError and exc.errno == errno.EPERM
+    assert "although this process has CAP_BPF" in str(exc)
+    exc = kernel_error("bpf(BPF_OBJ_GET)", errno.EACCES)  # a pin's file permissions
+    assert type(exc) is KernelError and "permission denied (file permissions" in str(exc)
+
+
+def test_commands_name_what_the_kernel_checks() -> None:
+    assert _sys.command_capabilities(_sys.BPF_MAP_CREATE) == ("CAP_BPF",)
+    assert _sys.command_capabilities(_sys.BPF_PROG_GET_FD_BY_ID) == ("CAP_SYS_ADMIN",)
+    assert _sys.command_capabilities(_sys.BPF_PROG_GET_NEXT_ID) == ("CAP_SYS_ADMIN",)
+    assert _sys.command_capabilities(_sys.BPF_OBJ_GET) == ()
 
 
 def test_missing_features_are_not_supported_errors() -> None:
-    exc = _sys.kernel_error(
-        "bpf(BPF_MAP_CREATE)", errno.EINVAL, capability="CAP_BPF", feature="BPF_MAP_TYPE_RINGBUF"
-    )
-    assert isinstance(exc, NotSupportedError) and exc.feature == "BPF_MAP_TYPE_RINGBUF"
+    exc = kernel_error("bpf(BPF_LINK_CREATE)", errno.EINVAL, feature="BPF_LINK_CREATE for perf")
+    assert isinstance(exc, NotSupportedError) and exc.feature == "BPF_LINK_CREATE for perf"
     for err in (errno.ENOSYS, errno.EOPNOTSUPP, 524):
-        assert isinstance(_sys.kernel_error("x()", err, capability="CAP_BPF"), NotSupportedError)
+        assert isinstance(kernel_error("x()", err), NotSupportedError)
 
 
 def test_other_errors_are_kernel_errors_with_errno() -> None:
-    exc = _sys.kernel_error("bpf(BPF_MAP_CREATE)", errno.EINVAL, capability="CAP_BPF")
+    exc = kernel_error("bpf(BPF_MAP_CREATE)", errno.EINVAL, capabilities=("CAP_BPF",))
     assert type(exc) is KernelError
     assert exc.errno == errno.EINVAL
-    assert "bpf(BPF_MAP_CREATE)" in str(exc) and "errno 22" in str(exc)
+    assert str(exc) == "bpf(BPF_MAP_CREATE): invalid argument (errno 22)"
 
 
 @pytest.mark.privileged
@@ -180,5 +215,5 @@ def test_unprivileged_caller_gets_one_line_naming_the_capability(
     kind, cap, message = _as_nobody(action)
     assert (kind, cap) == ("MissingCapabilityError", capability)
     assert message.startswith(call + ": ")
-    assert message.endswith(f"needs {capability} (run as root)")
+    assert message.endswith(f"needs {capability} (run as root or grant it)")
     assert "\n" not in message

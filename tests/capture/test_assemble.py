@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ebcap.capture.assemble import KIND_CODE_LOST, KIND_CODE_SAMPLE, RowAssembler
-from ebcap.capture.batch import EventBatch
+from ebcap.capture.assemble import RowAssembler
+from ebcap.capture.batch import KIND_CODE_LOST, KIND_CODE_SAMPLE, EventBatch
 from ebcap.capture.layout import parse_layout
 from ebcap.capture.sources import PinnedSource
 from ebcap.format import schema as fs

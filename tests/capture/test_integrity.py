@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ebcap.bpf.programs.bench import bench_event_dtype
-from ebcap.capture.bench import PAD_MAGIC, check_integrity
+from ebcap.bpf.programs.bench import PAD_MAGIC, bench_event_dtype
+from ebcap.capture.bench_integrity import check_integrity
 
 SIZE = 32
 
@@ -53,3 +53,18 @@ def test_each_kind_of_damage_is_counted() -> None:
     assert report.received_per_cpu == {0: 6, 1: 2}  # distinct: 0 2 3 4 6 7; 0 2
     assert report.holes_per_cpu == {0: 2, 1: 1}  # 1 and 5 missing; 1 missing
     assert report.out_of_order_per_cpu == {0: 1, 1: 0}
+
+
+def test_lost_rows_are_counted_per_cpu() -> None:
+    good = batch([0] * 3, events(0, [0, 1, 5]))
+    lost = pa.RecordBatch.from_pydict(
+        {
+            "kind": pa.array(["lost", "sample", "lost", "lost"]).dictionary_encode(),
+            "cpu": pa.array([0, 1, 1, 0], pa.uint16()),
+            "lost": pa.array([3, 0, 4, 0], pa.uint64()),
+            "data": pa.array([b"", events(1, [0])[0], b"", b""], pa.binary()),
+        }
+    )
+    report = check_integrity([good, lost], SIZE)
+    assert report.lost_per_cpu == {0: 3, 1: 4}
+    assert report.holes_per_cpu == {0: 3, 1: 0} and report.received == 4

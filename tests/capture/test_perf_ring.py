@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 
 from ebcap.bpf import _sys
 from ebcap.capture.batch import KIND_CODE_LOST, KIND_CODE_SAMPLE, EventBatch
-from ebcap.capture.perf_ring import LOST_RECORD, SAMPLE_RECORD, SAMPLE_TYPE, walk_perf_ring
+from ebcap.capture.perf_ring import (
+    LOST_RECORD,
+    LOST_SAMPLE_ID,
+    SAMPLE_RECORD,
+    SAMPLE_TYPE,
+    walk_perf_ring,
+)
 from ebcap.errors import CaptureError
 
 FILL = 0xEE  # ring bytes outside [tail, head): never to be read
@@ -33,7 +39,15 @@ def sample(payload: bytes, *, ts: int = 0, cpu: int = 0, slack: int = 0) -> byte
 
 
 def lost(count: int, event_id: int = 77) -> bytes:
+    """A LOST record of an event without ``sample_id_all``: 24 bytes, no time."""
     return struct.pack("<IHHQQ", _sys.PERF_RECORD_LOST, 0, 24, event_id, count)
+
+
+def lost_with_sample_id(count: int, *, ts: int, cpu: int, event_id: int = 77) -> bytes:
+    """A LOST record as the readers' events write it (``sample_id_all`` with TIME|CPU):
+    40 bytes, the struct sample_id (u64 time, u32 cpu, u32 res) after the count."""
+    size = LOST_RECORD.itemsize + LOST_SAMPLE_ID.itemsize
+    return struct.pack("<IHHQQQII", _sys.PERF_RECORD_LOST, 0, size, event_id, count, ts, cpu, 0)
 
 
 def other(rtype: int, size: int) -> bytes:
@@ -79,7 +93,9 @@ def reference_walk(
             keep = raw_size if payload_size is None else min(raw_size, payload_size)
             rows.append(Row(KIND_CODE_SAMPLE, scpu, ts, 0, body[28 : 28 + keep]))
         elif rtype == _sys.PERF_RECORD_LOST:
-            rows.append(Row(KIND_CODE_LOST, cpu, 0, struct.unpack_from("<Q", body, 16)[0], b""))
+            count = struct.unpack_from("<Q", body, 16)[0]
+            when = struct.unpack_from("<Q", body, 24)[0] if rsize >= 40 else 0  # sample_id
+            rows.append(Row(KIND_CODE_LOST, cpu, when, count, b""))
         else:
             unknown += 1
         tail += rsize
@@ -121,6 +137,7 @@ def test_layouts_match_perf_event_h() -> None:
     assert SAMPLE_RECORD.fields["cpu"][1] == 16
     assert SAMPLE_RECORD.fields["raw_size"][1] == 24
     assert LOST_RECORD.itemsize == 24 and LOST_RECORD.fields["lost"][1] == 16
+    assert LOST_SAMPLE_ID.itemsize == 16 and LOST_SAMPLE_ID.fields["cpu"][1] == 8
 
 
 def test_raw_size_padding_of_the_fake_matches_the_kernel_rule() -> None:
@@ -171,6 +188,29 @@ def test_lost_records_interleaved_take_the_ring_cpu() -> None:
     assert batch.cpu.tolist() == [2] * 6
     assert batch.offsets.tolist() == [0, 12, 12, 12, 24, 36, 36]
     assert batch.num_lost == 20
+
+
+def test_lost_records_with_sample_id_carry_their_kernel_timestamp() -> None:
+    """The readers open their events with sample_id_all: a real LOST record is 40 bytes."""
+    assert len(lost_with_sample_id(1, ts=1, cpu=0)) == 40
+    records = [sample(b"a" * 8, ts=100, cpu=3), lost_with_sample_id(5, ts=150, cpu=3)]
+    records += [sample(b"b" * 8, ts=200, cpu=3), lost_with_sample_id(7, ts=250, cpu=3)]
+    records += [lost(2), sample(b"c" * 8, ts=300, cpu=3)]  # an old-style LOST: no time
+    for tail in (0, 512 - 20, 512 - 36, 5 * 512 - 44):  # LOST records split by the ring's end
+        batch, new_tail = check_against_reference(records, 512, tail, cpu=3)
+        assert new_tail == tail + sum(map(len, records))
+        assert batch.kind.tolist() == [0, 1, 0, 1, 1, 0]
+        assert batch.ts_ns.tolist() == [100, 150, 200, 250, 0, 300]
+        assert batch.lost.tolist() == [0, 5, 0, 7, 2, 0]
+        assert batch.cpu.tolist() == [3] * 6
+        assert batch.lengths.tolist() == [12, 0, 12, 0, 0, 12]
+
+
+def test_a_lost_row_takes_the_cpu_of_its_ring() -> None:
+    """One ring per CPU: the ring says where the loss was, whatever the record claims."""
+    ring, head = fake_ring([lost_with_sample_id(4, ts=9, cpu=0)], 256, 0)
+    walk = walk_perf_ring(ring, 256, head, 0, 1)
+    assert rows_of(walk.batch) == [Row(KIND_CODE_LOST, 1, 9, 4, b"")]
 
 
 def test_mixed_sizes_and_unknown_types() -> None:
@@ -259,6 +299,7 @@ _record = st.one_of(
     ),
     st.tuples(st.just("slack"), st.sampled_from([4, 12]), st.integers(1, 5), st.just(1)),
     st.tuples(st.just("lost"), st.integers(1, 2**40), st.integers(1, 3), st.just(0)),
+    st.tuples(st.just("lost_id"), st.integers(1, 2**40), st.integers(1, 3), st.integers(0, 3)),
     st.tuples(st.just("other"), st.sampled_from([8, 16, 48]), st.integers(1, 2), st.just(0)),
 )
 
@@ -288,6 +329,8 @@ def test_random_rings_match_the_reference(
                 records.append(sample(payload, ts=ts, cpu=cpu, slack=8 * (kind == "slack")))
             elif kind == "lost":
                 records.append(lost(arg))
+            elif kind == "lost_id":
+                records.append(lost_with_sample_id(arg, ts=int(rng.integers(0, 2**63)), cpu=cpu))
             else:
                 records.append(other(int(rng.choice([1, 3, 14])), arg))
     total = sum(map(len, records))

@@ -26,7 +26,8 @@ import pytest
 from kernel_helpers import run_pinned
 
 from ebcap.bpf.cpus import online_cpus
-from ebcap.capture.bench import PAD_MAGIC, TEST_RUN_PACKET, BenchSource
+from ebcap.bpf.programs.bench import PAD_MAGIC
+from ebcap.capture.bench_source import TEST_RUN_PACKET, BenchSource
 from ebcap.format import CaptureReader
 
 pytestmark = pytest.mark.privileged
@@ -82,6 +83,11 @@ def test_every_event_is_a_row_or_counted_lost(
     with CaptureReader(out) as reader:
         table = reader.to_table()
         totals = reader.totals or {}
+        buffer_size = reader.metadata["ebcap.buffer_size"]
+    # The size the rings had: our 16 KiB perf rings, or the pinned ring buffer's own 64 KiB.
+    assert buffer_size == (16 << 10 if transport == "perf" else 64 << 10)
+    if transport == "ringbuf":
+        assert "--buffer-size 16K is not used: a pinned ring buffer has its own size" in stderr
     kind = table["kind"].cast(pa.string())
     samples = table.filter(pc.equal(kind, "sample"))
     lost = table.filter(pc.equal(kind, "lost"))

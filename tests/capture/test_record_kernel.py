@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import signal
 import subprocess
@@ -143,3 +144,48 @@ def test_sigterm_finishes_a_complete_file(tmp_path: Path) -> None:
         assert reader.totals is not None
     assert not Path(str(out) + ".partial").exists()
     assert ebcap_programs_left(before) == set()
+
+
+@pytest.mark.parametrize(
+    ("transport", "asked", "used", "note"),
+    [
+        ("perf", "5000", 8192, "ebcap: note: --buffer-size 5000 rounded up to 8192 bytes per CPU"),
+        ("perf", "12K", 16384, "ebcap: note: --buffer-size 12K rounded up to 16384 bytes per CPU"),
+        ("perf", "8K", 8192, None),
+        ("ringbuf", "64K", 65536, None),
+    ],
+)
+def test_the_file_records_the_ring_size_used_and_rounding_is_said(
+    tmp_path: Path, transport: str, asked: str, used: int, note: str | None
+) -> None:
+    assert mmap.PAGESIZE == 4096  # the sizes above are in 4 KiB pages
+    out = tmp_path / "sized.arrow"
+    proc = _ebcap("record", "-o", str(out), "-t", transport, "-b", asked, "--duration", "0.3")
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    lines = stderr.splitlines()
+    notes = [line for line in lines if line.startswith("ebcap: note:")]
+    if note is None:
+        assert notes == []
+    else:
+        assert notes == [note + " (a perf ring is a power of two of pages)"]
+    assert lines[-1].startswith("recorded ")
+    with CaptureReader(out) as reader:
+        assert reader.metadata["ebcap.buffer_size"] == used
+    info = subprocess.run(
+        [sys.executable, "-m", "ebcap", "info", str(out)], capture_output=True, text=True
+    )
+    assert f"buffer {used // 1024}.0 KiB" in info.stdout, info.stdout
+
+
+def test_a_wakeup_a_ring_buffer_does_not_use_is_noted_not_dropped(tmp_path: Path) -> None:
+    out = tmp_path / "rb.arrow"
+    proc = _ebcap("record", "-o", str(out), "-t", "ringbuf", "--wakeup", "8", "--duration", "0.3")
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert stderr.splitlines()[0] == (
+        "ebcap: note: --wakeup 8 is not used: a ring buffer wakes its reader by its own rule "
+        "(when the reader has caught up)"
+    )
+    with CaptureReader(out) as reader:
+        assert reader.metadata["ebcap.wakeup"] == "ringbuf:adaptive"

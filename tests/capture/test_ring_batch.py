@@ -11,10 +11,9 @@ from ebcap.capture.batch import (
     KIND_CODE_SAMPLE,
     BatchBuilder,
     EventBatch,
-    copy_span,
     fixed_rows,
-    run_length,
 )
+from ebcap.capture.ring_walk import RingPosition, copy_span, run_length
 from ebcap.errors import CaptureError
 from ebcap.format.schema import KIND_LOST, KIND_SAMPLE, KINDS
 
@@ -158,6 +157,21 @@ def test_copy_span_rejects_impossible_positions(
 ) -> None:
     with pytest.raises(CaptureError, match=message):
         copy_span(bytes(16), size, start, end)
+
+
+def test_ring_position_reads_and_stores_the_whole_word_in_place() -> None:
+    area = bytearray(64)
+    position = RingPosition(area, 8)
+    position.store(0x0102030405060708)
+    assert area[8:16] == bytes([8, 7, 6, 5, 4, 3, 2, 1]) and not any(area[:8] + area[16:])
+    area[8:16] = (2**64 - 8).to_bytes(8, "little")
+    assert position.load() == 2**64 - 8
+    position.release()
+    position.release()
+    with pytest.raises(CaptureError, match="released"):
+        position.load()
+    with pytest.raises(ValueError, match="aligned"):
+        RingPosition(area, 12)
 
 
 @pytest.mark.parametrize("limit", [0, 1, 31, 32, 33, 100, 5000])

@@ -124,6 +124,24 @@ RECORDING = {
     "output in a missing directory": (["-o", "{dir}/no/such/run.arrow"], "does not exist"),
     "output is a directory": (["-o", "{dir}"], "directory"),
     "output exists": (["-o", "{in}"], "exists"),
+    "empty output name": (["-o", ""], "-o/--output: the file name is empty"),
+    "buffer size below a page": (["-b", "3"], "--buffer-size 3: "),
+    "ring buffer below a page": (["-t", "ringbuf", "-b", "3"], "--buffer-size 3: "),
+    "perf buffer over the kernel's limit": (["-b", "64G"], "--buffer-size 64G: "),
+    "ring buffer of 4G": (["-t", "ringbuf", "-b", "4G"], "--buffer-size 4G: "),
+    "ring buffer of 8G": (["-t", "ringbuf", "-b", "8G"], "--buffer-size 8G: "),
+    "duration nan": (["--duration", "nan"], "--duration"),
+    "duration inf": (["--duration", "inf"], "--duration"),
+    "duration -inf": (["--duration", "-inf"], "--duration"),
+    "flush interval nan": (["--flush-interval", "nan"], "--flush-interval"),
+    "ready file in a missing directory": (["--ready-file", "/nonexistent/r"], "--ready-file"),
+    "ready file is the output": (["--ready-file", "{dir}/run.arrow"], "--ready-file"),
+    "ready file is the .partial": (["--ready-file", "{dir}/run.arrow.partial"], "--ready-file"),
+    "ready file is a directory": (["--ready-file", "{dir}"], "--ready-file"),
+    "empty ready file name": (["--ready-file", ""], "--ready-file"),
+    "bad wakeup with a ring buffer": (["-t", "ringbuf", "--wakeup", "soon"], "--wakeup"),
+    "watermark as large as the ring": (["-b", "64K", "--wakeup", "64K"], "--wakeup 64K: "),
+    "watermark over the default ring": (["--wakeup", "16M"], "--wakeup 16M: "),
 }
 
 
@@ -138,15 +156,23 @@ def test_record(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 BENCH = {
-    "event size not a multiple of 8": ["--size", "13"],
-    "event size too large": ["--size", "8192"],
-    "producer cpu not online": ["--producers", "4096"],
-    "unknown transport": ["-t", "carrier-pigeon"],
-    "zero duration": ["--duration", "0"],
+    "event size not a multiple of 8": (["--size", "13"], "--size"),
+    "event size too large": (["--size", "8192"], "--size"),
+    "producer cpu not online": (["--producers", "4096"], "--producers"),
+    "unknown transport": (["-t", "carrier-pigeon"], "--transport"),
+    "zero duration": (["--duration", "0"], "--duration"),
+    "duration nan": (["--duration", "nan"], "--duration"),
+    "duration inf": (["--duration", "inf"], "--duration"),
+    "empty output name": (["-o", ""], "-o/--output: the file name is empty"),
+    "bad wakeup with a ring buffer": (["--wakeup", "0"], "--wakeup"),
+    "buffer size below a page": (["-t", "perf", "-b", "3"], "--buffer-size 3: "),
+    "ring buffer of 4G": (["-b", "4G"], "--buffer-size 4G: "),
+    "watermark over the ring": (["-t", "perf", "-b", "8K", "--wakeup", "8K"], "--wakeup 8K: "),
 }
 
 
 @pytest.mark.privileged
 @pytest.mark.parametrize("case", sorted(BENCH))
 def test_bench(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    check_refused(capsys, tmp_path, ["bench", "-o", "{dir}/bench.arrow", *BENCH[case]])
+    args, mentions = BENCH[case]
+    check_refused(capsys, tmp_path, ["bench", "-o", "{dir}/bench.arrow", *args], mentions)
