@@ -110,10 +110,11 @@ def all_xdp_programs(ipr: IPRoute) -> list[tuple[int, int, int]]:
 
 
 def program_name(prog_id: int) -> str:
-    """The name of BPF program ``prog_id``; empty if it is gone."""
+    """The name of BPF program ``prog_id``; empty if it is gone, or if opening it by id
+    is not allowed (it takes CAP_SYS_ADMIN)."""
     try:
         return program_name_by_id(prog_id)
-    except BpfObjectNotFoundError:
+    except (BpfObjectNotFoundError, MissingCapabilityError):
         return ""
 
 
@@ -127,24 +128,40 @@ def attach_xdp(ipr: IPRoute, index: int, prog: Program, mode: str, what: str) ->
         ipr.link("set", index=index, xdp={"attrs": attrs})
 
 
-def detach_xdp(ipr: IPRoute, index: int, prog_id: int, mode_flag: int) -> None:
-    """Detach program ``prog_id`` only if it is still the one attached."""
+def detach_xdp(
+    ipr: IPRoute, index: int, prog_id: int, mode_flag: int, held: Program | None = None
+) -> None:
+    """Detach program ``prog_id`` only if it is still the one attached.
+
+    ``held``: the program itself, when the caller holds it (its own capture).
+    Otherwise it is opened by id, which takes CAP_SYS_ADMIN: a capture that
+    holds its program detaches it with CAP_BPF and CAP_NET_ADMIN alone.
+    """
+    if held is not None:
+        _detach_expected(ipr, index, prog_id, mode_flag, held)
+        return
     try:
         expected = Program(_sys.get_fd_by_id(_sys.BPF_PROG_GET_FD_BY_ID, prog_id))
     except BpfObjectNotFoundError:
         return
     with expected:
-        attrs = [
-            ("IFLA_XDP_FD", -1),
-            ("IFLA_XDP_EXPECTED_FD", expected.fd),
-            ("IFLA_XDP_FLAGS", mode_flag | XDP_FLAGS_REPLACE),
-        ]
-        try:
-            ipr.link("set", index=index, xdp={"attrs": attrs})
-        except NetlinkError as exc:
-            if exc.code not in (errno.EEXIST, errno.ENODEV):  # replaced or gone meanwhile
-                with netlink_errors(f"detaching XDP program {prog_id}"):
-                    raise
+        _detach_expected(ipr, index, prog_id, mode_flag, expected)
+
+
+def _detach_expected(
+    ipr: IPRoute, index: int, prog_id: int, mode_flag: int, expected: Program
+) -> None:
+    attrs = [
+        ("IFLA_XDP_FD", -1),
+        ("IFLA_XDP_EXPECTED_FD", expected.fd),
+        ("IFLA_XDP_FLAGS", mode_flag | XDP_FLAGS_REPLACE),
+    ]
+    try:
+        ipr.link("set", index=index, xdp={"attrs": attrs})
+    except NetlinkError as exc:
+        if exc.code not in (errno.EEXIST, errno.ENODEV):  # replaced or gone meanwhile
+            with netlink_errors(f"detaching XDP program {prog_id}"):
+                raise
 
 
 # --- tc -------------------------------------------------------------------------

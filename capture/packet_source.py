@@ -160,15 +160,15 @@ class XdpSource(PacketSource):
             self._note(note)
         for mode_flag, prog_id in hooks.xdp_programs(ipr, index):
             name = hooks.program_name(prog_id)
+            which = f"XDP program {name!r} (id {prog_id})" if name else f"XDP program id {prog_id}"
             if not self.replace:
                 raise UsageError(
-                    f"{self.iface} already runs XDP program {name!r} (id {prog_id}); "
+                    f"{self.iface} already runs {which}; "
                     "--replace-xdp replaces it (it is not put back afterwards)"
                 )
             hooks.detach_xdp(ipr, index, prog_id, mode_flag)
             self._note(
-                f"replaced XDP program {name!r} (id {prog_id}) on {self.iface}; "
-                "it is not put back when the capture ends"
+                f"replaced {which} on {self.iface}; it is not put back when the capture ends"
             )
 
     def _attach(self, ipr: IPRoute, index: int, prog: Program) -> Callable[[], None]:
@@ -192,7 +192,7 @@ class XdpSource(PacketSource):
                 return
             done.append(True)
             with leftovers.hooks_lock():
-                hooks.detach_xdp(ipr, index, prog_id, mode_flag)
+                hooks.detach_xdp(ipr, index, prog_id, mode_flag, held=prog)
                 leftovers.xdp_marker(index, prog_id).unlink(missing_ok=True)
 
         return detach

@@ -6,9 +6,11 @@ unprivileged_bpf_disabled 2):
 
 - syscalls, tracepoint: CAP_BPF and CAP_PERFMON (tracing program types);
 - tc: CAP_BPF and CAP_NET_ADMIN (a networking program type, a clsact qdisc);
-- xdp: CAP_NET_ADMIN and CAP_SYS_ADMIN: besides attaching, the source finds the
-  XDP program on the interface by its id (BPF_PROG_GET_FD_BY_ID), which only
-  CAP_SYS_ADMIN may do (it passes for CAP_BPF and CAP_PERFMON too);
+- xdp: CAP_BPF and CAP_NET_ADMIN (a networking program type, attached to an
+  interface; the capture detaches the program it holds). Naming or replacing
+  another XDP program found on the interface opens it by id
+  (BPF_PROG_GET_FD_BY_ID), which takes CAP_SYS_ADMIN: without it the refusal
+  gives the program's id only;
 - bench: CAP_BPF (a socket filter driven by BPF_PROG_TEST_RUN);
 - a pinned map: nothing for a ring buffer (the pin's file permissions);
 - the perf transport adds CAP_PERFMON (per-CPU perf events), and CAP_IPC_LOCK
@@ -42,8 +44,8 @@ _SOURCE_NEEDS: Final[dict[str, dict[str, str]]] = {
         "CAP_NET_ADMIN": "a tc program and its clsact qdisc",
     },
     "xdp": {
-        "CAP_SYS_ADMIN": "finding XDP programs by id (BPF_PROG_GET_FD_BY_ID)",
-        "CAP_NET_ADMIN": "attaching XDP to an interface",
+        "CAP_BPF": "loading its BPF program",
+        "CAP_NET_ADMIN": "an XDP program attached to an interface",
     },
     "bench": {"CAP_BPF": "loading its BPF program"},
     "pin": {},
