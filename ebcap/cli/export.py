@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ebcap.cli._common import closed_pipe_ends_quietly, count
+from ebcap.cli._values import input_path, output_file
 
 if TYPE_CHECKING:
     from ebcap.replay.order import OrderReport
@@ -33,9 +34,12 @@ def register(app: typer.Typer) -> None:
 
 
 def export(
-    file: Path = typer.Argument(..., help="The capture to convert."),
+    file: Path = typer.Argument(..., help="The capture to convert.", parser=input_path),
     output: Path = typer.Option(
-        ..., "-o", "--output", help="The file to write (-: stdout, for csv, jsonl and pcapng)."
+        ..., "-o",
+        "--output",
+        help="The file to write (-: stdout, for csv, jsonl and pcapng).",
+        parser=output_file,
     ),
     fmt: str | None = typer.Option(
         None,

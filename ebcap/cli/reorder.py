@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Final
 import typer
 
 from ebcap.cli._common import closed_pipe_ends_quietly, count, print_fields, print_table
+from ebcap.cli._values import input_path
 
 if TYPE_CHECKING:
     from ebcap.replay.reorder import ReorderReport
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
 
 
 def reorder(
-    file: Path = typer.Argument(..., help="The capture to analyse."),
+    file: Path = typer.Argument(..., help="The capture to analyse.", parser=input_path),
     as_json: bool = typer.Option(
         False, "--json", help="One JSON object instead of text (with every round's late count)."
     ),

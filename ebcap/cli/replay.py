@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ebcap.cli._common import closed_pipe_ends_quietly
+from ebcap.cli._values import input_path, output_file
 from ebcap.errors import UsageError
 
 FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".csv": "csv"}
@@ -33,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
 
 def replay(
-    file: Path = typer.Argument(..., help="The capture to replay."),
+    file: Path = typer.Argument(..., help="The capture to replay.", parser=input_path),
     sorted_: bool = typer.Option(
         False, "--sorted", help="Exact time order: by ts_ns, ties by cpu, then seq."
     ),
@@ -44,7 +45,11 @@ def replay(
         help="text, jsonl or csv (default: from the -o extension, else text).",
     ),
     output: Path | None = typer.Option(
-        None, "-o", "--output", help="Write here instead of stdout (NAME.zst: compressed)."
+        None,
+        "-o",
+        "--output",
+        help="Write here instead of stdout (NAME.zst: compressed).",
+        parser=output_file,
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
     cpu: str | None = typer.Option(None, "--cpu", help="Only these CPUs, e.g. 0,2-3."),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Final
 import typer
 
 from ebcap.cli._common import closed_pipe_ends_quietly
+from ebcap.cli._values import input_path, output_file
 from ebcap.errors import UsageError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
 
 def sql(
-    file: Path = typer.Argument(..., help="The capture to query."),
+    file: Path = typer.Argument(..., help="The capture to query.", parser=input_path),
     query: str = typer.Argument(..., help="The SQL statement; the table is `events`."),
     fmt: str = typer.Option(
         "table",
@@ -41,7 +42,9 @@ def sql(
         "-f",
         help="table (aligned text, widths from the first 65,536 rows), csv, jsonl or json.",
     ),
-    output: Path | None = typer.Option(None, "-o", "--output", help="Write here, not stdout."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Write here, not stdout.", parser=output_file
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     from ebcap.format.reader import CaptureReader
