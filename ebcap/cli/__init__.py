@@ -126,8 +126,11 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug in ebcap: still one line, the traceback on request
         if os.environ.get("EBCAP_DEBUG"):
             raise
+        notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))  # e.g. a .partial
         return _fail(
-            f"internal error: {type(exc).__name__}: {exc} (set EBCAP_DEBUG=1 for the traceback)", 1
+            f"internal error: {type(exc).__name__}: {exc}{notes} "
+            "(set EBCAP_DEBUG=1 for the traceback)",
+            1,
         )
     if ctrl_c.seen and result == INTERRUPTED_EXIT:  # typer ended it, silently
         return _interrupted()
