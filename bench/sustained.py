@@ -46,7 +46,9 @@ from typing import Any
 import pyarrow as pa
 
 from ebcap.bpf.cpus import online_cpus, parse_cpu_list
-from ebcap.capture.bench import BenchSource, Producers, check_integrity
+from ebcap.capture.bench_integrity import check_integrity
+from ebcap.capture.bench_producers import Producers
+from ebcap.capture.bench_source import BenchSource
 from ebcap.capture.recorder import Recorder, RecordOptions, RecordSummary
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.memory import use_streaming_pool
