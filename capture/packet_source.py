@@ -12,11 +12,10 @@ interface and reports each removal through ``notify``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
@@ -45,10 +44,8 @@ class PacketLayout(PayloadLayout):
 
     snaplen: int = program.SNAPLEN_DEFAULT
 
-    def to_json(self) -> str:
-        described = json.loads(super().to_json())
-        described[SNAPLEN_KEY] = self.snaplen
-        return json.dumps(described)
+    def description(self) -> dict[str, Any]:
+        return {**super().description(), SNAPLEN_KEY: self.snaplen}
 
 
 def list_packet_sources() -> list[str]:

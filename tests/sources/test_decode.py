@@ -336,7 +336,9 @@ def test_packet_source_arguments_are_checked() -> None:
             TcSource("lo", "egress", snaplen=snaplen)
     for snaplen in (packet_program.SNAPLEN_MIN, packet_program.SNAPLEN_MAX):
         assert TcSource("lo", "ingress", snaplen=snaplen).snaplen == snaplen
-        assert json.loads(XdpSource("lo", snaplen=snaplen).layout.to_json())["snaplen"] == snaplen
+        layout = XdpSource("lo", snaplen=snaplen).layout
+        assert json.loads(layout.to_json())["snaplen"] == snaplen
+        assert layout.description()["snaplen"] == snaplen  # what the recorder stores
     with pytest.raises(UsageError, match="XDP mode"):
         XdpSource("lo", mode="offload")
     with pytest.raises(UsageError, match="direction"):
