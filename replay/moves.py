@@ -30,6 +30,8 @@ PIECE_ROWS: Final = 4096
 """Rows compared against their band at a time (bounds the comparison matrix)."""
 PAIR_BUDGET: Final = 64
 """Far-back comparisons allowed per row before the general counter takes over."""
+MAX_GROUPS: Final = 128
+"""CPUs in a batch up to which rows are counted one CPU at a time (a binary search each)."""
 
 
 class MoveCounter:
@@ -47,13 +49,16 @@ class MoveCounter:
         """How many intervals the handed-out positions form (what memory follows)."""
         return len(self.starts)
 
-    def moved(self, arrival: np.ndarray) -> np.ndarray:
+    def moved(self, arrival: np.ndarray, cpu: np.ndarray | None = None) -> np.ndarray:
         """For rows handed out in this order (their arrival positions), how many rows
-        delivered before each are still to come; records them as handed out."""
+        delivered before each are still to come; records them as handed out.
+
+        ``cpu``: each row's CPU, which makes the count cheap while every CPU's rows
+        keep their arrival order (see :func:`earlier_greater`)."""
         arrival = np.asarray(arrival, dtype=np.int64)
         # Rows delivered before each that had not come out when this batch began, less
         # those earlier in the batch that were delivered before it too.
-        earlier_below = np.arange(len(arrival)) - earlier_greater(arrival)
+        earlier_below = np.arange(len(arrival)) - earlier_greater(arrival, cpu)
         out = arrival - self.handed_out_below(arrival) - earlier_below
         self._add(arrival)
         return out
@@ -72,7 +77,7 @@ class MoveCounter:
         """Mark ``positions`` (distinct, not yet handed out) as handed out."""
         if not len(positions):
             return
-        points = np.sort(positions)
+        points = np.sort(positions, kind="stable")  # a merge of a few ascending runs
         breaks = np.flatnonzero(np.diff(points) != 1) + 1
         first = np.concatenate(([0], breaks))
         last = np.concatenate((breaks - 1, [len(points) - 1]))
@@ -89,10 +94,13 @@ class MoveCounter:
         self.before = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
 
 
-def earlier_greater(values: np.ndarray) -> np.ndarray:
+def earlier_greater(values: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
     """For each i, how many of values[:i] are greater than values[i] (values distinct).
 
-    Rows handed out in time order are mostly in arrival order: only a row
+    With ``groups`` (the rows' CPUs) where each group's values increase, as a
+    CPU's events keep their delivery order through the time sort, the count
+    is one binary search per group (:func:`_earlier_greater_by_group`).
+    Otherwise: rows handed out in time order are mostly in arrival order: only a row
     below the running maximum (a descent) has any. Those within :data:`BAND`
     rows before it are compared directly; those further back can only be
     values greater than something more than BAND rows after them, usually
@@ -103,6 +111,10 @@ def earlier_greater(values: np.ndarray) -> np.ndarray:
     out = np.zeros(n, dtype=np.int64)
     if n < 2:
         return out
+    if groups is not None:
+        by_group = _earlier_greater_by_group(values, groups)
+        if by_group is not None:
+            return by_group
     running = np.maximum.accumulate(values)
     descents = np.flatnonzero(values[1:] < running[:-1]) + 1
     if not len(descents):
@@ -127,4 +139,29 @@ def earlier_greater(values: np.ndarray) -> np.ndarray:
         behind = sources[None, :] < (rows - BAND)[:, None]
         greater = values[sources][None, :] > values[rows][:, None]
         out[rows] += np.count_nonzero(behind & greater, axis=1)
+    return out
+
+
+def _earlier_greater_by_group(values: np.ndarray, groups: np.ndarray) -> np.ndarray | None:
+    """:func:`earlier_greater` when each group's values increase (None when one does not).
+
+    A row's own group contributes nothing before it. The rows of another
+    group g before row i are g's first k rows, increasing, so those greater
+    than values[i] number k less those below it: max(0, k - #(g's values <
+    values[i])), a binary search over g's values.
+    """
+    present = np.flatnonzero(np.bincount(groups)) if len(groups) else groups
+    if len(present) > MAX_GROUPS:
+        return None
+    out = np.zeros(len(values), dtype=np.int64)
+    # Only a row below the running maximum of the rows before it has any.
+    descents = np.flatnonzero(values[1:] < np.maximum.accumulate(values)[:-1]) + 1
+    for group in present:
+        mine = groups == group
+        own = values[mine]
+        if len(own) > 1 and not (own[1:] > own[:-1]).all():
+            return None
+        rows = descents[~mine[descents]]
+        before = (np.cumsum(mine) - mine)[rows]  # rows of the group before each row
+        out[rows] += np.maximum(before - np.searchsorted(own, values[rows]), 0)
     return out

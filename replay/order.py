@@ -241,7 +241,9 @@ class _Emitter:
             if batch.num_rows == 0:
                 continue
             late = batch.column(LATE_FIELD.name).to_numpy().astype(np.uint64, copy=False)
-            moved = self.mover.moved(batch.column(ARRIVAL_FIELD.name).to_numpy())
+            moved = self.mover.moved(
+                batch.column(ARRIVAL_FIELD.name).to_numpy(), batch.column("cpu").to_numpy()
+            )
             rows = batch.drop_columns([LATE_FIELD.name, ARRIVAL_FIELD.name])
             yield OrderedBatch(rows, late, moved)
 

@@ -81,3 +81,40 @@ def test_memory_follows_the_disorder_not_the_file() -> None:
         assert start == 0 or not moved.any()
         widest = max(widest, counter.intervals)
     assert first == n - 1 and widest == 2 and counter.intervals == 1
+
+
+@st.composite
+def cpu_streams(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+    """Arrival positions as a time sort hands them out: each CPU's rows in their delivery
+    order (so its positions increase), the CPUs interleaved at random; sometimes one CPU's
+    own rows are out of order, which the per-CPU count must notice and leave alone."""
+    n = draw(st.integers(0, 200))
+    cpus = draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
+    positions = draw(st.permutations(list(range(n))))
+    by_cpu: dict[int, list[int]] = {}
+    for cpu, position in zip(cpus, positions, strict=True):
+        by_cpu.setdefault(cpu, []).append(position)
+    for cpu, own in by_cpu.items():
+        own.sort(reverse=draw(st.integers(0, 9)) == 0 and len(own) > 1)
+        by_cpu[cpu] = own
+    taken = {cpu: 0 for cpu in by_cpu}
+    values = []
+    for cpu in cpus:
+        values.append(by_cpu[cpu][taken[cpu]])
+        taken[cpu] += 1
+    return values, cpus
+
+
+@settings(max_examples=300, deadline=None)
+@given(cpu_streams())
+def test_earlier_greater_by_cpu_counts_exactly(case: tuple[list[int], list[int]]) -> None:
+    values, cpus = case
+    got = earlier_greater(np.array(values, dtype=np.int64), np.array(cpus, dtype=np.int64))
+    assert got.tolist() == [sum(1 for v in values[:i] if v > x) for i, x in enumerate(values)]
+
+
+def test_the_per_cpu_count_is_used_only_while_every_cpu_keeps_its_order() -> None:
+    in_order = np.array([0, 2, 1, 3, 5, 4], dtype=np.int64)
+    cpus = np.array([0, 0, 1, 1, 0, 1], dtype=np.int64)
+    assert moves._earlier_greater_by_group(in_order, cpus) is not None
+    assert moves._earlier_greater_by_group(in_order, np.zeros(6, dtype=np.int64)) is None
