@@ -145,6 +145,11 @@ class CaptureWriter:
             raise UsageError(f"output directory {parent} does not exist")
         if self.path.is_dir():
             raise UsageError(f"output {self.path} is a directory")
+        if self.path.exists() and not self.path.is_file():
+            raise UsageError(
+                f"output {self.path} is not a regular file: a capture is written as "
+                f"{self.path.name}{PARTIAL_SUFFIX} and then renamed into place"
+            )
         if self.path.exists() and not self._force:
             raise OutputExistsError(f"{self.path} exists (use --force to overwrite it)")
 

@@ -5,13 +5,16 @@ file without ``force``, never write over an input, fail early on a missing
 directory, and never leave a half-written file behind: bytes go to a hidden
 temporary name next to the target (mode 0600, events can hold secrets) that
 is renamed into place only when everything was written. ``NAME.zst`` is
-compressed with zstandard while streaming.
+compressed with zstandard while streaming. An existing device, FIFO or socket
+(``/dev/null``, a named pipe) is written to directly: renaming a file over it
+would replace it, and writing to it clobbers nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable
@@ -40,6 +43,15 @@ def inner_suffix(path: str | os.PathLike[str]) -> str:
     return p.suffix.lower()
 
 
+def is_special(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an existing device, FIFO or socket (written in place)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
 def check_output_path(
     path: str | os.PathLike[str], *, force: bool, inputs: Iterable[str | os.PathLike[str]] = ()
 ) -> Path:
@@ -53,7 +65,7 @@ def check_output_path(
     parent = out.parent
     if not parent.is_dir():
         raise UsageError(f"output directory {parent} does not exist")
-    if out.exists() and not force:
+    if out.exists() and not force and not is_special(out):
         raise OutputExistsError(f"{out} exists; use --force to overwrite it")
     return out
 
@@ -79,6 +91,10 @@ class AtomicPath:
         inputs: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         self.path = check_output_path(path, force=force, inputs=inputs)
+        self.special = is_special(self.path)
+        if self.special:  # a device or FIFO is written in place, never replaced
+            self.temp = self.path
+            return
         fd, temp = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
         )
@@ -94,6 +110,8 @@ class AtomicPath:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.special:
+            return
         if exc_type is None:
             os.chmod(self.temp, 0o600)
             os.replace(self.temp, self.path)
@@ -121,15 +139,20 @@ class Output:
         self._raw: BinaryIO | None = None
         self._zstd: zstandard.ZstdCompressionWriter | None = None
         self._temp: Path | None = None
+        self._special = False
         if path is None or str(path) in ("-", ""):
             self._raw = sys.stdout.buffer
             return
         self.path = check_output_path(path, force=force, inputs=inputs)
-        fd, temp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
-        self._temp = Path(temp)
-        self._raw = os.fdopen(fd, "wb")
+        if is_special(self.path):  # a device or FIFO is written in place, never replaced
+            self._raw = open(self.path, "wb")  # noqa: SIM115 (closed by commit or abort)
+            self._special = True
+        else:
+            fd, temp = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            )
+            self._temp = Path(temp)
+            self._raw = os.fdopen(fd, "wb")
         if is_compressed(self.path) if compress is None else compress:
             compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
             self._zstd = compressor.stream_writer(self._raw, closefd=False)
@@ -157,6 +180,12 @@ class Output:
         raw, self._raw = self._raw, None
         if raw is None:
             return self.path
+        if self._special:
+            if self._zstd is not None:
+                self._zstd.close()
+                self._zstd = None
+            raw.close()
+            return self.path
         if self._temp is None or self.path is None:
             raw.flush()
             return None
@@ -180,6 +209,9 @@ class Output:
         raw, self._raw = self._raw, None
         zstd, self._zstd = self._zstd, None
         temp, self._temp = self._temp, None
+        if self._special and raw is not None:
+            with contextlib.suppress(OSError):
+                raw.close()
         if temp is None:
             return
         with contextlib.suppress(OSError, zstandard.ZstdError):

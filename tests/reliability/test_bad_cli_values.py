@@ -57,6 +57,7 @@ READING = {
     "reorder empty input name": ["reorder", ""],
     "recover empty input name": ["recover", "", "-o", "{dir}/x.arrow"],
     "recover empty output name": ["recover", "{in}", "-o", ""],
+    "recover onto a device": ["recover", "{in}", "-o", "/dev/null", "--force"],
     "unknown option": ["info", "--nosuch", "{in}"],
     "unknown command": ["nosuch", "{in}"],
 }
@@ -104,6 +105,7 @@ def test_reading_commands(case: str, tmp_path: Path, capsys: pytest.CaptureFixtu
 
 RECORDING = {
     "unknown source": (["-s", "nosuch"], "unknown source"),
+    "output is a device": (["-o", "/dev/null", "--force"], "not a regular file"),
     "unknown transport": (["-t", "carrier-pigeon"], "unknown transport"),
     "buffer size not a size": (["-b", "12Q"], "--buffer-size"),
     "buffer size zero": (["-b", "0"], "--buffer-size"),

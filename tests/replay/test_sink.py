@@ -74,3 +74,29 @@ def test_format_suffix_ignores_zst() -> None:
     assert inner_suffix("a/b.JSONL.zst") == ".jsonl"
     assert inner_suffix("b.csv") == ".csv"
     assert inner_suffix("b") == ""
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_device_is_written_in_place_not_replaced(force: bool) -> None:
+    """`-o /dev/null` (with or without --force) writes to the device: renaming a finished
+    temporary file over it would replace /dev/null with a regular file."""
+    import stat
+
+    with Output("/dev/null", force=force) as out:
+        out.write(b"discarded\n")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_a_fifo_is_written_in_place(tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    with Output(fifo) as out:
+        out.write(b"through the pipe\n")
+    reader.join(timeout=10)
+    assert received == [b"through the pipe\n"]
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]  # no temporary file, no rename
