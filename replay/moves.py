@@ -17,7 +17,7 @@ disorder), not the length of the file.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -32,6 +32,32 @@ PAIR_BUDGET: Final = 64
 """Far-back comparisons allowed per row before the general counter takes over."""
 MAX_GROUPS: Final = 128
 """CPUs in a batch up to which rows are counted one CPU at a time (a binary search each)."""
+
+
+class Mover(Protocol):
+    """Counts, for rows handed out in time order, the earlier-delivered rows still to come."""
+
+    def moved(self, arrival: np.ndarray, cpu: np.ndarray | None = None) -> np.ndarray: ...
+
+
+class TwoCpuMover:
+    """:class:`MoveCounter`'s count in closed form, for a capture of at most two CPUs whose
+    rows (loss records too) each keep their CPU's order, as a perf buffer delivers them.
+
+    A row's own CPU then has nothing delivered before it still to come. Of the other
+    CPU's rows, those delivered before it are the first ``arrival - k`` (``k``: rows
+    of its own CPU before it, in either order), those handed out before it the first
+    ``out - k`` (``out``: its place in the output): ``max(0, arrival - out)`` remain.
+    """
+
+    def __init__(self) -> None:
+        self.handed_out = 0
+
+    def moved(self, arrival: np.ndarray, cpu: np.ndarray | None = None) -> np.ndarray:
+        arrival = np.asarray(arrival, dtype=np.int64)
+        out = np.arange(self.handed_out, self.handed_out + len(arrival), dtype=np.int64)
+        self.handed_out += len(arrival)
+        return np.maximum(arrival - out, 0)
 
 
 class MoveCounter:

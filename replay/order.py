@@ -38,7 +38,7 @@ from ebcap.errors import BadFileError
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.dictionaries import coded_like, gathered_dictionary, merged_by_concatenation
 from ebcap.replay.lateness import LatenessTracker
-from ebcap.replay.moves import MoveCounter
+from ebcap.replay.moves import MoveCounter, Mover, TwoCpuMover
 from ebcap.replay.runs import SpilledRuns, sort_keys, sort_order
 from ebcap.replay.scan import (
     SLICE_ROWS,
@@ -179,7 +179,8 @@ def time_order(
     """
     report = report if report is not None else OrderReport()
     report.sorted = True
-    bounds = later_minimums(reader, report)
+    shape = StreamShape()
+    bounds = later_minimums(reader, report, shape)
     report.scanned = True
     if on_scanned is not None:
         on_scanned(report)
@@ -189,7 +190,12 @@ def time_order(
     schema = read_schema.append(LATE_FIELD).append(ARRIVAL_FIELD)
     tracker = LatenessTracker()
     window = _Window(schema)
-    emitter = _Emitter(schema, SpilledRuns(schema, spill_dir), MoveCounter())
+    mover: Mover = (
+        TwoCpuMover()
+        if len(shape.cpus) <= 2 and shape.rows_out_of_order == 0
+        else MoveCounter()
+    )
+    emitter = _Emitter(schema, SpilledRuns(schema, spill_dir), mover)
     arrival = 0
     try:
         for index, rows in enumerate(iter_slices(reader, columns=columns)):
@@ -224,7 +230,7 @@ class _Emitter:
 
     schema: pa.Schema
     runs: SpilledRuns
-    mover: MoveCounter
+    mover: Mover
 
     def emit(self, window: _Window, bound: int | None) -> Iterator[OrderedBatch]:
         """Every row with ts_ns < ``bound`` (all rows when None) not handed out yet."""
@@ -248,15 +254,33 @@ class _Emitter:
             yield OrderedBatch(rows, late, moved)
 
 
-def later_minimums(reader: CaptureReader, report: OrderReport) -> np.ndarray:
-    """First pass: for slice i, the smallest ts_ns of slices i..end (per-CPU order checked)."""
+@dataclass
+class StreamShape:
+    """What the first pass saw of the CPUs' streams, loss records included."""
+
+    cpus: set[int] = field(default_factory=set)
+    rows_out_of_order: int = 0
+    """Rows (samples or loss records) stamped before an earlier row of their CPU."""
+
+
+def later_minimums(
+    reader: CaptureReader, report: OrderReport, shape: StreamShape | None = None
+) -> np.ndarray:
+    """First pass: for slice i, the smallest ts_ns of slices i..end (per-CPU order checked).
+
+    ``shape``, if given, learns the CPUs seen and whether each kept its order."""
     minimums: list[int] = []
     highs: dict[int, int] = {}
+    all_highs: dict[int, int] = {}
     for part in scan_columns(reader, ("cpu", "ts_ns", "kind")):
         ts = u64(part, "ts_ns")
         minimums.append(int(ts.min()))
         sample = is_sample(part)
         cpu = part.column("cpu").to_numpy()
+        if shape is not None:
+            shape.cpus.update(np.flatnonzero(np.bincount(cpu)).tolist())
+            behind = _behind_per_cpu(cpu, ts, all_highs)
+            shape.rows_out_of_order += sum(behind.values())
         if not sample.all():
             cpu, ts = cpu[sample], ts[sample]
         _count_cpu_disorder(cpu, ts, highs, report)
@@ -270,8 +294,16 @@ def _count_cpu_disorder(
     cpu: np.ndarray, ts: np.ndarray, highs: dict[int, int], report: OrderReport
 ) -> None:
     """Count samples older than an earlier sample of the same CPU (carrying across slices)."""
+    for which, behind in _behind_per_cpu(cpu, ts, highs).items():
+        report.cpu_disorder[which] = report.cpu_disorder.get(which, 0) + behind
+
+
+def _behind_per_cpu(cpu: np.ndarray, ts: np.ndarray, highs: dict[int, int]) -> dict[int, int]:
+    """Per CPU, the rows stamped before an earlier row of that CPU; ``highs`` carries the
+    newest stamp of each CPU from slice to slice."""
+    found: dict[int, int] = {}
     if len(cpu) == 0:
-        return
+        return found
     present = np.flatnonzero(np.bincount(cpu))
     if len(present) <= FEW_CPUS:  # a mask per CPU beats sorting the slice by CPU
         groups = [(int(c), ts[cpu == c]) for c in present]
@@ -288,8 +320,9 @@ def _count_cpu_disorder(
         np.maximum(running, np.uint64(carry), out=running)
         behind = int(np.count_nonzero(group < running))
         if behind:
-            report.cpu_disorder[which] = report.cpu_disorder.get(which, 0) + behind
+            found[which] = behind
         highs[which] = int(running[-1])
+    return found
 
 
 class _Window:

@@ -115,10 +115,17 @@ def wall_clock(ts: np.ndarray, realtime_offset_ns: int) -> pa.Array:
     return pc.strftime(wall.cast(pa.timestamp("ns", tz="UTC")), format="%Y-%m-%d %H:%M:%S")
 
 
-def microseconds(ns: np.ndarray) -> list[Piece | Decimal]:
-    """Pieces spelling durations in ns as ``12.3 us`` (one decimal, rounded), for a join."""
+_POINT_DIGITS: Final = pa.array([f".{digit}" for digit in range(10)])
+
+
+def microseconds(ns: np.ndarray, unit: str = " us") -> list[Piece | Decimal]:
+    """Pieces spelling durations in ns as ``12.3 us`` (one decimal, rounded), for a join.
+
+    Three pieces (each costs the join a pass over its rows): the whole
+    microseconds, the point and tenth, and ``unit`` with what follows it."""
     tenths = (ns.astype(np.uint64) + np.uint64(50)) // np.uint64(100)
-    return [Decimal(tenths // np.uint64(10)), ".", padded_digits(tenths % np.uint64(10), 1), " us"]
+    point_tenth = _POINT_DIGITS.take(pa.array(tenths % np.uint64(10)))
+    return [Decimal(tenths // np.uint64(10)), point_tenth, unit]
 
 
 class TextFormatter:
@@ -273,7 +280,7 @@ class TextFormatter:
             late = late_ns > 0
             if not late.any():
                 return "\n"
-            text = self._paint(["  << ", *microseconds(late_ns[late]), " late"], _YELLOW)
+            text = self._paint(["  << ", *microseconds(late_ns[late], " us late")], _YELLOW)
             return spread_lines(late, [*text, "\n"], "\n")
         if moved is None:
             raise UsageError("time order needs how far the sort moved each row")
@@ -282,13 +289,15 @@ class TextFormatter:
             return "\n"
         count, late_ns = moved[marked], late_ns[marked]
         late = late_ns > 0
-        events = pc.if_else(pa.array(count != 1), " events", " event")
         # Each piece costs a pass over every marked row: the common case (every moved
         # row was late) joins its pieces directly.
         if late.all():
-            tail: list[Piece] = [", ", *microseconds(late_ns), " late]"]
+            events = pc.if_else(pa.array(count != 1), " events, ", " event, ")
+            tail: list[Piece] = [events, *microseconds(late_ns, " us late]")]
         else:
-            late_text = join_lines([", ", *microseconds(late_ns[late]), " late]"], int(late.sum()))
-            tail = [either(late, late_text, "]")]
-        pieces = ["  [moved ahead of ", Decimal(count), events, *tail]
+            events = pc.if_else(pa.array(count != 1), " events", " event")
+            spelled = microseconds(late_ns[late], " us late]")
+            late_text = join_lines([", ", *spelled], int(late.sum()))
+            tail = [events, either(late, late_text, "]")]
+        pieces = ["  [moved ahead of ", Decimal(count), *tail]
         return spread_lines(marked, [*self._paint(pieces, _MAGENTA), "\n"], "\n")

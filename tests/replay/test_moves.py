@@ -118,3 +118,32 @@ def test_the_per_cpu_count_is_used_only_while_every_cpu_keeps_its_order() -> Non
     cpus = np.array([0, 0, 1, 1, 0, 1], dtype=np.int64)
     assert moves._earlier_greater_by_group(in_order, cpus) is not None
     assert moves._earlier_greater_by_group(in_order, np.zeros(6, dtype=np.int64)) is None
+
+
+@st.composite
+def two_cpu_time_orders(draw: st.DrawFn) -> tuple[list[int], list[int], list[int]]:
+    """Rows of two CPUs, each CPU's timestamps increasing in delivery order, delivered
+    interleaved at random: (arrival positions in time order, their CPUs, batch cuts)."""
+    n = draw(st.integers(0, 150))
+    cpus = draw(st.lists(st.integers(0, 1), min_size=n, max_size=n))
+    clock = {0: 0, 1: 0}
+    stamps = []
+    for cpu in cpus:
+        clock[cpu] += draw(st.integers(0, 5))  # ties within a CPU keep delivery order
+        stamps.append(clock[cpu])
+    order = sorted(range(n), key=lambda i: (stamps[i], cpus[i], i))
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=5)))
+    return order, [cpus[i] for i in order], cuts
+
+
+@settings(max_examples=300, deadline=None)
+@given(two_cpu_time_orders())
+def test_the_two_cpu_closed_form_matches_brute_force(
+    case: tuple[list[int], list[int], list[int]],
+) -> None:
+    order, cpus, cuts = case
+    mover = moves.TwoCpuMover()
+    got: list[int] = []
+    for start, end in zip([0, *cuts], [*cuts, len(order)], strict=True):
+        got += mover.moved(np.array(order[start:end]), np.array(cpus[start:end])).tolist()
+    assert got == brute_moved(order)
