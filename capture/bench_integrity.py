@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from ebcap.bpf.programs.bench import PAD_MAGIC
 from ebcap.capture.batch import fixed_rows
+from ebcap.capture.sequence_check import CpuSequence
 from ebcap.format.schema import KIND_LOST, KIND_SAMPLE
 
 
@@ -53,11 +54,11 @@ def _count_lost(batch: pa.RecordBatch, report: IntegrityReport) -> None:
 def check_integrity(batches: Iterable[pa.RecordBatch], size: int) -> IntegrityReport:
     """Check every sample's header and padding, and per-CPU sequence continuity.
 
-    One batch at a time: what is kept across batches is each good event's
-    sequence number (4 bytes), not the payloads.
+    One batch at a time: what is kept across batches is, per CPU, the ranges of
+    sequence numbers still missing (:mod:`ebcap.capture.sequence_check`).
     """
     report = IntegrityReport()
-    seqs: dict[int, list[np.ndarray]] = {}
+    seqs: dict[int, CpuSequence] = {}
     for batch in batches:
         _count_lost(batch, report)
         samples = _rows_of_kind(batch, KIND_SAMPLE)
@@ -81,12 +82,10 @@ def check_integrity(batches: Iterable[pa.RecordBatch], size: int) -> IntegrityRe
         bad |= header_cpu != recorded_cpu
         report.corrupted += int(bad.sum())
         for cpu in np.unique(header_cpu[~bad]).tolist():
-            seqs.setdefault(cpu, []).append(seq[(header_cpu == cpu) & ~bad])
-    for cpu, parts in seqs.items():
-        cpu_seq = np.concatenate(parts)
-        unique = np.unique(cpu_seq)
-        report.duplicates += len(cpu_seq) - len(unique)
-        report.out_of_order_per_cpu[cpu] = int((np.diff(cpu_seq) < 0).sum())
-        report.received_per_cpu[cpu] = len(unique)
-        report.holes_per_cpu[cpu] = int(unique[-1] + 1 - len(unique))
+            seqs.setdefault(cpu, CpuSequence()).add(seq[(header_cpu == cpu) & ~bad])
+    for cpu, numbers in seqs.items():
+        report.duplicates += numbers.duplicates
+        report.out_of_order_per_cpu[cpu] = numbers.out_of_order
+        report.received_per_cpu[cpu] = numbers.received
+        report.holes_per_cpu[cpu] = numbers.holes
     return report
