@@ -1,8 +1,9 @@
 """Write a capture as a zstd-compressed Arrow IPC file, crash-safely.
 
 Rows are buffered and flushed as record batches at a row threshold or after
-``flush_interval`` seconds, so a crash loses at most one interval: everything
-flushed before stays in ``NAME.partial``, which ``ebcap recover`` turns into a
+``flush_interval`` seconds, so a crash loses at most one interval and the
+batches the writer thread had not finished writing: everything written
+before stays in ``NAME.partial``, which ``ebcap recover`` turns into a
 valid file. Only :meth:`CaptureWriter.close` writes the footer and renames the
 file into place, so an existing output is never clobbered by a failed start.
 """
