@@ -46,17 +46,14 @@ def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def run_pinned(cpu: int, work: Callable[[], None]) -> int:
-    """Run ``work`` in a thread pinned to ``cpu``; return that thread's tid."""
-    tid: list[int] = []
+def run_in_thread(work: Callable[[], None]) -> None:
+    """Run ``work`` in a thread of its own and wait; its exception is raised here."""
     errors: list[BaseException] = []
 
     def body() -> None:
         try:
-            os.sched_setaffinity(0, {cpu})
-            tid.append(threading.get_native_id())
             work()
-        except BaseException as exc:  # surfaced to the test below
+        except BaseException as exc:  # surfaced to the caller below
             errors.append(exc)
 
     thread = threading.Thread(target=body)
@@ -64,4 +61,16 @@ def run_pinned(cpu: int, work: Callable[[], None]) -> int:
     thread.join()
     if errors:
         raise errors[0]
+
+
+def run_pinned(cpu: int, work: Callable[[], None]) -> int:
+    """Run ``work`` in a thread pinned to ``cpu``; return that thread's tid."""
+    tid: list[int] = []
+
+    def pinned() -> None:
+        os.sched_setaffinity(0, {cpu})
+        tid.append(threading.get_native_id())
+        work()
+
+    run_in_thread(pinned)
     return tid[0]

@@ -15,12 +15,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel_helpers import run_in_thread
 from pyroute2 import IPRoute, NetNS
 from pyroute2 import netns as namespaces
 from pyroute2.netlink.exceptions import NetlinkError
@@ -47,20 +47,12 @@ class VethPair:
 
 def in_namespace(netns: str, work: Callable[[], None]) -> None:
     """Run ``work`` in a thread that entered ``netns`` (setns moves only the calling thread)."""
-    errors: list[BaseException] = []
 
-    def body() -> None:
-        try:
-            namespaces.setns(netns, flags=0)
-            work()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+    def entered() -> None:
+        namespaces.setns(netns, flags=0)
+        work()
 
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
+    run_in_thread(entered)
 
 
 def _disable_ipv6(*names: str) -> None:
