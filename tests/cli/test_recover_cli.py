@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,9 @@ from ebcap.format import schema as fs
 SCHEMA = make_schema([], {fs.META_TRANSPORT: "perf", fs.META_SOURCE: "test"})
 
 
-def write(path: Path, batches: int = 3, per_batch: int = 10) -> list[int]:
+def write(
+    path: Path, batches: int = 3, per_batch: int = 10, payload: Callable[[], bytes] = lambda: b"abc"
+) -> list[int]:
     """A capture of ``batches`` flushed batches; returns the file size after each flush."""
     sizes = []
     partial = path.with_name(path.name + ".partial")
@@ -35,7 +37,7 @@ def write(path: Path, batches: int = 3, per_batch: int = 10) -> list[int]:
                     "kind": np.zeros(per_batch, np.int8),
                     "lost": np.zeros(per_batch, np.uint64),
                     "round": np.zeros(per_batch, np.uint32),
-                    "data": [b"abc"] * per_batch,
+                    "data": [payload() for _ in range(per_batch)],
                 }
             )
             writer.flush()
@@ -242,21 +244,7 @@ def small_fs() -> Iterator[Path]:
 
 def incompressible_capture(path: Path, batches: int, per_batch: int, payload: int) -> None:
     rng = np.random.default_rng(3)
-    with CaptureWriter(path, SCHEMA) as writer:
-        for b in range(batches):
-            seq = np.arange(b * per_batch, (b + 1) * per_batch, dtype=np.uint64)
-            writer.write(
-                {
-                    "seq": seq,
-                    "cpu": seq % 2,
-                    "ts_ns": seq,
-                    "kind": np.zeros(per_batch, np.int8),
-                    "lost": np.zeros(per_batch, np.uint64),
-                    "round": np.zeros(per_batch, np.uint32),
-                    "data": [rng.bytes(payload) for _ in range(per_batch)],
-                }
-            )
-            writer.flush()
+    write(path, batches, per_batch, lambda: rng.bytes(payload))
 
 
 @pytest.mark.privileged  # mounts a tmpfs
