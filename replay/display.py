@@ -50,30 +50,36 @@ def value_strings(column: pa.Array, null: str = "-", *, quote: bool = False) -> 
 
 def plain_text(column: pa.Array) -> pa.Array:
     """Strings with control characters replaced by ``?`` (a line stays one line)."""
-    if not _has_bytes(column, control=True):
+    if not _has_bytes(column, quote_chars=False):
         return column
     return pc.replace_substring_regex(column, pattern=CONTROL_CHARS, replacement="?")
 
 
 def quoted(column: pa.Array) -> pa.Array:
     """Strings as JSON string literals: ``"a b"``, ``"tab\\there"`` (nulls stay null)."""
-    if not _has_bytes(column, control=True, quote_chars=True):
+    if not needs_escape(column):
         return pc.binary_join_element_wise('"', column, '"', "")
     encoded = pc.dictionary_encode(column)
     literals = [json.dumps(v, ensure_ascii=False) for v in encoded.dictionary.to_pylist()]
     return pa.array(literals, pa.string()).take(encoded.indices)
 
 
-def _has_bytes(column: pa.Array, *, control: bool, quote_chars: bool = False) -> bool:
+def needs_escape(column: pa.Array) -> bool:
+    """Whether any string holds a control character, a quote or a backslash: a JSON string
+    literal of it is more than the text between quotes."""
+    return _has_bytes(column, quote_chars=True)
+
+
+def _has_bytes(column: pa.Array, *, quote_chars: bool) -> bool:
     """Whether any string holds a control character (or a quote or backslash), on the raw
     buffer."""
     if isinstance(column, pa.ChunkedArray):
-        return any(_has_bytes(c, control=control, quote_chars=quote_chars) for c in column.chunks)
+        return any(_has_bytes(c, quote_chars=quote_chars) for c in column.chunks)
     data = column.buffers()[2]
     if data is None:
         return False
     raw = np.frombuffer(data, dtype=np.uint8)
-    found = (raw < _SPACE) | (raw == _DEL) if control else np.zeros(len(raw), dtype=bool)
+    found = (raw < _SPACE) | (raw == _DEL)
     if quote_chars:
         found |= (raw == _QUOTE) | (raw == _BACKSLASH)
     return bool(np.any(found))

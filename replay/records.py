@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 from typing import Final, Protocol
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ebcap.replay.display import lines_bytes
+from ebcap.replay.display import lines_bytes, needs_escape, quoted
 from ebcap.replay.hexfmt import bytes_hex
 from ebcap.replay.lines import Piece, join_lines
 from ebcap.replay.repeats import distinct_rows, repeats_enough
@@ -50,33 +49,11 @@ def plain_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _needs_escape(column: pa.Array) -> bool:
-    """Whether any value holds a quote, a backslash or a control character."""
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    for chunk in chunks:
-        data = chunk.buffers()[2]
-        if data is None:
-            continue
-        raw = np.frombuffer(data, dtype=np.uint8)
-        if np.any((raw < 0x20) | (raw == ord('"')) | (raw == ord("\\"))):
-            return True
-    return False
-
-
-def _json_strings(column: pa.Array) -> pa.Array:
-    """String values as JSON string literals, escaped once per distinct value if needed."""
-    if not _needs_escape(column):
-        return pc.binary_join_element_wise('"', column, '"', "")
-    encoded = pc.dictionary_encode(column)
-    literals = [json.dumps(v, ensure_ascii=False) for v in encoded.dictionary.to_pylist()]
-    return pa.array(literals, pa.string()).take(encoded.indices)
-
-
 def json_values(column: pa.Array) -> pa.Array:
     """Each value of a plain column as JSON text (``null`` for nulls)."""
     kind = column.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        text = _json_strings(column)
+        text = quoted(column)
     elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
         text = pc.cast(column, pa.string())
     elif pa.types.is_floating(kind):
@@ -156,7 +133,7 @@ def json_pieces(column: pa.Array) -> list[Piece]:
     if not column.null_count:
         if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
             return ['"', bytes_hex(column), '"']  # hex needs no escaping
-        if (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and not _needs_escape(
+        if (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and not needs_escape(
             column
         ):
             return ['"', column, '"']
