@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ebcap.replay.hexfmt import bytes_hex
+from ebcap.replay.hexfmt import hex_or_null
 
 CONTROL_CHARS: Final = r"[\x00-\x1f\x7f]"
 _QUOTE: Final = ord('"')
@@ -32,7 +32,7 @@ def value_strings(column: pa.Array, null: str = "-", *, quote: bool = False) -> 
         column = column.dictionary_decode()
         kind = column.type
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        text = pc.if_else(column.is_null(), pa.scalar(None, pa.string()), bytes_hex(column))
+        text = hex_or_null(column)
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
         text = quoted(column) if quote else plain_text(column)
     elif pa.types.is_boolean(kind):

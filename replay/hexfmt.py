@@ -61,6 +61,14 @@ def bytes_hex(array: pa.Array, limit: int | None = None) -> pa.Array:
     return string_array(hex_chars(picked), lengths * 2)
 
 
+def hex_or_null(array: pa.Array) -> pa.Array:
+    """Each value as lowercase hex, nulls kept null (what a text column of bytes holds)."""
+    text = bytes_hex(array)
+    if not array.null_count:
+        return text
+    return pc.if_else(array.is_null(), pa.scalar(None, pa.string()), text)
+
+
 def hex_chars(data: np.ndarray) -> np.ndarray:
     """The lowercase hex digits of ``data`` (uint8), two per byte."""
     chars = np.empty(2 * len(data), dtype=np.uint8)

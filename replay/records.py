@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ebcap.replay.display import lines_bytes, needs_escape, quoted
-from ebcap.replay.hexfmt import bytes_hex
+from ebcap.replay.hexfmt import bytes_hex, hex_or_null
 from ebcap.replay.lines import Piece, join_lines
 from ebcap.replay.repeats import distinct_rows, repeats_enough
 
@@ -40,10 +40,7 @@ def plain_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
         if pa.types.is_dictionary(field.type):
             column = column.dictionary_decode()
         if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-            text = bytes_hex(column)
-            if column.null_count:
-                text = pc.if_else(column.is_null(), pa.scalar(None, pa.string()), text)
-            column = text
+            column = hex_or_null(column)
         arrays.append(column)
         fields.append(pa.field(field.name, column.type, field.nullable))
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
