@@ -36,11 +36,6 @@ class GreaterCounter:
         self.work = 0
         """Element operations so far: values compared, searched for, or moved in merges."""
 
-    @property
-    def size(self) -> int:
-        """Values held."""
-        return sum(len(level) for level in self.levels)
-
     def displacement(
         self, values: np.ndarray, wanted: np.ndarray, later_bound: int | None
     ) -> np.ndarray:

@@ -137,14 +137,14 @@ def earlier_greater(values: np.ndarray, groups: np.ndarray | None = None) -> np.
     out = np.zeros(n, dtype=np.int64)
     if n < 2:
         return out
-    if groups is not None:
-        by_group = _earlier_greater_by_group(values, groups)
-        if by_group is not None:
-            return by_group
     running = np.maximum.accumulate(values)
     descents = np.flatnonzero(values[1:] < running[:-1]) + 1
     if not len(descents):
         return out
+    if groups is not None:
+        by_group = _earlier_greater_by_group(values, groups, descents)
+        if by_group is not None:
+            return by_group
     padded = np.concatenate((np.full(BAND, -1, dtype=np.int64), values))
     windows = sliding_window_view(padded, BAND)  # row i: values[i - BAND : i]
     for start in range(0, len(descents), PIECE_ROWS):
@@ -168,20 +168,22 @@ def earlier_greater(values: np.ndarray, groups: np.ndarray | None = None) -> np.
     return out
 
 
-def _earlier_greater_by_group(values: np.ndarray, groups: np.ndarray) -> np.ndarray | None:
-    """:func:`earlier_greater` when each group's values increase (None when one does not).
+def _earlier_greater_by_group(
+    values: np.ndarray, groups: np.ndarray, descents: np.ndarray
+) -> np.ndarray | None:
+    """:func:`earlier_greater` when each group's values increase (None when one does not);
+    ``descents``: the rows below the running maximum of those before them, the only ones
+    with any.
 
     A row's own group contributes nothing before it. The rows of another
     group g before row i are g's first k rows, increasing, so those greater
     than values[i] number k less those below it: max(0, k - #(g's values <
     values[i])), a binary search over g's values.
     """
-    present = np.flatnonzero(np.bincount(groups)) if len(groups) else groups
+    present = np.flatnonzero(np.bincount(groups))
     if len(present) > MAX_GROUPS:
         return None
     out = np.zeros(len(values), dtype=np.int64)
-    # Only a row below the running maximum of the rows before it has any.
-    descents = np.flatnonzero(values[1:] < np.maximum.accumulate(values)[:-1]) + 1
     for group in present:
         mine = groups == group
         own = values[mine]

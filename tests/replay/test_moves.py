@@ -116,8 +116,10 @@ def test_earlier_greater_by_cpu_counts_exactly(case: tuple[list[int], list[int]]
 def test_the_per_cpu_count_is_used_only_while_every_cpu_keeps_its_order() -> None:
     in_order = np.array([0, 2, 1, 3, 5, 4], dtype=np.int64)
     cpus = np.array([0, 0, 1, 1, 0, 1], dtype=np.int64)
-    assert moves._earlier_greater_by_group(in_order, cpus) is not None
-    assert moves._earlier_greater_by_group(in_order, np.zeros(6, dtype=np.int64)) is None
+    descents = np.array([2, 5])  # below the running maximum 2, then 5
+    assert moves._earlier_greater_by_group(in_order, cpus, descents) is not None
+    one_cpu = np.zeros(6, dtype=np.int64)
+    assert moves._earlier_greater_by_group(in_order, one_cpu, descents) is None
 
 
 @st.composite
