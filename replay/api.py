@@ -25,7 +25,7 @@ from typing import Any
 
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
-from ebcap.replay.order import OrderedBatch, OrderReport, arrival_order, time_order
+from ebcap.replay.order import OrderedBatch, OrderReport, in_order
 from ebcap.replay.scan import KIND_LOST_CODE
 
 SampleHandler = Callable[[int, bytes], object]
@@ -65,9 +65,7 @@ def _opened(source: CaptureReader | str | os.PathLike[str]) -> Iterator[CaptureR
 def _batches(
     reader: CaptureReader, in_time_order: bool, report: OrderReport
 ) -> Iterator[Iterator[OrderedBatch]]:
-    stream = (
-        time_order(reader, report=report) if in_time_order else arrival_order(reader, None, report)
-    )
+    stream = in_order(reader, in_time_order, report)
     with contextlib.closing(stream):
         yield stream
 

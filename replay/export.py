@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from ebcap.errors import UsageError
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
-from ebcap.replay.order import OrderReport, arrival_order, time_order
+from ebcap.replay.order import OrderReport, in_order
 from ebcap.replay.records import CSV, JSONL, encoder_for
 from ebcap.replay.sink import STDOUT_NAMES, AtomicPath, Output, inner_suffix, is_compressed
 
@@ -86,9 +86,7 @@ def with_time(batch: pa.RecordBatch, offset_ns: int) -> pa.RecordBatch:
 def _rows(
     reader: CaptureReader, in_time_order: bool, report: OrderReport
 ) -> Iterator[pa.RecordBatch]:
-    stream = (
-        time_order(reader, report=report) if in_time_order else arrival_order(reader, None, report)
-    )
+    stream = in_order(reader, in_time_order, report)
     with contextlib.closing(stream):
         for ordered in stream:
             yield ordered.rows

@@ -133,6 +133,18 @@ class OrderReport:
         return self.disorder_notes() + self.spill_notes()
 
 
+def in_order(
+    reader: CaptureReader,
+    in_time_order: bool,
+    report: OrderReport,
+    columns: Sequence[str] | None = None,
+) -> Generator[OrderedBatch, None, None]:
+    """The capture in exact time order, or as delivered (``columns``: as the two take it)."""
+    if in_time_order:
+        return time_order(reader, report=report, columns=columns)
+    return arrival_order(reader, columns, report)
+
+
 def arrival_order(
     reader: CaptureReader,
     columns: Sequence[str] | None = None,
@@ -192,7 +204,7 @@ def time_order(
     window = _Window(schema)
     mover: Mover = (
         TwoCpuMover()
-        if len(shape.cpus) <= 2 and shape.rows_out_of_order == 0
+        if shape.cpus <= 2 and shape.rows_out_of_order == 0
         else MoveCounter()
     )
     emitter = _Emitter(schema, SpilledRuns(schema, spill_dir), mover)
@@ -258,9 +270,15 @@ class _Emitter:
 class StreamShape:
     """What the first pass saw of the CPUs' streams, loss records included."""
 
-    cpus: set[int] = field(default_factory=set)
+    newest: dict[int, int] = field(default_factory=dict)
+    """Per CPU seen, the newest stamp of its rows."""
     rows_out_of_order: int = 0
     """Rows (samples or loss records) stamped before an earlier row of their CPU."""
+
+    @property
+    def cpus(self) -> int:
+        """How many CPUs the rows came from."""
+        return len(self.newest)
 
 
 def later_minimums(
@@ -271,15 +289,13 @@ def later_minimums(
     ``shape``, if given, learns the CPUs seen and whether each kept its order."""
     minimums: list[int] = []
     highs: dict[int, int] = {}
-    all_highs: dict[int, int] = {}
     for part in scan_columns(reader, ("cpu", "ts_ns", "kind")):
         ts = u64(part, "ts_ns")
         minimums.append(int(ts.min()))
         sample = is_sample(part)
         cpu = part.column("cpu").to_numpy()
         if shape is not None:
-            shape.cpus.update(np.flatnonzero(np.bincount(cpu)).tolist())
-            behind = _behind_per_cpu(cpu, ts, all_highs)
+            behind = _behind_per_cpu(cpu, ts, shape.newest)
             shape.rows_out_of_order += sum(behind.values())
         if not sample.all():
             cpu, ts = cpu[sample], ts[sample]

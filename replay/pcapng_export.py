@@ -24,7 +24,7 @@ from ebcap.format.pcapng import (
     write_packet_rows,
 )
 from ebcap.format.reader import CaptureReader
-from ebcap.replay.order import OrderReport, arrival_order, time_order
+from ebcap.replay.order import OrderReport, in_order
 from ebcap.replay.scan import CORE_KEYS, is_sample, scan_columns
 
 
@@ -55,11 +55,7 @@ def export_pcapng(
     )
     report = report if report is not None else OrderReport()
     columns = [name for name in PACKET_COLUMNS if name not in CORE_KEYS]
-    stream = (
-        time_order(reader, columns=columns, report=report)
-        if in_time_order
-        else arrival_order(reader, columns, report)
-    )
+    stream = in_order(reader, in_time_order, report, columns)
     try:
         for batch in stream:
             write_packet_rows(writer, batch.rows, offset)
