@@ -19,9 +19,10 @@ the packet is named by the ``packet`` field of the source layout
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO, Final
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -188,16 +189,33 @@ def capture_writer(
     )
 
 
+def require_packet_columns(names: Sequence[str]) -> None:
+    """UsageError unless ``names`` hold every column a packet is written from."""
+    missing = [c for c in PACKET_COLUMNS if c not in names]
+    if missing:
+        raise UsageError(f"not a packet capture: no column {', '.join(missing)}")
+
+
+def largest_cut(cap_len: np.ndarray, pkt_len: np.ndarray) -> int:
+    """The largest captured length of a packet cut short (0, unlimited, if none was): the
+    snapshot length of a capture whose metadata does not hold its ``--snaplen``."""
+    cut = cap_len[cap_len < pkt_len]
+    return int(cut.max()) if len(cut) else 0
+
+
+def _samples(rows: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    if "kind" not in rows.column_names:
+        return rows
+    return rows.filter(pc.equal(rows["kind"].cast(pa.string()), s.KIND_SAMPLE))
+
+
 def write_packet_rows(writer: PcapngWriter, rows: pa.Table | pa.RecordBatch, offset: int) -> int:
     """Write the sample rows of a capture's table or batch; return how many.
 
     ``offset`` is :func:`packet_offset` of the capture; ``lost`` rows are skipped.
     """
-    missing = [c for c in PACKET_COLUMNS if c not in rows.column_names]
-    if missing:
-        raise UsageError(f"not a packet capture: no column {', '.join(missing)}")
-    if "kind" in rows.column_names:
-        rows = rows.filter(pc.equal(rows["kind"].cast(pa.string()), s.KIND_SAMPLE))
+    require_packet_columns(rows.column_names)
+    rows = _samples(rows)
     cap = rows["cap_len"].to_numpy(zero_copy_only=False)
     wire = rows["pkt_len"].to_numpy(zero_copy_only=False)
     ts = rows["ts_ns"].to_numpy(zero_copy_only=False)
@@ -228,13 +246,12 @@ def write_pcapng(
     The source's interface is named after the source (``xdp:eth0`` -> ``eth0``).
     """
     offset = packet_offset(metadata)
-    if "kind" in table.column_names:
-        table = table.filter(pc.equal(table["kind"].cast(pa.string()), s.KIND_SAMPLE))
     if snaplen is None and capture_snaplen(metadata) is None and "cap_len" in table.column_names:
-        cap = table["cap_len"].to_numpy(zero_copy_only=False)
-        wire = table["pkt_len"].to_numpy(zero_copy_only=False)
-        truncated = cap[cap < wire]
-        snaplen = int(truncated.max()) if len(truncated) else 0
+        samples = _samples(table)
+        snaplen = largest_cut(
+            samples["cap_len"].to_numpy(zero_copy_only=False),
+            samples["pkt_len"].to_numpy(zero_copy_only=False),
+        )
     writer = capture_writer(metadata, out, snaplen=snaplen, interface_names=interface_names)
     write_packet_rows(writer, table, offset)
     return writer.packets

@@ -15,12 +15,13 @@ from typing import BinaryIO, Protocol, cast
 
 import pyarrow as pa
 
-from ebcap.errors import UsageError
 from ebcap.format.pcapng import (
     PACKET_COLUMNS,
     capture_snaplen,
     capture_writer,
+    largest_cut,
     packet_offset,
+    require_packet_columns,
     write_packet_rows,
 )
 from ebcap.format.reader import CaptureReader
@@ -44,9 +45,7 @@ def export_pcapng(
     """Write the capture's packets to ``out``; return how many (loss rows are skipped)."""
     metadata = reader.metadata
     offset = packet_offset(metadata)
-    missing = [name for name in PACKET_COLUMNS if name not in reader.schema.names]
-    if missing:
-        raise UsageError(f"not a packet capture: no column {', '.join(missing)}")
+    require_packet_columns(reader.schema.names)
     snaplen = capture_snaplen(metadata)
     writer = capture_writer(
         metadata,
@@ -65,14 +64,11 @@ def export_pcapng(
 
 
 def _largest_cut(reader: CaptureReader) -> int:
-    """The largest length of a cut-short packet (0 when none was cut: unlimited, as
-    pcapng says), for captures whose metadata does not hold their snapshot length."""
+    """:func:`~ebcap.format.pcapng.largest_cut` over the whole capture, a batch at a time."""
     snaplen = 0
     for part in scan_columns(reader, ("kind", "pkt_len", "cap_len")):
         part = part.filter(pa.array(is_sample(part)))
         cap = part.column("cap_len").to_numpy(zero_copy_only=False)
         wire = part.column("pkt_len").to_numpy(zero_copy_only=False)
-        cut = cap[cap < wire]
-        if len(cut):
-            snaplen = max(snaplen, int(cut.max()))
+        snaplen = max(snaplen, largest_cut(cap, wire))
     return snaplen
