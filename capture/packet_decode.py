@@ -14,18 +14,20 @@ from typing import Final
 import numpy as np
 import pyarrow as pa
 
-ETH_HLEN: Final = 14
-ETH_P_IP: Final = 0x0800
-ETH_P_IPV6: Final = 0x86DD
-ETH_P_8021Q: Final = 0x8100
-ETH_P_8021AD: Final = 0x88A8
-IPPROTO_TCP: Final = 6
-IPPROTO_UDP: Final = 17
-IPPROTO_SCTP: Final = 132
-IPPROTO_UDPLITE: Final = 136
+from ebcap.format.packet_headers import (
+    ETH_HLEN,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IP_OFFSET_MASK,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPPROTO_UDPLITE,
+    PacketBytes,
+    network_header,
+)
+
 _PORTED: Final = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_UDPLITE)
-IP_OFFSET_MASK: Final = 0x1FFF
-"""IPv4 fragment offset bits: only the first fragment carries the ports."""
 
 
 class RxQueue(enum.Enum):
@@ -65,23 +67,11 @@ def decode_packets(events: np.ndarray, rx_queue: RxQueue = RxQueue.AS_IS) -> dic
     extension headers are not followed (``ip_proto`` is the first next header).
     """
     head = np.ascontiguousarray(events["packet"])
-    n = len(events)
-    rows = np.arange(n)
     avail = np.minimum(events["cap_len"].astype(np.int64), head.shape[1])
-
-    def u8(offset: np.ndarray) -> np.ndarray:
-        return head[rows, np.minimum(offset, head.shape[1] - 1)].astype(np.int64)
-
-    def be16(offset: np.ndarray) -> np.ndarray:
-        return (u8(offset) << 8) | u8(offset + 1)
-
-    l3 = np.full(n, ETH_HLEN, dtype=np.int64)
+    packet = PacketBytes(head)
+    u8, be16 = packet.u8, packet.be16
     has_eth = avail >= ETH_HLEN
-    ethertype = be16(l3 - 2)
-    for _ in range(2):
-        tagged = has_eth & np.isin(ethertype, (ETH_P_8021Q, ETH_P_8021AD)) & (avail >= l3 + 4)
-        ethertype = np.where(tagged, be16(l3 + 2), ethertype)
-        l3 = np.where(tagged, l3 + 4, l3)
+    ethertype, l3 = network_header(packet, avail)
     ipv4 = has_eth & (ethertype == ETH_P_IP) & (avail >= l3 + 20) & (u8(l3) >> 4 == 4)
     ipv6 = has_eth & (ethertype == ETH_P_IPV6) & (avail >= l3 + 40)
     proto = np.where(ipv4, u8(l3 + 9), np.where(ipv6, u8(l3 + 6), 0))

@@ -27,6 +27,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ebcap.errors import UsageError
+from ebcap.format.packet_headers import (
+    ETH_ALEN,
+    ETH_P_802_3_MIN,
+    ETH_P_ARP,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IP_OFFSET_MASK,
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    PacketBytes,
+    network_header,
+)
 from ebcap.format.pcapng import packet_offset
 from ebcap.replay.lines import string_parts
 
@@ -44,15 +57,6 @@ SUMMARISED: Final = (
 
 HEAD_BYTES: Final = 64
 """Bytes of each packet looked at: Ethernet, two VLAN tags, IPv4 header, TCP flags, ARP."""
-ETH_HLEN: Final = 14
-ETH_ALEN: Final = 6
-ETH_P_802_3_MIN: Final = 0x0600
-"""Below this the Ethernet type field is an 802.3 length."""
-ETH_P_IP: Final = 0x0800
-ETH_P_ARP: Final = 0x0806
-ETH_P_IPV6: Final = 0x86DD
-VLAN_TYPES: Final = (0x8100, 0x88A8)
-VLAN_HLEN: Final = 4
 ETHERTYPE_NAMES: Final = {
     0x0800: "IPv4",
     0x0806: "ARP",
@@ -96,9 +100,6 @@ IP_PROTO_NAMES: Final = {
     132: "SCTP",
     136: "UDPLite",
 }
-IPPROTO_ICMP: Final = 1
-IPPROTO_TCP: Final = 6
-IPPROTO_ICMPV6: Final = 58
 ICMP_TYPES: Final = {
     0: "echo reply",
     3: "unreachable",
@@ -131,7 +132,6 @@ TCP_FLAGS: Final = (
 )
 """TCP flag bits as tcpdump prints them, ACK (``.``) last: ``[S.]`` is a SYN-ACK."""
 IP_MF: Final = 0x2000
-IP_OFFSET_MASK: Final = 0x1FFF
 IP_OFFSET_UNIT: Final = 8
 """The IPv4 fragment offset counts 8-byte units."""
 ARP_REQUEST: Final = 1
@@ -186,11 +186,12 @@ class PacketSummaries:
             return pa.array([], pa.string())
         head = packet_heads(rows.column("data"), self.offset, HEAD_BYTES)
         cap = _ints(rows.column("cap_len"))
-        fields = _header_fields(head, np.minimum(cap, HEAD_BYTES), _ints(rows.column("ethertype")))
+        ethertype = _ints(rows.column("ethertype"))
+        fields = _header_fields(head, np.minimum(cap, HEAD_BYTES), ethertype)
         src = pc.dictionary_encode(rows.column("src_addr"), null_encoding="encode")
         dst = pc.dictionary_encode(rows.column("dst_addr"), null_encoding="encode")
         keys = np.zeros(n, dtype=_KEY)
-        keys["ethertype"] = _ints(rows.column("ethertype"))
+        keys["ethertype"] = ethertype
         keys["src"] = src.indices.to_numpy()
         keys["dst"] = dst.indices.to_numpy()
         keys["proto"] = _ints(rows.column("ip_proto"))
@@ -232,23 +233,13 @@ def _ints(column: pa.Array) -> np.ndarray:
 def _header_fields(head: np.ndarray, avail: np.ndarray, ethertype: np.ndarray) -> dict[str, Any]:
     """What the summary needs beyond the decoded columns, from each packet's first bytes."""
     n = len(head)
-    rows = np.arange(n)
-
-    def u8(at: np.ndarray) -> np.ndarray:
-        return head[rows, np.minimum(at, HEAD_BYTES - 1)].astype(np.int64)
-
-    def be16(at: np.ndarray) -> np.ndarray:
-        return (u8(at) << 8) | u8(at + 1)
+    packet = PacketBytes(head)
+    u8, be16 = packet.u8, packet.be16
 
     def have(at: np.ndarray) -> np.ndarray:
         return avail >= at
 
-    l3 = np.full(n, ETH_HLEN, dtype=np.int64)
-    outer = be16(l3 - 2)
-    for _ in range(2):  # at most two VLAN tags, as the recorder decodes them
-        tagged = np.isin(outer, VLAN_TYPES) & have(l3 + VLAN_HLEN)
-        outer = np.where(tagged, be16(l3 + 2), outer)
-        l3 = np.where(tagged, l3 + VLAN_HLEN, l3)
+    _, l3 = network_header(packet, avail)  # as the recorder found it
     ipv4 = (ethertype == ETH_P_IP) & have(l3 + 20)
     word = be16(l3 + 6)
     fragment = np.where(ipv4, word & (IP_MF | IP_OFFSET_MASK), 0)

@@ -15,9 +15,9 @@ from sources.rings import collect, source_programs, structured, wait_programs_go
 from ebcap.bpf.cpus import online_cpus
 from ebcap.bpf.programs.packet import PACKET_OFFSET
 from ebcap.capture.netlink_hooks import has_clsact, tc_filters, xdp_programs
-from ebcap.capture.packet_decode import ETH_P_IP, IPPROTO_UDP
 from ebcap.capture.packet_source import PacketSource, TcSource, XdpSource
 from ebcap.capture.sources import list_sources
+from ebcap.format.packet_headers import ETH_P_IP, IPPROTO_UDP
 
 pytestmark = [pytest.mark.privileged, pytest.mark.network]
 
