@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
-from ebcap.cli._common import closed_pipe_ends_quietly, count
+from ebcap.cli._common import closed_pipe_ends_quietly, count, note
 from ebcap.cli._values import input_path, output_file
-
-if TYPE_CHECKING:
-    from ebcap.replay.order import OrderReport
 
 PCAPNG = "pcapng"
 
@@ -56,27 +52,23 @@ def export(
     from ebcap.replay.sink import check_output_path, inner_suffix
 
     stdout = to_stdout(output)
-    if fmt == PCAPNG or (fmt is None and inner_suffix(output) == ".pcapng"):
-        if not stdout:
-            check_output_path(output, force=force, inputs=[file])
-        _export_pcapng(file, output, force=force, in_time_order=sorted_)
-        return
     if not stdout:
         check_output_path(output, force=force, inputs=[file])
+    if fmt == PCAPNG or (fmt is None and inner_suffix(output) == ".pcapng"):
+        _export_pcapng(file, output, force=force, in_time_order=sorted_, stdout=stdout)
+        return
     chosen = export_format(output, fmt)
     with closed_pipe_ends_quietly(), CaptureReader(file) as reader:
         summary = run_export(reader, output, fmt=chosen, force=force, in_time_order=sorted_)
     where = "stdout" if summary.path is None else str(summary.path)
-    _notes(summary.order)
+    for said in summary.order.notes():
+        note(said)
     typer.echo(f"wrote {count(summary.rows)} rows to {where} ({summary.fmt})", err=True)
 
 
-def _notes(report: OrderReport) -> None:
-    for note in report.notes():
-        typer.echo(f"ebcap: note: {note}", err=True)
-
-
-def _export_pcapng(file: Path, output: Path, *, force: bool, in_time_order: bool) -> None:
+def _export_pcapng(
+    file: Path, output: Path, *, force: bool, in_time_order: bool, stdout: bool
+) -> None:
     """The packets of an xdp:/tc: capture as pcapng, streamed to stdout or to a file that
     appears only once complete."""
     from ebcap.format.reader import CaptureReader
@@ -91,6 +83,7 @@ def _export_pcapng(file: Path, output: Path, *, force: bool, in_time_order: bool
         Output(output, force=force, inputs=[file]) as out,
     ):
         packets = export_pcapng(reader, out, in_time_order=in_time_order, report=report)
-    _notes(report)
-    where = "stdout" if str(output) == "-" else str(output)
+    for said in report.notes():
+        note(said)
+    where = "stdout" if stdout else str(output)
     typer.echo(f"wrote {count(packets)} packets to {where} (pcapng)", err=True)

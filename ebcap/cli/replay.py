@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ebcap.cli._common import closed_pipe_ends_quietly
+from ebcap.cli._common import closed_pipe_ends_quietly, note
 from ebcap.cli._values import input_path, output_file
 from ebcap.errors import UsageError
 
@@ -84,8 +84,8 @@ def replay(
     use_streaming_pool()
 
     def early_notes(report: OrderReport) -> None:
-        for note in report.disorder_notes():
-            typer.echo(f"ebcap: note: {note}", err=True)
+        for said in report.disorder_notes():
+            note(said)
 
     with (
         closed_pipe_ends_quietly(),
@@ -97,8 +97,8 @@ def replay(
         options.colour = chosen == "text" and out.is_terminal and not os.environ.get("NO_COLOR")
         summary = write_replay(reader, out, options, on_scanned=early_notes)
     report = summary.order
-    for note in report.spill_notes() if report.sorted else report.notes():
-        typer.echo(f"ebcap: note: {note}", err=True)
+    for said in report.spill_notes() if report.sorted else report.notes():
+        note(said)
 
 
 def _warn_missing_cpus(wanted: list[int], present: list[int]) -> None:
