@@ -17,7 +17,6 @@ import mmap
 from dataclasses import dataclass
 from typing import Final
 
-from ebcap.bpf.maps import validate_ringbuf_size
 from ebcap.errors import UsageError
 
 DEFAULT_PERF_BUFFER_BYTES: Final = 8 << 20
@@ -74,6 +73,8 @@ def ring_size(transport: str, requested: int, page_size: int = mmap.PAGESIZE) ->
     """The rings a ``transport`` recording of ``requested`` bytes gets; UsageError
     below one page or above the kernel's ceiling."""
     if transport == "ringbuf":
+        from ebcap.bpf.maps import validate_ringbuf_size  # the kernel layer: not for --help
+
         return RingSize(transport, requested, validate_ringbuf_size(requested, page_size))
     if requested < page_size:
         raise UsageError(
