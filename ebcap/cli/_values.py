@@ -98,11 +98,21 @@ def check_watermark(wakeup: str | None, watermark: int | None, ring_bytes: int) 
         )
 
 
-def parse_wakeup(text: str) -> tuple[int | None, int | None]:
-    """``--wakeup``: a number of events (``64``) or a byte watermark (``256K``).
+def rounding_note(text: str | None, ring: RingSize) -> str | None:
+    """What to note when ``--buffer-size TEXT`` was rounded to ``ring`` (None: it was not)."""
+    return f"--buffer-size {text} {ring.note}" if ring.note else None
+
+
+def parse_wakeup(text: str | None) -> tuple[int | None, int | None]:
+    """``--wakeup``: a number of events (``64``) or a byte watermark (``256K``); None: the
+    default number of events.
 
     Returns (wakeup_events, watermark_bytes).
     """
+    if text is None:
+        from ebcap.capture.ring_settings import DEFAULT_WAKEUP_EVENTS
+
+        return DEFAULT_WAKEUP_EVENTS, None
     stripped = text.strip()
     if stripped.isdigit():
         events = int(stripped)

@@ -25,6 +25,7 @@ from ebcap.cli._values import (
     parse_buffer_size,
     parse_wakeup,
     positive_seconds,
+    rounding_note,
     unused_wakeup,
 )
 from ebcap.errors import CaptureError, UsageError
@@ -94,15 +95,13 @@ def bench(
     offline = sorted(set(cpus) - set(online_cpus()))
     if offline:
         raise UsageError(f"--producers: CPU {offline[0]} is not online")
-    wakeup_events, watermark = (
-        parse_wakeup(wakeup) if wakeup is not None else (DEFAULT_WAKEUP_EVENTS, None)
-    )
+    wakeup_events, watermark = parse_wakeup(wakeup)
     ring = parse_buffer_size(buffer_size, transport)
     if transport == "perf":
         check_watermark(wakeup, watermark, ring.bytes)
     rings = len(online_cpus()) if transport == "perf" else 1
     require_recording_capabilities("bench", "bench", transport, ring, rings)
-    rounded = ring.note and f"--buffer-size {buffer_size} {ring.note}"
+    rounded = rounding_note(buffer_size, ring)
     for said in filter(None, (unused_wakeup(wakeup, transport), rounded)):
         note(said)
     use_streaming_pool()  # memory stays flat over a long recording

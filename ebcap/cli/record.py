@@ -30,6 +30,7 @@ from ebcap.cli._values import (
     parse_buffer_size,
     parse_wakeup,
     positive_seconds,
+    rounding_note,
     unused_wakeup,
 )
 from ebcap.errors import INTERRUPTED_EXIT, CaptureError, UsageError
@@ -182,9 +183,7 @@ def record(
         raise UsageError(f"--zstd-level: {exc}") from None
     if comm is not None and not 0 < len(comm.encode()) <= 15:
         raise UsageError("--comm must be 1..15 bytes (the kernel's TASK_COMM_LEN - 1)")
-    wakeup_events, watermark = (
-        parse_wakeup(wakeup) if wakeup is not None else (DEFAULT_WAKEUP_EVENTS, None)
-    )
+    wakeup_events, watermark = parse_wakeup(wakeup)
     chosen_cpus = parse_cpu_list(cpus) if cpus else None
     if chosen_cpus is not None:
         missing = sorted(set(chosen_cpus) - set(online_cpus()))
@@ -223,8 +222,7 @@ def record(
     ring = parse_buffer_size(buffer_size, actual_transport)
     if actual_transport == "perf":
         check_watermark(wakeup, watermark, ring.bytes)
-    if ring.note:
-        notes.append(f"--buffer-size {buffer_size} {ring.note}")
+    notes.append(rounding_note(buffer_size, ring))
     rings = len(chosen_cpus or online_cpus()) if actual_transport == "perf" else 1
     kind = "pin" if pin is not None else source.partition(":")[0]
     require_recording_capabilities("recording", kind, actual_transport, ring, rings)

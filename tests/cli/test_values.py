@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ebcap.capture.ring_settings import DEFAULT_PERF_BUFFER_BYTES, DEFAULT_RINGBUF_BYTES
+from ebcap.capture.ring_settings import (
+    DEFAULT_PERF_BUFFER_BYTES,
+    DEFAULT_RINGBUF_BYTES,
+    DEFAULT_WAKEUP_EVENTS,
+)
 from ebcap.cli._values import (
     check_watermark,
     file_name,
@@ -37,6 +41,7 @@ def test_bad_sizes(text: str) -> None:
 
 
 def test_wakeup_events_or_watermark() -> None:
+    assert parse_wakeup(None) == (DEFAULT_WAKEUP_EVENTS, None)
     assert parse_wakeup("64") == (64, None)
     assert parse_wakeup("256K") == (None, 256 << 10)
     with pytest.raises(UsageError):
