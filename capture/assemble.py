@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from ebcap.capture.batch import KIND_CODE_LOST, KIND_CODE_SAMPLE, EventBatch, fixed_rows
+from ebcap.capture.batch import EventBatch, fixed_rows
 from ebcap.capture.sources import Source
 from ebcap.format.counts import CpuCounts
-from ebcap.format.schema import CORE_COLUMNS, KINDS
+from ebcap.format.schema import CORE_COLUMNS, KIND_LOST_CODE, KIND_SAMPLE_CODE, KINDS
 
 _KIND_DICTIONARY = pa.array(KINDS, pa.string())
 
@@ -47,7 +47,7 @@ class RowAssembler:
             return None
         cpu = batch.cpu.astype(np.uint16, copy=True)
         ts = batch.ts_ns.astype(np.uint64, copy=True)
-        is_sample = batch.kind == KIND_CODE_SAMPLE
+        is_sample = batch.kind == KIND_SAMPLE_CODE
         extra = self._decode(batch, is_sample, cpu, ts)
         seq = np.arange(self.next_seq, self.next_seq + n, dtype=np.uint64)
         self.next_seq += n
@@ -81,7 +81,7 @@ class RowAssembler:
         lost_batch = EventBatch(
             cpu=np.array(cpus_with_drops, dtype=np.uint16),
             ts_ns=np.full(n, ts_ns, dtype=np.uint64),
-            kind=np.full(n, KIND_CODE_LOST, dtype=np.int8),
+            kind=np.full(n, KIND_LOST_CODE, dtype=np.int8),
             lost=np.array([deltas[c] for c in cpus_with_drops], dtype=np.uint64),
             offsets=np.zeros(n + 1, dtype=np.int64),
             values=np.zeros(0, dtype=np.uint8),

@@ -21,10 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from ebcap.errors import CaptureError
-from ebcap.format.schema import KIND_LOST, KIND_SAMPLE, KINDS
-
-KIND_CODE_SAMPLE: Final = KINDS.index(KIND_SAMPLE)
-KIND_CODE_LOST: Final = KINDS.index(KIND_LOST)
+from ebcap.format.schema import KIND_LOST_CODE, KIND_SAMPLE_CODE
 
 _ARROW_BINARY_MAX: Final = 2**31 - 1
 """Largest byte count an Arrow ``binary`` column (int32 offsets) can address."""
@@ -96,7 +93,7 @@ class EventBatch:
 
     @property
     def num_samples(self) -> int:
-        return int(np.count_nonzero(self.kind == KIND_CODE_SAMPLE))
+        return int(np.count_nonzero(self.kind == KIND_SAMPLE_CODE))
 
     @property
     def num_lost(self) -> int:
@@ -180,7 +177,7 @@ class BatchBuilder:
         n, length = payloads.shape
         self._cpu.append(np.broadcast_to(np.asarray(cpu, dtype=np.uint16), (n,)))
         self._ts.append(np.broadcast_to(np.asarray(ts_ns, dtype=np.uint64), (n,)))
-        self._kind.append(np.full(n, KIND_CODE_SAMPLE, dtype=np.int8))
+        self._kind.append(np.full(n, KIND_SAMPLE_CODE, dtype=np.int8))
         self._lost.append(np.zeros(n, dtype=np.uint64))
         self._lengths.append(np.full(n, length, dtype=np.int64))
         self._values.append(payloads.reshape(-1))
@@ -193,7 +190,7 @@ class BatchBuilder:
         """One lost row: ``lost`` events the kernel could not deliver."""
         self._cpu.append(np.array([cpu], dtype=np.uint16))
         self._ts.append(np.array([ts_ns], dtype=np.uint64))
-        self._kind.append(np.array([KIND_CODE_LOST], dtype=np.int8))
+        self._kind.append(np.array([KIND_LOST_CODE], dtype=np.int8))
         self._lost.append(np.array([lost], dtype=np.uint64))
         self._lengths.append(np.zeros(1, dtype=np.int64))
 

@@ -22,14 +22,14 @@ import pyarrow as pa
 from ebcap.bpf import _sys
 from ebcap.bpf import cpus as cpu_info
 from ebcap.capture.assemble import RowAssembler
-from ebcap.capture.batch import KIND_CODE_SAMPLE, EventBatch
+from ebcap.capture.batch import EventBatch
 from ebcap.capture.metadata import capture_metadata
 from ebcap.capture.pacing import DrainPacer
 from ebcap.capture.readers import Reader, open_reader
 from ebcap.capture.ring_settings import DEFAULT_PERF_BUFFER_BYTES, DEFAULT_WAKEUP_EVENTS
 from ebcap.capture.sources import KernelSide, Source, read_percpu_u64
 from ebcap.errors import CaptureError, EbcapError
-from ebcap.format.schema import make_schema
+from ebcap.format.schema import KIND_SAMPLE_CODE, make_schema
 from ebcap.format.writer import DEFAULT_ZSTD_LEVEL, CaptureWriter, utc_now_iso
 
 POLL_INTERVAL_S = 0.1
@@ -300,7 +300,7 @@ def _samples(rows: RowAssembler) -> int:
 
 def _trim_to_count(batch: EventBatch, remaining: int) -> EventBatch:
     """Keep rows up to and including the ``remaining``-th sample."""
-    is_sample = np.flatnonzero(batch.kind == KIND_CODE_SAMPLE)
+    is_sample = np.flatnonzero(batch.kind == KIND_SAMPLE_CODE)
     if remaining <= 0:
         return batch.take(np.zeros(0, dtype=np.int64))
     if len(is_sample) <= remaining:

@@ -8,24 +8,18 @@ or no longer describe the rows.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from ebcap.format import schema as fs
 
-SAMPLE_CODE: Final = fs.KINDS.index(fs.KIND_SAMPLE)
-"""The ``kind`` dictionary index of sample rows."""
-
 
 def sample_mask(batch: pa.RecordBatch) -> np.ndarray:
     """True for the sample rows of ``batch`` (False for lost records)."""
-    return np.asarray(batch.column("kind").indices.to_numpy() == SAMPLE_CODE)
-
-
-def count_samples(batch: pa.RecordBatch) -> int:
-    return int(np.count_nonzero(sample_mask(batch)))
+    codes = batch.column("kind").indices.to_numpy(zero_copy_only=False)
+    return np.asarray(codes == fs.KIND_SAMPLE_CODE)
 
 
 class CpuCounts:
@@ -35,7 +29,8 @@ class CpuCounts:
         self.events: dict[int, int] = {}
         self.lost: dict[int, int] = {}
 
-    def add(self, batch: pa.RecordBatch) -> None:
+    def add(self, batch: pa.RecordBatch) -> np.ndarray:
+        """Count the rows of ``batch``; return its sample mask."""
         cpu = batch.column("cpu").to_numpy()
         is_sample = sample_mask(batch)
         _add_bincount(self.events, np.bincount(cpu[is_sample]))
@@ -44,6 +39,7 @@ class CpuCounts:
             lost = batch.column("lost").to_numpy()[lost_rows]
             for c, n in zip(cpu[lost_rows].tolist(), lost.tolist(), strict=True):
                 self.lost[c] = self.lost.get(c, 0) + n
+        return is_sample
 
     def totals(self) -> dict[str, Any]:
         """The event and lost totals (sums and per CPU) as stored in the file."""

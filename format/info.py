@@ -17,7 +17,7 @@ import numpy as np
 
 from ebcap.errors import BadFileError
 from ebcap.format import schema as fs
-from ebcap.format.counts import CpuCounts, sample_mask
+from ebcap.format.counts import CpuCounts
 from ebcap.format.reader import CaptureReader
 
 NS_PER_S: Final = 1_000_000_000
@@ -100,8 +100,7 @@ def summarize(reader: CaptureReader) -> CaptureSummary:
         rows += batch.num_rows
         if batch.num_rows == 0:
             continue
-        counts.add(batch)
-        ts = batch.column("ts_ns").to_numpy()[sample_mask(batch)]
+        ts = batch.column("ts_ns").to_numpy()[counts.add(batch)]
         samples += len(ts)
         if len(ts):
             low, high = int(np.min(ts)), int(np.max(ts))

@@ -28,7 +28,6 @@ import pyarrow as pa
 
 from ebcap.errors import BadFileError, OutputWriteError, UsageError
 from ebcap.format import schema as fs
-from ebcap.format.counts import count_samples
 from ebcap.format.file_checks import ARROW_MAGIC_PADDED, check_input_path, check_magic
 from ebcap.format.recovery_scan import (
     REASON_CUT_AT_BOUNDARY,
@@ -138,13 +137,11 @@ def recover(
         rows_complete = not plan.skipped and plan.totals is not None
         work = _work_path(source, output)
         writer: CaptureWriter | None = None
-        samples = 0
         try:
             writer = CaptureWriter(output, schema, force=force, flush_rows=_NEVER, work_path=work)
             for batch in plan.batches:
                 writer.write(batch)
                 writer.flush()
-                samples += count_samples(batch)
             writer.close(plan.totals if rows_complete else _recounted(plan.totals))
         except OutputWriteError as exc:
             _discard(writer, work, source)
@@ -158,7 +155,7 @@ def recover(
         output=output,
         batches_saved=plan.count,
         rows_saved=writer.rows_written,
-        events_saved=samples,
+        events_saved=writer.counts.totals()[fs.TOTAL_EVENTS],
         bytes_used=plan.bytes_used,
         source_size=size,
         damage_offset=damage,

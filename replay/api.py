@@ -25,8 +25,8 @@ from typing import Any
 
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
+from ebcap.format.schema import KIND_LOST_CODE
 from ebcap.replay.order import OrderedBatch, OrderReport, in_order
-from ebcap.replay.scan import KIND_LOST_CODE
 
 SampleHandler = Callable[[int, bytes], object]
 LostHandler = Callable[[int, int], object]

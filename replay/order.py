@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from ebcap.errors import BadFileError
+from ebcap.format.counts import sample_mask
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.dictionaries import coded_like, gathered_dictionary, merged_by_concatenation
 from ebcap.replay.lateness import LatenessTracker
@@ -42,7 +43,6 @@ from ebcap.replay.moves import MoveCounter, Mover, TwoCpuMover
 from ebcap.replay.runs import SpilledRuns, sort_keys, sort_order
 from ebcap.replay.scan import (
     SLICE_ROWS,
-    is_sample,
     iter_slices,
     scan_columns,
     slice_schema,
@@ -164,7 +164,7 @@ def arrival_order(
         if int(seq[0]) <= last or (len(seq) > 1 and bool(np.any(seq[1:] <= seq[:-1]))):
             raise BadFileError(f"{reader.path}: seq does not increase in file order (damaged file)")
         last = int(seq[-1])
-        ts, sample = u64(rows, "ts_ns"), is_sample(rows)
+        ts, sample = u64(rows, "ts_ns"), sample_mask(rows)
         cpu = rows.column("cpu").to_numpy()
         _count_cpu_disorder(cpu[sample], ts[sample], highs, report)
         report.rows += rows.num_rows
@@ -211,7 +211,7 @@ def time_order(
     arrival = 0
     try:
         for index, rows in enumerate(iter_slices(reader, columns=columns)):
-            late = tracker.update(u64(rows, "ts_ns"), is_sample(rows))
+            late = tracker.update(u64(rows, "ts_ns"), sample_mask(rows))
             if prepare is not None:
                 rows = prepare(rows)
             count = rows.num_rows
@@ -292,7 +292,7 @@ def later_minimums(
     for part in scan_columns(reader, ("cpu", "ts_ns", "kind")):
         ts = u64(part, "ts_ns")
         minimums.append(int(ts.min()))
-        sample = is_sample(part)
+        sample = sample_mask(part)
         cpu = part.column("cpu").to_numpy()
         if shape is not None:
             behind = _behind_per_cpu(cpu, ts, shape.newest)

@@ -15,6 +15,7 @@ from typing import BinaryIO, Protocol, cast
 
 import pyarrow as pa
 
+from ebcap.format.counts import sample_mask
 from ebcap.format.pcapng import (
     PACKET_COLUMNS,
     capture_snaplen,
@@ -26,7 +27,7 @@ from ebcap.format.pcapng import (
 )
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.order import OrderReport, in_order
-from ebcap.replay.scan import CORE_KEYS, is_sample, scan_columns
+from ebcap.replay.scan import CORE_KEYS, scan_columns
 
 
 class ByteSink(Protocol):
@@ -67,7 +68,7 @@ def _largest_cut(reader: CaptureReader) -> int:
     """:func:`~ebcap.format.pcapng.largest_cut` over the whole capture, a batch at a time."""
     snaplen = 0
     for part in scan_columns(reader, ("kind", "pkt_len", "cap_len")):
-        part = part.filter(pa.array(is_sample(part)))
+        part = part.filter(pa.array(sample_mask(part)))
         cap = part.column("cap_len").to_numpy(zero_copy_only=False)
         wire = part.column("pkt_len").to_numpy(zero_copy_only=False)
         snaplen = max(snaplen, largest_cut(cap, wire))

@@ -21,6 +21,7 @@ import pyarrow as pa
 from ebcap.errors import UsageError
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
+from ebcap.format.schema import KIND_LOST_CODE, KIND_SAMPLE_CODE
 from ebcap.replay.display import lines_bytes
 from ebcap.replay.order import (
     DEFAULT_MAX_WINDOW_ROWS,
@@ -31,7 +32,7 @@ from ebcap.replay.order import (
     time_order,
 )
 from ebcap.replay.records import CSV, JSONL, encoder_for
-from ebcap.replay.scan import KIND_LOST_CODE, KIND_SAMPLE_CODE, scan_columns
+from ebcap.replay.scan import scan_columns
 from ebcap.replay.text import ARRIVAL, TIME, TextFormatter
 
 TEXT: Final = "text"

@@ -40,6 +40,7 @@ from typing import Any, Final
 import numpy as np
 
 from ebcap.format import schema as fs
+from ebcap.format.counts import sample_mask
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.distribution import Distribution
 from ebcap.replay.inversions import GreaterCounter
@@ -47,7 +48,7 @@ from ebcap.replay.lateness import LatenessTracker
 from ebcap.replay.order import OrderReport, later_minimums
 from ebcap.replay.plot_points import PlotPoints
 from ebcap.replay.rounds import RoundLog
-from ebcap.replay.scan import is_sample, iter_slices, u64
+from ebcap.replay.scan import iter_slices, u64
 
 PERCENTILES: Final = (50.0, 99.0, 99.9)
 CPU_PAIR_BASE: Final = 1 << 16
@@ -152,7 +153,7 @@ def analyze(reader: CaptureReader, *, keep_plot_points: bool = False) -> Reorder
     walk = _Walk(report)
     try:
         for index, rows in enumerate(iter_slices(reader)):
-            sample = is_sample(rows)
+            sample = sample_mask(rows)
             future = int(bounds[index + 1]) if index + 1 < len(bounds) else None
             walk.slice(
                 u64(rows, "ts_ns")[sample],

@@ -25,9 +25,6 @@ SLICE_ROWS: Final = 65_536
 CORE_KEYS: Final = ("seq", "cpu", "ts_ns", "kind")
 """What ordering and lateness need of every row, whatever else is read."""
 
-KIND_SAMPLE_CODE: Final = fs.KINDS.index(fs.KIND_SAMPLE)
-KIND_LOST_CODE: Final = fs.KINDS.index(fs.KIND_LOST)
-
 
 def slices_of(batch: pa.RecordBatch, rows: int) -> Iterator[pa.RecordBatch]:
     """Zero-copy slices of at most ``rows`` rows (none for an empty batch)."""
@@ -97,12 +94,6 @@ def normalise_kind(batch: pa.RecordBatch) -> pa.RecordBatch:
     codes = remap[kind.indices.to_numpy(zero_copy_only=False)]
     fixed = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), kind_dictionary())
     return batch.set_column(index, batch.schema.field(index), fixed)
-
-
-def is_sample(batch: pa.RecordBatch) -> np.ndarray:
-    """Boolean mask of the sample rows of a normalised batch."""
-    codes = batch.column("kind").indices.to_numpy(zero_copy_only=False)
-    return codes == KIND_SAMPLE_CODE
 
 
 def u64(batch: pa.RecordBatch, name: str) -> np.ndarray:

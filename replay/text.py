@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 
 from ebcap.errors import UsageError
 from ebcap.format import schema as fs
+from ebcap.format.schema import KIND_LOST_CODE
 from ebcap.replay.display import value_strings
 from ebcap.replay.hexfmt import bytes_hex, payload_lengths, u64_hex_columns
 from ebcap.replay.lines import (
@@ -49,7 +50,6 @@ from ebcap.replay.lines import (
 )
 from ebcap.replay.packets import SUMMARISED, PacketSummaries, is_packet_capture
 from ebcap.replay.repeats import distinct_rows
-from ebcap.replay.scan import KIND_LOST_CODE
 
 ARRIVAL: Final = "arrival"
 TIME: Final = "time"

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pytest
 
 from ebcap.capture.assemble import RowAssembler
-from ebcap.capture.batch import KIND_CODE_LOST, KIND_CODE_SAMPLE, EventBatch
+from ebcap.capture.batch import EventBatch
 from ebcap.capture.layout import parse_layout
 from ebcap.capture.sources import PinnedSource
 from ebcap.format import schema as fs
 from ebcap.format.counts import CpuCounts
-from ebcap.format.schema import make_schema
+from ebcap.format.schema import KIND_LOST_CODE, KIND_SAMPLE_CODE, make_schema
 
 LAYOUT = "ts:u64,cpu:u32,seq:u32,pad:8x"
 EVENT = struct.Struct("<QII8x")
@@ -34,7 +34,7 @@ def event_batch(rows: list[tuple[str, bytes | int]]) -> EventBatch:
         cpu=np.full(len(rows), 7, dtype=np.uint16),
         ts_ns=np.arange(1000, 1000 + len(rows), dtype=np.uint64),
         kind=np.array(
-            [KIND_CODE_SAMPLE if k == "sample" else KIND_CODE_LOST for k, _ in rows], np.int8
+            [KIND_SAMPLE_CODE if k == "sample" else KIND_LOST_CODE for k, _ in rows], np.int8
         ),
         lost=np.array([p if k == "lost" else 0 for k, p in rows], dtype=np.uint64),
         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),

@@ -11,11 +11,12 @@ from reliability.harness import is_one_line_error, run_cli
 
 from ebcap.bpf.cpus import online_cpus
 from ebcap.capture import recorder
-from ebcap.capture.batch import KIND_CODE_SAMPLE, EventBatch
+from ebcap.capture.batch import EventBatch
 from ebcap.capture.bench import BenchSource, run_bench
 from ebcap.capture.readers import Reader, open_reader
 from ebcap.capture.recorder import RecordOptions
 from ebcap.format.reader import CaptureReader
+from ebcap.format.schema import KIND_SAMPLE_CODE
 
 pytestmark = pytest.mark.privileged
 
@@ -72,7 +73,7 @@ class FlipsOneBit:
 
     def read(self) -> EventBatch:
         batch = self._reader.read()
-        samples = np.flatnonzero(batch.kind == KIND_CODE_SAMPLE)
+        samples = np.flatnonzero(batch.kind == KIND_SAMPLE_CODE)
         if not self.flipped and len(samples):
             batch.values[batch.offsets[samples[0]] + self._size - 1] ^= 0x01
             self.flipped = True

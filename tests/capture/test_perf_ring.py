@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebcap.bpf import _sys
-from ebcap.capture.batch import KIND_CODE_LOST, KIND_CODE_SAMPLE, EventBatch
+from ebcap.capture.batch import EventBatch
 from ebcap.capture.perf_ring import (
     LOST_RECORD,
     LOST_SAMPLE_ID,
@@ -22,6 +22,7 @@ from ebcap.capture.perf_ring import (
     walk_perf_ring,
 )
 from ebcap.errors import CaptureError
+from ebcap.format.schema import KIND_LOST_CODE, KIND_SAMPLE_CODE
 
 FILL = 0xEE  # ring bytes outside [tail, head): never to be read
 
@@ -91,11 +92,11 @@ def reference_walk(
         if rtype == _sys.PERF_RECORD_SAMPLE:
             ts, scpu, _res, raw_size = struct.unpack_from("<QIII", body, 8)
             keep = raw_size if payload_size is None else min(raw_size, payload_size)
-            rows.append(Row(KIND_CODE_SAMPLE, scpu, ts, 0, body[28 : 28 + keep]))
+            rows.append(Row(KIND_SAMPLE_CODE, scpu, ts, 0, body[28 : 28 + keep]))
         elif rtype == _sys.PERF_RECORD_LOST:
             count = struct.unpack_from("<Q", body, 16)[0]
             when = struct.unpack_from("<Q", body, 24)[0] if rsize >= 40 else 0  # sample_id
-            rows.append(Row(KIND_CODE_LOST, cpu, when, count, b""))
+            rows.append(Row(KIND_LOST_CODE, cpu, when, count, b""))
         else:
             unknown += 1
         tail += rsize
@@ -210,7 +211,7 @@ def test_a_lost_row_takes_the_cpu_of_its_ring() -> None:
     """One ring per CPU: the ring says where the loss was, whatever the record claims."""
     ring, head = fake_ring([lost_with_sample_id(4, ts=9, cpu=0)], 256, 0)
     walk = walk_perf_ring(ring, 256, head, 0, 1)
-    assert rows_of(walk.batch) == [Row(KIND_CODE_LOST, 1, 9, 4, b"")]
+    assert rows_of(walk.batch) == [Row(KIND_LOST_CODE, 1, 9, 4, b"")]
 
 
 def test_mixed_sizes_and_unknown_types() -> None:

@@ -24,10 +24,11 @@ from ebcap.bpf.cpus import online_cpus, possible_cpus
 from ebcap.bpf.maps import Map
 from ebcap.bpf.prog import Program
 from ebcap.bpf.programs.bench import BENCH_STATS, PAD_MAGIC, bench_event_dtype, build_bench_program
-from ebcap.capture.batch import KIND_CODE_LOST, KIND_CODE_SAMPLE, EventBatch
+from ebcap.capture.batch import EventBatch
 from ebcap.capture.perf_reader import PerfBufferReader
 from ebcap.capture.ringbuf_reader import RingBufReader
 from ebcap.errors import ClosedError, KernelError, UsageError
+from ebcap.format.schema import KIND_LOST_CODE, KIND_SAMPLE_CODE
 
 pytestmark = pytest.mark.privileged
 
@@ -112,7 +113,7 @@ def expected_payloads(events: np.ndarray) -> np.ndarray:
 
 def decoded(batch: EventBatch) -> np.ndarray:
     """The samples of ``batch`` as bench events, after checking every payload byte."""
-    samples = batch.take(np.flatnonzero(batch.kind == KIND_CODE_SAMPLE))
+    samples = batch.take(np.flatnonzero(batch.kind == KIND_SAMPLE_CODE))
     payloads = samples.fixed_payloads(SIZE)
     assert payloads is not None, "payload lengths differ"
     events = np.ascontiguousarray(payloads).view(bench_event_dtype(SIZE)).reshape(-1)
@@ -199,7 +200,7 @@ def test_overflowed_perf_ring_reports_lost_rows_that_close_the_seq_gap() -> None
     assert before.num_lost == 0 and 0 < before.num_samples < first
     assert batch.num_samples + batch.num_lost == first + second
     assert batch.num_lost == drops
-    lost_rows = np.flatnonzero(batch.kind == KIND_CODE_LOST)
+    lost_rows = np.flatnonzero(batch.kind == KIND_LOST_CODE)
     assert len(lost_rows) == 1 and batch.cpu[lost_rows[0]] == cpu
     assert batch.lengths[lost_rows[0]] == 0
     events = decoded(batch)

@@ -7,15 +7,13 @@ import pyarrow as pa
 import pytest
 
 from ebcap.capture.batch import (
-    KIND_CODE_LOST,
-    KIND_CODE_SAMPLE,
     BatchBuilder,
     EventBatch,
     fixed_rows,
 )
 from ebcap.capture.ring_walk import RingPosition, copy_span, run_length
 from ebcap.errors import CaptureError
-from ebcap.format.schema import KIND_LOST, KIND_SAMPLE, KINDS
+from ebcap.format.schema import KIND_LOST, KIND_LOST_CODE, KIND_SAMPLE, KIND_SAMPLE_CODE, KINDS
 
 
 def make_batch(rows: list[tuple[int, int, bytes | int]]) -> EventBatch:
@@ -39,8 +37,8 @@ ROWS: list[tuple[int, int, bytes | int]] = [
 
 
 def test_kind_codes_follow_the_file_dictionary() -> None:
-    assert KINDS[KIND_CODE_SAMPLE] == KIND_SAMPLE
-    assert KINDS[KIND_CODE_LOST] == KIND_LOST
+    assert KINDS[KIND_SAMPLE_CODE] == KIND_SAMPLE
+    assert KINDS[KIND_LOST_CODE] == KIND_LOST
 
 
 def test_builder_columns_and_payloads() -> None:

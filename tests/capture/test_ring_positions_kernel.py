@@ -29,9 +29,10 @@ from ebcap.bpf.cpus import online_cpus, possible_cpus
 from ebcap.bpf.maps import Map
 from ebcap.bpf.prog import Program
 from ebcap.bpf.programs.bench import BENCH_STATS, bench_event_dtype, build_bench_program
-from ebcap.capture.batch import KIND_CODE_SAMPLE, EventBatch
+from ebcap.capture.batch import EventBatch
 from ebcap.capture.perf_reader import PerfBufferReader
 from ebcap.capture.ringbuf_reader import RingBufReader
+from ebcap.format.schema import KIND_SAMPLE_CODE
 
 pytestmark = pytest.mark.privileged
 
@@ -179,7 +180,7 @@ def test_one_page_perf_rings_overflowing_for_seconds_stay_in_step() -> None:
         batches.append(reader.read())
         counters = [np.frombuffer(v, BENCH_STATS)[0] for v in stats.lookup_percpu(bytes(4))]
     batch = EventBatch.concat(batches)
-    samples = batch.take(np.flatnonzero(batch.kind == KIND_CODE_SAMPLE))
+    samples = batch.take(np.flatnonzero(batch.kind == KIND_SAMPLE_CODE))
     payloads = samples.fixed_payloads(SIZE)
     assert payloads is not None
     got = np.ascontiguousarray(payloads).view(bench_event_dtype(SIZE)).reshape(-1)
@@ -190,5 +191,5 @@ def test_one_page_perf_rings_overflowing_for_seconds_stay_in_step() -> None:
         assert len(seq) > 1000, f"CPU {cpu}: the producer hardly ran"
         assert (np.diff(seq) > 0).all(), f"CPU {cpu}: events overwritten or out of order"
         assert len(seq) + drops == invocations, f"CPU {cpu}: events neither read nor dropped"
-        reported = int(batch.lost[(batch.kind != KIND_CODE_SAMPLE) & (batch.cpu == cpu)].sum())
+        reported = int(batch.lost[(batch.kind != KIND_SAMPLE_CODE) & (batch.cpu == cpu)].sum())
         assert 0 < reported <= drops

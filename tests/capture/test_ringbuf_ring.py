@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebcap.bpf import _sys
-from ebcap.capture.batch import KIND_CODE_SAMPLE, EventBatch
+from ebcap.capture.batch import EventBatch
 from ebcap.capture.ringbuf_ring import RINGBUF_RECORD_HEADER, record_span, walk_ringbuf
 from ebcap.errors import CaptureError
+from ebcap.format.schema import KIND_SAMPLE_CODE
 
 FILL = 0xEE
 BUSY, DISCARD = _sys.BPF_RINGBUF_BUSY_BIT, _sys.BPF_RINGBUF_DISCARD_BIT
@@ -75,7 +76,7 @@ def check_against_reference(
         walk = walk_ringbuf(data, size, consumer, producer)
         assert payloads_of(walk.batch) == ref
         assert (walk.consumer_pos, walk.discarded) == (ref_pos, ref_discarded)
-        assert walk.batch.kind.tolist() == [KIND_CODE_SAMPLE] * len(ref)
+        assert walk.batch.kind.tolist() == [KIND_SAMPLE_CODE] * len(ref)
         assert not walk.batch.cpu.any() and not walk.batch.ts_ns.any() and not walk.batch.lost.any()
     return walk.batch, walk.consumer_pos
 
