@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ebcap.format import schema as fs
+from ebcap.format.file_checks import one_line
 
 ColumnValues: TypeAlias = pa.Array | pa.ChunkedArray | np.ndarray | Sequence[Any]
 Rows: TypeAlias = pa.RecordBatch | Mapping[str, ColumnValues]
@@ -63,8 +64,9 @@ def _conform_column(values: Any, field: pa.Field) -> pa.Array:
         else:
             array = pa.array(values, type=field.type)
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"column {field.name!r} does not fit {field.type}: {first}") from None
+        raise ValueError(
+            f"column {field.name!r} does not fit {field.type}: {one_line(exc)}"
+        ) from None
     if not field.nullable and array.null_count:
         raise ValueError(f"column {field.name!r} has nulls")
     return array

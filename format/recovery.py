@@ -259,7 +259,7 @@ def _work_path(source: Path, output: Path) -> Path:
     names += [f"{output.name}.recover-{n}{PARTIAL_SUFFIX}" for n in range(2, _WORK_NAMES)]
     for name in names:
         candidate = output.with_name(name)
-        if not os.path.lexists(candidate) and not _same_file(source, candidate):
+        if not os.path.lexists(candidate):  # never the input, nor anything else
             return candidate
     raise UsageError(f"cannot find a free work file name next to {output}")
 

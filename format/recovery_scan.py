@@ -88,10 +88,10 @@ class StreamScan:
     After iteration, ``end`` is the offset just past the last good batch,
     ``reason`` says why the walk stopped and ``totals`` holds the capture's
     totals if the batch carrying them survived. ``total`` (the footer's batch
-    count, when known) only numbers the batches in messages.
+    count, set when known) only numbers the batches in messages.
     """
 
-    def __init__(self, source: Path, mm: pa.MemoryMappedFile, total: int | None = None) -> None:
+    def __init__(self, source: Path, mm: pa.MemoryMappedFile) -> None:
         self._source = source
         self._mm = mm
         mm.seek(len(ARROW_MAGIC_PADDED))
@@ -104,7 +104,7 @@ class StreamScan:
         self.schema: pa.Schema = self._stream.schema
         self.metadata = check_schema(source, self.schema)
         self._judge = BatchJudge(self.schema, self.metadata)
-        self.total = total
+        self.total: int | None = None
         self.end = mm.tell()
         self.reason = ""
         self.reached_eos = False
