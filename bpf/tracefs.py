@@ -57,13 +57,31 @@ C_INTEGERS: Final = {
     **{name: (size, True) for name, size in _SIGNED.items()},
     **{f"signed {name}": (size, True) for name, size in _SIGNED.items()},
     **{f"unsigned {name}": (size, False) for name, size in _SIGNED.items()},
-    **{f"{p}{sign}{bits}": (bits // 8, sign == "s")
-       for p in ("", "__") for sign in "su" for bits in (8, 16, 32, 64)},
-    "signed": (4, True), "unsigned": (4, False), "bool": (1, False), "_Bool": (1, False),
-    "pid_t": (4, True), "uid_t": (4, False), "gid_t": (4, False), "qid_t": (4, False),
-    "umode_t": (2, False), "mode_t": (4, False), "key_serial_t": (4, True),
-    "clockid_t": (4, True), "timer_t": (4, True), "rwf_t": (4, True), "mqd_t": (4, True),
-    "size_t": (8, False), "ssize_t": (8, True), "off_t": (8, True), "loff_t": (8, True),
+    **{
+        f"{p}{sign}{bits}": (bits // 8, sign == "s")
+        for p in ("", "__")
+        for sign in "su"
+        for bits in (8, 16, 32, 64)
+    },
+    "signed": (4, True),
+    "unsigned": (4, False),
+    "bool": (1, False),
+    "_Bool": (1, False),
+    "pid_t": (4, True),
+    "uid_t": (4, False),
+    "gid_t": (4, False),
+    "qid_t": (4, False),
+    "umode_t": (2, False),
+    "mode_t": (4, False),
+    "key_serial_t": (4, True),
+    "clockid_t": (4, True),
+    "timer_t": (4, True),
+    "rwf_t": (4, True),
+    "mqd_t": (4, True),
+    "size_t": (8, False),
+    "ssize_t": (8, True),
+    "off_t": (8, True),
+    "loff_t": (8, True),
 }
 """Integer C types by name: (bytes, signed) on x86-64. A syscall tracepoint stores every
 argument in an 8-byte slot (``int dfd; size:8; signed:0``) holding the register as the

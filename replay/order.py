@@ -203,9 +203,7 @@ def time_order(
     tracker = LatenessTracker()
     window = _Window(schema)
     mover: Mover = (
-        TwoCpuMover()
-        if shape.cpus <= 2 and shape.rows_out_of_order == 0
-        else MoveCounter()
+        TwoCpuMover() if shape.cpus <= 2 and shape.rows_out_of_order == 0 else MoveCounter()
     )
     emitter = _Emitter(schema, SpilledRuns(schema, spill_dir), mover)
     arrival = 0

@@ -62,8 +62,7 @@ def test_the_command_line_loads_no_kernel_layer() -> None:
     """Every command pays for what `import ebcap.cli` loads: the BPF layer (ctypes, the
     syscall wrappers, the assembler) only loads once a command needs the kernel."""
     code = (
-        "import sys, ebcap.cli; "
-        "print(sorted(m for m in sys.modules if m.startswith('ebcap.bpf')))"
+        "import sys, ebcap.cli; print(sorted(m for m in sys.modules if m.startswith('ebcap.bpf')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

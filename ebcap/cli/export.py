@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
 def export(
     file: Path = typer.Argument(..., help="The capture to convert.", parser=input_path),
     output: Path = typer.Option(
-        ..., "-o",
+        ...,
+        "-o",
         "--output",
         help="The file to write (-: stdout, for csv, jsonl and pcapng).",
         parser=output_file,
