@@ -20,6 +20,7 @@ from ebcap.errors import MissingCapabilityError
 CAP_NET_ADMIN: Final = 12
 CAP_IPC_LOCK: Final = 14
 CAP_SYS_ADMIN: Final = 21
+CAP_SYS_NICE: Final = 23
 CAP_PERFMON: Final = 38
 CAP_BPF: Final = 39
 CAPABILITY_NAMES: Final[Mapping[int, str]] = MappingProxyType(
@@ -27,6 +28,7 @@ CAPABILITY_NAMES: Final[Mapping[int, str]] = MappingProxyType(
         CAP_NET_ADMIN: "CAP_NET_ADMIN",
         CAP_IPC_LOCK: "CAP_IPC_LOCK",
         CAP_SYS_ADMIN: "CAP_SYS_ADMIN",
+        CAP_SYS_NICE: "CAP_SYS_NICE",
         CAP_PERFMON: "CAP_PERFMON",
         CAP_BPF: "CAP_BPF",
     }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from ebcap.bpf import _sys
 from ebcap.bpf import cpus as cpu_info
+from ebcap.capture import realtime
 from ebcap.capture.assemble import RowAssembler
 from ebcap.capture.batch import EventBatch
 from ebcap.capture.metadata import capture_metadata
@@ -52,6 +53,8 @@ class RecordOptions:
     count: int | None = None
     flush_interval_s: float = 1.0
     zstd_level: int = DEFAULT_ZSTD_LEVEL
+    realtime: int | None = None
+    """SCHED_FIFO priority of the drain (0: normal); None: the default where allowed."""
     force: bool = False
     command: list[str] = field(default_factory=list)
 
@@ -87,6 +90,7 @@ class RecordSummary:
     file_bytes: int
     rounds: int
     stopped_by: str
+    drain_scheduling: str = realtime.NORMAL
 
     @property
     def events_per_s(self) -> float:
@@ -115,6 +119,7 @@ class Recorder:
         """Record until ``should_stop()``, the duration or the count; ``on_started``
         runs once the rings are installed (e.g. to start a producer)."""
         opts = self.options
+        priority = realtime.resolve(opts.realtime)  # refused before anything is made
         schema = make_schema(self.source.arrow_fields(), capture_metadata(self, opts))
         writer = CaptureWriter(
             opts.output,
@@ -134,7 +139,9 @@ class Recorder:
                     kernel.attach()
                 if on_started is not None:
                     on_started()
-                summary = self._loop(writer, reader, kernel, drops, should_stop, on_progress)
+                required = opts.realtime is not None
+                with realtime.drain_priority(priority, required) as scheduling:
+                    summary = self._loop(writer, reader, kernel, drops, should_stop, on_progress)
         except BaseException as exc:
             writer.abort()
             kept = _what_was_kept(writer)
@@ -145,7 +152,7 @@ class Recorder:
                 raise CaptureError(f"{exc}; {kept}") from exc
             exc.add_note(kept)  # a bug: the traceback (EBCAP_DEBUG=1) says where the data is
             raise
-        return summary
+        return replace(summary, drain_scheduling=scheduling)
 
     def _loop(
         self,

@@ -121,6 +121,14 @@ def record(
         "--zstd-level",
         help="Compression of the file: 1 (default) .. 22 smaller; negative levels are faster.",
     ),
+    realtime: int | None = typer.Option(
+        None,
+        "--realtime",
+        help=(
+            "SCHED_FIFO priority of the draining thread, 1..99, so that the writer never "
+            "delays a drain; 0: normal priority (default: 1 where allowed, e.g. as root)."
+        ),
+    ),
     pid: int = typer.Option(0, "--pid", help="syscalls: only this process (tgid)."),
     comm: str | None = typer.Option(
         None, "--comm", help="syscalls: only tasks with this command name."
@@ -154,6 +162,8 @@ def record(
     from ebcap.capture.layout import parse_layout
     from ebcap.capture.leftovers import remove_leftovers
     from ebcap.capture.privileges import require_recording_capabilities
+    from ebcap.capture.realtime import check_priority
+    from ebcap.capture.realtime import resolve as resolve_priority
     from ebcap.capture.recorder import Recorder, RecordOptions
     from ebcap.capture.sources import TRANSPORTS, parse_source
     from ebcap.format.writer import zstd_codec
@@ -181,6 +191,8 @@ def record(
         zstd_codec(zstd_level)
     except UsageError as exc:
         raise UsageError(f"--zstd-level: {exc}") from None
+    if realtime is not None:
+        check_priority(realtime)
     if comm is not None and not 0 < len(comm.encode()) <= 15:
         raise UsageError("--comm must be 1..15 bytes (the kernel's TASK_COMM_LEN - 1)")
     wakeup_events, watermark = parse_wakeup(wakeup)
@@ -226,6 +238,7 @@ def record(
     rings = len(chosen_cpus or online_cpus()) if actual_transport == "perf" else 1
     kind = "pin" if pin is not None else source.partition(":")[0]
     require_recording_capabilities("recording", kind, actual_transport, ring, rings)
+    drain_priority = resolve_priority(realtime)
     for leftover in remove_leftovers():  # what killed ebcap processes left on interfaces
         typer.secho(f"ebcap: {leftover}", err=True, fg="yellow")
     use_streaming_pool()  # memory stays flat over a long recording
@@ -240,6 +253,7 @@ def record(
         count=count,
         flush_interval_s=flush_interval,
         zstd_level=zstd_level,
+        realtime=drain_priority,
         force=force,
         command=["ebcap", *sys.argv[1:]],
     )

@@ -74,6 +74,7 @@ OUT = ["-o", "{dir}/run.arrow"]
 COMMANDS = {
     "syscalls": ["record", *OUT, "--duration", "1"],
     "syscalls 2M": ["record", *OUT, "-b", "2M", "--duration", "0.5"],
+    "syscalls 2M realtime": ["record", *OUT, "-b", "2M", "--realtime", "1", "-d", "0.5"],
     "ringbuf": ["record", *OUT, "-t", "ringbuf", "--duration", "1"],
     "tracepoint": ["record", *OUT, "-s", "tracepoint:sched:sched_switch", "-d", "0.5"],
     "xdp": ["record", *OUT, "-s", "xdp:{veth}", "--xdp-mode", "generic", "-d", "0.5"],
@@ -124,7 +125,8 @@ CASES = {
     ("only-cap-perfmon", "syscalls"): named("CAP_BPF + CAP_IPC_LOCK"),
     ("only-cap-perfmon", "bench perf"): named("CAP_BPF + CAP_IPC_LOCK"),
     ("bpf+perfmon", "syscalls"): named("CAP_IPC_LOCK"),
-    ("bpf+perfmon", "syscalls 2M"): ENOUGH,
+    ("bpf+perfmon", "syscalls 2M"): ENOUGH,  # the drain at normal priority, not refused
+    ("bpf+perfmon", "syscalls 2M realtime"): "CAP_SYS_NICE",
     ("bpf+perfmon", "tracepoint"): named("CAP_IPC_LOCK"),
     ("bpf+perfmon", "tc ringbuf"): "CAP_NET_ADMIN",
     ("bpf+perfmon", "xdp ringbuf"): "CAP_NET_ADMIN",

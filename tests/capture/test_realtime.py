@@ -1,0 +1,167 @@
+"""The drain's real-time priority: chosen, refused and restored as documented.
+
+Policies are read with ``sched_getscheduler(0)``, which on Linux is the calling
+thread's: each check runs on the thread that changed (or must not have
+changed) its policy.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ebcap.capture import realtime
+from ebcap.capture.recorder import Progress, Recorder, RecordOptions
+from ebcap.capture.sources import SyscallsSource
+from ebcap.errors import MissingCapabilityError, UsageError
+
+
+def on_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on a new thread: its policy changes stay off the test runner's thread."""
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+@pytest.mark.parametrize("bad", [-1, 100, 1000])
+def test_priorities_outside_sched_fifo_are_usage_errors(bad: int) -> None:
+    with pytest.raises(UsageError, match=r"--realtime must be 0 \(off\) or .* 1\.\.99"):
+        realtime.check_priority(bad)
+    with pytest.raises(UsageError):
+        realtime.resolve(bad)
+
+
+def test_off_needs_nothing_and_changes_nothing() -> None:
+    assert realtime.resolve(0) == 0
+
+    def inside() -> tuple[int, str]:
+        with realtime.drain_priority(0) as used:
+            return os.sched_getscheduler(0), used
+
+    assert on_thread(inside) == (os.SCHED_OTHER, "normal")
+
+
+@pytest.fixture
+def without_cap_sys_nice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a process without CAP_SYS_NICE whose RLIMIT_RTPRIO is 2."""
+    monkeypatch.setattr(realtime, "missing_capabilities", lambda needed: list(needed))
+    monkeypatch.setattr("ebcap.bpf.caps.effective_capabilities", lambda: 0)
+    real = resource.getrlimit
+    fake = {resource.RLIMIT_RTPRIO: (2, 2)}
+    monkeypatch.setattr(realtime.resource, "getrlimit", lambda which: fake.get(which, real(which)))
+
+
+def test_without_cap_sys_nice_the_default_falls_back_and_rlimit_rtprio_counts(
+    without_cap_sys_nice: None,
+) -> None:
+    assert realtime.may_use(2) and not realtime.may_use(3)
+    assert realtime.resolve(None) == realtime.DEFAULT_PRIORITY  # 1 <= RLIMIT_RTPRIO
+    assert realtime.resolve(2) == 2
+    with pytest.raises(MissingCapabilityError) as refused:
+        realtime.resolve(3)
+    assert refused.value.capability == "CAP_SYS_NICE"
+    message = str(refused.value)
+    assert message.startswith("recording needs CAP_SYS_NICE (CAP_SYS_NICE: --realtime 3, ")
+    assert "RLIMIT_RTPRIO of 2" in message and "\n" not in message
+
+
+def test_without_any_allowance_the_default_is_normal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(realtime, "missing_capabilities", lambda needed: list(needed))
+    monkeypatch.setattr("ebcap.bpf.caps.effective_capabilities", lambda: 0)
+    monkeypatch.setattr(realtime.resource, "getrlimit", lambda which: (0, 0))
+    assert realtime.resolve(None) == 0
+
+
+def test_a_kernel_refusal_falls_back_unless_the_priority_was_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cgroup without real-time budget answers EPERM even to root."""
+
+    def refuse(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(realtime.os, "sched_setscheduler", refuse)
+    with realtime.drain_priority(1) as used:
+        assert used == "normal"
+    refused = pytest.raises(MissingCapabilityError, match=r"^--realtime 4: the kernel refused")
+    with refused, realtime.drain_priority(4, required=True):
+        pass
+
+
+@pytest.mark.privileged
+def test_the_thread_runs_sched_fifo_inside_and_gets_its_policy_back() -> None:
+    main_before = os.sched_getscheduler(0)
+
+    def inside() -> tuple[int, int, int, str, int]:
+        with realtime.drain_priority(7) as used:
+            during = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+            main_during = main_policy[0]
+        return *during, main_during, used, os.sched_getscheduler(0)
+
+    main_policy = [os.sched_getscheduler(0)]
+    assert on_thread(inside) == (os.SCHED_FIFO, 7, main_before, "SCHED_FIFO 7", os.SCHED_OTHER)
+    assert os.sched_getscheduler(0) == main_before
+
+
+@pytest.mark.privileged
+def test_the_policy_comes_back_when_the_drain_fails() -> None:
+    def failing() -> int:
+        try:
+            with realtime.drain_priority(realtime.DEFAULT_PRIORITY):
+                raise RuntimeError("drain failed")
+        except RuntimeError:
+            return os.sched_getscheduler(0)
+
+    assert on_thread(failing) == os.SCHED_OTHER
+
+
+def _record(tmp_path: Path, priority: int | None) -> tuple[set[int], str, int]:
+    """Record this process's syscalls for a second on a thread of its own: the policies
+    the drain loop ran under (seen from its progress callback), the summary's word for
+    it and the thread's policy once the recording returned."""
+    seen: set[int] = set()
+    source = SyscallsSource(pid=os.getpid(), exclude_pid=0)
+    options = RecordOptions(
+        output=tmp_path / f"rt-{priority}.arrow",
+        transport="ringbuf",
+        buffer_bytes=1 << 20,
+        duration_s=1.2,
+        realtime=priority,
+    )
+
+    def progress(_: Progress) -> None:
+        seen.add(os.sched_getscheduler(0))
+
+    def run() -> tuple[set[int], str, int]:
+        summary = Recorder(source, options).run(on_progress=progress)
+        return seen, summary.drain_scheduling, os.sched_getscheduler(0)
+
+    return on_thread(run)
+
+
+@pytest.mark.privileged
+def test_a_recording_drains_at_the_default_priority_as_root(tmp_path: Path) -> None:
+    assert _record(tmp_path, None) == ({os.SCHED_FIFO}, "SCHED_FIFO 1", os.SCHED_OTHER)
+
+
+@pytest.mark.privileged
+def test_realtime_zero_records_at_normal_priority(tmp_path: Path) -> None:
+    assert _record(tmp_path, 0) == ({os.SCHED_OTHER}, "normal", os.SCHED_OTHER)
