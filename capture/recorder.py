@@ -32,6 +32,7 @@ from ebcap.capture.sources import KernelSide, Source, read_percpu_u64
 from ebcap.errors import CaptureError, EbcapError
 from ebcap.format.schema import KIND_SAMPLE_CODE, make_schema
 from ebcap.format.writer import DEFAULT_ZSTD_LEVEL, CaptureWriter, utc_now_iso
+from ebcap.replay.memory import fault_in
 
 POLL_INTERVAL_S = 0.1
 DROP_POLL_INTERVAL_S = 0.5
@@ -135,6 +136,8 @@ class Recorder:
                 reader = open_reader(self.transport, kernel.events, self.cpus, opts, self.source)
                 stack.callback(reader.close)
                 drops = _DropTracker(kernel, self.source, self.cpus)  # before any event flows
+                writer.on_worker(fault_in)  # both threads' memory, before events flow
+                fault_in()
                 if kernel.attach is not None:
                     kernel.attach()
                 if on_started is not None:

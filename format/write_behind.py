@@ -10,14 +10,20 @@ itself: with Arrow's pool, one more thread per core would compete with the
 drain for its CPU (measured: drains held up for 8-14 ms, and the perf ring of
 a 2 M events/s producer overflowing).
 
-The queue is short on purpose: when the worker falls behind, the caller
+The queue is bounded: when the worker falls behind for good, the caller
 blocks (and the kernel counts the events it cannot take as lost) rather than
-buffering without bound; and a crash loses at most what is queued, a fraction
-of a flush interval. Cancelling (the writer's abort) drops the queued jobs
-and waits a moment at most for the one being run: at a high zstd level one
-batch compresses for seconds, and a second Ctrl-C must not wait for it. A job
-that outlives the wait finishes on its own and then runs the caller's
-clean-up (closing the file) itself.
+buffering without bound, and a crash loses at most what is queued. Two jobs
+are always let in; more while the bytes waiting stay within ``max_bytes``:
+the first few hundred milliseconds of a recording, while the worker's
+memory is first faulted in, compress slower than the rings fill, and a
+queue two batches deep then held the drain back long enough for a perf ring
+of 256-byte events at 2 M events/s to overflow (1 run in 4).
+
+Cancelling (the writer's abort) drops the queued jobs and waits a moment at
+most for the one being run: at a high zstd level one batch compresses for
+seconds, and a second Ctrl-C must not wait for it. A job that outlives the
+wait finishes on its own and then runs the caller's clean-up (closing the
+file) itself.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Final
 Job = Callable[[], None]
 
 DEFAULT_DEPTH: Final = 2
-"""Jobs waiting besides the one being written."""
+"""Jobs always let wait besides the one being written, whatever their size."""
 
 _STOP: Final = None
 
@@ -43,8 +49,13 @@ class WriteBehind:
     file they would write to is in an unknown state).
     """
 
-    def __init__(self, name: str, depth: int = DEFAULT_DEPTH) -> None:
-        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=depth)
+    def __init__(self, name: str, depth: int = DEFAULT_DEPTH, max_bytes: int = 0) -> None:
+        self._jobs: queue.Queue[tuple[Job, int] | None] = queue.Queue()
+        self._depth = depth
+        self._max_bytes = max_bytes
+        self._room = threading.Condition()
+        self._waiting_jobs = 0
+        self._waiting_bytes = 0
         self._error: BaseException | None = None
         self._cancelled = False
         self._then: Job | None = None
@@ -54,12 +65,29 @@ class WriteBehind:
         )
         self._thread.start()
 
-    def submit(self, job: Job) -> None:
-        """Queue ``job``; blocks while the queue is full. Raises an earlier job's error."""
+    def submit(self, job: Job, nbytes: int = 0) -> None:
+        """Queue ``job`` (holding ``nbytes`` of data); blocks while the queue is full.
+        Raises an earlier job's error."""
         self._raise_error()
         if self._thread is None:
             raise RuntimeError("write-behind thread is stopped")
-        self._jobs.put(job)
+        with self._room:
+            self._room.wait_for(lambda: self._fits(nbytes))
+            self._waiting_jobs += 1
+            self._waiting_bytes += nbytes
+        self._jobs.put((job, nbytes))
+
+    def _fits(self, nbytes: int) -> bool:
+        if self._waiting_jobs < self._depth:
+            return True
+        return bool(self._max_bytes) and self._waiting_bytes + nbytes <= self._max_bytes
+
+    def _taken(self, nbytes: int) -> None:
+        """A job left the queue: room for the next one."""
+        with self._room:
+            self._waiting_jobs -= 1
+            self._waiting_bytes -= nbytes
+            self._room.notify_all()
 
     def wait(self) -> None:
         """Return once every submitted job has run; raises the first error one raised."""
@@ -92,9 +120,11 @@ class WriteBehind:
             self._then = then
         while True:
             try:
-                self._jobs.get_nowait()
+                item = self._jobs.get_nowait()
             except queue.Empty:
                 break
+            if item is not None:
+                self._taken(item[1])
             self._jobs.task_done()
         self._jobs.put(_STOP)
         thread.join(wait_s)
@@ -124,11 +154,13 @@ class WriteBehind:
 
     def _work(self) -> None:
         while True:
-            job = self._jobs.get()
+            item = self._jobs.get()
             try:
-                if job is _STOP:
+                if item is _STOP:
                     self._run_then()
                     return
+                job, nbytes = item
+                self._taken(nbytes)
                 if self._error is None and not self._cancelled:
                     job()
             except BaseException as exc:  # handed to the caller's thread

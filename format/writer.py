@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, NoReturn, Self, TypeAlias
+from typing import Any, BinaryIO, Final, NoReturn, Self, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +40,10 @@ COMPRESSION = "zstd"
 DEFAULT_ZSTD_LEVEL = 1
 """zstd's fastest positive level: ~15 B per 24-byte event. Negative levels trade size
 for speed (-1: ~25 % larger files, ~20 % less compression time)."""
+
+WRITE_BEHIND_BYTES: Final = 256 << 20
+"""Batches that may wait for the writer thread: ~0.2 s of 256-byte events at 5 M/s."""
+
 FILE_MODE = 0o600
 """Events can hold secrets (paths, arguments, packet bytes): owner-only."""
 
@@ -121,6 +125,7 @@ class CaptureWriter:
         self._clock = clock
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_rows = 0
+        self._buffered_bytes = 0
         self._oldest: float | None = None
         self._last_seq: int | None = None
         self._state = "open"
@@ -138,7 +143,11 @@ class CaptureWriter:
         except BaseException:
             self._discard()
             raise
-        self._behind = WriteBehind(f"ebcap writer {self.path.name}") if background else None
+        self._behind = (
+            WriteBehind(f"ebcap writer {self.path.name}", max_bytes=WRITE_BEHIND_BYTES)
+            if background
+            else None
+        )
 
     def _check_destination(self) -> None:
         parent = self.path.parent
@@ -181,6 +190,7 @@ class CaptureWriter:
         self._check_seq(batch)
         self._buffer.append(batch)
         self._buffered_rows += batch.num_rows
+        self._buffered_bytes += batch.nbytes
         self.counts.add(batch)
         if self._oldest is None:
             self._oldest = self._clock()
@@ -188,6 +198,15 @@ class CaptureWriter:
             self.flush()
         else:
             self.maybe_flush()
+
+    def on_worker(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on the thread that writes (this one, without a worker) and wait."""
+        self._check_open()
+        if self._behind is None:
+            job()
+            return
+        self._behind.submit(job)
+        self._behind.wait()
 
     def maybe_flush(self) -> bool:
         """Flush if the oldest buffered row has waited ``flush_interval``; True if it did."""
@@ -208,14 +227,14 @@ class CaptureWriter:
         The batch carrying ``last_metadata()`` (the totals) is written here, after
         every batch before it.
         """
-        pending = self._buffer
-        self._buffer, self._buffered_rows, self._oldest = [], 0, None
+        pending, nbytes = self._buffer, self._buffered_bytes
+        self._buffer, self._buffered_rows, self._buffered_bytes, self._oldest = [], 0, 0, None
         if not pending and last_metadata is None:
             return
         try:
             if self._behind is not None:
                 if last_metadata is None:
-                    self._behind.submit(lambda: self._encode(pending, None))
+                    self._behind.submit(lambda: self._encode(pending, None), nbytes)
                     return
                 self._behind.wait()
             self._encode(pending, last_metadata)

@@ -189,3 +189,26 @@ def test_a_wakeup_a_ring_buffer_does_not_use_is_noted_not_dropped(tmp_path: Path
     )
     with CaptureReader(out) as reader:
         assert reader.metadata["ebcap.wakeup"] == "ringbuf:adaptive"
+
+
+def test_both_threads_fault_their_memory_in_before_events_flow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain's and the writer's first batches reuse pages mapped before the
+    producer could start (the first batches used to fault every page in)."""
+    import threading
+
+    from ebcap.capture import recorder
+
+    calls: list[str] = []
+    real = recorder.fault_in
+
+    def noted() -> None:
+        calls.append(threading.current_thread().name)
+        real()
+
+    monkeypatch.setattr(recorder, "fault_in", noted)
+    options = RecordOptions(output=tmp_path / "warm.arrow", transport="ringbuf", duration_s=0.2)
+    source = SyscallsSource(pid=os.getpid(), exclude_pid=0)
+    Recorder(source, options).run(on_started=lambda: calls.append("started"))
+    assert calls == ["ebcap writer warm.arrow", threading.current_thread().name, "started"]

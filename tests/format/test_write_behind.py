@@ -64,6 +64,41 @@ def test_a_full_queue_holds_the_caller_back() -> None:
     behind.stop()
 
 
+def test_beyond_its_depth_the_queue_takes_jobs_while_their_bytes_fit() -> None:
+    """Two jobs always wait; more as long as the bytes waiting stay within the budget."""
+    release = threading.Event()
+    done: list[int] = []
+    behind = WriteBehind("test", depth=2, max_bytes=100)
+    behind.submit(release.wait, nbytes=1000)  # being run: it holds no room
+    wait_for(lambda: behind._jobs.qsize() == 0)
+    behind.submit(lambda: done.append(1), nbytes=500)  # over the budget, within the depth
+    behind.submit(lambda: done.append(2), nbytes=30)  # within the depth
+    fourth = threading.Thread(target=behind.submit, args=(lambda: done.append(3), 30))
+    fourth.start()
+    fourth.join(timeout=0.3)
+    assert fourth.is_alive(), "a job was let in over the byte budget"
+    release.set()
+    fourth.join(timeout=10)
+    assert not fourth.is_alive()
+    behind.wait()
+    small = WriteBehind("small", depth=1, max_bytes=100)
+    held = threading.Event()
+    small.submit(held.wait)
+    wait_for(lambda: small._jobs.qsize() == 0)
+    for i in (4, 5):  # the first by depth, then 40 + 40 bytes fit in 100
+        small.submit(lambda i=i: done.append(i), nbytes=40)
+    blocked = threading.Thread(target=small.submit, args=(lambda: done.append(6), 40))
+    blocked.start()
+    blocked.join(timeout=0.3)
+    assert blocked.is_alive(), "120 bytes waiting in a queue of 100"
+    held.set()
+    blocked.join(timeout=10)
+    small.wait()
+    behind.stop()
+    small.stop()
+    assert done == [1, 2, 3, 4, 5, 6]
+
+
 def test_stop_finishes_queued_jobs_then_refuses_more() -> None:
     release = threading.Event()
     done: list[int] = []
