@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import resource
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kernel_helpers import run_in_thread
 
 from ebcap.capture import realtime
 from ebcap.capture.recorder import Progress, Recorder, RecordOptions
@@ -25,19 +25,7 @@ from ebcap.errors import MissingCapabilityError, UsageError
 def on_thread(fn: Callable[[], Any]) -> Any:
     """``fn()`` on a new thread: its policy changes stay off the test runner's thread."""
     result: list[Any] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(fn())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
+    run_in_thread(lambda: result.append(fn()))
     return result[0]
 
 

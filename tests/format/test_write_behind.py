@@ -47,19 +47,24 @@ def test_an_error_reaches_the_caller_and_later_jobs_are_skipped() -> None:
     assert done == [1] and behind.failed
 
 
+def held_back(submit: Callable[[], None], release: threading.Event) -> None:
+    """``submit()`` waits (the queue is full) until ``release`` lets the running job end."""
+    caller = threading.Thread(target=submit)
+    caller.start()
+    caller.join(timeout=0.3)
+    assert caller.is_alive(), "submit returned although the queue was full"
+    release.set()
+    caller.join(timeout=10)
+    assert not caller.is_alive()
+
+
 def test_a_full_queue_holds_the_caller_back() -> None:
     """Bounded: a caller faster than the disk waits instead of buffering without limit."""
     release = threading.Event()
     behind = WriteBehind("test", depth=1)
     behind.submit(release.wait)  # being run
     behind.submit(lambda: None)  # fills the queue
-    third = threading.Thread(target=behind.submit, args=(lambda: None,))
-    third.start()
-    third.join(timeout=0.3)
-    assert third.is_alive(), "submit returned although the queue was full"
-    release.set()
-    third.join(timeout=10)
-    assert not third.is_alive()
+    held_back(lambda: behind.submit(lambda: None), release)
     behind.wait()
     behind.stop()
 
@@ -73,13 +78,7 @@ def test_beyond_its_depth_the_queue_takes_jobs_while_their_bytes_fit() -> None:
     wait_for(lambda: behind._jobs.qsize() == 0)
     behind.submit(lambda: done.append(1), nbytes=500)  # over the budget, within the depth
     behind.submit(lambda: done.append(2), nbytes=30)  # within the depth
-    fourth = threading.Thread(target=behind.submit, args=(lambda: done.append(3), 30))
-    fourth.start()
-    fourth.join(timeout=0.3)
-    assert fourth.is_alive(), "a job was let in over the byte budget"
-    release.set()
-    fourth.join(timeout=10)
-    assert not fourth.is_alive()
+    held_back(lambda: behind.submit(lambda: done.append(3), 30), release)
     behind.wait()
     small = WriteBehind("small", depth=1, max_bytes=100)
     held = threading.Event()
@@ -87,12 +86,7 @@ def test_beyond_its_depth_the_queue_takes_jobs_while_their_bytes_fit() -> None:
     wait_for(lambda: small._jobs.qsize() == 0)
     for i in (4, 5):  # the first by depth, then 40 + 40 bytes fit in 100
         small.submit(lambda i=i: done.append(i), nbytes=40)
-    blocked = threading.Thread(target=small.submit, args=(lambda: done.append(6), 40))
-    blocked.start()
-    blocked.join(timeout=0.3)
-    assert blocked.is_alive(), "120 bytes waiting in a queue of 100"
-    held.set()
-    blocked.join(timeout=10)
+    held_back(lambda: small.submit(lambda: done.append(6), 40), held)  # 120 > 100 bytes
     small.wait()
     behind.stop()
     small.stop()
