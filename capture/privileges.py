@@ -128,8 +128,7 @@ def recording_needs(kind: str, transport: str, ring: RingSize, rings: int) -> di
     needs = dict(_SOURCE_NEEDS[kind])
     if transport != "perf":
         return needs
-    if "CAP_SYS_ADMIN" not in needs:  # it passes for CAP_PERFMON
-        needs.setdefault("CAP_PERFMON", "per-CPU perf events")
+    needs.setdefault("CAP_PERFMON", "per-CPU perf events")
     budget = memlock_budget()
     if not budget.fits(ring.pages, rings):
         fit = budget.largest_sure_ring(rings)
