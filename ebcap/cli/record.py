@@ -317,7 +317,12 @@ def _interrupted(output: Path) -> NoReturn:
     else:
         kept = "nothing had been written yet"
     typer.echo(f"ebcap: interrupted: {kept}", err=True)
-    raise typer.Exit(INTERRUPTED_EXIT)
+    # The batch being written may still be compressing in Arrow's C++ on the writer
+    # thread; tearing the interpreter down under it can crash the process (SIGSEGV).
+    # Every kernel object is released by now and recovery takes whole batches only.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(INTERRUPTED_EXIT)
 
 
 @contextmanager
