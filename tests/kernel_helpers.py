@@ -1,11 +1,18 @@
-"""Helpers for kernel tests: leftovers in the kernel, fds, pinned workloads."""
+"""Helpers for kernel tests: leftovers in the kernel, fds, pinned workloads, the bench
+producer."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from ebcap.bpf import _sys
+from ebcap.bpf.maps import Map
+from ebcap.bpf.prog import Program
+from ebcap.bpf.programs.bench import BENCH_STATS, build_bench_program
 
 TEST_PROGRAM_PREFIX = "ebcap_t_"
 """Unit tests name the programs they load themselves so: never a recorder's."""
@@ -74,3 +81,19 @@ def run_pinned(cpu: int, work: Callable[[], None]) -> int:
 
     run_in_thread(pinned)
     return tid[0]
+
+
+@contextmanager
+def bench_program(
+    transport: str, size: int, events: Map, name: str
+) -> Iterator[tuple[Program, Map]]:
+    """ebcap's bench producer over ``events``, with its per-CPU stats map."""
+    with (
+        Map.create(_sys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, BENCH_STATS.itemsize, 1) as stats,
+        Program.load(
+            _sys.BPF_PROG_TYPE_SOCKET_FILTER,
+            build_bench_program(transport, size, events.fd, stats.fd),
+            name=name,
+        ) as program,
+    ):
+        yield program, stats

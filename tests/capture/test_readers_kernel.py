@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from kernel_helpers import open_fds, run_pinned
+from kernel_helpers import bench_program, open_fds, run_pinned
 
 from ebcap.bpf import _sys
 from ebcap.bpf.cpus import online_cpus, possible_cpus
 from ebcap.bpf.maps import Map
 from ebcap.bpf.prog import Program
-from ebcap.bpf.programs.bench import BENCH_STATS, PAD_MAGIC, bench_event_dtype, build_bench_program
+from ebcap.bpf.programs.bench import BENCH_STATS, PAD_MAGIC, bench_event_dtype
 from ebcap.capture.batch import EventBatch
 from ebcap.capture.perf_reader import PerfBufferReader
 from ebcap.capture.ringbuf_reader import RingBufReader
@@ -60,14 +60,7 @@ class Producer:
 
 @contextmanager
 def bench(transport: str, events: Map) -> Iterator[Producer]:
-    with (
-        Map.create(_sys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, BENCH_STATS.itemsize, 1) as stats,
-        Program.load(
-            _sys.BPF_PROG_TYPE_SOCKET_FILTER,
-            build_bench_program(transport, SIZE, events.fd, stats.fd),
-            name="ebcap_t_reader",
-        ) as program,
-    ):
+    with bench_program(transport, SIZE, events, "ebcap_t_reader") as (program, stats):
         yield Producer(program, stats)
 
 

@@ -17,18 +17,17 @@ import os
 import signal
 import struct
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 import pytest
-from kernel_helpers import run_pinned
+from kernel_helpers import bench_program, run_pinned
 
 from ebcap.bpf import _sys
 from ebcap.bpf.cpus import online_cpus, possible_cpus
 from ebcap.bpf.maps import Map
 from ebcap.bpf.prog import Program
-from ebcap.bpf.programs.bench import BENCH_STATS, bench_event_dtype, build_bench_program
+from ebcap.bpf.programs.bench import BENCH_STATS, bench_event_dtype
 from ebcap.capture.batch import EventBatch
 from ebcap.capture.perf_reader import PerfBufferReader
 from ebcap.capture.ringbuf_reader import RingBufReader
@@ -42,19 +41,6 @@ CPUS = online_cpus()
 TEST_RUN_INPUT = bytes(64)
 WATCH_S = 2.0
 _U64 = struct.Struct("<Q")
-
-
-@contextmanager
-def bench_program(transport: str, events: Map) -> Iterator[tuple[Program, Map]]:
-    with (
-        Map.create(_sys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, BENCH_STATS.itemsize, 1) as stats,
-        Program.load(
-            _sys.BPF_PROG_TYPE_SOCKET_FILTER,
-            build_bench_program(transport, SIZE, events.fd, stats.fd),
-            name="ebcap_t_pos",
-        ) as program,
-    ):
-        yield program, stats
 
 
 def perf_event_fds() -> set[int]:
@@ -116,7 +102,7 @@ def test_the_kernel_never_sees_a_half_stored_consumer_position(transport: str) -
         events = Map.create(_sys.BPF_MAP_TYPE_PERF_EVENT_ARRAY, 4, 4, len(possible_cpus()))
     else:
         events = Map.create(_sys.BPF_MAP_TYPE_RINGBUF, 0, 0, PAGE)
-    with events, bench_program(transport, events) as (program, _):
+    with events, bench_program(transport, SIZE, events, "ebcap_t_pos") as (program, _):
         reader: PerfBufferReader | RingBufReader
         if transport == "perf":
             before = perf_event_fds()
@@ -154,7 +140,7 @@ def test_one_page_perf_rings_overflowing_for_seconds_stay_in_step() -> None:
     seconds = 3.0
     with (
         Map.create(_sys.BPF_MAP_TYPE_PERF_EVENT_ARRAY, 4, 4, len(possible_cpus())) as events,
-        bench_program("perf", events) as (program, stats),
+        bench_program("perf", SIZE, events, "ebcap_t_pos") as (program, stats),
         PerfBufferReader(events, CPUS, pages_per_cpu=1, payload_size=SIZE) as reader,
     ):
         producers = []
