@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from reliability.harness import ebcap_process, workload
+from reliability.harness import ebcap_process, numbered_workload, wait_for, workload
 
 from ebcap.format.reader import CaptureReader
 
@@ -17,7 +19,6 @@ CAPTURES = {
     # name: (record arguments, workload (seconds, burst, pause) or None)
     "perf": (["--count", "120", "--flush-interval", "0.03", "--wakeup", "4"], (10.0, 5, 0.01)),
     "ringbuf": (["-t", "ringbuf", "--count", "120", "--flush-interval", "0.03"], (10.0, 5, 0.01)),
-    "lost": (["-b", "4096", "--wakeup", "4096", "--count", "400"], (10.0, 100_000, 0.0)),
     "tracepoint": (["-s", "tracepoint:sched:sched_switch", "--count", "40"], None),
     "getppid": (
         [
@@ -27,9 +28,15 @@ CAPTURES = {
         (10.0, 2, 0.01),
     ),
 }
-"""Small real captures: multi-batch perf and ring buffer, perf with lost records, tracepoints
-(``getppid``: few columns and several batches, small enough to cut thousands of times). The
-syscalls captures record only their workload (--pid)."""
+"""Small real captures: multi-batch perf and ring buffer, tracepoints (``getppid``: few
+columns and several batches, small enough to cut thousands of times). The syscalls captures
+record only their workload (--pid)."""
+
+LOST_RECORD_ARGS = ["-b", "4096", "--wakeup", "4096", "--count", "400"]
+"""The ``lost`` capture: perf with lost records, from a one-page ring (about 25 events)."""
+
+LOST_STALL_S = 0.3
+"""How long the ``lost`` recorder stays stopped while its workload runs without pause."""
 
 
 ALONE = ("getppid",)
@@ -41,7 +48,7 @@ def captures() -> Iterator[dict[str, Path]]:
     """The corpus, recorded by `ebcap record` once per session (needs root)."""
     directory = Path(tempfile.mkdtemp(prefix="ebcap-corpus-"))
     try:
-        paths: dict[str, Path] = {}
+        paths: dict[str, Path] = {"lost": _record_stalled(directory)}
         together = [name for name in CAPTURES if name not in ALONE]
         for group in (together, *([name] for name in ALONE)):
             paths.update(_record_together(directory, group))
@@ -71,6 +78,27 @@ def _record_together(directory: Path, names: list[str]) -> dict[str, Path]:
             _, stderr = proc.communicate(timeout=120)
             assert proc.returncode == 0, f"recording the {name} capture failed: {stderr}"
     return {name: path for name, (_, path) in running.items()}
+
+
+def _record_stalled(directory: Path) -> Path:
+    """The ``lost`` capture, with a loss that does not depend on timing: the recorder is
+    stopped (SIGSTOP) once it is attached, and only then does its workload start calling
+    close() without pause, far more often than a one-page ring holds."""
+    path, ready, go = (directory / f"lost.{suffix}" for suffix in ("arrow", "ready", "go"))
+    with numbered_workload(go, cpus=[0], seconds=10.0, burst=100_000, pause=0.0) as pid:
+        proc = ebcap_process(
+            "record", "-o", path, "--pid", pid, "--ready-file", ready, *LOST_RECORD_ARGS
+        )
+        try:
+            wait_for(ready)
+            proc.send_signal(signal.SIGSTOP)
+            go.touch()
+            time.sleep(LOST_STALL_S)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, f"recording the lost capture failed: {stderr}"
+    return path
 
 
 @pytest.fixture
