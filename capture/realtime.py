@@ -1,4 +1,5 @@
-"""Running the drain at a real-time priority, as ``perf record -r`` can.
+"""Keeping the recorder's threads on time: a real-time drain, as ``perf record -r``
+can, a writer that yields to nothing else, and no long garbage collections.
 
 The drain shares its CPU with the writer thread, which compresses batches for
 tens of milliseconds at a time. Under the normal scheduler a drain that wakes
@@ -9,6 +10,16 @@ runs as soon as it wakes. It cannot starve the writer: it sleeps between
 drains (see :mod:`ebcap.capture.pacing`) and blocks while the writer's queue
 is full, and the kernel keeps 5 % of every CPU for normal tasks.
 
+The writer, on a CPU it shares with a busy producer, got half of it and fell
+behind. It runs at nice -20 instead, not at a real-time priority: a real-time
+thread that computes without pause is set aside by the kernel for ~50 ms of
+every second so that normal tasks run, and the rings fill meanwhile.
+
+Python's cyclic garbage collector stops every thread while it runs; a full
+collection over the objects of the libraries a recording imports took 50 ms
+in the middle of one. They are collected once before the recording and then
+frozen out of later collections (:func:`frozen_heap`).
+
 Only the calling thread changes (Linux schedules threads, not processes),
 and it gets its old policy back when the recording ends: an in-process
 recording leaves its caller as it found it. Threads it starts meanwhile
@@ -17,6 +28,7 @@ would inherit the policy; the recorder starts none in its loop.
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 from collections.abc import Iterator
@@ -32,8 +44,11 @@ DEFAULT_PRIORITY: Final = 1
 MAX_PRIORITY: Final = 99
 """sched_get_priority_max(SCHED_FIFO) on Linux."""
 
+WRITER_NICE: Final = -20
+"""The writer's nice value while the drain is real-time: the most a normal task gets."""
+
 NORMAL: Final = "normal"
-"""How a drain at the normal priority is described."""
+"""How a thread at the normal priority is described."""
 
 
 def check_priority(priority: int) -> int:
@@ -108,3 +123,32 @@ def drain_priority(priority: int, required: bool = False) -> Iterator[str]:
         yield describe(priority)
     finally:
         os.sched_setscheduler(0, policy, param)
+
+
+def boost_writer(priority: int) -> str:
+    """Run the calling thread (the writer's) at :data:`WRITER_NICE` when the drain runs
+    at ``priority`` (0: leave it); says what it got.
+
+    A process allowed SCHED_FIFO only by RLIMIT_RTPRIO may lack the right to a
+    lower nice value: the writer then stays as it is. The writer's thread ends
+    with the recording, so nothing is restored.
+    """
+    if not priority:
+        return NORMAL
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, WRITER_NICE)  # on Linux, this thread only
+    except PermissionError:
+        return NORMAL
+    return f"nice {WRITER_NICE}"
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Collect once, then keep every object that exists now out of the collector's
+    passes until the block ends: later collections walk only what the recording made."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

@@ -92,6 +92,7 @@ class RecordSummary:
     rounds: int
     stopped_by: str
     drain_scheduling: str = realtime.NORMAL
+    writer_scheduling: str = realtime.NORMAL
 
     @property
     def events_per_s(self) -> float:
@@ -138,6 +139,8 @@ class Recorder:
                 drops = _DropTracker(kernel, self.source, self.cpus)  # before any event flows
                 writer.on_worker(fault_in)  # both threads' memory, before events flow
                 fault_in()
+                writer_scheduling = writer.on_worker(lambda: realtime.boost_writer(priority))
+                stack.enter_context(realtime.frozen_heap())
                 if kernel.attach is not None:
                     kernel.attach()
                 if on_started is not None:
@@ -155,7 +158,7 @@ class Recorder:
                 raise CaptureError(f"{exc}; {kept}") from exc
             exc.add_note(kept)  # a bug: the traceback (EBCAP_DEBUG=1) says where the data is
             raise
-        return replace(summary, drain_scheduling=scheduling)
+        return replace(summary, drain_scheduling=scheduling, writer_scheduling=writer_scheduling)
 
     def _loop(
         self,

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Final, NoReturn, Self, TypeAlias
+from typing import Any, BinaryIO, Final, NoReturn, Self, TypeAlias, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +35,8 @@ from ebcap.format import schema as fs
 from ebcap.format.conform import Rows, conform_batch, empty_batch
 from ebcap.format.counts import CpuCounts
 from ebcap.format.write_behind import WriteBehind
+
+T = TypeVar("T")
 
 COMPRESSION = "zstd"
 DEFAULT_ZSTD_LEVEL = 1
@@ -199,14 +201,16 @@ class CaptureWriter:
         else:
             self.maybe_flush()
 
-    def on_worker(self, job: Callable[[], None]) -> None:
-        """Run ``job`` on the thread that writes (this one, without a worker) and wait."""
+    def on_worker(self, job: Callable[[], T]) -> T:
+        """Run ``job`` on the thread that writes (this one, without a worker), wait
+        and return what it returned."""
         self._check_open()
         if self._behind is None:
-            job()
-            return
-        self._behind.submit(job)
+            return job()
+        result: list[T] = []
+        self._behind.submit(lambda: result.append(job()))
         self._behind.wait()
+        return result[0]
 
     def maybe_flush(self) -> bool:
         """Flush if the oldest buffered row has waited ``flush_interval``; True if it did."""

@@ -126,7 +126,8 @@ def record(
         "--realtime",
         help=(
             "SCHED_FIFO priority of the draining thread, 1..99, so that the writer never "
-            "delays a drain; 0: normal priority (default: 1 where allowed, e.g. as root)."
+            "delays a drain (the writer then runs at nice -20); 0: both at normal priority "
+            "(default: 1 where allowed, e.g. as root)."
         ),
     ),
     pid: int = typer.Option(0, "--pid", help="syscalls: only this process (tgid)."),

@@ -1,4 +1,5 @@
-"""The drain's real-time priority: chosen, refused and restored as documented.
+"""The recorder's scheduling: the drain's real-time priority chosen, refused and
+restored as documented, the writer's nice value and the frozen heap.
 
 Policies are read with ``sched_getscheduler(0)``, which on Linux is the calling
 thread's: each check runs on the thread that changed (or must not have
@@ -7,8 +8,10 @@ changed) its policy.
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,11 +124,49 @@ def test_the_policy_comes_back_when_the_drain_fails() -> None:
     assert on_thread(failing) == os.SCHED_OTHER
 
 
-def _record(tmp_path: Path, priority: int | None) -> tuple[set[int], str, int]:
-    """Record this process's syscalls for a second on a thread of its own: the policies
-    the drain loop ran under (seen from its progress callback), the summary's word for
-    it and the thread's policy once the recording returned."""
-    seen: set[int] = set()
+def test_the_writer_boost_is_off_with_the_drain_or_without_the_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert on_thread(lambda: (realtime.boost_writer(0), os.getpriority(os.PRIO_PROCESS, 0))) == (
+        "normal",
+        os.getpriority(os.PRIO_PROCESS, 0),
+    )
+
+    def refuse(*_: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(realtime.os, "setpriority", refuse)
+    assert realtime.boost_writer(1) == "normal"
+
+
+@pytest.mark.privileged
+def test_the_writer_boost_changes_only_its_own_thread() -> None:
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    got = on_thread(lambda: (realtime.boost_writer(3), os.getpriority(os.PRIO_PROCESS, 0)))
+    assert got == (f"nice {realtime.WRITER_NICE}", realtime.WRITER_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
+
+
+def test_the_heap_is_frozen_inside_and_thawed_after() -> None:
+    assert gc.get_freeze_count() == 0
+    kept = [object() for _ in range(10)]  # container objects the collector tracks
+    with realtime.frozen_heap():
+        assert gc.get_freeze_count() >= len(kept)
+    assert gc.get_freeze_count() == 0
+
+
+def _nice_of(thread: threading.Thread) -> int:
+    """The nice value of ``thread`` (field 19 of its /proc stat line)."""
+    stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def _record(tmp_path: Path, priority: int | None) -> dict[str, Any]:
+    """Record this process's syscalls for a second on a thread of its own: what the
+    drain loop ran under (seen from its progress callback: its policy, the writer
+    thread's nice value, whether the heap was frozen), the summary's words for it and
+    the thread's policy once the recording returned."""
+    seen: dict[str, set[Any]] = {"drain": set(), "writer nice": set(), "frozen": set()}
     source = SyscallsSource(pid=os.getpid(), exclude_pid=0)
     options = RecordOptions(
         output=tmp_path / f"rt-{priority}.arrow",
@@ -136,20 +177,40 @@ def _record(tmp_path: Path, priority: int | None) -> tuple[set[int], str, int]:
     )
 
     def progress(_: Progress) -> None:
-        seen.add(os.sched_getscheduler(0))
+        seen["drain"].add(os.sched_getscheduler(0))
+        writers = [t for t in threading.enumerate() if t.name.startswith("ebcap writer")]
+        seen["writer nice"].update(_nice_of(t) for t in writers)
+        seen["frozen"].add(gc.get_freeze_count() > 0)
 
-    def run() -> tuple[set[int], str, int]:
+    def run() -> dict[str, Any]:
         summary = Recorder(source, options).run(on_progress=progress)
-        return seen, summary.drain_scheduling, os.sched_getscheduler(0)
+        return {
+            **seen,
+            "summary": (summary.drain_scheduling, summary.writer_scheduling),
+            "after": (os.sched_getscheduler(0), gc.get_freeze_count()),
+        }
 
     return on_thread(run)
 
 
 @pytest.mark.privileged
 def test_a_recording_drains_at_the_default_priority_as_root(tmp_path: Path) -> None:
-    assert _record(tmp_path, None) == ({os.SCHED_FIFO}, "SCHED_FIFO 1", os.SCHED_OTHER)
+    assert _record(tmp_path, None) == {
+        "drain": {os.SCHED_FIFO},
+        "writer nice": {realtime.WRITER_NICE},
+        "frozen": {True},
+        "summary": ("SCHED_FIFO 1", f"nice {realtime.WRITER_NICE}"),
+        "after": (os.SCHED_OTHER, 0),
+    }
 
 
 @pytest.mark.privileged
 def test_realtime_zero_records_at_normal_priority(tmp_path: Path) -> None:
-    assert _record(tmp_path, 0) == ({os.SCHED_OTHER}, "normal", os.SCHED_OTHER)
+    nice = os.getpriority(os.PRIO_PROCESS, 0)  # what the writer thread inherits
+    assert _record(tmp_path, 0) == {
+        "drain": {os.SCHED_OTHER},
+        "writer nice": {nice},
+        "frozen": {True},
+        "summary": ("normal", "normal"),
+        "after": (os.SCHED_OTHER, 0),
+    }

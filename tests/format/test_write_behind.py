@@ -146,6 +146,16 @@ def test_flush_returns_while_the_worker_writes(tmp_path: Path) -> None:
     assert table.to_pydict()["data"] == rows(0, 150)["data"]
 
 
+@pytest.mark.parametrize("background", [True, False])
+def test_on_worker_runs_a_job_on_the_writing_thread_and_returns_its_result(
+    tmp_path: Path, background: bool
+) -> None:
+    with CaptureWriter(tmp_path / "run.arrow", SCHEMA, background=background) as writer:
+        name = writer.on_worker(lambda: threading.current_thread().name)
+    here = threading.current_thread().name
+    assert (name != here) is background and name.startswith("ebcap writer") is background
+
+
 def test_many_batches_arrive_whole_and_in_order(tmp_path: Path) -> None:
     out = tmp_path / "run.arrow"
     with CaptureWriter(out, SCHEMA, flush_rows=64, background=True) as writer:
