@@ -94,9 +94,12 @@ def _record_stalled(directory: Path) -> Path:
             proc.send_signal(signal.SIGSTOP)
             go.touch()
             time.sleep(LOST_STALL_S)
-        finally:
             proc.send_signal(signal.SIGCONT)
-        _, stderr = proc.communicate(timeout=120)
+            _, stderr = proc.communicate(timeout=120)
+        except BaseException:
+            proc.kill()  # stopped or not: no recorder outlives the fixture
+            proc.wait()
+            raise
     assert proc.returncode == 0, f"recording the lost capture failed: {stderr}"
     return path
 
