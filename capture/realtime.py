@@ -145,7 +145,14 @@ def boost_writer(priority: int) -> str:
 @contextmanager
 def frozen_heap() -> Iterator[None]:
     """Collect once, then keep every object that exists now out of the collector's
-    passes until the block ends: later collections walk only what the recording made."""
+    passes until the block ends: later collections walk only what the recording made.
+
+    A caller that froze objects of its own (``gc.freeze`` does not nest) keeps its
+    heap as it is: thawing at the end would thaw its objects too.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
     gc.collect()
     gc.freeze()
     try:

@@ -155,6 +155,17 @@ def test_the_heap_is_frozen_inside_and_thawed_after() -> None:
     assert gc.get_freeze_count() == 0
 
 
+def test_a_heap_the_caller_froze_stays_frozen() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with realtime.frozen_heap():
+            pass
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
 def _nice_of(thread: threading.Thread) -> int:
     """The nice value of ``thread`` (field 19 of its /proc stat line)."""
     stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
