@@ -239,7 +239,8 @@ def record(
     rings = len(chosen_cpus or online_cpus()) if actual_transport == "perf" else 1
     kind = "pin" if pin is not None else source.partition(":")[0]
     require_recording_capabilities("recording", kind, actual_transport, ring, rings)
-    drain_priority = resolve_priority(realtime)
+    # An asked priority this process may not use is refused before anything changes.
+    resolve_priority(realtime)
     for leftover in remove_leftovers():  # what killed ebcap processes left on interfaces
         typer.secho(f"ebcap: {leftover}", err=True, fg="yellow")
     use_streaming_pool()  # memory stays flat over a long recording
@@ -254,7 +255,7 @@ def record(
         count=count,
         flush_interval_s=flush_interval,
         zstd_level=zstd_level,
-        realtime=drain_priority,
+        realtime=realtime,  # as asked: a default the kernel refuses falls back
         force=force,
         command=["ebcap", *sys.argv[1:]],
     )

@@ -9,6 +9,7 @@ changed) its policy.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import resource
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 from kernel_helpers import run_in_thread
+from reliability.harness import is_one_line_error, run_cli
 
 from ebcap.capture import realtime
 from ebcap.capture.recorder import Progress, Recorder, RecordOptions
@@ -153,6 +155,35 @@ def test_the_heap_is_frozen_inside_and_thawed_after() -> None:
     with realtime.frozen_heap():
         assert gc.get_freeze_count() >= len(kept)
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(
+    ("argv", "code", "scheduling"), [([], 0, "normal"), (["--realtime", "1"], 1, None)]
+)
+def test_the_cli_falls_back_from_a_refused_default_but_not_from_an_asked_priority(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    code: int,
+    scheduling: str | None,
+) -> None:
+    """As root in a cgroup without real-time budget: the kernel answers EPERM."""
+
+    def refuse(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(realtime.os, "sched_setscheduler", refuse)
+    out = tmp_path / "run.arrow"
+    argv = ["record", "-o", str(out), "--duration", "0.5", "--json", *argv]
+    outcome = run_cli(capsys, [*argv, "--pid", str(os.getpid())])
+    assert outcome.code == code, outcome.describe()
+    if scheduling is None:
+        assert is_one_line_error(outcome, code) and "--realtime 1" in outcome.err
+        assert not out.exists()
+    else:
+        assert json.loads(outcome.out)["drain_scheduling"] == scheduling
 
 
 def test_a_heap_the_caller_froze_stays_frozen() -> None:
