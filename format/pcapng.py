@@ -204,9 +204,11 @@ def largest_cut(cap_len: np.ndarray, pkt_len: np.ndarray) -> int:
 
 
 def _samples(rows: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    """The sample rows, without the ``kind`` column: taking them again costs nothing."""
     if "kind" not in rows.column_names:
         return rows
-    return rows.filter(pc.equal(rows["kind"].cast(pa.string()), s.KIND_SAMPLE))
+    samples = rows.filter(pc.equal(rows["kind"].cast(pa.string()), s.KIND_SAMPLE))
+    return samples.drop_columns(["kind"])
 
 
 def write_packet_rows(writer: PcapngWriter, rows: pa.Table | pa.RecordBatch, offset: int) -> int:
@@ -246,11 +248,11 @@ def write_pcapng(
     The source's interface is named after the source (``xdp:eth0`` -> ``eth0``).
     """
     offset = packet_offset(metadata)
+    table = _samples(table)
     if snaplen is None and capture_snaplen(metadata) is None and "cap_len" in table.column_names:
-        samples = _samples(table)
         snaplen = largest_cut(
-            samples["cap_len"].to_numpy(zero_copy_only=False),
-            samples["pkt_len"].to_numpy(zero_copy_only=False),
+            table["cap_len"].to_numpy(zero_copy_only=False),
+            table["pkt_len"].to_numpy(zero_copy_only=False),
         )
     writer = capture_writer(metadata, out, snaplen=snaplen, interface_names=interface_names)
     write_packet_rows(writer, table, offset)

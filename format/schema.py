@@ -27,10 +27,11 @@ VERSION_KEY: Final = "ebcap.format_version"
 KIND_SAMPLE: Final = "sample"
 KIND_LOST: Final = "lost"
 KINDS: Final = (KIND_SAMPLE, KIND_LOST)
+"""Dictionary of the ``kind`` column; the index of each value is fixed."""
 KIND_SAMPLE_CODE: Final = KINDS.index(KIND_SAMPLE)
 """The ``kind`` dictionary index of sample rows, in every file."""
 KIND_LOST_CODE: Final = KINDS.index(KIND_LOST)
-"""Dictionary of the ``kind`` column; the index of each value is fixed."""
+"""The ``kind`` dictionary index of lost rows, in every file."""
 
 KIND_TYPE: Final = pa.dictionary(pa.int8(), pa.string())
 
