@@ -83,20 +83,47 @@ def test_without_any_allowance_the_default_is_normal(monkeypatch: pytest.MonkeyP
     assert realtime.resolve(None) == 0
 
 
-def test_a_kernel_refusal_falls_back_unless_the_priority_was_asked_for(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A cgroup without real-time budget answers EPERM even to root."""
+@pytest.fixture
+def no_realtime_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root in a cgroup without real-time budget: the kernel answers EPERM."""
 
     def refuse(*_: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(realtime.os, "sched_setscheduler", refuse)
+
+
+def test_a_kernel_refusal_falls_back_unless_the_priority_was_asked_for(
+    no_realtime_budget: None,
+) -> None:
     with realtime.drain_priority(1) as used:
         assert used == "normal"
     refused = pytest.raises(MissingCapabilityError, match=r"^--realtime 4: the kernel refused")
     with refused, realtime.drain_priority(4, required=True):
         pass
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(
+    ("argv", "code", "scheduling"), [([], 0, "normal"), (["--realtime", "1"], 1, None)]
+)
+def test_the_cli_falls_back_from_a_refused_default_but_not_from_an_asked_priority(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_realtime_budget: None,
+    argv: list[str],
+    code: int,
+    scheduling: str | None,
+) -> None:
+    out = tmp_path / "run.arrow"
+    argv = ["record", "-o", str(out), "--duration", "0.5", "--json", *argv]
+    outcome = run_cli(capsys, [*argv, "--pid", str(os.getpid())])
+    assert outcome.code == code, outcome.describe()
+    if scheduling is None:
+        assert is_one_line_error(outcome, code) and "--realtime 1" in outcome.err
+        assert list(tmp_path.iterdir()) == [], "refused before anything was written"
+    else:
+        assert json.loads(outcome.out)["drain_scheduling"] == scheduling
 
 
 @pytest.mark.privileged
@@ -155,35 +182,6 @@ def test_the_heap_is_frozen_inside_and_thawed_after() -> None:
     with realtime.frozen_heap():
         assert gc.get_freeze_count() >= len(kept)
     assert gc.get_freeze_count() == 0
-
-
-@pytest.mark.privileged
-@pytest.mark.parametrize(
-    ("argv", "code", "scheduling"), [([], 0, "normal"), (["--realtime", "1"], 1, None)]
-)
-def test_the_cli_falls_back_from_a_refused_default_but_not_from_an_asked_priority(
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    argv: list[str],
-    code: int,
-    scheduling: str | None,
-) -> None:
-    """As root in a cgroup without real-time budget: the kernel answers EPERM."""
-
-    def refuse(*_: object) -> None:
-        raise PermissionError(1, "Operation not permitted")
-
-    monkeypatch.setattr(realtime.os, "sched_setscheduler", refuse)
-    out = tmp_path / "run.arrow"
-    argv = ["record", "-o", str(out), "--duration", "0.5", "--json", *argv]
-    outcome = run_cli(capsys, [*argv, "--pid", str(os.getpid())])
-    assert outcome.code == code, outcome.describe()
-    if scheduling is None:
-        assert is_one_line_error(outcome, code) and "--realtime 1" in outcome.err
-        assert not out.exists()
-    else:
-        assert json.loads(outcome.out)["drain_scheduling"] == scheduling
 
 
 def test_a_heap_the_caller_froze_stays_frozen() -> None:
