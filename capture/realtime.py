@@ -31,6 +31,7 @@ from __future__ import annotations
 import gc
 import os
 import resource
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -72,14 +73,44 @@ def resolve(priority: int | None, what: str = "recording") -> int:
     """The priority to drain at: ``None`` means the default where allowed, else 0.
 
     An explicit priority this process may not use is refused in one line
-    naming CAP_SYS_NICE, before anything is made.
+    naming CAP_SYS_NICE, before anything is made; so is one the kernel refuses
+    although the process may use it (root in a cgroup without real-time budget),
+    found by trying it on a thread of its own that then ends.
     """
     if priority is None:
         return DEFAULT_PRIORITY if may_use(DEFAULT_PRIORITY) else 0
     check_priority(priority)
     if priority and not may_use(priority):
         require_capabilities(what, {"CAP_SYS_NICE": _why(priority)})
+    if priority and not _kernel_grants(priority):
+        raise _refused(priority)
     return priority
+
+
+def _kernel_grants(priority: int) -> bool:
+    """Whether the kernel lets a thread of this process run SCHED_FIFO at ``priority``."""
+    granted: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        except PermissionError:
+            granted.append(False)
+        else:
+            granted.append(True)
+
+    probe = threading.Thread(target=attempt, name="ebcap-sched-probe")
+    probe.start()
+    probe.join()
+    return granted == [True]
+
+
+def _refused(priority: int) -> MissingCapabilityError:
+    return MissingCapabilityError(
+        f"--realtime {priority}: the kernel refused SCHED_FIFO (it needs CAP_SYS_NICE "
+        "or RLIMIT_RTPRIO, and real-time budget in this cgroup); --realtime 0 needs none",
+        capability="CAP_SYS_NICE",
+    )
 
 
 def _why(priority: int) -> str:
@@ -112,11 +143,7 @@ def drain_priority(priority: int, required: bool = False) -> Iterator[str]:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
     except PermissionError:
         if required:
-            raise MissingCapabilityError(
-                f"--realtime {priority}: the kernel refused SCHED_FIFO (it needs CAP_SYS_NICE "
-                "or RLIMIT_RTPRIO, and real-time budget in this cgroup); --realtime 0 needs none",
-                capability="CAP_SYS_NICE",
-            ) from None
+            raise _refused(priority) from None
         yield NORMAL
         return
     try:

@@ -103,6 +103,32 @@ def test_a_kernel_refusal_falls_back_unless_the_priority_was_asked_for(
         pass
 
 
+def test_a_kernel_refusal_of_an_asked_priority_is_found_before_anything_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_realtime_budget: None
+) -> None:
+    monkeypatch.setattr(realtime, "may_use", lambda _: True)  # allowed, as root is
+    with pytest.raises(MissingCapabilityError, match=r"^--realtime 4: the kernel refused"):
+        realtime.resolve(4)
+    assert realtime.resolve(None) == realtime.DEFAULT_PRIORITY  # falls back in the drain
+
+    def attached(*_: object) -> None:
+        raise AssertionError("the source was started before the refusal")
+
+    monkeypatch.setattr(SyscallsSource, "start", attached)
+    options = RecordOptions(output=tmp_path / "run.arrow", duration_s=0.1, realtime=4)
+    with pytest.raises(MissingCapabilityError, match=r"^--realtime 4: the kernel refused"):
+        Recorder(SyscallsSource(pid=os.getpid()), options).run()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.privileged
+def test_the_kernel_probe_leaves_the_calling_thread_as_it_was() -> None:
+    def probe() -> tuple[int, int]:
+        return realtime.resolve(5), os.sched_getscheduler(0)
+
+    assert on_thread(probe) == (5, os.SCHED_OTHER)
+
+
 @pytest.mark.privileged
 @pytest.mark.parametrize(
     ("argv", "code", "scheduling"), [([], 0, "normal"), (["--realtime", "1"], 1, None)]
