@@ -285,19 +285,24 @@ def later_minimums(
     """First pass: for slice i, the smallest ts_ns of slices i..end (per-CPU order checked).
 
     ``shape``, if given, learns the CPUs seen and whether each kept its order."""
+    shape = shape if shape is not None else StreamShape()
     minimums: list[int] = []
-    highs: dict[int, int] = {}
+    # The newest sample stamp per CPU, for the disorder note. Until a loss record
+    # comes it is the newest stamp of every row, so the shape's dict serves both.
+    highs = shape.newest
     for part in scan_columns(reader, ("cpu", "ts_ns", "kind")):
         ts = u64(part, "ts_ns")
         minimums.append(int(ts.min()))
         sample = sample_mask(part)
         cpu = part.column("cpu").to_numpy()
-        if shape is not None:
-            behind = _behind_per_cpu(cpu, ts, shape.newest)
-            shape.rows_out_of_order += sum(behind.values())
-        if not sample.all():
-            cpu, ts = cpu[sample], ts[sample]
-        _count_cpu_disorder(cpu, ts, highs, report)
+        if highs is shape.newest and not sample.all():
+            highs = dict(highs)  # from here on the two differ
+        every_row = _behind_per_cpu(cpu, ts, shape.newest)
+        shape.rows_out_of_order += sum(every_row.values())
+        if highs is shape.newest:
+            _add_disorder(report, every_row)
+        else:
+            _count_cpu_disorder(cpu[sample], ts[sample], highs, report)
     if not minimums:
         return np.zeros(0, dtype=np.uint64)
     values = np.array(minimums, dtype=np.uint64)
@@ -308,7 +313,11 @@ def _count_cpu_disorder(
     cpu: np.ndarray, ts: np.ndarray, highs: dict[int, int], report: OrderReport
 ) -> None:
     """Count samples older than an earlier sample of the same CPU (carrying across slices)."""
-    for which, behind in _behind_per_cpu(cpu, ts, highs).items():
+    _add_disorder(report, _behind_per_cpu(cpu, ts, highs))
+
+
+def _add_disorder(report: OrderReport, found: dict[int, int]) -> None:
+    for which, behind in found.items():
         report.cpu_disorder[which] = report.cpu_disorder.get(which, 0) + behind
 
 

@@ -22,7 +22,7 @@ from synthetic import (
 from ebcap.errors import BadFileError
 from ebcap.format.reader import CaptureReader
 from ebcap.replay import runs, scan
-from ebcap.replay.order import OrderReport, arrival_order, time_order
+from ebcap.replay.order import OrderReport, StreamShape, arrival_order, later_minimums, time_order
 
 
 def full_sort(table: pa.Table) -> list[int]:
@@ -207,6 +207,56 @@ def test_cpu_out_of_order_forces_fallback_and_is_reported(tmp_path: Path) -> Non
     notes = report.notes()
     assert notes[0].startswith("CPU 1's own stream is out of timestamp order")
     assert "temporary runs" in notes[1]
+
+
+def behind_per_cpu(cpus: list[int], stamps: list[int], counted: list[bool]) -> dict[int, int]:
+    """Per CPU, the counted rows stamped before an earlier counted row of that CPU."""
+    newest: dict[int, int] = {}
+    behind: dict[int, int] = {}
+    for cpu, stamp, count in zip(cpus, stamps, counted, strict=True):
+        if not count:
+            continue
+        if stamp < newest.get(cpu, stamp):
+            behind[cpu] = behind.get(cpu, 0) + 1
+        newest[cpu] = max(newest.get(cpu, stamp), stamp)
+    return behind
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    lost_every=st.sampled_from([0, 2, 6]),
+    spread=st.integers(1, 40),
+    slice_rows=st.integers(1, 40),
+)
+def test_the_first_pass_tells_the_streams_order_from_the_samples_order(
+    seed: int, lost_every: int, spread: int, slice_rows: int
+) -> None:
+    """Loss records count for the streams' shape (which mover is exact) but not for
+    the disorder note; they share one pass until the first loss record."""
+    spec = Synthetic(seed=seed, ncpus=3, events_per_cpu=30, lost_every=lost_every)
+    table = build_table(spec)
+    rng = np.random.default_rng(seed)
+    stamps = rng.integers(0, spread, table.num_rows).astype(np.uint64)
+    table = table.set_column(2, table.schema.field(2), pa.array(stamps))
+    cpus, is_sample = (
+        table.column("cpu").to_pylist(),
+        [k == "sample" for k in table.column("kind").to_pylist()],
+    )
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        small_runs(patch, slice_rows)
+        path = write_table(Path(tmp) / "c.arrow", table, batch_rows=17)
+        report, shape = OrderReport(), StreamShape()
+        with CaptureReader(path) as reader:
+            later_minimums(reader, report, shape)
+    stamp_list = stamps.tolist()
+    every_row = behind_per_cpu(cpus, stamp_list, [True] * len(cpus))
+    assert shape.rows_out_of_order == sum(every_row.values())
+    newest: dict[int, int] = {}
+    for stamp, cpu in zip(stamp_list, cpus, strict=True):
+        newest[cpu] = max(newest.get(cpu, stamp), stamp)
+    assert shape.newest == newest
+    assert report.cpu_disorder == behind_per_cpu(cpus, stamp_list, is_sample)
 
 
 def test_stopping_early_removes_spilled_runs(tmp_path: Path) -> None:
