@@ -10,8 +10,9 @@ or bytes. A field named like a core column gets the ``ev_`` prefix
 
 Copied strings (``__data_loc``/``__rel_loc`` text and the ``const char *``
 arguments of syscall tracepoints) are cut to ``string_bytes - 1`` bytes
-(255 by default): ``NAME_truncated`` says whether a value was cut, and a
-string that could not be read is null in both. A user string also keeps its
+(255 by default), other ``__data_loc`` fields to ``string_bytes``:
+``NAME_truncated`` says whether a value was cut, and a value that could not
+be read is null in both. A user string also keeps its
 pointer as ``NAME_ptr``. (An extra column whose name another field already
 has is left out.)
 Of the common header only ``common_pid`` is kept: BPF never sees the others
@@ -20,6 +21,7 @@ Of the common header only ``common_pid`` is kept: BPF never sees the others
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import ExitStack
 from typing import Final
@@ -206,7 +208,7 @@ def _extra_columns(field: TracepointField) -> list[str]:
     """Suffixes of the columns a field adds to its own: truncation, pointer."""
     if field.kind is FieldKind.USER_STRING:
         return [POINTER_COLUMN, TRUNCATED_COLUMN]
-    if field.kind is FieldKind.DYNAMIC_STRING:
+    if field.kind in (FieldKind.DYNAMIC_STRING, FieldKind.DYNAMIC_BYTES):
         return [TRUNCATED_COLUMN]
     return []
 
@@ -250,12 +252,22 @@ def _decode_field(field: TracepointField, events: np.ndarray) -> dict[str, pa.Ar
     if field.kind is FieldKind.INT_ARRAY:
         flat = np.ascontiguousarray(values).astype(values.dtype.newbyteorder("=")).reshape(-1)
         return {"": pa.FixedSizeListArray.from_arrays(pa.array(flat), field.count)}
-    data = np.ascontiguousarray(values).reshape(len(events), -1)
+    data = np.ascontiguousarray(values).reshape(len(events), math.prod(values.shape[1:]))
     if field.kind is FieldKind.DYNAMIC_BYTES:
-        lengths = np.minimum(events[name + HEAD_SUFFIX].astype(np.int64), data.shape[1])
-    else:
-        lengths = np.full(len(events), data.shape[1], dtype=np.int64)
-    return {"": _binary(data, lengths)}
+        return _dynamic_bytes(data, events[name + HEAD_SUFFIX].astype(np.int64))
+    return {"": _binary(data, np.full(len(events), data.shape[1], dtype=np.int64))}
+
+
+def _dynamic_bytes(data: np.ndarray, heads: np.ndarray) -> dict[str, pa.Array]:
+    """A bytes slot's column and ``_truncated``, from each head: the field's whole
+    length, or unreadable (null in both)."""
+    unreadable = heads == program.BYTES_UNREADABLE
+    lengths = np.where(unreadable, 0, np.minimum(heads, data.shape[1]))
+    values = _binary(data, lengths)
+    if unreadable.any():
+        values = pc.if_else(pa.array(unreadable), pa.scalar(None, pa.binary()), values)
+    cut = pa.array(heads > data.shape[1], mask=unreadable)
+    return {"": values, TRUNCATED_COLUMN: cut}
 
 
 def _binary(data: np.ndarray, lengths: np.ndarray) -> pa.Array:

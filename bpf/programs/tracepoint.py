@@ -22,8 +22,9 @@ ends up in a file) and writes ``common_pid`` itself, from
 ``bpf_probe_read_kernel`` (bounded by :data:`RECORD_MAX`); each dynamic field
 is copied from where its u32 locator points: text with
 ``bpf_probe_read_kernel_str`` (always NUL-terminated, cut to the slot), bytes
-with ``bpf_probe_read_kernel``, the slot's ``head`` holding how many were
-copied. A user string (a ``const char *`` syscall argument,
+with ``bpf_probe_read_kernel`` (at most the slot), the slot's ``head`` holding
+the field's whole length (so a cut is known) or :data:`BYTES_UNREADABLE`. A
+user string (a ``const char *`` syscall argument,
 :attr:`FieldKind.USER_STRING`) is read from the calling process's memory with
 ``bpf_probe_read_user_str``.
 
@@ -91,10 +92,12 @@ STRING_BYTES_DEFAULT: Final = 256
 STRING_BYTES_MAX: Final = 4096
 """PATH_MAX: the longest string a slot holds (longer ones are truncated)."""
 SLOT_HEAD_SIZE: Final = 4
-"""Every slot starts with a u32: bytes copied (bytes), or the string status (text)."""
+"""Every slot starts with a u32: the field's length (bytes), or the string status (text)."""
 STRING_COMPLETE: Final = 0
 STRING_TRUNCATED: Final = 1
 STRING_UNREADABLE: Final = 2
+BYTES_UNREADABLE: Final = 0xFFFF_FFFF
+"""Head of a bytes slot whose read failed: no locator length (16 bits) reaches it."""
 
 _KEY_SLOT: Final = -8
 _BYTE_SLOT: Final = -16
@@ -226,17 +229,17 @@ def _copy_dynamic(fmt: TracepointFormat, slot: DynamicSlot) -> list[Item]:
     return [
         *items,
         alu64_imm("rsh", R8, LOC_LENGTH_SHIFT),  # r8 = length
+        stx_mem(W, R7, R8, slot.offset),  # the whole length: more than the slot = cut
         jmp_imm("jle", R8, slot.size, clamped),
         mov64_imm(R8, slot.size),
         label(clamped),
-        stx_mem(W, R7, R8, slot.offset),
         jmp_imm("jlt", R8, 1, empty),
         mov64_reg(R1, R7),
         add64_imm(R1, data_at),
         mov64_reg(R2, R8),
         call("BPF_FUNC_probe_read_kernel"),
         jmp_imm("jeq", R0, 0, empty),
-        st_mem(W, R7, slot.offset, 0),  # the read failed: nothing was copied
+        st_mem(W, R7, slot.offset, BYTES_UNREADABLE - (1 << 32)),  # the imm is signed
         label(empty),
     ]
 

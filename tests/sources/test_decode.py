@@ -38,13 +38,15 @@ def event(
     slots: dict[str, bytes],
     status: dict[str, int] | None = None,
 ) -> bytes:
-    """An event as the generated program writes it (text slots: ``status``, default complete)."""
+    """An event as the generated program writes it; a slot's head is ``status``, by default
+    complete (text) or the length of its data (bytes)."""
     out = bytearray(source.event.size)
     struct.pack_into("<QI", out, 0, ts, cpu)
     out[tp_program.HEADER_SIZE : tp_program.HEADER_SIZE + len(record)] = record
     for slot in source.event.slots:
         data = slots[slot.name]
-        head = (status or {}).get(slot.name, tp_program.STRING_COMPLETE) if slot.text else len(data)
+        default = tp_program.STRING_COMPLETE if slot.text else len(data)
+        head = (status or {}).get(slot.name, default)
         struct.pack_into("<I", out, slot.offset, head)
         out[slot.data_offset : slot.data_offset + len(data)] = data
     return bytes(out)
@@ -104,10 +106,20 @@ def test_int_array_dynamic_bytes_and_core_name_clash() -> None:
         event(ipi, 1, 0, record, {"cpumask": b"\x03"}),
         event(ipi, 2, 0, record, {"cpumask": b""}),
         event(ipi, 3, 0, record, {"cpumask": bytes(range(8))}),
+        event(ipi, 4, 0, record, {"cpumask": bytes(range(8))}, {"cpumask": 9}),  # cut
+        event(ipi, 5, 0, record, {"cpumask": b""}, {"cpumask": tp_program.BYTES_UNREADABLE}),
+    ]
+    assert [f.name for f in ipi.arrow_fields()][:3] == [
+        "common_pid",
+        "cpumask",
+        "cpumask_truncated",
     ]
     columns = ipi.decode(events_of(ipi, raw))
-    assert columns["cpumask"].to_pylist() == [b"\x03", b"", bytes(range(8))]
-    assert columns["callsite"].to_pylist() == [0xAA] * 3
+    assert columns["cpumask"].to_pylist() == [b"\x03", b"", bytes(range(8)), bytes(range(8)), None]
+    assert columns["cpumask_truncated"].to_pylist() == [False, False, False, True, None]
+    assert columns["callsite"].to_pylist() == [0xAA] * 5
+    empty = ipi.decode(events_of(ipi, []))  # no events: empty columns, not an error
+    assert {name: len(values) for name, values in empty.items()} == dict.fromkeys(columns, 0)
 
     cpuhp = source_for("cpuhp_cpuhp_enter", "cpuhp")
     assert "ev_cpu" in [f.name for f in cpuhp.arrow_fields()]
@@ -156,7 +168,7 @@ def test_small_ints_bool_and_rel_loc() -> None:
     assert types == {
         "common_pid": pa.int32(), "small": pa.int8(), "byte": pa.uint8(), "delta": pa.int16(),
         "count": pa.uint32(), "on": pa.bool_(), "label": pa.string(),
-        "label_truncated": pa.bool_(), "blob": pa.binary(),
+        "label_truncated": pa.bool_(), "blob": pa.binary(), "blob_truncated": pa.bool_(),
     }  # fmt: skip
     rows = [
         (-128, 0, -32768, 0, 0),
@@ -189,6 +201,7 @@ def test_small_ints_bool_and_rel_loc() -> None:
     assert columns["label"] == ["eth0", "y" * 15, None]
     assert columns["label_truncated"] == [False, True, None]
     assert columns["blob"] == [b"", b"\x01\x02", bytes(range(16))]
+    assert columns["blob_truncated"] == [False, False, False]
 
 
 def test_user_string_columns() -> None:

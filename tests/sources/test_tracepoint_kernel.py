@@ -242,3 +242,27 @@ def test_sched_switch_between_two_pinned_threads(transport: str) -> None:
     assert TASK_INTERRUPTIBLE in states["ping"] | states["pong"]
     direct = _rows(columns, prev_pid=tids["ping"], next_pid=tids["pong"])
     assert direct and {r["next_comm"] for r in direct} == {"ebcap-pong"}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(
+    ("category", "name", "fields"),
+    [
+        ("ipi", "ipi_send_cpumask", ["cpumask"]),
+        ("dma", "dma_map_sg", ["phys_addrs", "dma_addrs", "lengths"]),
+    ],
+)
+def test_bytes_data_loc_programs_load_and_attach(
+    transport: str, category: str, name: str, fields: list[str]
+) -> None:
+    """The verifier takes the copy of __data_loc bytes (one slot or several); a 2-CPU
+    guest without DMA tracing may not fire these, so what they record is only checked
+    for its shape and the CPU mask's bits."""
+    source = TracepointSource(category, name, string_bytes=8)
+    types = {f.name: f.type for f in source.arrow_fields()}
+    for field in fields:
+        assert (types[field], types[f"{field}_truncated"]) == (pa.binary(), pa.bool_())
+    columns = _record(source, transport, lambda: time.sleep(0.05))
+    online = sum(1 << cpu for cpu in online_cpus())
+    for mask in columns.get("cpumask", []):
+        assert mask is not None and int.from_bytes(mask, "little") & ~online == 0
