@@ -253,9 +253,13 @@ def test_stop_signal_finishes_the_file(tmp_path: Path, sig: int, as_json: bool) 
 
 SLOW_FINISH = ["--zstd-level", "17", "-b", "1M", "--flush-interval", "30"]
 """A finish that takes seconds: zstd level 17 compresses about 30,000 events/s, far below
-what the heavy workload makes, so at the stop the writer's queue is full (three batches of
-65,536 rows), the rings (1 MiB per CPU) are full, and the final batch waits for all of
-it. The flush interval is long: only the row threshold flushes."""
+what the heavy workload makes, so the writer's queue (bounded by bytes, not batches) grows
+by every second the recording runs, the rings (1 MiB per CPU) are full at the stop, and
+the final batch waits for all of it. The flush interval is long: only the row threshold
+flushes."""
+BEHIND_S = 2.0
+"""How long the recording runs after its first batch is in the file: the queue it leaves
+takes seconds to compress even when a busy machine slows the workload down."""
 HEAVY = (60.0, 100_000, 0.0)
 """One thread making numbered calls as fast as it can."""
 MIN_FINISH_S = 4.0
@@ -280,7 +284,7 @@ def interrupted_recording(
         wait_for(ready)
         with SizeWatch(partial_path(out)).running() as sizes:
             sizes.next_growth(timeout=30)  # a batch is in the file: there is something to keep
-        time.sleep(1.0)
+        time.sleep(BEHIND_S)
         proc.send_signal(signal.SIGINT)
         if second_after is not None:
             time.sleep(second_after)
