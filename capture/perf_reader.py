@@ -52,8 +52,8 @@ class PerfBufferReader(EpollReader):
     ``pages_per_cpu`` (a power of two) sizes each ring. The reader is woken
     every ``wakeup_events`` samples, or when ``watermark_bytes`` are
     waiting, whichever the caller gives (one of them; default: every event).
-    ``payload_size`` trims samples to the real event size (the kernel pads
-    raw data so records stay 8-byte aligned).
+    ``payload_size`` trims samples of that size padded to the real event size
+    (the kernel pads raw data so records stay 8-byte aligned).
     """
 
     name = "perf buffer reader"

@@ -78,8 +78,9 @@ def walk_perf_ring(
 
     ``data`` is the ring's data area (``data_size`` bytes, a power of two);
     ``head`` and ``tail`` are the free-running data_head and data_tail.
-    Samples keep their raw bytes as delivered (padding included) unless
-    ``payload_size`` trims them to the real event size. LOST records become
+    Samples keep their raw bytes as delivered (padding included), except that
+    those whose raw size is exactly ``payload_size`` padded are trimmed to it
+    (see :func:`kept_bytes`). LOST records become
     lost rows on ``cpu``. A record cut short by ``head`` is left for later.
     """
     if head == tail:
@@ -137,7 +138,7 @@ def _take_samples(
         raise CaptureError(
             f"corrupt perf ring on CPU {cpu}: raw size {raw_size} in a {size}-byte sample"
         )
-    length = raw_size if payload_size is None else min(raw_size, payload_size)
+    length = kept_bytes(raw_size, payload_size)
     start = pos + SAMPLE_RECORD.itemsize
     limit = (len(chunk) - pos) // size
     if limit < 2 or _HEADER.unpack_from(chunk.data, pos + size)[::2] != (
@@ -160,6 +161,21 @@ def _take_samples(
     payloads = np.ndarray((count, length), np.uint8, chunk, start, (size, 1))
     out.add_run(headers["cpu"], headers["time"], payloads)
     return count * size
+
+
+def kept_bytes(raw_size: int, payload_size: int | None) -> int:
+    """The bytes of a raw sample to keep when events are ``payload_size`` bytes.
+
+    The kernel pads raw data so that its u32 size and the data end 8-byte
+    aligned, without writing the padding (it holds stale ring bytes). A raw
+    size that is ``payload_size`` padded is such an event: the padding goes.
+    Any other size is kept whole: shorter, or an event longer than the layout
+    names (a pinned map's layout may describe only its first fields), whose
+    own size the raw size does not tell to the byte.
+    """
+    if payload_size is not None and raw_size == -(-(payload_size + 4) // 8) * 8 - 4:
+        return payload_size
+    return raw_size
 
 
 def _records(chunk: np.ndarray, offset: int, count: int, stride: int) -> np.ndarray:

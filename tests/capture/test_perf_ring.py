@@ -91,7 +91,9 @@ def reference_walk(
         body = read(tail, rsize)
         if rtype == _sys.PERF_RECORD_SAMPLE:
             ts, scpu, _res, raw_size = struct.unpack_from("<QIII", body, 8)
-            keep = raw_size if payload_size is None else min(raw_size, payload_size)
+            keep = raw_size  # padding is trimmed only from events of payload_size
+            if payload_size is not None and raw_size == payload_size + (-(payload_size + 4)) % 8:
+                keep = payload_size
             rows.append(Row(KIND_SAMPLE_CODE, scpu, ts, 0, body[28 : 28 + keep]))
         elif rtype == _sys.PERF_RECORD_LOST:
             count = struct.unpack_from("<Q", body, 16)[0]
@@ -165,11 +167,16 @@ def test_payload_size_trims_the_padding() -> None:
     assert fixed.tolist() == [[i] * 24 for i in range(10)]
 
 
-def test_samples_shorter_than_payload_size_are_kept_whole() -> None:
-    ring, head = fake_ring([sample(b"abcd"), sample(bytes(40))], 1024, 0)
+def test_samples_of_another_size_than_payload_size_are_kept_whole() -> None:
+    """Only the padding of an event of the layout's size goes: a longer event (a layout
+    naming the first fields of a pinned map's events) keeps all its bytes."""
+    payloads = [b"abcd", bytes(range(40)), bytes(range(20)), bytes(range(24))]
+    ring, head = fake_ring([sample(p) for p in payloads], 1024, 0)
     walk = walk_perf_ring(ring, 1024, head, 0, 0, payload_size=24)
     assert walk.batch.payload(0) == b"abcd"  # raw size 4: nothing to trim
-    assert walk.batch.payload(1) == bytes(24)
+    assert walk.batch.payload(1) == bytes(range(40)) + bytes(4)  # raw size 44, padding kept
+    assert walk.batch.payload(2) == bytes(range(20))  # raw size 20: shorter, whole
+    assert walk.batch.payload(3) == bytes(range(24))  # raw size 28: the padding goes
 
 
 def test_wrap_splits_a_header_and_a_payload() -> None:
