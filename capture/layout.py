@@ -138,7 +138,22 @@ def parse_layout(spec: str) -> PayloadLayout:
     for role, field in (("timestamp", ts), ("cpu", cpu)):
         if field is not None and _fields(dtype)[field][0].kind not in "ui":
             raise UsageError(f"bad layout: the {role} field {field!r} must be an integer")
-    return PayloadLayout(dtype, ts, cpu)
+    layout = PayloadLayout(dtype, ts, cpu)
+    _check_column_names(layout)
+    return layout
+
+
+def _check_column_names(layout: PayloadLayout) -> None:
+    """Refuse two fields that become one column once core names get their prefix."""
+    seen: dict[str, str] = {}
+    for field in layout.column_fields:
+        column = layout.column_name(field)
+        if column in seen:
+            raise UsageError(
+                f"bad layout: fields {seen[column]!r} and {field!r} both become column "
+                f"{column!r} (a field named like a core column gets the prefix {RENAMED_PREFIX})"
+            )
+        seen[column] = field
 
 
 def _fields(dtype: np.dtype) -> Mapping[str, tuple[Any, ...]]:

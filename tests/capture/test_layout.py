@@ -59,6 +59,16 @@ def test_bad_layouts_are_usage_errors(spec: str) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("spec", "column"),
+    [("seq:u32,ev_seq:u32", "ev_seq"), ("ts_ns:u64,ev_kind:u8,kind:u8", "ev_kind")],
+)
+def test_fields_that_would_share_a_column_are_refused(spec: str, column: str) -> None:
+    """A core column's name gets the prefix ev_: another field may already have it."""
+    with pytest.raises(UsageError, match=f"both become column '{column}'"):
+        parse_layout(spec)
+
+
 def test_strings_stop_at_nul_and_survive_bad_utf8() -> None:
     values = np.array([b"bash\0zzz", b"\xff\xfe", b"", b"bash"], dtype="S8")
     assert strings_from_bytes(values).to_pylist() == ["bash", "\ufffd\ufffd", "", "bash"]
