@@ -268,9 +268,18 @@ def remove_leftovers() -> list[str]:
     """Remove what killed ebcap processes left on this namespace's interfaces.
 
     Returns one line per removal (and per leftover that could not be removed,
-    e.g. without CAP_NET_ADMIN): a failure here never stops a recording.
+    e.g. without CAP_NET_ADMIN, or when the lock or a marker is out of reach):
+    a failure here never stops a recording.
     """
     notes: list[str] = []
+    try:
+        _remove_leftovers(notes)
+    except (EbcapError, OSError) as exc:
+        notes.append(f"could not look for what ebcap left on interfaces: {exc}")
+    return notes
+
+
+def _remove_leftovers(notes: list[str]) -> None:
     with IPRoute() as ipr, hooks_lock():
         names = hooks.interfaces(ipr)
         xdp = hooks.all_xdp_programs(ipr)
@@ -291,4 +300,3 @@ def remove_leftovers() -> list[str]:
                 except EbcapError as exc:
                     notes.append(f"could not remove what ebcap left on {iface}: {exc}")
         _forget_stale_xdp_markers({(i, p) for i, _, p in xdp})
-    return notes
