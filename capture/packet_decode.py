@@ -75,9 +75,12 @@ def decode_packets(events: np.ndarray, rx_queue: RxQueue = RxQueue.AS_IS) -> dic
     ipv4 = has_eth & (ethertype == ETH_P_IP) & (avail >= l3 + 20) & (u8(l3) >> 4 == 4)
     ipv6 = has_eth & (ethertype == ETH_P_IPV6) & (avail >= l3 + 40)
     proto = np.where(ipv4, u8(l3 + 9), np.where(ipv6, u8(l3 + 6), 0))
-    l4 = np.where(ipv4, l3 + (u8(l3) & 0xF) * 4, l3 + 40)
+    ihl = u8(l3) & 0xF
+    l4 = np.where(ipv4, l3 + ihl * 4, l3 + 40)
     first_fragment = ~ipv4 | ((be16(l3 + 6) & IP_OFFSET_MASK) == 0)
-    ported = (ipv4 | ipv6) & np.isin(proto, _PORTED) & first_fragment & (avail >= l4 + 4)
+    sane_header = ~ipv4 | (ihl >= 5)  # below 5 words, "ports" would be the IP header's
+    ported = (ipv4 | ipv6) & np.isin(proto, _PORTED) & first_fragment & sane_header
+    ported &= avail >= l4 + 4
     return {
         "ifindex": pa.array(events["ifindex"].astype(np.uint32)),
         "rx_queue": _rx_queue(events["queue"].astype(np.uint32), rx_queue),

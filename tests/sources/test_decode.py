@@ -287,8 +287,9 @@ def test_packet_headers() -> None:
         eth(0x0800) + ipv4(17, "192.0.2.5", "192.0.2.6", ports(9, 9), frag=185),
         eth(0x0800) + ipv4(17, "192.0.2.8", "192.0.2.9", ports(7, 8)),  # cut in the IP header
         eth(0x0800)[:10],  # not even an Ethernet header
-    ]
-    caps = [999] * 8 + [14 + 16, 10]
+        eth(0x0800) + bytes([0x42]) + ipv4(6, "192.0.2.10", "192.0.2.11", ports(80, 81))[1:],
+    ]  # the last: IHL 2, below the 20-byte minimum: no ports from inside the IP header
+    caps = [999] * 8 + [14 + 16, 10, 999]
     columns = {k: v.to_pylist() for k, v in decode_packets(packet_events(frames, caps)).items()}
     assert list(columns) == [f.name for f in PACKET_FIELDS]
     assert columns["ethertype"] == [
@@ -302,10 +303,11 @@ def test_packet_headers() -> None:
         0x0800,
         0x0800,
         None,
+        0x0800,
     ]
     assert columns["src_addr"] == [
         "192.0.2.1", "198.51.100.9", "2001:db8::1", "192.0.2.3", "2001:db8::2", None,
-        "192.0.2.5", "192.0.2.5", None, None,
+        "192.0.2.5", "192.0.2.5", None, None, "192.0.2.10",
     ]  # fmt: skip
     assert columns["dst_addr"][:5] == [
         "198.51.100.2",
@@ -314,9 +316,9 @@ def test_packet_headers() -> None:
         "192.0.2.4",
         "2001:db8::1",
     ]
-    assert columns["ip_proto"] == [17, 6, 17, 17, 6, None, 1, 17, None, None]
-    assert columns["src_port"] == [53, 443, 5353, 1, 22, None, None, None, None, None]
-    assert columns["dst_port"] == [40000, 1, 5353, 2, 50000, None, None, None, None, None]
+    assert columns["ip_proto"] == [17, 6, 17, 17, 6, None, 1, 17, None, None, 6]
+    assert columns["src_port"] == [53, 443, 5353, 1, 22, None, None, None, None, None, None]
+    assert columns["dst_port"] == [40000, 1, 5353, 2, 50000, None, None, None, None, None, None]
     assert columns["pkt_len"] == [len(f) for f in frames]
     assert columns["cap_len"] == [min(len(f), c) for f, c in zip(frames, caps, strict=True)]
     assert set(columns["ifindex"]) == {7}
