@@ -99,6 +99,10 @@ def capture_cpus(reader: CaptureReader) -> list[int]:
     return sorted(seen)
 
 
+MAX_WAIT_S: Final = 1.0
+"""The longest single sleep of the pacer; it looks at the clock again after each."""
+
+
 class Pacer:
     """Holds rows back so they come out with their original gaps scaled by 1/speed."""
 
@@ -126,8 +130,8 @@ class Pacer:
         while position < len(ts):
             now = self.clock()
             ready = int(np.searchsorted(due, now, side="right"))
-            if ready <= position:
-                self.sleep(float(due[position]) - now)
+            if ready <= position:  # in steps: a tiny speed puts rows beyond what sleep takes
+                self.sleep(min(float(due[position]) - now, MAX_WAIT_S))
                 continue
             yield position, ready
             position = ready

@@ -11,6 +11,7 @@ from synthetic import Collect, Synthetic, parse, write_capture
 
 from ebcap.errors import UsageError
 from ebcap.format.reader import CaptureReader
+from ebcap.replay import player
 from ebcap.replay.player import Pacer, ReplayOptions, write_replay
 
 
@@ -101,6 +102,26 @@ def test_pacer_releases_each_row_when_due() -> None:
         released.append((start, end, fake.now - 100.0))
     # Late rows (ts going back) are due at once after the row before them.
     assert released == [(0, 2, 0.0), (2, 4, 0.5), (4, 5, 1.5)]
+
+
+class Enough(Exception):
+    """Ends a wait that would otherwise go on for ages."""
+
+
+def test_a_tiny_speed_waits_in_steps_rather_than_overflowing_sleep() -> None:
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:
+            raise Enough
+
+    pacer = Pacer(1e-300, clock=lambda: 100.0, sleep=sleep)
+    groups = pacer.groups(np.array([0, 1, 2], dtype=np.uint64))
+    assert next(groups) == (0, 1)  # the first row is due at once
+    with pytest.raises(Enough):
+        next(groups)
+    assert waits == [player.MAX_WAIT_S] * 3
 
 
 @pytest.mark.parametrize(
