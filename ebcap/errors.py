@@ -44,6 +44,20 @@ class UsageError(EbcapError):
     exit_code = 2
 
 
+class MissingPackageError(EbcapError):
+    """An optional package a command needs is not installed (the ``analysis`` extra)."""
+
+
+def require_package(module: str, purpose: str) -> None:
+    """Fail in one line, before any work, when ``module`` cannot be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingPackageError(
+            f"{purpose} needs {module}, which is not installed: pip install 'ebcap[analysis]'"
+        )
+
+
 class OutputExistsError(EbcapError):
     """The output file exists and --force was not given."""
 

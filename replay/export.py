@@ -3,7 +3,9 @@
 The files keep every column (CSV and JSON lines hold bytes as hex; Parquet
 keeps them binary and the capture's ``ebcap.*`` metadata) and gain ``time``,
 ``timestamp[ns, UTC]``: ``ts_ns`` plus the capture's CLOCK_REALTIME -
-CLOCK_MONOTONIC offset, so tools without ebcap see real dates. Batches
+CLOCK_MONOTONIC offset, so tools without ebcap see real dates. A source
+column already named ``time`` (a tracepoint field) keeps its name, and the
+wall-clock column becomes ``wall_time``. Batches
 stream through; nothing holds the whole capture. CSV and JSON lines can go
 to stdout (``-``); Parquet cannot (its writer needs a file). What the
 ordering met (a CPU's own disorder, a sort that spilled) comes back in the
@@ -34,6 +36,8 @@ PARQUET: Final = "parquet"
 EXPORT_FORMATS: Final = (PARQUET, CSV, JSONL)
 SUFFIXES: Final = {".parquet": PARQUET, ".pq": PARQUET, ".csv": CSV, ".jsonl": JSONL}
 TIME_FIELD: Final = pa.field("time", pa.timestamp("ns", tz="UTC"), nullable=False)
+"""The wall-clock column, under the first of :data:`TIME_NAMES` the capture leaves free."""
+TIME_NAMES: Final = ("time", "wall_time", "ebcap_wall_time")
 PARQUET_COMPRESSION: Final = "zstd"
 
 
@@ -71,16 +75,24 @@ def to_stdout(path: str | os.PathLike[str] | None) -> bool:
     return path is None or str(path) in STDOUT_NAMES
 
 
+def time_field(schema: pa.Schema) -> pa.Field:
+    """The wall-clock column for a capture of ``schema``: ``time`` unless a column has it."""
+    free = [name for name in TIME_NAMES if name not in schema.names]
+    if not free:
+        raise UsageError(f"no name left for the wall-clock column: {', '.join(TIME_NAMES)} exist")
+    return TIME_FIELD.with_name(free[0])
+
+
 def time_schema(schema: pa.Schema) -> pa.Schema:
-    """The capture's schema with ``time`` right after ``ts_ns``."""
-    return schema.insert(schema.get_field_index("ts_ns") + 1, TIME_FIELD)
+    """The capture's schema with the wall-clock column right after ``ts_ns``."""
+    return schema.insert(schema.get_field_index("ts_ns") + 1, time_field(schema))
 
 
-def with_time(batch: pa.RecordBatch, offset_ns: int) -> pa.RecordBatch:
-    """The batch with its wall-clock ``time`` column added."""
+def with_time(batch: pa.RecordBatch, offset_ns: int, field: pa.Field) -> pa.RecordBatch:
+    """The batch with its wall-clock column ``field`` added."""
     ts = batch.column("ts_ns").to_numpy().astype(np.int64) + np.int64(offset_ns)
-    time = pa.array(ts, pa.int64()).cast(TIME_FIELD.type)
-    return batch.add_column(batch.schema.get_field_index("ts_ns") + 1, TIME_FIELD, time)
+    time = pa.array(ts, pa.int64()).cast(field.type)
+    return batch.add_column(batch.schema.get_field_index("ts_ns") + 1, field, time)
 
 
 def _rows(
@@ -108,9 +120,10 @@ def export(
             f"{reader.path} lacks {fs.META_REALTIME_OFFSET}: no wall-clock time to add"
         )
     schema = time_schema(reader.schema)
+    time = time_field(reader.schema)
     rows = 0
     report = OrderReport()
-    batches = (with_time(batch, offset) for batch in _rows(reader, in_time_order, report))
+    batches = (with_time(batch, offset, time) for batch in _rows(reader, in_time_order, report))
     if chosen == PARQUET:
         with (
             AtomicPath(path, force=force, inputs=[reader.path]) as temp,

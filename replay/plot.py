@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from ebcap.errors import UsageError
+from ebcap.errors import UsageError, require_package
 from ebcap.replay.reorder import ReorderReport
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def picture_format(path: str | os.PathLike[str]) -> str:
             f"cannot tell the picture format of {path} from its name: "
             f"use one of .{', .'.join(PICTURE_FORMATS)}"
         )
+    require_package("matplotlib", "--plot")  # before the analysis, not after it
     return suffix
 
 

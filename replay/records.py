@@ -82,22 +82,25 @@ class JsonlEncoder:
         if batch.num_rows == 0:
             return b""
         pieces: list[Piece] = []
-        for names in _column_runs(batch):
-            pieces += _run_pieces(batch.select(names), first=names[0] == batch.schema.names[0])
+        for positions in _column_runs(batch):
+            pieces += _run_pieces(batch.select(positions), first=positions[0] == 0)
         pieces.append("}\n")
         return lines_bytes(join_lines(pieces, batch.num_rows))
 
 
-def _column_runs(batch: pa.RecordBatch) -> list[list[str]]:
-    """The columns in order, neighbours whose values repeat grouped together."""
-    runs: list[list[str]] = []
+def _column_runs(batch: pa.RecordBatch) -> list[list[int]]:
+    """The column positions in order, neighbours whose values repeat grouped together.
+
+    Positions, not names: a query's result may name two columns alike (a join).
+    """
+    runs: list[list[int]] = []
     grouped = False
-    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+    for position, column in enumerate(batch.columns):
         repeats = repeats_enough(column)
         if repeats and grouped:
-            runs[-1].append(name)
+            runs[-1].append(position)
         else:
-            runs.append([name])
+            runs.append([position])
         grouped = repeats
     return runs
 
@@ -139,6 +142,20 @@ def json_pieces(column: pa.Array) -> list[Piece]:
     return [json_values(plain_columns(pa.record_batch([column], names=["v"])).column(0))]
 
 
+def csv_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """:func:`plain_columns`, and nested values (a tracepoint's integer array, a query's
+    lists and structs) as JSON text in their cell: CSV has no cells within cells."""
+    batch = plain_columns(batch)
+    arrays, fields = [], []
+    for field, column in zip(batch.schema, batch.columns, strict=True):
+        if pa.types.is_nested(column.type):
+            text = [None if v is None else json.dumps(v, default=str) for v in column.to_pylist()]
+            column = pa.array(text, pa.string())
+        arrays.append(column)
+        fields.append(pa.field(field.name, column.type, field.nullable))
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
 class CsvEncoder:
     """RFC 4180 CSV with a header row (Arrow's CSV writer)."""
 
@@ -147,12 +164,12 @@ class CsvEncoder:
 
     def header(self) -> bytes:
         empty = pa.RecordBatch.from_pylist([], schema=self.schema)
-        return self._csv(plain_columns(empty), header=True)
+        return self._csv(csv_columns(empty), header=True)
 
     def encode(self, batch: pa.RecordBatch) -> bytes | memoryview:
         if batch.num_rows == 0:
             return b""
-        return self._csv(plain_columns(batch), header=False)
+        return self._csv(csv_columns(batch), header=False)
 
     @staticmethod
     def _csv(batch: pa.RecordBatch, *, header: bool) -> bytes:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from synthetic import REALTIME_OFFSET_NS, Synthetic, write_capture
+from synthetic import REALTIME_OFFSET_NS, Synthetic, build_table, write_capture, write_table
 from synthetic_packets import packet_capture
 
 from ebcap.cli import run
@@ -181,3 +181,39 @@ def test_pcapng_of_a_capture_without_packets_opens_in_a_pcap_library(tmp_path: P
     assert view.packets == []
     interfaces = parse_pcapng(out.read_bytes())["interfaces"]
     assert len(interfaces) == 1
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv", "jsonl"])
+def test_a_source_column_named_time_keeps_its_name(tmp_path: Path, suffix: str) -> None:
+    """A tracepoint may have a field ``time`` (tcp:tcp_rcvbuf_grow): the wall clock
+    becomes ``wall_time``; a list column (a tracepoint's int array) goes to CSV as JSON."""
+    table = build_table(Synthetic(seed=93, ncpus=2, events_per_cpu=20))
+    n = table.num_rows
+    table = table.append_column("time", pa.array(range(n), pa.int32()))
+    pairs = [[i, -i] for i in range(n)]
+    table = table.append_column("pair", pa.array(pairs, pa.list_(pa.int64(), 2)))
+    path = write_table(tmp_path / "t.arrow", table)
+    out = tmp_path / f"t.{suffix}"
+    assert run(["export", str(path), "-o", str(out)]) == 0
+    if suffix == "parquet":
+        got = pq.read_table(out)
+        rows = got.to_pylist()
+        walls = got.column("wall_time").cast(pa.int64()).to_pylist()
+    elif suffix == "csv":
+        rows = list(csv.DictReader(io.StringIO(out.read_text())))
+        walls = [row["wall_time"] for row in rows]
+    else:
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        walls = [row["wall_time"] for row in rows]
+    names = list(rows[0])
+    assert names[:4] == ["seq", "cpu", "ts_ns", "wall_time"] and names[-2:] == ["time", "pair"]
+    stamps = table.column("ts_ns").to_pylist()
+    if suffix == "parquet":
+        assert walls == [t + REALTIME_OFFSET_NS for t in stamps]
+    else:
+        assert walls == [iso(t, sep=" " if suffix == "csv" else "T") for t in stamps]
+    assert [int(row["time"]) for row in rows] == list(range(n))
+    if suffix == "csv":
+        assert [json.loads(row["pair"]) for row in rows] == pairs
+    else:
+        assert [row["pair"] for row in rows] == pairs

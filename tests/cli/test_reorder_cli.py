@@ -122,3 +122,31 @@ def test_unknown_plot_format_is_refused(
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "picture format" in err and ".png" in err
     assert not (tmp_path / "r.bmp").exists()
+
+
+def test_without_matplotlib_plot_is_refused_before_the_analysis(
+    capture,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from ebcap.replay import reorder
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "matplotlib" else real(n, *a)
+    )
+
+    def analysed(*_: object, **__: object) -> None:
+        raise AssertionError("the capture was analysed before the refusal")
+
+    monkeypatch.setattr(reorder, "analyze", analysed)
+    path, _ = capture
+    assert run(["reorder", str(path), "--plot", str(tmp_path / "r.png")]) == 1
+    assert capsys.readouterr().err == (
+        "ebcap: error: --plot needs matplotlib, which is not installed: "
+        "pip install 'ebcap[analysis]'\n"
+    )
+    assert not (tmp_path / "r.png").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -104,3 +105,63 @@ def test_output_file_rules(capture, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert out.read_text().splitlines() == ['"n"', str(table.num_rows)]
     assert run(["sql", str(path), "SELECT 1", "-o", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "table"])
+def test_columns_named_alike_get_numbered(
+    capture, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """``SELECT *`` over a self-join names every column twice; no key may hide another."""
+    path, table = capture
+    query = (
+        "SELECT e1.seq, e1.cpu, e2.cpu, e2.cpu + 1 AS cpu_1, [e1.cpu, e2.cpu] AS pair "
+        "FROM events e1 JOIN events e2 ON e2.seq = e1.seq + 1 ORDER BY e1.seq LIMIT 4"
+    )  # pair is a list: CSV holds it as JSON text
+    assert run(["sql", str(path), query, "-f", fmt]) == 0
+    out = capsys.readouterr().out
+    rows = table.to_pylist()
+    want = [(r["cpu"], n["cpu"], n["cpu"] + 1) for r, n in itertools.pairwise(rows[:5])]
+    names = ["seq", "cpu", "cpu_2", "cpu_1", "pair"]
+    if fmt == "table":
+        assert out.splitlines()[0].split() == names
+        return
+    if fmt == "csv":
+        got = list(csv.DictReader(io.StringIO(out)))
+        assert list(got[0]) == names
+        parsed = [(int(g["cpu"]), int(g["cpu_2"]), int(g["cpu_1"]), g["pair"]) for g in got]
+        assert parsed == [(a, b, c, json.dumps([a, b])) for a, b, c in want]
+        return
+    objs = json.loads(out) if fmt == "json" else [json.loads(x) for x in out.splitlines()]
+    assert [list(o) for o in objs] == [names] * 4
+    assert [(o["cpu"], o["cpu_2"], o["cpu_1"], o["pair"]) for o in objs] == [
+        (a, b, c, [a, b]) for a, b, c in want
+    ]
+
+
+def test_an_error_while_rows_stream_is_one_line_and_leaves_no_file(
+    capture, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DuckDB raises some errors only on the row that meets them, long after the first."""
+    path, _ = capture
+    out = tmp_path / "late.csv"
+    query = "SELECT CASE WHEN i > 200000 THEN error('late boom') ELSE i END FROM range(300000) t(i)"
+    assert run(["sql", str(path), query, "-f", "csv", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == "ebcap: error: SQL: Invalid Input Error: late boom\n"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_without_duckdb_sql_says_what_to_install(
+    capture, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "duckdb" else real(name, *a)
+    )
+    path, _ = capture
+    assert run(["sql", str(path), "SELECT 1"]) == 1
+    assert capsys.readouterr().err == (
+        "ebcap: error: SQL needs duckdb, which is not installed: pip install 'ebcap[analysis]'\n"
+    )
