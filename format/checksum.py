@@ -80,7 +80,8 @@ def column_crc(array: pa.Array) -> int:
                 crc,
             )
         return crc
-    return crc32(repr(array.to_pylist()).encode(), crc)  # types ebcap never writes
+    # bool (NAME_truncated), lists (tracepoint arrays): docs/FORMAT.md specifies this form
+    return crc32(repr(array.to_pylist()).encode(), crc)
 
 
 def _byte_width(kind: pa.DataType) -> int:

@@ -28,3 +28,13 @@ def test_column_checksums_match_a_zlib_reference() -> None:
     reference = zlib.crc32(offsets.tobytes(), reference)
     reference = zlib.crc32(b"".join(values[10:910]), reference)
     assert checksum.column_crc(column) == reference
+
+
+def test_bool_and_list_columns_follow_the_documented_form() -> None:
+    """Validity bits, then the UTF-8 of Python's repr of the values (docs/FORMAT.md)."""
+    flags = pa.array([True, False, None, True])
+    validity = np.packbits([1, 1, 0, 1], bitorder="little").tobytes()
+    want = zlib.crc32(b"[True, False, None, True]", zlib.crc32(validity))
+    assert checksum.column_crc(flags) == want
+    pairs = pa.array([[1, 2], [3, 4], [5, 6]], pa.list_(pa.int64(), 2)).slice(1)
+    assert checksum.column_crc(pairs) == zlib.crc32(b"[[3, 4], [5, 6]]")
