@@ -61,6 +61,23 @@ def gathered_dictionary(
     return pa.DictionaryArray.from_arrays(indices, dictionary)
 
 
+def used_entries_only(column: pa.DictionaryArray) -> pa.DictionaryArray:
+    """``column`` with a dictionary of only the entries its rows use, in the same order.
+
+    A window compacted around a row held back for long would otherwise carry the
+    concatenated dictionaries of every batch it ever held, and carry them again
+    at the next compaction.
+    """
+    codes = pc.fill_null(column.indices, 0).to_numpy().astype(np.int64)
+    used = np.unique(codes[np.asarray(column.is_valid())])
+    if len(used) == len(column.dictionary):
+        return column
+    indices = pa.array(
+        np.searchsorted(used, codes), column.type.index_type, mask=np.asarray(column.is_null())
+    )
+    return pa.DictionaryArray.from_arrays(indices, column.dictionary.take(pa.array(used)))
+
+
 def spilled_plain(field: pa.Field) -> bool:
     """Stored as plain values in a spilled run (every dictionary column but ``kind``)."""
     return pa.types.is_dictionary(field.type) and field.name not in fs.CORE_COLUMNS

@@ -37,7 +37,12 @@ import pyarrow as pa
 from ebcap.errors import BadFileError
 from ebcap.format.counts import sample_mask
 from ebcap.format.reader import CaptureReader
-from ebcap.replay.dictionaries import coded_like, gathered_dictionary, merged_by_concatenation
+from ebcap.replay.dictionaries import (
+    coded_like,
+    gathered_dictionary,
+    merged_by_concatenation,
+    used_entries_only,
+)
 from ebcap.replay.lateness import LatenessTracker
 from ebcap.replay.moves import MoveCounter, Mover, TwoCpuMover
 from ebcap.replay.runs import SpilledRuns, sort_keys, sort_order
@@ -429,8 +434,13 @@ class _Window:
             self._compact()
 
     def _compact(self) -> None:
-        """Copy the held rows into one batch, in the order they were read."""
+        """Copy the held rows into one batch, in the order they were read (source
+        dictionaries cut down to what those rows use)."""
         table = self._take(self.where).combine_chunks()
+        for index, kept in enumerate(self.schema):
+            if merged_by_concatenation(kept):
+                column = used_entries_only(table.column(index).chunk(0))
+                table = table.set_column(index, kept, column)
         self.batches = table.to_batches()
         self.batch_rows = table.num_rows
         self.where = np.arange(table.num_rows, dtype=np.int64)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from synthetic import Synthetic, lateness_by_loop, write_capture
+from synthetic import Synthetic, build_table, lateness_by_loop, write_capture, write_table
 
 from ebcap.format.reader import CaptureReader
 from ebcap.replay import order
@@ -94,3 +94,39 @@ def test_dictionary_columns_from_each_slice_keep_their_values(tmp_path: Path) ->
     assert got == [(r["seq"], x, x) for r, x in zip(rows, labels, strict=True)]
     kinds = [k for b in batches for k in b.rows.column("kind").to_pylist()]
     assert kinds == [r["kind"] for r in rows]
+
+
+def test_a_row_held_to_the_end_keeps_only_its_own_dictionary_entries(tmp_path: Path) -> None:
+    """The first row delivered is stamped after every other one: it stays in the window
+    through every compaction, and the source dictionaries it is compacted with must not
+    pile up (each slice brings its own, one entry per row)."""
+    table = build_table(Synthetic(seed=13, ncpus=2, events_per_cpu=600))
+    stamps = table.column("ts_ns").to_numpy().copy()
+    stamps[0] = 2**62
+    table = table.set_column(2, table.schema.field(2), pa.array(stamps))
+    write_table(tmp_path / "c.arrow", table, batch_rows=50)
+
+    def label(rows: pa.RecordBatch) -> pa.RecordBatch:
+        text = pa.array([f"row {s}" for s in rows.column("seq").to_pylist()], pa.string())
+        return rows.append_column("label", text.dictionary_encode())
+
+    held: list[tuple[int, int]] = []  # (dictionary entries, rows) after each compaction
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(order, "SLICE_ROWS", 10)
+        real = order._Window._compact
+
+        def compact(window: order._Window) -> None:
+            real(window)
+            index = window.schema.get_field_index("label")
+            entries = sum(len(b.column(index).dictionary) for b in window.batches)
+            held.append((entries, window.rows))
+
+        patch.setattr(order._Window, "_compact", compact)
+        with CaptureReader(tmp_path / "c.arrow") as reader:
+            batches = list(time_order(reader, prepare=label))
+    assert len(held) >= 20  # compacted again and again around the held row
+    assert all(entries == rows for entries, rows in held)  # each held row's own label only
+    labels = [x for b in batches for x in b.rows.column("label").to_pylist()]
+    assert labels[-1] == "row 0" and sorted(labels) == sorted(
+        f"row {s}" for s in range(len(labels))
+    )
