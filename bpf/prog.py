@@ -40,6 +40,8 @@ CAP_BPF, plus CAP_NET_ADMIN for networking types and CAP_PERFMON for tracing one
 
 VERIFIER_LOG_SIZE: Final = 4 << 20
 """Bytes of verifier log kept when a load fails (the kernel keeps the tail)."""
+LOG_CUT: Final = f"[the verifier's log was longer than {VERIFIER_LOG_SIZE >> 20} MiB: its end]\n"
+"""Put before a log the kernel cut (it answers ENOSPC, and keeps the end)."""
 
 _LOG_NOISE: Final = ("processed ", "verification time", "stack depth", "max_states_per_insn")
 
@@ -132,12 +134,24 @@ class Program(OwnedFd):
             failure = exc
         else:
             return cls(fd, _text(log_buf))
-        if log_buf is None:  # load again with the log on, to say why
+        cut = False
+        if log_buf is not None and failure.errno == errno.ENOSPC:
+            # The log outgrew its buffer, which alone fails a load: try without one.
+            cut = True
+            try:
+                fd = _load(attr, 0)
+            except KernelError as exc:
+                failure = exc  # the real reason; the buffer holds the end of its log
+            else:
+                return cls(fd, LOG_CUT + _text(log_buf))
+        elif log_buf is None:  # load again with the log on, to say why
             log_buf = ctypes.create_string_buffer(VERIFIER_LOG_SIZE)
             try:
                 fd = _load(attr, 1, log_buf)
             except KernelError as exc:
-                failure = exc
+                cut = exc.errno == errno.ENOSPC  # a cut log: the first errno is the reason
+                if not cut:
+                    failure = exc
             else:
                 return cls(fd)
         log = _text(log_buf)
@@ -153,7 +167,7 @@ class Program(OwnedFd):
         label = f"program {name!r}" if name else "program"
         raise VerifierError(
             f"{label} rejected by the verifier: {verifier_summary(log)} (see .log)",
-            log,
+            LOG_CUT + log if cut else log,
             failure.errno,
         )
 

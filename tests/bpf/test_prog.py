@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 
 from ebcap.bpf import _sys
-from ebcap.bpf.asm import DW, R0, R1, R10, W, add64_imm, exit_, ldx_mem, mov64_imm, stx_mem
-from ebcap.bpf.prog import Program, loaded_program_ids, program_name_by_id, verifier_summary
+from ebcap.bpf.asm import (
+    DW,
+    R0,
+    R1,
+    R3,
+    R10,
+    W,
+    add64_imm,
+    exit_,
+    jmp_imm,
+    label,
+    ldx_mem,
+    mov64_imm,
+    stx_mem,
+)
+from ebcap.bpf.prog import (
+    LOG_CUT,
+    Program,
+    loaded_program_ids,
+    program_name_by_id,
+    verifier_summary,
+)
 from ebcap.errors import BpfObjectNotFoundError, ClosedError, UsageError, VerifierError
 
 pytestmark = pytest.mark.privileged
@@ -71,6 +92,32 @@ def test_log_level_keeps_the_log_of_a_good_load() -> None:
         assert "processed 3 insns" in prog.verifier_log
     with Program.load(SOCKET_FILTER, program) as quiet:
         assert quiet.verifier_log == ""
+
+
+LONG_LOOP = [
+    mov64_imm(R0, 0),
+    mov64_imm(R1, 0),
+    label("loop"),
+    add64_imm(R1, 1),
+    jmp_imm("jlt", R1, 60_000, "loop"),  # verified pass by pass: a log of tens of MiB
+]
+
+
+def test_a_log_longer_than_its_buffer_does_not_reject_a_good_program() -> None:
+    """The kernel fails a load whose log overflows (ENOSPC): the program itself is fine."""
+    with Program.load(SOCKET_FILTER, [*LONG_LOOP, exit_()], log_level=1) as prog:
+        assert prog.verifier_log.startswith(LOG_CUT)
+        assert "processed" in prog.verifier_log[-4096:]  # the end of the log is kept
+
+
+@pytest.mark.parametrize("log_level", [0, 1])
+def test_a_cut_log_keeps_the_real_reason_of_a_rejection(log_level: int) -> None:
+    program = [*LONG_LOOP, ldx_mem(DW, R0, R3, 0), exit_()]  # R3 was never written
+    with pytest.raises(VerifierError) as err:
+        Program.load(SOCKET_FILTER, program, log_level=log_level)
+    assert err.value.errno == errno.EACCES, "ENOSPC says only that the log was cut"
+    assert err.value.log.startswith(LOG_CUT)
+    assert "R3 !read_ok" in str(err.value)
 
 
 def test_bad_bytecode_length_is_a_usage_error() -> None:
