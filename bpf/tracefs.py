@@ -138,9 +138,11 @@ class TracepointField:
 
     @property
     def int_signed(self) -> bool:
-        """Whether an integer field's value is signed, by its declared type if known."""
+        """Whether an integer field's value is signed: by its declared type where known
+        (a syscall tracepoint says ``signed:0`` for every argument, ``off_t`` too), else
+        by the format's ``signed``."""
         declared = C_INTEGERS.get(self.type.removeprefix("const "))
-        return declared[1] if declared is not None and self.value_size else self.signed
+        return declared[1] if declared is not None and declared[0] == self.int_size else self.signed
 
     @property
     def is_common(self) -> bool:

@@ -58,6 +58,10 @@ def test_data_loc_pointer_array_and_bytes_fields() -> None:
     assert (dfd.size, dfd.signed, dfd.int_size, dfd.int_signed) == (8, False, 4, True)
     assert (mode.type, mode.int_size, mode.int_signed) == ("umode_t", 2, False)
     assert (openat.field("flags").int_size, openat.field("flags").int_signed) == (4, True)
+    lseek = fixture("syscalls_sys_enter_lseek")  # "off_t offset; size:8; signed:0"
+    offset, fd = lseek.field("offset"), lseek.field("fd")
+    assert (offset.signed, offset.int_size, offset.int_signed) == (False, 8, True)
+    assert (fd.int_size, fd.int_signed) == (4, False)
     sched = fixture("sched_sched_switch").field("prev_pid")
     assert (sched.size, sched.value_size, sched.int_signed) == (4, 0, True)
     args = fixture("raw_syscalls_sys_enter").field("args")

@@ -127,6 +127,25 @@ def test_user_strings_at_the_bound_and_unreadable(transport: str) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_full_width_signed_argument_keeps_its_sign(transport: str) -> None:
+    """lseek's ``off_t offset; size:8; signed:0``: the kernel calls every argument
+    unsigned; the declared type says -5 is -5."""
+    fd = os.open(__file__, os.O_RDONLY | os.O_CLOEXEC)
+    tid: list[int] = []
+
+    def action() -> None:
+        tid.append(threading.get_native_id())
+        os.lseek(fd, -5, os.SEEK_END)
+
+    try:
+        columns = _record(TracepointSource("syscalls", "sys_enter_lseek"), transport, action)
+    finally:
+        os.close(fd)
+    mine = _rows(columns, common_pid=tid[0], fd=fd)
+    assert [(r["offset"], r["whence"]) for r in mine] == [(-5, os.SEEK_END)]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_raw_sys_enter_int_array(transport: str) -> None:
     args = [11, 22, 33, 44, 55]  # syscall(3) takes the sixth from its stack: unknown
     calls = 5
