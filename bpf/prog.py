@@ -19,7 +19,7 @@ from ebcap.bpf import _sys
 from ebcap.bpf._fd import OwnedFd
 from ebcap.bpf.asm import INSN_SIZE, Item, assemble
 from ebcap.bpf.maps import encode_obj_name
-from ebcap.errors import KernelError, UsageError, VerifierError
+from ebcap.errors import KernelError, NotSupportedError, UsageError, VerifierError
 
 PROG_TYPE_NAMES: Final[Mapping[int, str]] = MappingProxyType(
     {v: k for k, v in vars(_sys).items() if k.startswith("BPF_PROG_TYPE_")}
@@ -194,7 +194,15 @@ class Program(OwnedFd):
             ctx_buf = ctypes.create_string_buffer(ctx, len(ctx))
             attr.ctx_size_in = len(ctx)
             attr.ctx_in = ctypes.addressof(ctx_buf)
-        _sys.bpf(_sys.BPF_PROG_TEST_RUN, attr)  # ENOTSUPP: a type without test runs
+        try:
+            _sys.bpf(_sys.BPF_PROG_TEST_RUN, attr)
+        except NotSupportedError as exc:  # the command exists; this program type has none
+            kind = prog_type_name(self._info.type)
+            raise NotSupportedError(
+                f"bpf(BPF_PROG_TEST_RUN): {kind} programs have no test runs on this kernel",
+                f"BPF_PROG_TEST_RUN of {kind}",
+                exc.errno,
+            ) from None
         return TestRunResult(retval=attr.retval, duration_ns=attr.duration)
 
     def __repr__(self) -> str:

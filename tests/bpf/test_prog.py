@@ -30,7 +30,13 @@ from ebcap.bpf.prog import (
     program_name_by_id,
     verifier_summary,
 )
-from ebcap.errors import BpfObjectNotFoundError, ClosedError, UsageError, VerifierError
+from ebcap.errors import (
+    BpfObjectNotFoundError,
+    ClosedError,
+    NotSupportedError,
+    UsageError,
+    VerifierError,
+)
 
 pytestmark = pytest.mark.privileged
 
@@ -118,6 +124,18 @@ def test_a_cut_log_keeps_the_real_reason_of_a_rejection(log_level: int) -> None:
     assert err.value.errno == errno.EACCES, "ENOSPC says only that the log was cut"
     assert err.value.log.startswith(LOG_CUT)
     assert "R3 !read_ok" in str(err.value)
+
+
+def test_a_type_without_test_runs_is_named() -> None:
+    program = [mov64_imm(R0, 0), exit_()]
+    with (
+        Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, program) as prog,
+        pytest.raises(NotSupportedError) as err,
+    ):
+        prog.test_run(bytes(64))
+    assert str(err.value) == (
+        "bpf(BPF_PROG_TEST_RUN): BPF_PROG_TYPE_TRACEPOINT programs have no test runs on this kernel"
+    )
 
 
 def test_bad_bytecode_length_is_a_usage_error() -> None:
