@@ -17,6 +17,7 @@ from typing import Final
 
 from ebcap.errors import MissingCapabilityError
 
+CAP_DAC_READ_SEARCH: Final = 2
 CAP_NET_ADMIN: Final = 12
 CAP_IPC_LOCK: Final = 14
 CAP_SYS_ADMIN: Final = 21
@@ -25,6 +26,7 @@ CAP_PERFMON: Final = 38
 CAP_BPF: Final = 39
 CAPABILITY_NAMES: Final[Mapping[int, str]] = MappingProxyType(
     {
+        CAP_DAC_READ_SEARCH: "CAP_DAC_READ_SEARCH",
         CAP_NET_ADMIN: "CAP_NET_ADMIN",
         CAP_IPC_LOCK: "CAP_IPC_LOCK",
         CAP_SYS_ADMIN: "CAP_SYS_ADMIN",

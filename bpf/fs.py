@@ -67,12 +67,20 @@ def ensure_bpffs(path: str = "/sys/fs/bpf") -> str:
     return path
 
 
-def ensure_tracefs() -> str:
-    """Root of a mounted tracefs (``events/CAT/NAME/id`` lives below it)."""
+def mounted_tracefs() -> str | None:
+    """Root of a tracefs already mounted at one of the usual places, else None."""
     for candidate in TRACEFS_CANDIDATES:
         os.path.isdir(os.path.join(candidate, "events"))  # triggers the debugfs automount
         if _is_mount_of(candidate, TRACEFS_NAME):
             return candidate
+    return None
+
+
+def ensure_tracefs() -> str:
+    """Root of a mounted tracefs (``events/CAT/NAME/id`` lives below it)."""
+    mounted = mounted_tracefs()
+    if mounted is not None:
+        return mounted
     primary = TRACEFS_CANDIDATES[0]
     if not os.path.isdir(primary):
         raise NotSupportedError(f"cannot mount tracefs: {primary} does not exist", TRACEFS_NAME)

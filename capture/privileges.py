@@ -4,7 +4,10 @@ transport, checked before any file or kernel object is made.
 Measured on this kernel with ``setpriv --bounding-set`` (perf_event_paranoid 2,
 unprivileged_bpf_disabled 2):
 
-- syscalls, tracepoint: CAP_BPF and CAP_PERFMON (tracing program types);
+- syscalls, tracepoint: CAP_BPF and CAP_PERFMON (tracing program types); a
+  tracepoint source also reads its format in tracefs, which here only root may
+  read (CAP_DAC_READ_SEARCH otherwise), and mounts tracefs if it is not
+  (CAP_SYS_ADMIN);
 - tc: CAP_BPF and CAP_NET_ADMIN (a networking program type, a clsact qdisc);
 - xdp: CAP_BPF and CAP_NET_ADMIN (a networking program type, attached to an
   interface; the capture detaches the program it holds). Naming or replacing
@@ -24,11 +27,13 @@ unprivileged_bpf_disabled 2):
 from __future__ import annotations
 
 import mmap
+import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ebcap.bpf import fs
 from ebcap.bpf.caps import missing_capabilities, require_capabilities
 from ebcap.bpf.cpus import online_cpus
 from ebcap.capture.ring_settings import RingSize
@@ -126,6 +131,8 @@ def recording_needs(kind: str, transport: str, ring: RingSize, rings: int) -> di
     """Capability -> what needs it, for a ``kind`` source (syscalls, tracepoint, tc,
     xdp, bench, pin) over ``transport`` with ``rings`` rings of ``ring``."""
     needs = dict(_SOURCE_NEEDS[kind])
+    if kind == "tracepoint":
+        needs.update(tracefs_needs())
     if transport != "perf":
         return needs
     needs.setdefault("CAP_PERFMON", "per-CPU perf events")
@@ -140,6 +147,17 @@ def recording_needs(kind: str, transport: str, ring: RingSize, rings: int) -> di
             f"(perf_event_mlock_kb per CPU + RLIMIT_MEMLOCK){smaller}"
         )
     return needs
+
+
+def tracefs_needs() -> dict[str, str]:
+    """What reading a tracepoint's format needs beyond the tracing capabilities."""
+    root = fs.mounted_tracefs()
+    if root is None:
+        return {"CAP_SYS_ADMIN": f"mounting tracefs at {fs.TRACEFS_CANDIDATES[0]}"}
+    events = os.path.join(root, "events")
+    if os.access(events, os.R_OK | os.X_OK, effective_ids=True):
+        return {}
+    return {"CAP_DAC_READ_SEARCH": f"reading tracepoint formats under {events} (root's only here)"}
 
 
 def require_recording_capabilities(

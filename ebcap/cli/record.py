@@ -160,6 +160,7 @@ def record(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     from ebcap.bpf.cpus import online_cpus, parse_cpu_list
+    from ebcap.bpf.tracefs import split_spec
     from ebcap.capture.layout import parse_layout
     from ebcap.capture.leftovers import remove_leftovers
     from ebcap.capture.privileges import require_recording_capabilities
@@ -203,6 +204,12 @@ def record(
         if missing:
             raise UsageError(f"--cpus: CPU {missing[0]} is not online")
     check_ready_file(ready_file, output)
+    kind = "pin" if pin is not None else source.partition(":")[0]
+    if kind == "tracepoint":  # making this source reads tracefs: its needs are said first
+        split_spec(source.partition(":")[2])  # a bad name is still a usage error
+        rings = len(chosen_cpus or online_cpus()) if transport == "perf" else 1
+        ring = parse_buffer_size(buffer_size, transport)
+        require_recording_capabilities("recording", kind, transport, ring, rings)
     src = parse_source(
         source,
         pin=pin,
@@ -237,7 +244,6 @@ def record(
         check_watermark(wakeup, watermark, ring.bytes)
     notes.append(rounding_note(buffer_size, ring))
     rings = len(chosen_cpus or online_cpus()) if actual_transport == "perf" else 1
-    kind = "pin" if pin is not None else source.partition(":")[0]
     require_recording_capabilities("recording", kind, actual_transport, ring, rings)
     # An asked priority this process may not use is refused before anything changes.
     resolve_priority(realtime)
