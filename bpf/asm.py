@@ -73,6 +73,7 @@ _INSN: Final = struct.Struct("<BBhi")
 INSN_SIZE: Final = _INSN.size  # 8
 _INT16: Final = range(-(1 << 15), 1 << 15)
 _IMM32: Final = range(-(1 << 31), 1 << 32)
+_S32: Final = range(-(1 << 31), 1 << 31)
 _IMM64: Final = range(-(1 << 63), 1 << 64)
 
 
@@ -98,6 +99,21 @@ class Instruction:
             raise UsageError(f"offset {self.off} does not fit in 16 bits")
         if self.imm not in (_IMM64 if self.is_wide else _IMM32):
             raise UsageError(f"immediate {self.imm} does not fit in the instruction")
+        if self.imm not in _S32 and self.sign_extends_imm:
+            raise UsageError(
+                f"immediate {self.imm:#x} of a 64-bit operation would be sign-extended to "
+                f"{(self.imm - (1 << 32)) & ((1 << 64) - 1):#x}: give it as "
+                f"{self.imm - (1 << 32)}, or load it with ld_imm64"
+            )
+
+    @property
+    def sign_extends_imm(self) -> bool:
+        """A 64-bit ALU operation or comparison with an immediate: the kernel widens
+        the 32-bit immediate with its sign, so 0xffffffff means -1 there."""
+        cls, op = self.opcode & 0x07, self.opcode & 0xF0
+        if self.opcode & BPF_X:
+            return False
+        return cls == BPF_ALU64 or (cls == BPF_JMP and op in JMP_OPS.values())
 
     @property
     def is_wide(self) -> bool:

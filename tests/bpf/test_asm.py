@@ -133,6 +133,25 @@ def test_bad_operands_are_usage_errors(build: object) -> None:
         build()  # type: ignore[operator]
 
 
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: jmp_imm("jeq", R1, 0xFFFF_FFFF, "x"),
+        lambda: add64_imm(R0, 0x8000_0000),
+        lambda: mov64_imm(R0, 0xFFFF_FFFF),
+    ],
+)
+def test_64_bit_operations_refuse_immediates_they_would_sign_extend(build: object) -> None:
+    with pytest.raises(UsageError, match=r"sign-extended to 0xffffffff.*give it as -"):
+        build()  # type: ignore[operator]
+
+
+def test_32_bit_operations_and_stores_take_the_whole_unsigned_range() -> None:
+    assert mov32_imm(R0, 0xFFFF_FFFF).encode() == bytes.fromhex("b4000000ffffffff")
+    assert st_mem(W, R1, 0, 0xFFFF_FFFF).encode() == bytes.fromhex("62010000ffffffff")
+    assert jmp_imm("jeq", R1, -1, "x").imm == -1  # what 0xffffffff means there
+
+
 def test_instructions_are_frozen_values() -> None:
     insn = mov64_imm(R0, 3)
     assert insn == mov64_imm(R0, 3)
