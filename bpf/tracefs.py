@@ -201,13 +201,13 @@ def classify(ctype: str, dims: str, size: int) -> tuple[FieldKind, int, bool]:
             is_text = inner.removesuffix("[]").strip() in _CHAR_TYPES
             kind = FieldKind.DYNAMIC_STRING if is_text else FieldKind.DYNAMIC_BYTES
             return kind, 1, relative
-    if "*" in ctype:
+    if "*" in ctype and not dims:
         return FieldKind.POINTER, 1, False
-    if dims:
+    if dims:  # an array of pointers is one of 8-byte integers (addresses)
         if size == 0:
             return FieldKind.FLEXIBLE, 0, False
         count = _array_count(dims)
-        if ctype in _CHAR_TYPES:
+        if ctype in _CHAR_TYPES and len(_DIM.findall(dims)) == 1:
             return FieldKind.STRING, size, False
         if count is None or count == 0 or size % count:
             return FieldKind.BYTES, size, False

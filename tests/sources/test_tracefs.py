@@ -87,6 +87,8 @@ def test_data_loc_pointer_array_and_bytes_fields() -> None:
         ("u32 regs[4]", 16, FieldKind.INT_ARRAY, 4, False),
         ("struct blob b", 12, FieldKind.BYTES, 12, False),
         ("bool on", 1, FieldKind.INT, 1, False),
+        ("void * ptrs[4]", 32, FieldKind.INT_ARRAY, 4, False),  # addresses, not one pointer
+        ("char names[2][16]", 32, FieldKind.BYTES, 32, False),  # two strings: kept whole
     ],
 )
 def test_classify_declarations(
