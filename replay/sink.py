@@ -77,6 +77,19 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+def temp_next_to(path: Path) -> tuple[int, Path]:
+    """A new private file beside ``path`` (renamed onto it once complete), opened.
+
+    A directory that takes no new files (/proc, /sys, read-only, immutable) is
+    a usage error naming the output, in one line.
+    """
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UsageError(f"cannot create {path}: {exc.strerror}") from None
+    return fd, Path(temp)
+
+
 class AtomicPath:
     """A temporary path next to ``path`` for writers that need a path (Parquet).
 
@@ -95,11 +108,8 @@ class AtomicPath:
         if self.special:  # a device or FIFO is written in place, never replaced
             self.temp = self.path
             return
-        fd, temp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
+        fd, self.temp = temp_next_to(self.path)
         os.close(fd)
-        self.temp = Path(temp)
 
     def __enter__(self) -> Path:
         return self.temp
@@ -145,13 +155,13 @@ class Output:
             return
         self.path = check_output_path(path, force=force, inputs=inputs)
         if is_special(self.path):  # a device or FIFO is written in place, never replaced
-            self._raw = open(self.path, "wb")  # noqa: SIM115 (closed by commit or abort)
+            try:
+                self._raw = open(self.path, "wb")  # noqa: SIM115 (closed by commit or abort)
+            except OSError as exc:
+                raise UsageError(f"cannot write {self.path}: {exc.strerror}") from None
             self._special = True
         else:
-            fd, temp = tempfile.mkstemp(
-                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-            )
-            self._temp = Path(temp)
+            fd, self._temp = temp_next_to(self.path)
             self._raw = os.fdopen(fd, "wb")
         if is_compressed(self.path) if compress is None else compress:
             compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)

@@ -121,6 +121,19 @@ def test_forced_run_on_bad_input_keeps_the_old_file(
     assert files_in(tmp_path) == before
 
 
+@pytest.mark.parametrize("case", sorted(OUTPUTS))
+@pytest.mark.parametrize("place", ["/proc", "/sys"])
+def test_a_directory_that_takes_no_files_is_one_line(
+    case: str, place: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/proc takes no new files (ENOENT), /sys refuses them (EACCES, even to root)."""
+    write_capture(tmp_path / "in.arrow")
+    argv, target = expand(OUTPUTS[case], tmp_path)
+    argv = [str(Path(place) / target.name) if a == str(target) else a for a in argv]
+    assert_one_line_error(run_cli(capsys, argv), mentions=f"{place}/{target.name}")
+    assert files_in(tmp_path) == ["in.arrow"]
+
+
 @pytest.mark.privileged
 def test_recording_is_owner_only_while_running_and_after(tmp_path: Path, open_umask: None) -> None:
     out, ready = tmp_path / "run.arrow", tmp_path / "ready"
