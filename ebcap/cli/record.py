@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -153,7 +154,10 @@ def record(
     ready_file: Path | None = typer.Option(
         None,
         "--ready-file",
-        help="Create this file once the rings are installed (for scripts that start a producer).",
+        help=(
+            "Create this file once the rings are installed (for scripts that start a "
+            "producer); one left by an earlier run is removed first."
+        ),
         parser=file_name("--ready-file"),
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
@@ -280,7 +284,8 @@ def record(
 
 
 def check_ready_file(ready: Path | None, output: Path) -> None:
-    """Refuse, before anything is attached, a --ready-file that cannot be created."""
+    """Refuse, before anything is attached, a --ready-file that cannot be created, and
+    remove one an earlier run left."""
     if ready is None:
         return
     from ebcap.format.writer import partial_path
@@ -293,8 +298,19 @@ def check_ready_file(ready: Path | None, output: Path) -> None:
     parent = target.parent
     if not parent.is_dir():
         raise UsageError(f"--ready-file {ready}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--ready-file {ready}: cannot create files in {parent}")
+    try:  # a file of another name: whoever waits for the ready file must not see it
+        fd, probe = tempfile.mkstemp(prefix=".ebcap-ready.", dir=parent)
+    except OSError as exc:
+        message = f"--ready-file {ready}: cannot create files in {parent}: {exc.strerror}"
+        raise UsageError(message) from None
+    os.close(fd)
+    os.unlink(probe)
+    try:  # one left by an earlier run would say "ready" before the rings are
+        ready.unlink(missing_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"--ready-file {ready}: cannot remove the old one: {exc.strerror}"
+        ) from None
 
 
 def started(notes: list[str | None], ready: Path | None) -> Callable[[], None]:

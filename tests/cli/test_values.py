@@ -118,3 +118,14 @@ def test_watermark_must_be_below_the_ring() -> None:
     check_watermark("64", None, 4096)
     with pytest.raises(UsageError, match=r"^--wakeup 8K: a watermark of 8192 bytes must be below"):
         check_watermark("8K", 8192, 8192)
+
+
+def test_a_ready_file_left_by_an_earlier_run_is_removed_first(tmp_path: Path) -> None:
+    """A script waiting for it must not start its producer before the rings are in place."""
+    from ebcap.cli.record import check_ready_file
+
+    ready = tmp_path / "ready"
+    ready.touch()
+    check_ready_file(ready, tmp_path / "run.arrow")
+    assert list(tmp_path.iterdir()) == []  # gone, and the writability probe with it
+    check_ready_file(ready, tmp_path / "run.arrow")  # none there: nothing to do

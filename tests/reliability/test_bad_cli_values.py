@@ -150,6 +150,7 @@ RECORDING = {
     "ready file is the .partial": (["--ready-file", "{dir}/run.arrow.partial"], "--ready-file"),
     "ready file is a directory": (["--ready-file", "{dir}"], "--ready-file"),
     "empty ready file name": (["--ready-file", ""], "--ready-file"),
+    "ready file in /proc": (["--ready-file", "/proc/ebcap-ready"], "cannot create files in /proc"),
     "bad wakeup with a ring buffer": (["-t", "ringbuf", "--wakeup", "soon"], "--wakeup"),
     "watermark as large as the ring": (["-b", "64K", "--wakeup", "64K"], "--wakeup 64K: "),
     "watermark over the default ring": (["--wakeup", "16M"], "--wakeup 16M: "),
