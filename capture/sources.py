@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ebcap.bpf import _sys, cpus
-from ebcap.bpf.maps import Map
+from ebcap.bpf import _sys, cpus, fs
+from ebcap.bpf.maps import Map, map_type_name
 from ebcap.capture.layout import PayloadLayout
 from ebcap.errors import BpfObjectNotFoundError, NotSupportedError, UsageError
 
@@ -186,15 +186,13 @@ class PinnedSource(Source):
         self._map_type: int | None = None
 
     def _open(self) -> Map:
-        try:
-            pinned = Map.open_pinned(self.path)
-        except BpfObjectNotFoundError:
-            raise UsageError(f"--pin {self.path}: no BPF map is pinned there") from None
+        pinned = open_pinned_map("--pin", self.path)
         kind = pinned.info.type
         if kind not in (_sys.BPF_MAP_TYPE_RINGBUF, _sys.BPF_MAP_TYPE_PERF_EVENT_ARRAY):
             pinned.close()
             raise UsageError(
-                f"{self.path} is a BPF map of type {kind}, not a ring buffer or perf event array"
+                f"--pin {self.path} is a {map_type_name(kind)} map, "
+                "not a ring buffer or perf event array"
             )
         self._map_type = kind
         return pinned
@@ -218,21 +216,32 @@ class PinnedSource(Source):
 def parse_drops(spec: str) -> tuple[str, int]:
     """``PATH`` or ``PATH:N`` (the N-th u64 of the value; default 0)."""
     path, colon, field = spec.rpartition(":")
-    if not colon or not field.isdigit():
+    if not colon or os.path.lexists(spec):
         return spec, 0
+    if not field.isdigit():
+        raise UsageError(f"--drops {spec}: N in PATH:N must be a number 0, 1, ...")
     return path, int(field)
+
+
+def open_pinned_map(flag: str, path: str) -> Map:
+    """The BPF map pinned at ``path``; what else is there is said in one line."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a directory, not a pinned BPF map")
+    if os.path.exists(path) and fs.filesystem_type(path) != fs.BPFFS_NAME:
+        raise UsageError(f"{flag} {path} is not on a bpf filesystem: no BPF map is pinned there")
+    try:
+        return Map.open_pinned(path)
+    except BpfObjectNotFoundError:
+        raise UsageError(f"{flag} {path}: no BPF map is pinned there") from None
 
 
 def open_drop_counter(path: str, field: int) -> Map:
     """The pinned PERCPU_ARRAY at ``path``, checked to hold a u64 number ``field`` at key 0."""
-    try:
-        counters = Map.open_pinned(path)
-    except BpfObjectNotFoundError:
-        raise UsageError(f"--drops {path}: no BPF map is pinned there") from None
+    counters = open_pinned_map("--drops", path)
     info = counters.info
     problem = ""
     if info.type != _sys.BPF_MAP_TYPE_PERCPU_ARRAY or info.key_size != 4:
-        problem = f"a BPF map of type {info.type}, not a PERCPU_ARRAY"
+        problem = f"a {map_type_name(info.type)} map, not a PERCPU_ARRAY"
     elif info.value_size < 8 * (field + 1):
         problem = f"its {info.value_size}-byte values hold no u64 number {field}"
     if problem:

@@ -124,7 +124,13 @@ def test_every_event_is_a_row_or_counted_lost(
 
 @pytest.mark.parametrize(
     ("drops", "says"),
-    [("events", "not a PERCPU_ARRAY"), ("stats:2", "no u64 number 2"), ("nosuch", "no BPF map")],
+    [
+        ("events", "not a PERCPU_ARRAY"),
+        ("stats:2", "no u64 number 2"),
+        ("nosuch", "no BPF map"),
+        ("stats:x", "must be a number"),
+        ("", "is a directory"),
+    ],
 )
 def test_a_wrong_drop_counter_is_refused(
     pinned: tuple[BenchSource, Path, str], tmp_path: Path, drops: str, says: str
@@ -138,6 +144,22 @@ def test_a_wrong_drop_counter_is_refused(
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert says in done.stderr and "--drops" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["directory", "file", "missing"])
+def test_a_pin_that_is_no_map_is_one_usage_line(tmp_path: Path, where: str) -> None:
+    """Before BPF_OBJ_GET, which answers EACCES for a directory or a file off bpffs."""
+    path = {"directory": tmp_path, "file": tmp_path / "x.bin", "missing": tmp_path / "no"}[where]
+    if where == "file":
+        path.write_bytes(b"not a map")
+    says = {"directory": "is a directory", "file": "not on a bpf filesystem", "missing": "no BPF"}
+    argv = ["record", "-o", tmp_path / "run.arrow", "--pin", path, "-d", "0.3"]
+    done = subprocess.run(
+        [sys.executable, "-m", "ebcap", *map(str, argv)], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert says[where] in done.stderr and f"--pin {path}" in done.stderr
+    assert not (tmp_path / "run.arrow").exists()
 
 
 def test_a_pinned_ring_buffer_without_drop_counter_says_so(
