@@ -274,6 +274,8 @@ def parse_source(
         raise UsageError("--xdp-mode and --replace-xdp apply to xdp: sources")
     if (pid or comm is not None) and (spec != "syscalls" or pin is not None):
         raise UsageError("--pid and --comm apply to the syscalls source")
+    if pin is not None and spec != "syscalls":
+        raise UsageError(f"--pin records a pinned map: --source {spec} does not go with it")
     if pin is not None:
         return PinnedSource(pin, layout, parse_drops(drops) if drops is not None else None)
     if drops is not None:

@@ -64,11 +64,12 @@ def record(
     output: Path | None = typer.Option(
         None, "-o", "--output", help="File to write (NAME.partial until done).", parser=output_file
     ),
-    transport: str = typer.Option(
-        "perf",
+    asked_transport: str | None = typer.Option(
+        None,
         "--transport",
         "-t",
-        help="perf (per-CPU perf event array) or ringbuf (BPF ring buffer).",
+        help="perf (per-CPU perf event array, the default) or ringbuf (BPF ring buffer); "
+        "a pinned map has its own.",
     ),
     source: str = typer.Option(
         "syscalls",
@@ -187,6 +188,7 @@ def record(
         raise UsageError(f"unexpected argument {pattern!r}: PATTERN goes with --list-sources")
     if output is None:
         raise UsageError("-o/--output is required")
+    transport = asked_transport or "perf"
     if transport not in TRANSPORTS:
         raise UsageError(f"--transport: unknown transport {transport!r}: use perf or ringbuf")
     positive_seconds(duration, "--duration")
@@ -228,6 +230,11 @@ def record(
     )
     actual_transport = src.transport_of(transport)
     notes: list[str | None] = []  # said once recording runs: a refusal stays one line
+    if asked_transport not in (None, actual_transport):
+        notes.append(
+            f"--transport {asked_transport} is not used: the pinned map is a "
+            f"{'ring buffer' if actual_transport == 'ringbuf' else 'perf event array'}"
+        )
     if pin is not None and drops is None and actual_transport == "ringbuf":
         notes.append(
             "the kernel counts no losses for a ring buffer; without --drops "

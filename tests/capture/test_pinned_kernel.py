@@ -173,3 +173,23 @@ def test_a_pinned_ring_buffer_without_drop_counter_says_so(
     assert done.returncode == 0, done.stderr
     noted = "without --drops" in done.stderr
     assert noted == (transport == "ringbuf"), done.stderr
+
+
+def test_a_pinned_map_refuses_a_source_and_notes_an_unused_transport(
+    pinned: tuple[BenchSource, Path, str], tmp_path: Path
+) -> None:
+    _, pins, transport = pinned
+    base = ["record", "-o", tmp_path / "run.arrow", "--pin", pins / "events", "-d", "0.3"]
+
+    def ebcap(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "ebcap", *map(str, [*base, *extra])]
+        return subprocess.run(argv, capture_output=True, text=True)
+
+    refused = ebcap("-s", "tracepoint:sched:sched_switch")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "--source tracepoint:sched:sched_switch does not go with it" in refused.stderr
+    other = "perf" if transport == "ringbuf" else "ringbuf"
+    noted = ebcap("-t", other, "--force")
+    assert noted.returncode == 0, noted.stderr
+    assert f"--transport {other} is not used: the pinned map is a" in noted.stderr
+    assert "is not used" not in ebcap("-t", transport, "--force").stderr
