@@ -93,6 +93,8 @@ class RecordSummary:
     stopped_by: str
     drain_scheduling: str = realtime.NORMAL
     writer_scheduling: str = realtime.NORMAL
+    undecodable: int = 0
+    """Samples shorter than the payload layout: kept, their decoded columns null."""
 
     @property
     def events_per_s(self) -> float:
@@ -226,6 +228,7 @@ class Recorder:
             file_bytes=Path(path).stat().st_size,
             rounds=rounds,
             stopped_by=stopped_by,
+            undecodable=rows.undecodable,
         )
 
     def _drain_once(

@@ -70,6 +70,8 @@ class CaptureSummary:
     recovered: dict[str, Any] | None
     """The ``ebcap.recovered`` metadata of a file written by ``ebcap recover``."""
     source_columns: list[str] = field(default_factory=list)
+    undecodable: int | None = None
+    """Samples shorter than the payload layout (decoded columns null), from the totals."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: paths as text, per-CPU maps keyed by CPU number as text."""
@@ -149,6 +151,7 @@ def summarize(reader: CaptureReader) -> CaptureSummary:
         compression_ratio=uncompressed / file_size if uncompressed and file_size else None,
         recovered=meta.get(fs.META_RECOVERED),
         source_columns=list(reader.source_columns),
+        undecodable=totals.get(fs.TOTAL_UNDECODABLE),
     )
 
 

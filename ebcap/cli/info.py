@@ -69,10 +69,20 @@ def _print_human(s: CaptureSummary) -> None:
             ("rows", _rows(s)),
             ("size", _size(s)),
             ("recovered", _recovered(s)),
+            ("undecodable", _undecodable(s)),
         ]
     )
     typer.echo("")
     _print_per_cpu(s)
+
+
+def _undecodable(s: CaptureSummary) -> str | None:
+    if not s.undecodable:
+        return None
+    return (
+        f"{count(s.undecodable)} events shorter than the payload layout "
+        "(their decoded columns are null)"
+    )
 
 
 def _joined(head: str, *details: str | None) -> str:

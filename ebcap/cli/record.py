@@ -435,6 +435,11 @@ def _print_summary(summary: RecordSummary, as_json: bool) -> None:
     data: dict[str, Any] = asdict(summary)
     data["events_per_s"] = round(summary.events_per_s, 1)
     data["bytes_per_event"] = round(summary.bytes_per_event, 2)
+    if summary.undecodable:  # on stderr with --json too: a wrong --layout is easy to miss
+        note(
+            f"{summary.undecodable:,} of {summary.events:,} events were shorter than the "
+            "payload layout: their decoded columns are null (is --layout right?)"
+        )
     if as_json:
         typer.echo(json.dumps(data))
         return

@@ -8,6 +8,7 @@ counted in a lost row, and the counts add up to the producer's own counters.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -193,3 +194,43 @@ def test_a_pinned_map_refuses_a_source_and_notes_an_unused_transport(
     assert noted.returncode == 0, noted.stderr
     assert f"--transport {other} is not used: the pinned map is a" in noted.stderr
     assert "is not used" not in ebcap("-t", transport, "--force").stderr
+
+
+def test_a_layout_longer_than_the_events_is_reported(
+    pinned: tuple[BenchSource, Path, str], tmp_path: Path
+) -> None:
+    """Every 24-byte event is short of a 32-byte layout: kept, columns null, and said."""
+    source, pins, _ = pinned
+    out, ready = tmp_path / "run.arrow", tmp_path / "ready"
+    argv = ["record", "-o", out, "--pin", pins / "events", "--layout", f"{LAYOUT},more:u64"]
+    argv += ["--ready-file", ready, "--json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ebcap", *map(str, argv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        run_pinned(0, lambda: source.program.test_run(TEST_RUN_PACKET, 500))
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["events"] > 0 and summary["undecodable"] == summary["events"]
+    assert f"{summary['events']:,} of {summary['events']:,} events were shorter" in stderr
+    info = subprocess.run(
+        [sys.executable, "-m", "ebcap", "info", str(out), "--json"], capture_output=True, text=True
+    )
+    assert json.loads(info.stdout)["undecodable"] == summary["events"]
+    text = subprocess.run([sys.executable, "-m", "ebcap", "info", str(out)], capture_output=True)
+    assert b"events shorter than the payload layout" in text.stdout
+    with CaptureReader(out) as reader:
+        table = reader.to_table()
+    samples = table.filter(pc.equal(table["kind"].cast(pa.string()), "sample"))
+    assert samples["more"].null_count == samples.num_rows
