@@ -56,10 +56,11 @@ def export_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     if chosen is None:
         raise UsageError(
             f"cannot tell the format of {path} from its name: use .parquet, .csv or .jsonl "
-            "(optionally .zst), or --format"
+            "(optionally .zst), .pcapng, or --format"
         )
     if chosen not in EXPORT_FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
+        named = ", ".join([*EXPORT_FORMATS, "pcapng"])  # pcapng: packets, ebcap.replay.pcapng
+        raise UsageError(f"--format must be one of {named}, not {fmt!r}")
     if chosen == PARQUET and is_compressed(path):
         raise UsageError("Parquet is compressed inside (zstd); drop the .zst suffix")
     if chosen == PARQUET and to_stdout(path):

@@ -201,10 +201,14 @@ def record(
         raise UsageError(f"--zstd-level: {exc}") from None
     if realtime is not None:
         check_priority(realtime)
+    check_pid(pid)
     if comm is not None and not 0 < len(comm.encode()) <= 15:
         raise UsageError("--comm must be 1..15 bytes (the kernel's TASK_COMM_LEN - 1)")
     wakeup_events, watermark = parse_wakeup(wakeup)
-    chosen_cpus = parse_cpu_list(cpus) if cpus else None
+    try:
+        chosen_cpus = parse_cpu_list(cpus) if cpus is not None else None
+    except UsageError as exc:
+        raise UsageError(f"--cpus: {exc}") from None
     if chosen_cpus is not None:
         missing = sorted(set(chosen_cpus) - set(online_cpus()))
         if missing:
@@ -288,6 +292,18 @@ def record(
     except KeyboardInterrupt:
         _interrupted(output)
     _print_summary(summary, as_json)
+
+
+def check_pid(pid: int) -> None:
+    """``--pid``: 0 (every process) or a number the kernel can give a process."""
+    if pid == 0:
+        return
+    try:
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        pid_max = 1 << 22  # PID_MAX_LIMIT on 64-bit
+    if not 0 < pid < pid_max:
+        raise UsageError(f"--pid {pid} is not a process id: use 1..{pid_max - 1}")
 
 
 def check_ready_file(ready: Path | None, output: Path) -> None:

@@ -77,7 +77,7 @@ def test_csv_with_explicit_format(capture, tmp_path: Path) -> None:
     [
         ("c.parquet.zst", [], "drop the .zst"),
         ("c.bin", [], "cannot tell the format"),
-        ("c.csv", ["--format", "xls"], "--format must be one of"),
+        ("c.csv", ["--format", "xls"], "--format must be one of parquet, csv, jsonl, pcapng,"),
         ("{capture}", [], "is the input"),
         ("nodir/c.csv", [], "does not exist"),
     ],
