@@ -54,6 +54,17 @@ output_file = file_name("-o/--output")
 """The parser of every command's ``-o/--output`` (``typer.Option(..., parser=output_file)``)."""
 
 
+def arrow_output_file(text: str) -> Path:
+    """``-o`` of the commands that write an Arrow IPC file (record, recover, bench): a file
+    of its own, since the footer points back into it; ``-`` is not stdout there."""
+    if text.strip() == "-":
+        raise UsageError(
+            "-o/--output: an Arrow IPC file cannot go to stdout (its footer points back "
+            "into the file); give a file name (./- for a file named -)"
+        )
+    return output_file(text)
+
+
 def positive_seconds(value: float | None, option: str) -> float | None:
     """A duration in seconds that is a finite number above 0 (nan, inf, 0 are refused)."""
     if value is not None and not (math.isfinite(value) and value > 0):

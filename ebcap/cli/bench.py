@@ -18,10 +18,10 @@ from ebcap.capture.ring_settings import (
 )
 from ebcap.cli._common import note, print_table
 from ebcap.cli._values import (
+    arrow_output_file,
     check_watermark,
     human_bytes,
     human_count,
-    output_file,
     parse_buffer_size,
     parse_wakeup,
     positive_seconds,
@@ -72,7 +72,7 @@ def bench(
         "-o",
         "--output",
         help="Keep the recording here (default: a temporary file).",
-        parser=output_file,
+        parser=arrow_output_file,
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite --output."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),

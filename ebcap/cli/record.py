@@ -23,11 +23,11 @@ from ebcap.capture.ring_settings import (
 )
 from ebcap.cli._common import note
 from ebcap.cli._values import (
+    arrow_output_file,
     check_watermark,
     file_name,
     human_bytes,
     human_count,
-    output_file,
     parse_buffer_size,
     parse_wakeup,
     positive_seconds,
@@ -62,7 +62,11 @@ def record(
         None, help="With --list-sources: a glob over the sources (default: all)."
     ),
     output: Path | None = typer.Option(
-        None, "-o", "--output", help="File to write (NAME.partial until done).", parser=output_file
+        None,
+        "-o",
+        "--output",
+        help="File to write (NAME.partial until done).",
+        parser=arrow_output_file,
     ),
     asked_transport: str | None = typer.Option(
         None,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ebcap.cli._common import count, counted
-from ebcap.cli._values import input_path, output_file
+from ebcap.cli._values import arrow_output_file, input_path
 
 if TYPE_CHECKING:
     from ebcap.format.recovery import RecoveryReport
@@ -31,7 +31,7 @@ def recover(
         ..., help="The damaged or unfinished file.", show_default=False, parser=input_path
     ),
     output: Path = typer.Option(
-        ..., "-o", "--output", help="Where to write the repaired file.", parser=output_file
+        ..., "-o", "--output", help="Where to write the repaired file.", parser=arrow_output_file
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
 ) -> None:
