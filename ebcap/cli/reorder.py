@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final
 import typer
 
 from ebcap.cli._common import closed_pipe_ends_quietly, count, print_fields, print_table
-from ebcap.cli._values import input_path
+from ebcap.cli._values import file_name, input_path
 
 if TYPE_CHECKING:
     from ebcap.replay.reorder import ReorderReport
@@ -49,6 +49,7 @@ def reorder(
         "--plot",
         help="Also draw timestamps vs arrival and a lateness histogram "
         "(format from the name: .png, .svg, .pdf, .jpg, ...).",
+        parser=file_name("--plot"),
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --plot file."),
 ) -> None:

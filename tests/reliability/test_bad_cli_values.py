@@ -55,6 +55,7 @@ READING = {
     "export empty input name": ["export", "", "-o", "{dir}/x.csv"],
     "export empty output name": ["export", "{in}", "-o", "", "--format", "csv"],
     "reorder empty input name": ["reorder", ""],
+    "reorder empty plot name": ["reorder", "{in}", "--plot", ""],
     "recover empty input name": ["recover", "", "-o", "{dir}/x.arrow"],
     "recover empty output name": ["recover", "{in}", "-o", ""],
     "recover to stdout": ["recover", "{in}", "-o", "-"],
