@@ -157,7 +157,6 @@ RECORDING = {
     "ready file is the .partial": (["--ready-file", "{dir}/run.arrow.partial"], "--ready-file"),
     "ready file is a directory": (["--ready-file", "{dir}"], "--ready-file"),
     "empty ready file name": (["--ready-file", ""], "--ready-file"),
-    "output to stdout": (["-o", "-"], "cannot go to stdout"),
     "ready file in /proc": (["--ready-file", "/proc/ebcap-ready"], "cannot create files in /proc"),
     "bad wakeup with a ring buffer": (["-t", "ringbuf", "--wakeup", "soon"], "--wakeup"),
     "watermark as large as the ring": (["-b", "64K", "--wakeup", "64K"], "--wakeup 64K: "),
