@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -54,16 +54,13 @@ def pinned(request: pytest.FixtureRequest) -> Iterator[tuple[BenchSource, Path, 
         yield source, directory, transport
 
 
-@pytest.mark.parametrize("layout", [LAYOUT, FIRST_FIELDS])
-def test_every_event_is_a_row_or_counted_lost(
-    pinned: tuple[BenchSource, Path, str], tmp_path: Path, layout: str
-) -> None:
-    source, pins, transport = pinned
-    out, ready = tmp_path / "run.arrow", tmp_path / "ready"
-    argv = ["record", "-o", out, "--pin", pins / "events", "--layout", layout]
-    argv += ["--drops", f"{pins / 'stats'}:1", "--ready-file", ready, "-b", "16K"]
+def record_while(
+    argv: list[object], ready: Path, produce: Callable[[], None]
+) -> tuple[int, str, str]:
+    """``ebcap ARGV --ready-file READY``: ``produce()`` once the rings are in place, then
+    Ctrl-C; (exit code, stdout, stderr)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ebcap", *map(str, argv)],
+        [sys.executable, "-m", "ebcap", *map(str, [*argv, "--ready-file", ready])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -73,15 +70,33 @@ def test_every_event_is_a_row_or_counted_lost(
         while not ready.exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.01)
-        window_start = time.monotonic_ns()
-        for cpu in online_cpus():
-            run_pinned(cpu, lambda: source.program.test_run(TEST_RUN_PACKET, CALLS_PER_CPU))
-        window_end = time.monotonic_ns()
+        produce()
         time.sleep(0.3)
     finally:
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr
+        stdout, stderr = proc.communicate(timeout=60)
+    return proc.returncode, stdout, stderr
+
+
+@pytest.mark.parametrize("layout", [LAYOUT, FIRST_FIELDS])
+def test_every_event_is_a_row_or_counted_lost(
+    pinned: tuple[BenchSource, Path, str], tmp_path: Path, layout: str
+) -> None:
+    source, pins, transport = pinned
+    out, ready = tmp_path / "run.arrow", tmp_path / "ready"
+    argv = ["record", "-o", out, "--pin", pins / "events", "--layout", layout]
+    argv += ["--drops", f"{pins / 'stats'}:1", "-b", "16K"]
+    window: list[int] = []
+
+    def produce() -> None:
+        window.append(time.monotonic_ns())
+        for cpu in online_cpus():
+            run_pinned(cpu, lambda: source.program.test_run(TEST_RUN_PACKET, CALLS_PER_CPU))
+        window.append(time.monotonic_ns())
+
+    code, _, stderr = record_while(argv, ready, produce)
+    assert code == 0, stderr
+    window_start, window_end = window
     produced, dropped = source.counters()
     assert sum(dropped) > 0, "the small buffer should have overflowed"
     with CaptureReader(out) as reader:
@@ -203,24 +218,12 @@ def test_a_layout_longer_than_the_events_is_reported(
     source, pins, _ = pinned
     out, ready = tmp_path / "run.arrow", tmp_path / "ready"
     argv = ["record", "-o", out, "--pin", pins / "events", "--layout", f"{LAYOUT},more:u64"]
-    argv += ["--ready-file", ready, "--json"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ebcap", *map(str, argv)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.01)
+
+    def produce() -> None:
         run_pinned(0, lambda: source.program.test_run(TEST_RUN_PACKET, 500))
-        time.sleep(0.3)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr
+
+    code, stdout, stderr = record_while([*argv, "--json"], ready, produce)
+    assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["events"] > 0 and summary["undecodable"] == summary["events"]
     assert f"{summary['events']:,} of {summary['events']:,} events were shorter" in stderr
