@@ -36,11 +36,12 @@ def register(app: typer.Typer) -> None:
 def sql(
     file: Path = typer.Argument(..., help="The capture to query.", parser=input_path),
     query: str = typer.Argument(..., help="The SQL statement; the table is `events`."),
-    fmt: str = typer.Option(
-        "table",
+    asked_format: str | None = typer.Option(
+        None,
         "--format",
         "-f",
-        help="table (aligned text, widths from the first 65,536 rows), csv, jsonl or json.",
+        help="table (aligned text, widths from the first 65,536 rows), csv, jsonl or json; "
+        "default: from the -o name (.csv, .jsonl, .json, optionally .zst), else table.",
     ),
     output: Path | None = typer.Option(
         None, "-o", "--output", help="Write here, not stdout.", parser=output_file
@@ -53,6 +54,7 @@ def sql(
     from ebcap.replay.sql import SqlSession
     from ebcap.replay.table_text import table_lines
 
+    fmt = asked_format or _format_of(output)
     if fmt not in SQL_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(SQL_FORMATS)}, not {fmt!r}")
     if output is not None:
@@ -72,6 +74,14 @@ def sql(
                 out.write(encoder.header())
                 for batch in result:
                     out.write(encoder.encode(batch))
+
+
+def _format_of(output: Path | None) -> str:
+    """The format an output name asks for: .csv, .jsonl or .json (optionally .zst)."""
+    from ebcap.replay.sink import inner_suffix
+
+    suffix = inner_suffix(output) if output is not None else ""
+    return {".csv": "csv", ".jsonl": "jsonl", ".json": "json"}.get(suffix, "table")
 
 
 def _write_json_array(out: Output, result: pa.RecordBatchReader) -> None:

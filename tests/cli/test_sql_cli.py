@@ -165,3 +165,23 @@ def test_without_duckdb_sql_says_what_to_install(
     assert capsys.readouterr().err == (
         "ebcap: error: SQL needs duckdb, which is not installed: pip install 'ebcap[analysis]'\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "first_line"),
+    [("r.csv", '"n"'), ("r.jsonl", '{"n":'), ("r.json", "["), ("r.txt", "n"), ("r.csv.zst", None)],
+)
+def test_the_output_name_chooses_the_format(
+    capture, tmp_path: Path, name: str, first_line: str | None
+) -> None:
+    path, table = capture
+    out = tmp_path / name
+    assert run(["sql", str(path), "SELECT count(*) AS n FROM events", "-o", str(out)]) == 0
+    if first_line is None:  # compressed CSV
+        import zstandard
+
+        text = zstandard.ZstdDecompressor().stream_reader(out.read_bytes()).read().decode()
+        assert text.splitlines() == ['"n"', str(table.num_rows)]
+        return
+    assert out.read_text().splitlines()[0].strip().startswith(first_line)
+    assert str(table.num_rows) in out.read_text()
