@@ -262,9 +262,11 @@ class CaptureWriter:
                 piece, self._schema_crc, meta.get(fs.TOTALS_KEY)
             )
             self._ipc.write_batch(piece, custom_metadata=meta)
-        self._file.flush()
-        self.rows_written += whole.num_rows  # counted once on disk (what recovery gets back)
-        self.batches_written += len(pieces)
+            self._file.flush()
+            # Counted once in the file, piece by piece: a write that fails on a later
+            # piece (disk full) leaves these for recovery, and the message says so.
+            self.rows_written += piece.num_rows
+            self.batches_written += 1
 
     def _check_seq(self, batch: pa.RecordBatch) -> None:
         seq = batch.column("seq").to_numpy()

@@ -405,6 +405,28 @@ def test_disk_full_is_one_capture_error_and_the_flushed_rows_survive(
 
 
 @pytest.mark.privileged
+def test_disk_full_inside_one_large_flush_keeps_the_pieces_written(
+    tiny_fs: Path, tmp_path: Path
+) -> None:
+    """One flush of 1,000 rows goes out as ten batches of 100: those that landed before
+    the disk filled are counted, kept and recovered (a ring buffer drain can be that big)."""
+    out = tiny_fs / "cap.arrow"
+    rng = np.random.default_rng(9)
+    data = rows(0, 1000, payload=200)
+    data["data"] = [rng.bytes(200) for _ in range(1000)]  # 200 KB incompressible > 192 KiB
+    writer = CaptureWriter(out, SCHEMA, flush_rows=100)
+    with pytest.raises(CaptureError) as info:
+        writer.write(data)
+        writer.flush()
+    flushed = writer.rows_written
+    assert 0 < flushed < 1000 and flushed % 100 == 0
+    assert f"the {flushed} rows flushed before are recoverable" in str(info.value)
+    writer.abort()
+    report = recover(partial_path(out), tmp_path / "fixed.arrow")
+    assert report.rows_saved == flushed
+
+
+@pytest.mark.privileged
 def test_disk_full_before_any_flush_leaves_nothing(tiny_fs: Path) -> None:
     out = tiny_fs / "cap.arrow"
     rng = np.random.default_rng(8)
