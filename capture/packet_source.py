@@ -187,10 +187,10 @@ class XdpSource(PacketSource):
         def detach() -> None:
             if done:
                 return
-            done.append(True)
             with leftovers.hooks_lock():
                 hooks.detach_xdp(ipr, index, prog_id, mode_flag, held=prog)
                 leftovers.xdp_marker(index, prog_id).unlink(missing_ok=True)
+            done.append(True)  # only now: a detach that failed is tried again at exit
 
         return detach
 
@@ -240,11 +240,11 @@ class TcSource(PacketSource):
         def detach() -> None:
             if done:
                 return
-            done.append(True)
             with leftovers.hooks_lock():
                 for hook, flt in hooks.tc_filters(ipr, index):
                     if hook == parent and hooks.filter_name(flt) == name:
                         hooks.delete_tc_filter(ipr, index, hook, flt)
                 leftovers.remove_clsact_if_unused(ipr, index, self.iface)
+            done.append(True)  # only now: a detach that failed is tried again at exit
 
         return detach

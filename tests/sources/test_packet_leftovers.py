@@ -24,7 +24,7 @@ from ebcap.bpf.programs.packet import XDP_PASS
 from ebcap.capture import leftovers
 from ebcap.capture import netlink_hooks as hooks
 from ebcap.capture.packet_source import PacketSource, TcSource, XdpSource
-from ebcap.errors import NotSupportedError, UsageError
+from ebcap.errors import KernelError, NotSupportedError, UsageError
 from ebcap.format.reader import CaptureReader
 
 pytestmark = [pytest.mark.privileged, pytest.mark.network]
@@ -239,6 +239,38 @@ def test_captures_share_the_clsact_qdisc(veth: netns.VethPair) -> None:
             assert [_owner_of(f) for f in filters] == [leftovers.Owner.me()] * 2
         xdp, filters, clsact = _state(veth)
         assert (xdp, len(filters), clsact) == (["ebcap_xdp"], 1, True)
+    assert _state(veth) == ([], [], False)
+
+
+@pytest.mark.parametrize("hook", ["xdp", "tc"])
+def test_a_detach_that_failed_is_tried_again(
+    veth: netns.VethPair, hook: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's detach meets a netlink error: the clean-up at exit still removes it."""
+    name = "detach_xdp" if hook == "xdp" else "delete_tc_filter"
+    real = getattr(hooks, name)
+    calls: list[int] = []
+
+    def fail_once(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KernelError("netlink: interrupted", 4)
+        return real(*args, **kwargs)
+
+    source = (
+        XdpSource(veth.host, mode="generic") if hook == "xdp" else TcSource(veth.host, "egress")
+    )
+    with ExitStack() as stack:
+        kernel = source.start("ringbuf", 1 << 16, stack)
+        assert kernel.attach is not None
+        kernel.attach()  # sets kernel.detach, and registers it for the exit as well
+        assert kernel.detach is not None
+        monkeypatch.setattr(hooks, name, fail_once)
+        with pytest.raises(KernelError):
+            kernel.detach()
+        assert _state(veth) != ([], [], False)  # still there
+        kernel.detach()
+    assert len(calls) == 2
     assert _state(veth) == ([], [], False)
 
 
