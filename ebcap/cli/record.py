@@ -21,7 +21,7 @@ from ebcap.capture.ring_settings import (
     DEFAULT_RINGBUF_BYTES,
     DEFAULT_WAKEUP_EVENTS,
 )
-from ebcap.cli._common import note
+from ebcap.cli._common import closed_pipe_ends_quietly, note
 from ebcap.cli._values import (
     arrow_output_file,
     check_watermark,
@@ -182,7 +182,6 @@ def record(
 
     if list_sources:
         from ebcap.capture.sources import list_sources as matching_sources
-        from ebcap.cli._common import closed_pipe_ends_quietly
 
         with closed_pipe_ends_quietly():
             for spec in matching_sources(pattern or "*"):
@@ -295,7 +294,8 @@ def record(
             )
     except KeyboardInterrupt:
         _interrupted(output)
-    _print_summary(summary, as_json)
+    with closed_pipe_ends_quietly():  # `--json | head`: the file is complete all the same
+        _print_summary(summary, as_json)
 
 
 def check_pid(pid: int) -> None:

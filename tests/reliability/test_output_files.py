@@ -225,3 +225,15 @@ def test_forced_export_replaces_a_planted_symlink_not_its_target(
     assert outcome.code == 0, outcome.describe()
     assert victim.read_bytes() == OLD
     assert not out.is_symlink() and mode(out) == 0o600
+
+
+@pytest.mark.privileged
+def test_a_json_summary_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """``ebcap record --json | true``: the reader is gone; the file is whole, status 0."""
+    out = tmp_path / "run.arrow"
+    proc = ebcap_process("record", "-o", out, "--duration", "0.5", "--json")
+    assert proc.stdout is not None
+    proc.stdout.close()  # nobody reads the summary
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert stderr == "" and out.exists()
