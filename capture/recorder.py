@@ -141,7 +141,6 @@ class Recorder:
                 drops = _DropTracker(kernel, self.source, self.cpus)  # before any event flows
                 writer.on_worker(fault_in)  # both threads' memory, before events flow
                 fault_in()
-                writer_scheduling = writer.on_worker(lambda: realtime.boost_writer(priority))
                 stack.enter_context(realtime.frozen_heap())
                 if kernel.attach is not None:
                     kernel.attach()
@@ -149,6 +148,10 @@ class Recorder:
                     on_started()
                 required = opts.realtime is not None
                 with realtime.drain_priority(priority, required) as scheduling:
+                    # Only beside a drain the kernel let run real-time: a nice -20 writer
+                    # next to a normal drain would starve it on a shared CPU.
+                    granted = priority if scheduling != realtime.NORMAL else 0
+                    writer_scheduling = writer.on_worker(lambda: realtime.boost_writer(granted))
                     summary = self._loop(writer, reader, kernel, drops, should_stop, on_progress)
         except BaseException as exc:
             writer.abort()
