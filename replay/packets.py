@@ -55,8 +55,9 @@ SUMMARISED: Final = (
 )
 """Packet columns the summary shows; the others (ifindex, rx_queue) follow as fields."""
 
-HEAD_BYTES: Final = 64
-"""Bytes of each packet looked at: Ethernet, two VLAN tags, IPv4 header, TCP flags, ARP."""
+HEAD_BYTES: Final = 96
+"""Bytes of each packet looked at, as many as every event holds: Ethernet, two VLAN tags,
+an IPv4 header with options or an IPv6 header, then TCP flags; ARP."""
 ETHERTYPE_NAMES: Final = {
     0x0800: "IPv4",
     0x0806: "ARP",
@@ -240,7 +241,8 @@ def _header_fields(head: np.ndarray, avail: np.ndarray, ethertype: np.ndarray) -
         return avail >= at
 
     _, l3 = network_header(packet, avail)  # as the recorder found it
-    ipv4 = (ethertype == ETH_P_IP) & have(l3 + 20)
+    first = u8(l3)  # version and header length: as the recorder's decoder, 4 and >= 5 words
+    ipv4 = (ethertype == ETH_P_IP) & have(l3 + 20) & (first >> 4 == 4) & ((first & 0xF) >= 5)
     word = be16(l3 + 6)
     fragment = np.where(ipv4, word & (IP_MF | IP_OFFSET_MASK), 0)
     ident = np.where(ipv4 & (fragment != 0), be16(l3 + 4), NO_VALUE)
@@ -278,7 +280,7 @@ def _summary(key: np.void, src: str | None, dst: str | None, arp: np.ndarray) ->
     if ethertype in (ETH_P_IP, ETH_P_IPV6):
         family = "IPv4" if ethertype == ETH_P_IP else "IPv6"
         if src is None or dst is None:
-            return f"{family}, header not captured{length}"
+            return f"{family}, header not captured or not valid{length}"
         return _ip_summary(key, family, src, dst, length)
     if ethertype == ETH_P_ARP and arp[31]:
         return _arp_summary(arp) + length

@@ -127,6 +127,18 @@ FRAMES = [
         256,
         "ARP, Reply 198.51.100.2 is-at 02:00:00:00:00:01, length 42",
     ),
+    (
+        ethernet(0x86DD, ipv6(6, tcp(443, 51234, 0x12))),  # flags at byte 67 of the frame
+        74,
+        256,
+        "IPv6 2001:db8::1.443 > 2001:db8::2.51234: TCP [S.], length 74",
+    ),
+    (
+        ethernet(0x0800, bytes([0x42]) + ipv4(6, tcp(80, 81, 0x02))[1:]),  # IHL 2: bogus
+        54,
+        256,
+        "IPv4 198.51.100.1 > 198.51.100.2: TCP, length 54",
+    ),
     (ethernet(0x88CC, b"\x02\x07" + b"l" * 104), 120, 64, "LLDP, length 120 (captured 64)"),
     (ethernet(0x88B5, b"e" * 46), 60, 256, "ethertype 0x88b5, length 60"),
     (ethernet(0x002E, b"\xaa\xaa\x03" + b"s" * 43), 60, 256, "802.3 LLC, length 60"),
