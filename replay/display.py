@@ -10,6 +10,7 @@ one value); the escaping runs once per distinct value that needs it.
 from __future__ import annotations
 
 import json
+import re
 from typing import Final
 
 import numpy as np
@@ -18,7 +19,11 @@ import pyarrow.compute as pc
 
 from ebcap.replay.hexfmt import hex_or_null
 
-CONTROL_CHARS: Final = r"[\x00-\x1f\x7f]"
+CONTROL_CHARS: Final = r"[\x00-\x1f\x7f-\x9f\x{2028}\x{2029}]"
+"""C0, DEL, C1 (U+0080-U+009F: xterm acts on U+009B as on ESC [) and the Unicode line
+and paragraph separators: none may reach a terminal or split a line."""
+_ESCAPED_TOO: Final = re.compile("[\x7f-\x9f\u2028\u2029]")
+"""What JSON leaves as is but :data:`CONTROL_CHARS` keeps off the output."""
 _QUOTE: Final = ord('"')
 _BACKSLASH: Final = ord("\\")
 _DEL: Final = 0x7F
@@ -60,8 +65,14 @@ def quoted(column: pa.Array) -> pa.Array:
     if not needs_escape(column):
         return pc.binary_join_element_wise('"', column, '"', "")
     encoded = pc.dictionary_encode(column)
-    literals = [json.dumps(v, ensure_ascii=False) for v in encoded.dictionary.to_pylist()]
+    literals = [_literal(v) for v in encoded.dictionary.to_pylist()]
     return pa.array(literals, pa.string()).take(encoded.indices)
+
+
+def _literal(text: str) -> str:
+    """``text`` as a JSON string literal with C1, DEL and line separators as ``\\uXXXX``."""
+    literal = json.dumps(text, ensure_ascii=False)
+    return _ESCAPED_TOO.sub(lambda m: f"\\u{ord(m.group()):04x}", literal)
 
 
 def needs_escape(column: pa.Array) -> bool:
@@ -82,7 +93,15 @@ def _has_bytes(column: pa.Array, *, quote_chars: bool) -> bool:
     found = (raw < _SPACE) | (raw == _DEL)
     if quote_chars:
         found |= (raw == _QUOTE) | (raw == _BACKSLASH)
-    return bool(np.any(found))
+    if bool(np.any(found)):
+        return True
+    # C1 in UTF-8: C2 80..C2 9F; U+2028/U+2029: E2 80 A8/A9.
+    lead, follow = raw[:-1], raw[1:]
+    if bool(np.any((lead == 0xC2) & (follow >= 0x80) & (follow <= 0x9F))):
+        return True
+    third = raw[2:]
+    separator = (raw[:-2] == 0xE2) & (raw[1:-1] == 0x80) & ((third == 0xA8) | (third == 0xA9))
+    return bool(np.any(separator))
 
 
 def _is_list(kind: pa.DataType) -> bool:
@@ -105,7 +124,7 @@ def _item(value: object) -> str:
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return _literal(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):

@@ -26,6 +26,7 @@ from synthetic import (
 from ebcap.errors import UsageError
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
+from ebcap.replay.display import plain_text
 from ebcap.replay.player import ReplayOptions, write_replay
 from ebcap.replay.text import TextFormatter
 
@@ -149,6 +150,29 @@ def test_control_characters_in_strings_cannot_break_lines(tmp_path: Path) -> Non
         'note="plain"',
         'note="bell\\u0007"',
     ]
+
+
+def test_c1_controls_del_and_line_separators_are_escaped_too(tmp_path: Path) -> None:
+    """Who runs a traced process picks its comm and paths: U+009B acts as ESC [ on xterm,
+    and U+2028 ends a line for some readers."""
+    table = build_table(Synthetic(seed=15, events_per_cpu=3))
+    notes = ["csi\u009b31m", "del\x7f", "line\u2028sep", "nel\u0085x", "ok \u00e9", "p\u2029"]
+    table = table.append_column("note", pa.array(notes, pa.string()))
+    write_table(tmp_path / "n.arrow", table)
+    lines = run(tmp_path / "n.arrow")
+    assert [parse(line)["body"] for line in lines] == [
+        'note="csi\\u009b31m"',
+        'note="del\\u007f"',
+        'note="line\\u2028sep"',
+        'note="nel\\u0085x"',
+        'note="ok \u00e9"',
+        'note="p\\u2029"',
+    ]
+    out = "\n".join(lines)
+    assert not any(c in out for c in "\x7f\u009b\u0085\u2028\u2029")
+    assert plain_text(pa.array(notes)).to_pylist() == [
+        "csi?31m", "del?", "line?sep", "nel?x", "ok \u00e9", "p?",
+    ]  # fmt: skip
 
 
 def handmade(path: Path, rows: list[tuple[int, int, str, int]]) -> pa.Table:
