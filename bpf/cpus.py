@@ -14,6 +14,11 @@ from ebcap.errors import KernelError, UsageError
 _SYSFS_CPU: Final = Path("/sys/devices/system/cpu")
 
 
+MAX_CPU: Final = 65535
+"""The highest CPU number a capture can hold (its ``cpu`` column is uint16; Linux builds
+go up to 8192 CPUs)."""
+
+
 def parse_cpu_list(text: str) -> list[int]:
     """Parse a CPU list such as ``"0,2-3"`` into sorted, distinct CPU numbers."""
     cpus: set[int] = set()
@@ -29,6 +34,8 @@ def parse_cpu_list(text: str) -> list[int]:
             raise UsageError(f"bad CPU list {text!r}: {part!r} is not N or N-M") from None
         if lo < 0 or hi < lo:
             raise UsageError(f"bad CPU list {text!r}: range {part!r} is empty or negative")
+        if hi > MAX_CPU:
+            raise UsageError(f"bad CPU list {text!r}: CPU numbers go up to {MAX_CPU}")
         cpus.update(range(lo, hi + 1))
     return sorted(cpus)
 

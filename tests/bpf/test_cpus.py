@@ -25,7 +25,9 @@ def test_parse_cpu_list(text: str, cpus: list[int]) -> None:
     assert parse_cpu_list(text) == cpus
 
 
-@pytest.mark.parametrize("text", ["", "a", "1-", "-1", "3-1", "0,,1", "1.5", "0-x"])
+@pytest.mark.parametrize(
+    "text", ["", "a", "1-", "-1", "3-1", "0,,1", "1.5", "0-x", "65536", "0-99999999999999999999"]
+)
 def test_parse_cpu_list_rejects_junk(text: str) -> None:
     with pytest.raises(UsageError):
         parse_cpu_list(text)

@@ -23,6 +23,7 @@ IN = "in.arrow"
 READING = {
     "replay unknown format": ["replay", "{in}", "--format", "xml"],
     "replay bad cpu list": ["replay", "{in}", "--cpu", "1-x"],
+    "replay cpu beyond any": ["replay", "{in}", "--cpu", "99999999999999999999"],
     "replay unknown kind": ["replay", "{in}", "--kind", "dropped"],
     "replay negative limit": ["replay", "{in}", "--limit", "-1"],
     "replay zero speed": ["replay", "{in}", "--speed", "0"],
