@@ -285,6 +285,7 @@ def record(
     )
     recorder = Recorder(src, options)
     live = _LiveProgress(enabled=sys.stderr.isatty() and not as_json)
+    earlier = _file_identity(output)  # a --force run replaces it only once finished
     try:
         with _stop_on_signals() as stop, live:
             summary = recorder.run(
@@ -293,7 +294,7 @@ def record(
                 on_started=started(notes, ready_file),
             )
     except KeyboardInterrupt:
-        _interrupted(output)
+        _interrupted(output, earlier)
     with closed_pipe_ends_quietly():  # `--json | head`: the file is complete all the same
         _print_summary(summary, as_json)
 
@@ -356,17 +357,33 @@ def started(notes: list[str | None], ready: Path | None) -> Callable[[], None]:
     return run
 
 
-def _interrupted(output: Path) -> NoReturn:
-    """A second Ctrl-C aborted the recording: say where the data went, exit 130."""
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of ``path``, None if there is none: tells a new file from an old."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _interrupted(output: Path, earlier: tuple[int, int] | None) -> NoReturn:
+    """A second Ctrl-C aborted the recording: say where the data went, exit 130.
+
+    ``earlier``: the output file as it was before the recording (with --force); still
+    there unchanged, it is not this capture.
+    """
     from ebcap.format.writer import partial_path
 
     partial = partial_path(output)
-    if output.exists() and not partial.exists():
+    finished = _file_identity(output) not in (None, earlier)
+    if finished and not partial.exists():
         kept = f"the capture had just been finished: {output}"
     elif partial.exists():
         kept = f"the batches flushed so far are in {partial} (`ebcap recover {partial} -o FIXED`)"
     else:
         kept = "nothing had been written yet"
+    if earlier is not None and not finished:
+        kept += f"; {output} is the file of before, untouched"
     typer.echo(f"ebcap: interrupted: {kept}", err=True)
     # The batch being written may still be compressing in Arrow's C++ on the writer
     # thread; tearing the interpreter down under it can crash the process (SIGSEGV).

@@ -339,6 +339,29 @@ def big_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_second_interrupt_before_any_flush_does_not_claim_the_old_file(tmp_path: Path) -> None:
+    """With --force over an earlier capture: the abort leaves that one as it was and says
+    so, rather than calling it the capture just finished."""
+    out, ready = tmp_path / "run.arrow", tmp_path / "ready"
+    out.write_bytes(b"the capture of before")
+    proc = ebcap_process(
+        "record", "-o", out, "--force", "--flush-interval", "30", "--ready-file", ready
+    )
+    wait_for(ready)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:  # the finish won the race: then the file is the new capture
+        assert out.read_bytes().startswith(ARROW_MAGIC_PADDED), stderr
+        return
+    assert proc.returncode == 130, stderr
+    assert stderr.startswith("ebcap: interrupted: "), stderr
+    assert "just been finished" not in stderr
+    assert f"{out} is the file of before, untouched" in stderr
+    assert out.read_bytes() == b"the capture of before"
+
+
 @pytest.mark.parametrize(
     "argv",
     [
