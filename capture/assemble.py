@@ -55,7 +55,8 @@ class RowAssembler:
         per_cpu = np.bincount(cpu, weights=np.diff(batch.offsets))
         for c in np.flatnonzero(per_cpu).tolist():
             self.payload_bytes_per_cpu[c] = self.payload_bytes_per_cpu.get(c, 0) + int(per_cpu[c])
-        self.last_drain_ns = time.monotonic_ns()
+        if is_sample.any():  # loss rows alone (the final drop counts) are no drain of events
+            self.last_drain_ns = time.monotonic_ns()
         columns = {
             "seq": pa.array(seq),
             "cpu": pa.array(cpu),

@@ -88,3 +88,14 @@ def test_rows_carry_what_the_payloads_say(pattern: str) -> None:
     assert table["round"].to_pylist() == [1] * 120 + [2] * (len(rows) - 120)
     short = pattern == "short payloads among them"
     assert rows_out.undecodable == (sum(1 for i in range(300) if i % 11 == 5) if short else 0)
+
+
+def test_the_last_drain_time_is_that_of_events_not_of_loss_rows_alone() -> None:
+    """The final drop counts come after the last drain: consumed/s must not count them."""
+    rows = assembler()
+    assert rows.assemble(event_batch([("sample", event(0))]), 0) is not None
+    after_events = rows.last_drain_ns
+    assert after_events > 0
+    assert rows.assemble(event_batch([("lost", 3)]), 1) is not None
+    assert rows.drop_rows({0: 5}, 2000, 2) is not None
+    assert rows.last_drain_ns == after_events
