@@ -106,9 +106,9 @@ class WriteBehind:
         """Drop the queued jobs unrun and end the thread; a job already running finishes.
 
         Waits ``wait_s`` seconds at most (None: until the thread ends) for that
-        job. ``then`` runs once the worker is idle: here if it ended in time,
-        else on the worker right after its job. True if the thread ended in time.
-        Errors are kept, not raised.
+        job. ``then`` runs once, on the worker as it takes the stop after that
+        job (here when there is no worker), so it never runs beside the job.
+        True if the thread ended in time. Errors are kept, not raised.
         """
         thread, self._thread = self._thread, None
         if thread is None:
@@ -157,7 +157,10 @@ class WriteBehind:
             item = self._jobs.get()
             try:
                 if item is _STOP:
-                    self._run_then()
+                    try:
+                        self._run_then()
+                    except BaseException as exc:  # kept; the thread ends all the same
+                        self._error = self._error or exc
                     return
                 job, nbytes = item
                 self._taken(nbytes)

@@ -221,6 +221,22 @@ def test_cancel_runs_no_queued_job_and_waits_for_the_running_one() -> None:
     behind.cancel()  # again: nothing
 
 
+def test_a_failing_clean_up_after_cancel_still_ends_the_thread() -> None:
+    """``then`` runs on the worker as it stops; if it raises, the thread ends anyway and
+    the error is kept (it had left the worker waiting for jobs forever)."""
+    behind = WriteBehind("test")
+    behind.submit(lambda: None)
+    ran_on: list[str] = []
+
+    def clean_up() -> None:
+        ran_on.append(threading.current_thread().name)
+        raise OSError(13, "Permission denied")
+
+    assert behind.cancel(wait_s=5, then=clean_up) is True
+    assert ran_on == ["test"]
+    assert behind.failed
+
+
 def test_abort_drops_queued_batches_and_finishes_the_one_being_written(tmp_path: Path) -> None:
     """A second Ctrl-C during a slow finish: abort writes none of the queued batches
     (it used to compress and write them all first); the batch being written is
