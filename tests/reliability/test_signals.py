@@ -344,17 +344,19 @@ def test_second_interrupt_before_any_flush_does_not_claim_the_old_file(tmp_path:
     so, rather than calling it the capture just finished."""
     out, ready = tmp_path / "run.arrow", tmp_path / "ready"
     out.write_bytes(b"the capture of before")
-    proc = ebcap_process(
-        "record", "-o", out, "--force", "--flush-interval", "30", "--ready-file", ready
-    )
-    wait_for(ready)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    if proc.returncode == 0:  # the finish won the race: then the file is the new capture
-        assert out.read_bytes().startswith(ARROW_MAGIC_PADDED), stderr
-        return
+    with numbered_workload(ready, CPUS[:1], *HEAVY) as pid:
+        # Fewer rows than one batch by the first Ctrl-C, compressed at zstd's slowest
+        # level: the finish takes seconds, and the second Ctrl-C lands inside it.
+        proc = ebcap_process(
+            "record", "-o", out, "--force", "--pid", pid, "--zstd-level", "22",
+            "--flush-interval", "30", "--ready-file", ready,
+        )  # fmt: skip
+        wait_for(ready)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert stderr.startswith("ebcap: interrupted: "), stderr
     assert "just been finished" not in stderr
