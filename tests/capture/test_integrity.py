@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from ebcap.bpf.programs.bench import PAD_MAGIC, bench_event_dtype
-from ebcap.capture.bench_integrity import check_integrity
+from ebcap.capture.bench_integrity import check_integrity, unwrap32
 
 SIZE = 32
 
@@ -67,3 +67,19 @@ def test_lost_rows_are_counted_per_cpu() -> None:
     report = check_integrity([good, lost], SIZE)
     assert report.lost_per_cpu == {0: 3, 1: 4}
     assert report.holes_per_cpu == {0: 3, 1: 0} and report.received == 4
+
+
+def test_sequence_numbers_past_2_to_the_32_go_on_counting() -> None:
+    """The event's seq is 32 bits: 2**32 - 1 is followed by 0, not by a number already seen."""
+    top = 2**32
+    first = events(0, [top - 3, top - 2, top - 1])
+    second = events(0, [0, 1, 3, 2])
+    report = check_integrity([batch([0] * 3, first), batch([0] * 4, second)], SIZE)
+    assert (report.corrupted, report.duplicates) == (0, 0)
+    assert report.out_of_order_per_cpu == {0: 1}  # 3 before 2, nothing else
+    assert report.received_per_cpu == {0: 7}
+    assert report.holes_per_cpu == {0: top - 3}  # the numbers before the first one seen
+    assert unwrap32(np.array([top - 1, 0, 5], np.uint32), top - 2).tolist() == [
+        top - 1, top, top + 5,
+    ]  # fmt: skip
+    assert unwrap32(np.array([0, 1], np.uint32), -1).tolist() == [0, 1]
