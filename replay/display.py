@@ -36,6 +36,8 @@ def value_strings(column: pa.Array, null: str = "-", *, quote: bool = False) -> 
     if pa.types.is_dictionary(kind):
         column = column.dictionary_decode()
         kind = column.type
+    column = _common_form(column)  # files other tools wrote may use other string types
+    kind = column.type
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         text = hex_or_null(column)
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
@@ -51,6 +53,17 @@ def value_strings(column: pa.Array, null: str = "-", *, quote: bool = False) -> 
             values = column.to_pylist()
             text = pa.array([None if v is None else str(v) for v in values], pa.string())
     return pc.fill_null(text, null)
+
+
+def _common_form(column: pa.Array) -> pa.Array:
+    """Large, view and fixed-size strings and bytes as plain ``string``/``binary``, the
+    forms the escaping and hex code read."""
+    kind = column.type
+    if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return column.cast(pa.string())
+    if pa.types.is_binary_view(kind) or pa.types.is_fixed_size_binary(kind):
+        return column.cast(pa.binary())
+    return column
 
 
 def plain_text(column: pa.Array) -> pa.Array:

@@ -57,3 +57,30 @@ def test_json_lines_give_back_every_value(tmp_path: Path, order: str) -> None:
     with CaptureReader(path) as reader:
         write_replay(reader, sink, ReplayOptions(order=order, fmt="jsonl", max_window_rows=300))
     assert [json.loads(line) for line in sink.lines()] == expected
+
+
+@pytest.mark.parametrize("order", ["arrival", "time"])
+def test_string_and_bytes_types_of_other_writers_show_like_ebcaps(
+    tmp_path: Path, order: str
+) -> None:
+    """large_string, string_view, binary_view and fixed_size_binary (files ebcap did not
+    write): escaped and hex like string and binary, never raw control characters."""
+    table = build_table(Synthetic(seed=62, events_per_cpu=3))
+    n = table.num_rows
+    texts = ["x\ny", "ok", "esc\x1b[31m"] * n
+    extra = {
+        "ls": pa.array(texts[:n], pa.large_string()),
+        "sv": pa.array(texts[:n], pa.string_view()),
+        "bv": pa.array([b"\x1b[" for _ in range(n)], pa.binary_view()),
+        "fb": pa.array([b"\x1b[" for _ in range(n)], pa.binary(2)),
+    }
+    for name, values in extra.items():
+        table = table.append_column(name, values)
+    path = write_table(tmp_path / "other.arrow", table)
+    sink = Collect()
+    with CaptureReader(path) as reader:
+        write_replay(reader, sink, ReplayOptions(order=order))
+    lines = sink.lines()
+    assert len(lines) == n and not any("\x1b" in line for line in lines)
+    fields = {'ls="x\\ny"', 'sv="x\\ny"', 'ls="esc\\u001b[31m"', "bv=1b5b", "fb=1b5b"}
+    assert all(any(f in line for line in lines) for f in fields)
