@@ -32,15 +32,13 @@ _SPACE: Final = 0x20
 
 def value_strings(column: pa.Array, null: str = "-", *, quote: bool = False) -> pa.Array:
     """Any column as display strings; ``quote``: strings as JSON string literals."""
-    kind = column.type
-    if pa.types.is_dictionary(kind):
+    if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
-        kind = column.type
-    column = _common_form(column)  # files other tools wrote may use other string types
+    column = common_form(column)
     kind = column.type
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+    if pa.types.is_binary(kind):
         text = hex_or_null(column)
-    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+    elif pa.types.is_string(kind):
         text = quoted(column) if quote else plain_text(column)
     elif pa.types.is_boolean(kind):
         text = pc.if_else(column, "true", "false")
@@ -55,9 +53,9 @@ def value_strings(column: pa.Array, null: str = "-", *, quote: bool = False) -> 
     return pc.fill_null(text, null)
 
 
-def _common_form(column: pa.Array) -> pa.Array:
+def common_form(column: pa.Array) -> pa.Array:
     """Large, view and fixed-size strings and bytes as plain ``string``/``binary``, the
-    forms the escaping and hex code read."""
+    forms the escaping and hex code read (files other tools wrote may use the others)."""
     kind = column.type
     if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
         return column.cast(pa.string())

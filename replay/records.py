@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ebcap.replay.display import lines_bytes, needs_escape, quoted
+from ebcap.replay.display import common_form, lines_bytes, needs_escape, quoted
 from ebcap.replay.hexfmt import bytes_hex, hex_or_null
 from ebcap.replay.lines import Piece, join_lines
 from ebcap.replay.repeats import distinct_rows, repeats_enough
@@ -39,7 +39,8 @@ def plain_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
     for field, column in zip(batch.schema, batch.columns, strict=True):
         if pa.types.is_dictionary(field.type):
             column = column.dictionary_decode()
-        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        column = common_form(column)
+        if pa.types.is_binary(column.type):
             column = hex_or_null(column)
         arrays.append(column)
         fields.append(pa.field(field.name, column.type, field.nullable))
@@ -47,9 +48,10 @@ def plain_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 def json_values(column: pa.Array) -> pa.Array:
-    """Each value of a plain column as JSON text (``null`` for nulls)."""
+    """Each value of a plain column (:func:`plain_columns`) as JSON text (``null`` for
+    nulls)."""
     kind = column.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+    if pa.types.is_string(kind):
         text = quoted(column)
     elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
         text = pc.cast(column, pa.string())
@@ -126,16 +128,14 @@ def _json_pieces(batch: pa.RecordBatch, *, first: bool) -> list[Piece]:
 
 def json_pieces(column: pa.Array) -> list[Piece]:
     """The JSON text of each value as pieces of a line (quotes apart, so they merge)."""
-    kind = column.type
-    if pa.types.is_dictionary(kind):
+    if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
-        kind = column.type
+    column = common_form(column)
+    kind = column.type
     if not column.null_count:
-        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        if pa.types.is_binary(kind):
             return ['"', bytes_hex(column), '"']  # hex needs no escaping
-        if (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and not needs_escape(
-            column
-        ):
+        if pa.types.is_string(kind) and not needs_escape(column):
             return ['"', column, '"']
         if pa.types.is_integer(kind):
             return [pc.cast(column, pa.string())]
