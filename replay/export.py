@@ -84,9 +84,9 @@ def time_field(schema: pa.Schema) -> pa.Field:
     return TIME_FIELD.with_name(free[0])
 
 
-def time_schema(schema: pa.Schema) -> pa.Schema:
-    """The capture's schema with the wall-clock column right after ``ts_ns``."""
-    return schema.insert(schema.get_field_index("ts_ns") + 1, time_field(schema))
+def time_schema(schema: pa.Schema, time: pa.Field) -> pa.Schema:
+    """The capture's schema with the wall-clock column ``time`` right after ``ts_ns``."""
+    return schema.insert(schema.get_field_index("ts_ns") + 1, time)
 
 
 def with_time(batch: pa.RecordBatch, offset_ns: int, field: pa.Field) -> pa.RecordBatch:
@@ -120,8 +120,8 @@ def export(
         raise UsageError(
             f"{reader.path} lacks {fs.META_REALTIME_OFFSET}: no wall-clock time to add"
         )
-    schema = time_schema(reader.schema)
     time = time_field(reader.schema)
+    schema = time_schema(reader.schema, time)
     rows = 0
     report = OrderReport()
     batches = (with_time(batch, offset, time) for batch in _rows(reader, in_time_order, report))
