@@ -30,6 +30,7 @@ from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.order import OrderReport, in_order
 from ebcap.replay.records import CSV, JSONL, encoder_for
+from ebcap.replay.scan import slice_schema
 from ebcap.replay.sink import STDOUT_NAMES, AtomicPath, Output, inner_suffix, is_compressed
 
 PARQUET: Final = "parquet"
@@ -121,7 +122,7 @@ def export(
             f"{reader.path} lacks {fs.META_REALTIME_OFFSET}: no wall-clock time to add"
         )
     time = time_field(reader.schema)
-    schema = time_schema(reader.schema, time)
+    schema = time_schema(slice_schema(reader), time)  # the types the rows come in
     rows = 0
     report = OrderReport()
     batches = (with_time(batch, offset, time) for batch in _rows(reader, in_time_order, report))

@@ -32,7 +32,7 @@ from ebcap.replay.order import (
     time_order,
 )
 from ebcap.replay.records import CSV, JSONL, encoder_for
-from ebcap.replay.scan import scan_columns
+from ebcap.replay.scan import scan_columns, slice_schema
 from ebcap.replay.text import ARRIVAL, TIME, TextFormatter
 
 TEXT: Final = "text"
@@ -206,7 +206,7 @@ def write_replay(
         )
         columns = text.columns
     else:
-        encoder = encoder_for(options.fmt, reader.schema)
+        encoder = encoder_for(options.fmt, slice_schema(reader))
         out.write(encoder.header())
     remaining = options.limit
     prepare = text.prepare if text is not None else None

@@ -40,18 +40,40 @@ def iter_slices(
     ``rows``: slice size (default :data:`SLICE_ROWS`, looked up at call time).
     ``columns``: read only those and the ordering keys (see :func:`slice_schema`).
     """
+    schema = slice_schema(reader, columns)
     for batch in reader.iter_batches(_read_columns(reader, columns)):
+        if batch.schema != schema:
+            batch = batch.cast(schema)
         for piece in slices_of(batch, rows or SLICE_ROWS):
             yield normalise_kind(piece)
 
 
 def slice_schema(reader: CaptureReader, columns: Sequence[str] | None = None) -> pa.Schema:
-    """The schema of the slices :func:`iter_slices` yields for ``columns``."""
+    """The schema of the slices :func:`iter_slices` yields for ``columns``: string and
+    binary views as their large forms (Arrow cannot take rows out of views, and the
+    sort picks rows by position)."""
     names = _read_columns(reader, columns)
-    if names is None:
-        return reader.schema
-    fields = [reader.schema.field(name) for name in names]
+    fields = [reader.schema.field(name) for name in (names or reader.schema.names)]
+    fields = [field.with_type(takeable(field.type)) for field in fields]
     return pa.schema(fields, metadata=reader.schema.metadata)
+
+
+def takeable(kind: pa.DataType) -> pa.DataType:
+    """``kind`` with every string or binary view in it, nested ones too, as its large form."""
+    if kind == pa.string_view():
+        return pa.large_string()
+    if kind == pa.binary_view():
+        return pa.large_binary()
+    if pa.types.is_struct(kind):
+        return pa.struct([f.with_type(takeable(f.type)) for f in kind.fields])
+    if pa.types.is_list(kind) or pa.types.is_list_view(kind):
+        return pa.list_(kind.value_field.with_type(takeable(kind.value_type)))
+    if pa.types.is_large_list(kind) or pa.types.is_large_list_view(kind):
+        return pa.large_list(kind.value_field.with_type(takeable(kind.value_type)))
+    if pa.types.is_fixed_size_list(kind):
+        field = kind.value_field.with_type(takeable(kind.value_type))
+        return pa.list_(field, kind.list_size)
+    return kind
 
 
 def _read_columns(reader: CaptureReader, columns: Sequence[str] | None) -> list[str] | None:
