@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -32,11 +31,13 @@ from ebcap.replay.order import OrderReport, in_order
 from ebcap.replay.records import CSV, JSONL, encoder_for
 from ebcap.replay.scan import slice_schema
 from ebcap.replay.sink import STDOUT_NAMES, AtomicPath, Output, inner_suffix, is_compressed
+from ebcap.replay.text import wall_time
 
 PARQUET: Final = "parquet"
 EXPORT_FORMATS: Final = (PARQUET, CSV, JSONL)
 SUFFIXES: Final = {".parquet": PARQUET, ".pq": PARQUET, ".csv": CSV, ".jsonl": JSONL}
-TIME_FIELD: Final = pa.field("time", pa.timestamp("ns", tz="UTC"), nullable=False)
+TIME_FIELD: Final = pa.field("time", pa.timestamp("ns", tz="UTC"))
+"""Null where ``ts_ns`` plus the offset passes what the type holds (the year 2262)."""
 """The wall-clock column, under the first of :data:`TIME_NAMES` the capture leaves free."""
 TIME_NAMES: Final = ("time", "wall_time", "ebcap_wall_time")
 PARQUET_COMPRESSION: Final = "zstd"
@@ -92,8 +93,7 @@ def time_schema(schema: pa.Schema, time: pa.Field) -> pa.Schema:
 
 def with_time(batch: pa.RecordBatch, offset_ns: int, field: pa.Field) -> pa.RecordBatch:
     """The batch with its wall-clock column ``field`` added."""
-    ts = batch.column("ts_ns").to_numpy().astype(np.int64) + np.int64(offset_ns)
-    time = pa.array(ts, pa.int64()).cast(field.type)
+    time = wall_time(batch.column("ts_ns").to_numpy(), offset_ns).cast(field.type)
     return batch.add_column(batch.schema.get_field_index("ts_ns") + 1, field, time)
 
 

@@ -83,15 +83,18 @@ _CPU_WIDTH: Final = 3
 
 def relative_seconds(ts: np.ndarray, origin: int) -> list[Piece]:
     """``S.nnnnnnnnn`` seconds from ``origin`` (negative for rows before it), right-aligned."""
-    rel = ts.astype(np.int64) - np.int64(origin)
-    magnitude = np.abs(rel)
-    negative = rel < 0
+    ts = ts.astype(np.uint64, copy=False)
+    start = np.uint64(origin)
+    negative = ts < start
+    # Unsigned both ways: a garbage timestamp near 2**64 must not wrap to a negative one.
+    magnitude = np.where(negative, start - ts, ts - start)
     room = _WHOLE_WIDTH - int(negative.any())
-    if len(rel) and int(magnitude.max()) < 10**room * _NS_PER_S:
+    if len(ts) and int(magnitude.max()) < 10**room * _NS_PER_S:
         return _short_seconds(magnitude, negative)
     sign = pc.if_else(pa.array(negative), "-", "")
-    whole, frac = decimal(magnitude // _NS_PER_S), zero_padded(magnitude % _NS_PER_S, 9)
-    return [pc.utf8_lpad(join_lines([sign, whole, ".", frac], len(rel)), width=_TIME_WIDTH)]
+    whole = decimal(magnitude // np.uint64(_NS_PER_S))
+    frac = zero_padded(magnitude % np.uint64(_NS_PER_S), 9)
+    return [pc.utf8_lpad(join_lines([sign, whole, ".", frac], len(ts)), width=_TIME_WIDTH)]
 
 
 def _short_seconds(magnitude: np.ndarray, negative: np.ndarray) -> list[Piece]:
@@ -110,9 +113,25 @@ def _short_seconds(magnitude: np.ndarray, negative: np.ndarray) -> list[Piece]:
 
 
 def wall_clock(ts: np.ndarray, realtime_offset_ns: int) -> pa.Array:
-    """UTC wall-clock time of each monotonic timestamp, to the nanosecond."""
-    wall = pa.array(ts.astype(np.int64) + np.int64(realtime_offset_ns), pa.int64())
-    return pc.strftime(wall.cast(pa.timestamp("ns", tz="UTC")), format="%Y-%m-%d %H:%M:%S")
+    """UTC wall-clock time of each monotonic timestamp, to the nanosecond (``?`` where
+    the time is past what a nanosecond timestamp holds, the year 2262)."""
+    text = pc.strftime(wall_time(ts, realtime_offset_ns), format="%Y-%m-%d %H:%M:%S")
+    return pc.fill_null(text, _NO_WALL_TIME)
+
+
+_NO_WALL_TIME: Final = "????-??-?? ??:??:??.?????????"
+
+
+def wall_time(ts: np.ndarray, realtime_offset_ns: int) -> pa.Array:
+    """Each monotonic timestamp as a UTC timestamp; null where that would pass 2**63 ns."""
+    ts = ts.astype(np.uint64, copy=False)
+    wall = ts.astype(np.int64) + np.int64(realtime_offset_ns)
+    fits = ts <= np.uint64(_I64_MAX - max(realtime_offset_ns, 0))
+    values = pa.array(wall, pa.int64(), mask=~fits if not fits.all() else None)
+    return values.cast(pa.timestamp("ns", tz="UTC"))
+
+
+_I64_MAX: Final = 2**63 - 1
 
 
 _POINT_DIGITS: Final = pa.array([f".{digit}" for digit in range(10)])

@@ -236,3 +236,15 @@ def test_view_columns_of_other_writers_export(tmp_path: Path, sorted_: bool) -> 
     assert got.schema.field("sv").type == pa.large_string()
     want = {r["seq"]: (r["sv"], r["bv"]) for r in table.to_pylist()}
     assert {r["seq"]: (r["sv"], r["bv"]) for r in got.to_pylist()} == want
+
+
+def test_times_past_the_year_2262_are_null(tmp_path: Path) -> None:
+    table = build_table(Synthetic(seed=94, events_per_cpu=3))
+    ts = table.column("ts_ns").to_pylist()
+    ts[-1] = 2**64 - 1
+    table = table.set_column(2, table.schema.field("ts_ns"), pa.array(ts, pa.uint64()))
+    path = write_table(tmp_path / "big.arrow", table)
+    out = tmp_path / "big.parquet"
+    assert run(["export", str(path), "-o", str(out)]) == 0
+    times = pq.read_table(out).column("time").cast(pa.int64()).to_pylist()
+    assert times == [t + REALTIME_OFFSET_NS for t in ts[:-1]] + [None]

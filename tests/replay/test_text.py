@@ -129,6 +129,23 @@ def test_colour_only_when_asked(syscalls) -> None:
     assert [ANSI.sub("", line) for line in coloured] == plain
 
 
+def test_timestamps_past_2_63_keep_their_distance_and_have_no_wall_time(tmp_path: Path) -> None:
+    """Garbage timestamps (a layout's ts field pointing at the wrong bytes) near 2**64:
+    seconds from the first row computed without wrapping, and no made-up date."""
+    table = build_table(Synthetic(seed=14, events_per_cpu=3))
+    ts = table.column("ts_ns").to_pylist()
+    ts[-2:] = [2**64 - 1, 2**63 + 5]
+    table = table.set_column(2, table.schema.field("ts_ns"), pa.array(ts, pa.uint64()))
+    path = write_table(tmp_path / "big.arrow", table)
+    lines = run(path, wall=True)
+    for line, stamp in zip(lines, ts, strict=True):
+        offset = stamp - ts[0]
+        sign = "-" if offset < 0 else ""
+        assert line.split()[0] == f"{sign}{abs(offset) // 10**9}.{abs(offset) % 10**9:09d}"
+        wall = line.split()[1]
+        assert (wall == "????-??-??") == (stamp >= 2**63 - REALTIME_OFFSET_NS)
+
+
 def test_wall_needs_the_realtime_offset(tmp_path: Path) -> None:
     path = tmp_path / "c.arrow"
     table = write_capture(path, Synthetic(seed=13, events_per_cpu=5))
