@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from ebcap.bpf.cpus import MAX_CPU
 from ebcap.capture.batch import EventBatch, fixed_rows
 from ebcap.capture.sources import Source
 from ebcap.format.counts import CpuCounts
@@ -117,7 +118,7 @@ class RowAssembler:
         if layout.ts_field:
             ts[rows] = events[layout.ts_field].astype(np.uint64)
         if layout.cpu_field:
-            cpu[rows] = events[layout.cpu_field].astype(np.uint16)
+            cpu[rows] = _cpu_numbers(events[layout.cpu_field])
         decoded = self.source.decode(events)
         if len(rows) == n:
             return {name: decoded[name] for name in names}
@@ -126,6 +127,15 @@ class RowAssembler:
         positions[rows] = np.arange(len(rows))
         take = pa.array(positions, mask=positions < 0)
         return {name: decoded[name].take(take) for name in names}
+
+
+def _cpu_numbers(values: np.ndarray) -> np.ndarray:
+    """A layout's cpu field as the uint16 column: a value outside 0..65535 (a field read
+    from the wrong bytes) becomes 65535, not the number of a real CPU it would wrap to."""
+    if not len(values) or (int(values.max()) <= MAX_CPU and int(values.min()) >= 0):
+        return values.astype(np.uint16)  # the usual case, one pass
+    wide = values.astype(np.int64) if values.dtype.kind == "i" else values.astype(np.uint64)
+    return np.where((wide >= 0) & (wide <= MAX_CPU), wide, MAX_CPU).astype(np.uint16)
 
 
 def _gather(batch: EventBatch, rows: np.ndarray, size: int) -> np.ndarray:

@@ -99,3 +99,20 @@ def test_the_last_drain_time_is_that_of_events_not_of_loss_rows_alone() -> None:
     assert rows.assemble(event_batch([("lost", 3)]), 1) is not None
     assert rows.drop_rows({0: 5}, 2000, 2) is not None
     assert rows.last_drain_ns == after_events
+
+
+@pytest.mark.parametrize(("spec", "code"), [("u32", "I"), ("i32", "i"), ("u64", "Q")])
+def test_a_cpu_field_beyond_uint16_is_65535_not_a_real_cpu(spec: str, code: str) -> None:
+    """65536 would wrap to CPU 0 and -1 to 65535: out-of-range values all become 65535."""
+    layout = parse_layout(f"ts:u64,cpu:{spec},seq:u32")
+    source = PinnedSource("/sys/fs/bpf/none", layout)
+    schema = make_schema(source.arrow_fields(), {fs.META_TRANSPORT: "perf", fs.META_SOURCE: "t"})
+    values = [0, 1, 65535, 65536, 70001] + ([-1] if code == "i" else [2**32 - 1])
+    packed = struct.Struct(f"<Q{code}I")
+    rows = [
+        ("sample", packed.pack(1000 + i, v, i).ljust(layout.size, b"\0"))
+        for i, v in enumerate(values)
+    ]
+    batch = RowAssembler(source, schema, CpuCounts()).assemble(event_batch(rows), round_no=0)
+    assert batch is not None
+    assert batch.column("cpu").to_pylist() == [0, 1, 65535, 65535, 65535, 65535]
