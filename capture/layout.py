@@ -28,6 +28,8 @@ _SCALARS: dict[str, str] = {
 }  # fmt: skip
 _FIELD = re.compile(r"^(?P<name>[A-Za-z_]\w*):(?P<type>u8|u16|u32|u64|i8|i16|i32|i64|f32|f64"
                     r"|char\[(?P<clen>\d+)\]|bytes\[(?P<blen>\d+)\]|(?P<pad>\d+)x)$")  # fmt: skip
+MAX_LAYOUT_BYTES = 1 << 20
+"""Larger than any event a perf sample can carry (its size is a u32 in a u16 record)."""
 TS_NAMES = ("ts_ns", "ts")
 CPU_NAMES = ("cpu",)
 RENAMED_PREFIX = "ev_"
@@ -41,6 +43,9 @@ class PayloadLayout:
     dtype: np.dtype
     ts_field: str | None = None
     cpu_field: str | None = None
+    whole_event: bool = True
+    """Whether events are exactly this size. A perf sample's raw size tells the event's
+    size only to 8 bytes, so only then may its padding be cut to this size."""
 
     @property
     def size(self) -> int:
@@ -106,6 +111,7 @@ def parse_layout(spec: str) -> PayloadLayout:
     formats: list[object] = []
     offsets: list[int] = []
     offset = 0
+    ends_in_padding = False
     for part in (p.strip() for p in spec.split(",")):
         match = _FIELD.match(part)
         if match is None:
@@ -113,8 +119,14 @@ def parse_layout(spec: str) -> PayloadLayout:
                 f"bad layout field {part!r}: expected NAME:TYPE with TYPE one of "
                 "u8..u64, i8..i64, f32, f64, char[N], bytes[N] or Nx (padding)"
             )
-        if match["pad"]:
-            offset += int(match["pad"])
+        ends_in_padding = bool(match["pad"])
+        if ends_in_padding:
+            padding = int(match["pad"])
+            if not 0 < padding <= MAX_LAYOUT_BYTES:
+                raise UsageError(
+                    f"bad layout field {part!r}: padding must be 1..{MAX_LAYOUT_BYTES}"
+                )
+            offset += padding
             continue
         name = match["name"]
         if name in names:
@@ -132,13 +144,17 @@ def parse_layout(spec: str) -> PayloadLayout:
         offset += np.dtype(fmt).itemsize  # type: ignore[call-overload]
     if not names:
         raise UsageError("bad layout: no fields")
+    if offset > MAX_LAYOUT_BYTES:
+        raise UsageError(f"bad layout: it spans {offset} bytes, more than {MAX_LAYOUT_BYTES}")
     dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": offset})
     ts = next((n for n in TS_NAMES if n in names), None)
     cpu = next((n for n in CPU_NAMES if n in names), None)
     for role, field in (("timestamp", ts), ("cpu", cpu)):
         if field is not None and _fields(dtype)[field][0].kind not in "ui":
             raise UsageError(f"bad layout: the {role} field {field!r} must be an integer")
-    layout = PayloadLayout(dtype, ts, cpu)
+    # Trailing padding declares the whole event; a layout ending in a field may name
+    # only an event's first fields.
+    layout = PayloadLayout(dtype, ts, cpu, whole_event=ends_in_padding)
     _check_column_names(layout)
     return layout
 

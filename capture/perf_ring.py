@@ -164,14 +164,14 @@ def _take_samples(
 
 
 def kept_bytes(raw_size: int, payload_size: int | None) -> int:
-    """The bytes of a raw sample to keep when events are ``payload_size`` bytes.
+    """The bytes of a raw sample to keep when events are exactly ``payload_size`` bytes.
 
     The kernel pads raw data so that its u32 size and the data end 8-byte
     aligned, without writing the padding (it holds stale ring bytes). A raw
     size that is ``payload_size`` padded is such an event: the padding goes.
-    Any other size is kept whole: shorter, or an event longer than the layout
-    names (a pinned map's layout may describe only its first fields), whose
-    own size the raw size does not tell to the byte.
+    Any other size is kept whole. Only a caller that knows every event's size
+    passes one (a built-in source, or a layout ending in padding): the raw
+    size alone does not tell an event's size to the byte.
     """
     if payload_size is not None and raw_size == -(-(payload_size + 4) // 8) * 8 - 4:
         return payload_size

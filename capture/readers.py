@@ -49,8 +49,9 @@ def open_reader(
     transport: str, events: Map, cpus: list[int], opts: RecordOptions, source: Source
 ) -> Reader:
     """The reader for ``transport`` over the source's events map."""
-    fixed = source.layout is not None and not source.variable_payloads
-    payload_size = source.layout.size if fixed and source.layout is not None else None
+    layout = source.layout
+    exact = layout is not None and layout.whole_event and not source.variable_payloads
+    payload_size = layout.size if exact and layout is not None else None
     if transport == "perf":
         from ebcap.capture.perf_reader import PerfBufferReader
 

@@ -51,7 +51,11 @@ def test_decode_matches_bytes_written_by_struct() -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["", "ts", "ts:u65", "ts:u64,ts:u32", "a:char[0]", "a:bytes[99999]", "ts:f64", "9a:u8"],
+    [
+        *("", "ts", "ts:u65", "ts:u64,ts:u32", "a:char[0]", "a:bytes[99999]", "ts:f64", "9a:u8"),
+        *("p:0x,a:u8", "p:3000000000x,a:u8", "p:99999999999999999999x,a:u8"),
+        "a:u8,p:1048576x",
+    ],
 )
 def test_bad_layouts_are_usage_errors(spec: str) -> None:
     with pytest.raises(UsageError) as info:
@@ -83,3 +87,12 @@ def test_decoding_reads_up_to_the_last_named_field_only() -> None:
         parse_layout("ts:u64,cpu:u32,seq:u32").named_dtype
         == parse_layout("ts:u64,cpu:u32,seq:u32").dtype
     )
+
+
+@pytest.mark.parametrize(
+    ("spec", "whole"),
+    [("ts:u64,cpu:u32,seq:u32,pad:8x", True), ("ts:u64,cpu:u32,seq:u32,pad:u64", False)],
+)
+def test_only_trailing_padding_declares_the_whole_event(spec: str, whole: bool) -> None:
+    """A layout ending in a field may name only an event's first fields."""
+    assert parse_layout(spec).whole_event is whole
