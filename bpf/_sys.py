@@ -111,6 +111,8 @@ PERF_SAMPLE_CPU: Final = 1 << 7
 PERF_SAMPLE_RAW: Final = 1 << 10
 
 PERF_FLAG_FD_CLOEXEC: Final = 1 << 3
+PERF_FORMAT_LOST: Final = 1 << 4
+"""read_format: read() gives the samples the event lost, after its value (Linux 6.0)."""
 
 PERF_RECORD_LOST: Final = 2
 PERF_RECORD_SAMPLE: Final = 9

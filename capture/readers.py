@@ -29,6 +29,10 @@ class Reader(Protocol):
 
     def read(self) -> EventBatch: ...
 
+    def kernel_lost(self) -> dict[int, int] | None:
+        """Events each CPU lost so far by the kernel's count (None: it keeps none)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -211,7 +211,7 @@ class Recorder:
                 break
             rounds += 1
         self._write(writer, drops.rows(rows, rounds))
-        self._write(writer, drops.unreported_rows(rows, rounds))
+        self._write(writer, drops.unreported_rows(rows, rounds, reader.kernel_lost()))
         elapsed = time.monotonic() - start
         totals = _totals(rows, drops, elapsed)
         path = writer.close(totals)
@@ -259,8 +259,9 @@ class _DropTracker:
     is the only record of a loss; every increase becomes a ``lost`` row. Perf:
     the kernel reports losses in band (PERF_RECORD_LOST), but only with the
     next sample that fits, so losses at the very end of a capture are never
-    reported; the drop counter saw them, and the difference becomes a final
-    ``lost`` row per CPU.
+    reported; the drop counter saw them (or, without one, the kernel's count
+    that the perf events give since Linux 6.0), and the difference becomes a
+    final ``lost`` row per CPU.
     """
 
     def __init__(self, kernel: KernelSide, source: Source, cpus: list[int]) -> None:
@@ -290,13 +291,19 @@ class _DropTracker:
             return None
         return rows.drop_rows(deltas, time.monotonic_ns(), round_no)
 
-    def unreported_rows(self, rows: RowAssembler, round_no: int) -> pa.RecordBatch | None:
-        """Perf: ``lost`` rows for drops the kernel had not reported by the end."""
-        if self._map is None or self._as_rows:
+    def unreported_rows(
+        self, rows: RowAssembler, round_no: int, kernel_lost: dict[int, int] | None
+    ) -> pa.RecordBatch | None:
+        """Perf: ``lost`` rows for losses no LOST record had reported by the end, by the
+        drop counter or, without one (a pinned map), by the kernel's own count."""
+        if self._as_rows:
+            return None
+        counted = self.total if self._map is not None else kernel_lost
+        if counted is None:
             return None
         pending = {
             cpu: count - rows.lost_per_cpu.get(cpu, 0)
-            for cpu, count in self.total.items()
+            for cpu, count in counted.items()
             if count > rows.lost_per_cpu.get(cpu, 0)
         }
         return rows.drop_rows(pending, time.monotonic_ns(), round_no) if pending else None

@@ -94,3 +94,7 @@ class RingBufReader(EpollReader):
         self.discarded += walk.discarded
         self.bytes_read += walk.consumer_pos - consumer
         return walk.batch
+
+    def kernel_lost(self) -> None:
+        """None: a ring buffer keeps no count of failed reserves (the programs do)."""
+        return None

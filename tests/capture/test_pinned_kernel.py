@@ -194,6 +194,36 @@ def test_a_pinned_ring_buffer_without_drop_counter_says_so(
     assert noted == (transport == "ringbuf"), done.stderr
 
 
+@pytest.mark.parametrize("pinned", ["perf"], indirect=True)
+def test_a_pinned_perf_map_without_drop_counter_counts_every_loss(
+    pinned: tuple[BenchSource, Path, str], tmp_path: Path
+) -> None:
+    """Without --drops, the kernel's own count of each perf event's lost samples finds
+    the losses no LOST record reported: those of a burst that ends on a full ring."""
+    source, pins, _ = pinned
+    out, ready = tmp_path / "run.arrow", tmp_path / "ready"
+    argv = ["record", "-o", out, "--pin", pins / "events", "--layout", WHOLE_SIZE, "-b", "4K"]
+
+    def produce() -> None:
+        for cpu in online_cpus():
+            run_pinned(cpu, lambda: source.program.test_run(TEST_RUN_PACKET, CALLS_PER_CPU))
+
+    code, _, stderr = record_while(argv, ready, produce)
+    assert code == 0, stderr
+    produced, dropped = source.counters()
+    with CaptureReader(out) as reader:
+        table = reader.to_table()
+    kind = table["kind"].cast(pa.string())
+    for cpu in online_cpus():
+        here = table.filter(pc.equal(table["cpu"], cpu))
+        samples = pc.sum(pc.equal(here["kind"].cast(pa.string()), "sample")).as_py()
+        lost = pc.sum(
+            here.filter(pc.equal(kind.filter(pc.equal(table["cpu"], cpu)), "lost"))["lost"]
+        )
+        assert dropped[cpu] > 0, "the 4 KiB ring should have overflowed"
+        assert samples + (lost.as_py() or 0) == produced[cpu] == CALLS_PER_CPU, cpu
+
+
 def test_a_pinned_map_refuses_a_source_and_notes_an_unused_transport(
     pinned: tuple[BenchSource, Path, str], tmp_path: Path
 ) -> None:
