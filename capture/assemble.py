@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from ebcap.bpf.cpus import MAX_CPU
 from ebcap.capture.batch import EventBatch, fixed_rows
 from ebcap.capture.sources import Source
 from ebcap.format.counts import CpuCounts
-from ebcap.format.schema import CORE_COLUMNS, KIND_LOST_CODE, KIND_SAMPLE_CODE, KINDS
+from ebcap.format.schema import CORE_COLUMNS, KIND_LOST_CODE, KIND_SAMPLE_CODE, KINDS, UNKNOWN_CPU
 
 _KIND_DICTIONARY = pa.array(KINDS, pa.string())
 
@@ -131,11 +130,12 @@ class RowAssembler:
 
 def _cpu_numbers(values: np.ndarray) -> np.ndarray:
     """A layout's cpu field as the uint16 column: a value outside 0..65535 (a field read
-    from the wrong bytes) becomes 65535, not the number of a real CPU it would wrap to."""
-    if not len(values) or (int(values.max()) <= MAX_CPU and int(values.min()) >= 0):
+    from the wrong bytes) becomes UNKNOWN_CPU, not the number of a real CPU it would
+    wrap to."""
+    if not len(values) or (int(values.max()) < UNKNOWN_CPU and int(values.min()) >= 0):
         return values.astype(np.uint16)  # the usual case, one pass
     wide = values.astype(np.int64) if values.dtype.kind == "i" else values.astype(np.uint64)
-    return np.where((wide >= 0) & (wide <= MAX_CPU), wide, MAX_CPU).astype(np.uint16)
+    return np.where((wide >= 0) & (wide < UNKNOWN_CPU), wide, UNKNOWN_CPU).astype(np.uint16)
 
 
 def _gather(batch: EventBatch, rows: np.ndarray, size: int) -> np.ndarray:

@@ -218,3 +218,14 @@ def strings_from_bytes(values: np.ndarray) -> pa.Array:
     unique, inverse = np.unique(values, return_inverse=True)
     texts = [bytes(u).split(b"\0", 1)[0].decode("utf-8", "replace") for u in unique]
     return pa.array(texts, pa.string()).take(pa.array(inverse.astype(np.int32)))
+
+
+def unnamed_roles(layout: PayloadLayout | None) -> str | None:
+    """What a pinned ring buffer's capture lacks when its layout names no timestamp or
+    cpu field (a record carries neither), said once; None when it names both."""
+    said = []
+    if layout is None or layout.ts_field is None:
+        said.append("ts_ns is when each event was read (the layout names no ts field)")
+    if layout is None or layout.cpu_field is None:
+        said.append("cpu is 65535, unknown (the layout names no cpu field)")
+    return "; ".join(said) or None

@@ -11,6 +11,7 @@ when the consumer has caught up). The ring walking itself is
 from __future__ import annotations
 
 import mmap
+import time
 from typing import Final
 
 from ebcap.bpf import _sys
@@ -21,6 +22,7 @@ from ebcap.capture.epoll_wait import EpollReader
 from ebcap.capture.ring_walk import RingPosition
 from ebcap.capture.ringbuf_ring import walk_ringbuf
 from ebcap.errors import UsageError
+from ebcap.format.schema import UNKNOWN_CPU
 
 _POS_OFFSET: Final = 0
 """consumer_pos / producer_pos: the first u64 of their page."""
@@ -88,6 +90,11 @@ class RingBufReader(EpollReader):
         start, end = self.page_size, self.page_size + 2 * self.buffer_bytes
         with memoryview(self._producer) as whole, whole[start:end] as data:
             walk = walk_ringbuf(data, self.buffer_bytes, consumer, producer)
+        # A record carries neither: unless the payload's layout names them (which then
+        # replace these), the time is when it had been read (every record the walk took
+        # was committed by then) and the CPU unknown.
+        walk.batch.ts_ns.fill(time.monotonic_ns())
+        walk.batch.cpu.fill(UNKNOWN_CPU)
         if walk.consumer_pos != consumer:
             # Only now, with the records copied out, may producers reuse their space.
             self._consumer_pos.store(walk.consumer_pos)

@@ -45,6 +45,9 @@ CORE_FIELDS: Final = (
     pa.field("data", pa.binary(), nullable=False),
 )
 CORE_COLUMNS: Final = tuple(f.name for f in CORE_FIELDS)
+UNKNOWN_CPU: Final = 0xFFFF
+"""``cpu`` of an event whose CPU nothing tells: a pinned ring buffer's record whose
+layout names no cpu field, or a cpu field outside 0..65535."""
 
 # Schema metadata: written at open, describing the capture.
 META_EBCAP_VERSION: Final = "ebcap.version"

@@ -170,7 +170,7 @@ def record(
 ) -> None:
     from ebcap.bpf.cpus import online_cpus, parse_cpu_list
     from ebcap.bpf.tracefs import split_spec
-    from ebcap.capture.layout import parse_layout
+    from ebcap.capture.layout import parse_layout, unnamed_roles
     from ebcap.capture.leftovers import remove_leftovers
     from ebcap.capture.privileges import require_recording_capabilities
     from ebcap.capture.realtime import check_priority
@@ -247,6 +247,8 @@ def record(
             "the kernel counts no losses for a ring buffer; without --drops "
             "this capture cannot show the events its producer failed to reserve"
         )
+    if pin is not None and actual_transport == "ringbuf":
+        notes.append(unnamed_roles(src.layout))
     if chosen_cpus is not None and actual_transport != "perf":
         raise UsageError(
             "--cpus applies to the perf transport (a ring buffer is shared by all CPUs)"

@@ -224,6 +224,34 @@ def test_a_pinned_perf_map_without_drop_counter_counts_every_loss(
         assert samples + (lost.as_py() or 0) == produced[cpu] == CALLS_PER_CPU, cpu
 
 
+@pytest.mark.parametrize("pinned", ["ringbuf"], indirect=True)
+def test_a_pinned_ring_buffer_without_ts_or_cpu_fields_says_what_it_stores(
+    pinned: tuple[BenchSource, Path, str], tmp_path: Path
+) -> None:
+    """A ring buffer record carries no time and no CPU: without layout fields for them,
+    ts_ns is when the drain read the event (after it was made) and cpu is 65535."""
+    source, pins, _ = pinned
+    out, ready = tmp_path / "run.arrow", tmp_path / "ready"
+    window: list[int] = []
+
+    def produce() -> None:
+        window.append(time.monotonic_ns())
+        run_pinned(0, lambda: source.program.test_run(TEST_RUN_PACKET, 500))
+
+    argv = ["record", "-o", out, "--pin", pins / "events", "--layout", "a:u64"]
+    code, _, stderr = record_while(argv, ready, produce)
+    ended = time.monotonic_ns()
+    assert code == 0, stderr
+    assert "ts_ns is when each event was read" in stderr and "cpu is 65535" in stderr
+    with CaptureReader(out) as reader:
+        table = reader.to_table()
+    assert table.num_rows == 500
+    assert set(table["cpu"].to_pylist()) == {65535}
+    read = table["ts_ns"].to_numpy()
+    made = np.frombuffer(b"".join(table["data"].to_pylist()), dtype="<u8").reshape(-1, 3)[:, 0]
+    assert bool(np.all(made <= read)) and window[0] <= made.min() and read.max() <= ended
+
+
 def test_a_pinned_map_refuses_a_source_and_notes_an_unused_transport(
     pinned: tuple[BenchSource, Path, str], tmp_path: Path
 ) -> None:
