@@ -152,18 +152,7 @@ class CaptureWriter:
         )
 
     def _check_destination(self) -> None:
-        parent = self.path.parent
-        if not parent.is_dir():
-            raise UsageError(f"output directory {parent} does not exist")
-        if self.path.is_dir():
-            raise UsageError(f"output {self.path} is a directory")
-        if self.path.exists() and not self.path.is_file():
-            raise UsageError(
-                f"output {self.path} is not a regular file: a capture is written as "
-                f"{self.path.name}{PARTIAL_SUFFIX} and then renamed into place"
-            )
-        if self.path.exists() and not self._force:
-            raise OutputExistsError(f"{self.path} exists (use --force to overwrite it)")
+        check_destination(self.path, force=self._force)
 
     def _create_partial(self) -> BinaryIO:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -407,6 +396,23 @@ class CaptureWriter:
             self.close()
         else:
             self.abort()
+
+
+def check_destination(path: Path, *, force: bool) -> None:
+    """Refuse an output the writer could not create or may not replace (also for callers
+    that must know before they change anything else)."""
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"output directory {parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"output {path} is a directory")
+    if path.exists() and not path.is_file():
+        raise UsageError(
+            f"output {path} is not a regular file: a capture is written as "
+            f"{path.name}{PARTIAL_SUFFIX} and then renamed into place"
+        )
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} exists (use --force to overwrite it)")
 
 
 def _check_schema(schema: pa.Schema) -> None:

@@ -177,7 +177,7 @@ def record(
     from ebcap.capture.realtime import resolve as resolve_priority
     from ebcap.capture.recorder import Recorder, RecordOptions
     from ebcap.capture.sources import TRANSPORTS, parse_source
-    from ebcap.format.writer import zstd_codec
+    from ebcap.format.writer import check_destination, zstd_codec
     from ebcap.replay.memory import use_streaming_pool
 
     if list_sources:
@@ -285,6 +285,8 @@ def record(
         force=force,
         command=["ebcap", *sys.argv[1:]],
     )
+    check_destination(output, force=force)
+    remove_old_ready_file(ready_file)
     recorder = Recorder(src, options)
     live = _LiveProgress(enabled=sys.stderr.isatty() and not as_json)
     earlier = _file_identity(output)  # a --force run replaces it only once finished
@@ -314,8 +316,7 @@ def check_pid(pid: int) -> None:
 
 
 def check_ready_file(ready: Path | None, output: Path) -> None:
-    """Refuse, before anything is attached, a --ready-file that cannot be created, and
-    remove one an earlier run left."""
+    """Refuse, before anything is attached, a --ready-file that cannot be created."""
     if ready is None:
         return
     from ebcap.format.writer import partial_path
@@ -335,7 +336,14 @@ def check_ready_file(ready: Path | None, output: Path) -> None:
         raise UsageError(message) from None
     os.close(fd)
     os.unlink(probe)
-    try:  # one left by an earlier run would say "ready" before the rings are
+
+
+def remove_old_ready_file(ready: Path | None) -> None:
+    """One left by an earlier run would say "ready" before the rings are; removed only
+    once every check has passed, so that a refused run changes nothing."""
+    if ready is None:
+        return
+    try:
         ready.unlink(missing_ok=True)
     except OSError as exc:
         raise UsageError(

@@ -122,10 +122,26 @@ def test_watermark_must_be_below_the_ring() -> None:
 
 def test_a_ready_file_left_by_an_earlier_run_is_removed_first(tmp_path: Path) -> None:
     """A script waiting for it must not start its producer before the rings are in place."""
-    from ebcap.cli.record import check_ready_file
+    from ebcap.cli.record import check_ready_file, remove_old_ready_file
 
     ready = tmp_path / "ready"
     ready.touch()
     check_ready_file(ready, tmp_path / "run.arrow")
-    assert list(tmp_path.iterdir()) == []  # gone, and the writability probe with it
-    check_ready_file(ready, tmp_path / "run.arrow")  # none there: nothing to do
+    assert list(tmp_path.iterdir()) == [ready]  # the writability probe leaves nothing
+    remove_old_ready_file(ready)
+    assert list(tmp_path.iterdir()) == []
+    remove_old_ready_file(ready)  # none there: nothing to do
+
+
+@pytest.mark.parametrize("refused", [["-b", "3"], ["--pid", "-4"], "existing output"])
+def test_a_refused_run_leaves_the_ready_file(tmp_path: Path, refused: object) -> None:
+    """Bad values change nothing: not even the ready file is removed."""
+    from ebcap.cli import run
+
+    ready, out = tmp_path / "ready", tmp_path / "run.arrow"
+    ready.write_text("keep")
+    extra = refused if isinstance(refused, list) else []
+    if refused == "existing output":
+        out.write_text("earlier")
+    assert run(["record", "-o", str(out), "--ready-file", str(ready), "-d", "1", *extra]) == 2
+    assert ready.read_text() == "keep"
