@@ -218,7 +218,7 @@ def parse_drops(spec: str) -> tuple[str, int]:
     path, colon, field = spec.rpartition(":")
     if not colon or os.path.lexists(spec):
         return spec, 0
-    if not field.isdigit():
+    if not field.isdecimal():
         raise UsageError(f"--drops {spec}: N in PATH:N must be a number 0, 1, ...")
     return path, int(field)
 

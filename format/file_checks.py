@@ -123,7 +123,7 @@ def check_schema(path: Path, schema: pa.Schema) -> dict[str, Any]:
     if raw.get(fs.MAGIC_KEY.encode()) != fs.MAGIC_VALUE.encode():
         raise NotAnEbcapFileError(f"{path} is an Arrow file but not an ebcap capture")
     version_text = raw.get(fs.VERSION_KEY.encode(), b"").decode("utf-8", "replace")
-    if not version_text.isdigit():
+    if not version_text.isdecimal():
         raise UnsupportedVersionError(f"{path} has an unknown format version {version_text!r}")
     version = int(version_text)
     if version < 1 or version > fs.FORMAT_VERSION:

@@ -231,7 +231,7 @@ def decode_totals(text: str | bytes) -> dict[str, Any]:
 def _cpu(key: str, cpu: Any) -> Any:
     """A CPU number given as text ("3", the JSON form) becomes an int; others pass to _count."""
     if isinstance(cpu, str):
-        if not cpu.isdigit():
+        if not cpu.isdecimal():
             raise ValueError(f"totals[{key!r}] has a bad cpu {cpu!r}")
         return int(cpu)
     return cpu

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import typer
+
 from ebcap.errors import BadFileError, UsageError
 
 if TYPE_CHECKING:
@@ -125,7 +127,7 @@ def parse_wakeup(text: str | None) -> tuple[int | None, int | None]:
 
         return DEFAULT_WAKEUP_EVENTS, None
     stripped = text.strip()
-    if stripped.isdigit():
+    if stripped.isdecimal():
         events = int(stripped)
         if not 1 <= events <= 1 << 20:
             raise UsageError(f"--wakeup: events must be 1..{1 << 20}, got {events}")
@@ -146,3 +148,16 @@ def human_count(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return f"{n:.0f}"
+
+
+def options_given(ctx: typer.Context, besides: set[str]) -> list[str]:
+    """The options of ``ctx``'s command the user set (on the command line or through the
+    environment), by their long names, except those named in ``besides``."""
+    given = []
+    for param in ctx.command.params:
+        if param.name in besides or param.name is None:
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.append(max(param.opts, key=len))
+    return given

@@ -91,7 +91,10 @@ def bench(
         check_size(size)
     except UsageError as exc:
         raise UsageError(f"--size: {exc}") from None
-    cpus = parse_cpu_list(producers)
+    try:
+        cpus = parse_cpu_list(producers)
+    except UsageError as exc:
+        raise UsageError(f"--producers: {exc}") from None
     offline = sorted(set(cpus) - set(online_cpus()))
     if offline:
         raise UsageError(f"--producers: CPU {offline[0]} is not online")

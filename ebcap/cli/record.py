@@ -28,6 +28,7 @@ from ebcap.cli._values import (
     file_name,
     human_bytes,
     human_count,
+    options_given,
     parse_buffer_size,
     parse_wakeup,
     positive_seconds,
@@ -58,6 +59,7 @@ def register(app: typer.Typer) -> None:
 
 
 def record(
+    ctx: typer.Context,
     pattern: str | None = typer.Argument(
         None, help="With --list-sources: a glob over the sources (default: all)."
     ),
@@ -182,6 +184,10 @@ def record(
 
     if list_sources:
         from ebcap.capture.sources import list_sources as matching_sources
+
+        given = options_given(ctx, besides={"list_sources", "pattern"})
+        if given:
+            raise UsageError(f"--list-sources takes only a PATTERN, not {given[0]}")
 
         with closed_pipe_ends_quietly():
             for spec in matching_sources(pattern or "*"):

@@ -162,6 +162,16 @@ RECORDING = {
     "bad wakeup with a ring buffer": (["-t", "ringbuf", "--wakeup", "soon"], "--wakeup"),
     "watermark as large as the ring": (["-b", "64K", "--wakeup", "64K"], "--wakeup 64K: "),
     "watermark over the default ring": (["--wakeup", "16M"], "--wakeup 16M: "),
+    "wakeup a superscript digit": (["--wakeup", "²"], "--wakeup"),
+    "drops N a superscript digit": (["--pin", "/sys/fs/bpf", "--drops", "/x:²"], "--drops"),
+    "layout padding too large": (
+        ["--pin", "/sys/fs/bpf", "--layout", "p:3000000000x,a:u8"],
+        "padding",
+    ),
+    "list-sources with a recording option": (
+        ["--list-sources", "sched:*"],
+        "--list-sources takes only",
+    ),
 }
 
 
@@ -179,6 +189,8 @@ BENCH = {
     "event size not a multiple of 8": (["--size", "13"], "--size"),
     "event size too large": (["--size", "8192"], "--size"),
     "producer cpu not online": (["--producers", "4096"], "--producers"),
+    "producers not a cpu list": (["--producers", "a"], "--producers: bad CPU list"),
+    "wakeup a superscript digit": (["--wakeup", "²"], "--wakeup"),
     "unknown transport": (["-t", "carrier-pigeon"], "--transport"),
     "zero duration": (["--duration", "0"], "--duration"),
     "duration nan": (["--duration", "nan"], "--duration"),
