@@ -91,15 +91,15 @@ def attach_tracepoint(
 
     Opens the tracepoint as a perf event, then attaches with BPF_LINK_CREATE
     (BPF_PERF_EVENT), or with PERF_EVENT_IOC_SET_BPF on kernels without
-    perf links.
+    perf links. The perf event only counts (no sample period, no wakeups), as
+    libbpf opens it: the program runs all the same, and the kernel refuses a
+    sampling event at some tracepoints (irq_vectors:irq_work_exit).
     """
     root = fs.ensure_tracefs() if tracefs_root is None else tracefs_root
     attr = _sys.PerfEventAttr(
         type=_sys.PERF_TYPE_TRACEPOINT,
         size=_sys.PERF_ATTR_SIZE,
         config=tracepoint_id(category, name, root),
-        sample_period=1,
-        wakeup_events=1,
     )
     perf_fd = _sys.perf_event_open(attr, -1, 0, -1, _sys.PERF_FLAG_FD_CLOEXEC)
     link_fd: int | None = None

@@ -187,3 +187,29 @@ def test_wrong_program_type_for_a_tracepoint_closes_the_perf_event() -> None:
         attach_tracepoint(prog, "syscalls", "sys_enter_getppid")
     assert err.value.errno == errno.EINVAL
     assert set(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_tracepoint_that_refuses_sampling_attaches() -> None:
+    """irq_vectors:irq_work_exit refuses a sampling perf event (EPERM even to root):
+    the tracepoint is opened counting, as libbpf does."""
+    with (
+        Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, [mov64_imm(R0, 0), exit_()]) as prog,
+        attach_tracepoint(prog, "irq_vectors", "irq_work_exit") as link,
+    ):
+        assert link.id is not None and link.id in loaded_link_ids()
+
+
+def test_program_on_a_counting_tracepoint_event_runs() -> None:
+    """sched:sched_switch with the counting perf event: the program sees this process
+    switched out each time it sleeps."""
+    sleeps = 20
+    with counter_map() as counter:
+        program = counting_program(counter.fd, syscall_nr=None)
+        with Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, program, name="ebcap_t_tp") as prog:
+            with attach_tracepoint(prog, "sched", "sched_switch"):
+                for _ in range(sleeps):
+                    time.sleep(0.001)
+            seen = total(counter)
+            time.sleep(0.01)
+            assert total(counter) == seen  # detached
+    assert seen >= sleeps
