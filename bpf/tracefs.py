@@ -48,6 +48,9 @@ _DIM: Final = re.compile(r"\[([^\]]*)\]")
 _CHAR_TYPES: Final = frozenset({"char", "signed char", "const char"})
 _SCALAR_SIZES: Final = frozenset({1, 2, 4, 8})
 SYSCALLS_CATEGORY: Final = "syscalls"
+FTRACE_CATEGORY: Final = "ftrace"
+"""Events of the ftrace tracers themselves (function, print, ...): they have a format,
+but no BPF program can be attached to them."""
 USER_STRING_TYPE: Final = "const char *"
 NOT_TEXT: Final = frozenset({"buf"})
 """``const char *`` syscall arguments that are data, not strings (write, pwrite64)."""
@@ -334,20 +337,22 @@ def read_format(
 def list_tracepoints(
     pattern: str = "*", tracefs_root: str | os.PathLike[str] | None = None
 ) -> list[str]:
-    """Sorted ``CAT:NAME`` of the tracepoints matching a shell glob.
+    """Sorted ``CAT:NAME`` of the tracepoints matching a shell glob that can be recorded.
 
     A pattern with a colon is matched against ``CAT:NAME``; one without is
-    matched against either part, so ``sched_*`` and ``sched`` both work.
+    matched against either part, so ``sched_*`` and ``sched`` both work. An
+    event without an ``id`` (no perf event can be opened on it) and the
+    :data:`FTRACE_CATEGORY` are left out.
     """
     events = _root(tracefs_root) / "events"
     try:
-        categories = sorted(p for p in events.iterdir() if p.is_dir())
+        categories = sorted(p for p in events.iterdir() if p.is_dir() and p.name != FTRACE_CATEGORY)
     except OSError as exc:
         raise KernelError(f"cannot list {events}: {exc.strerror}", exc.errno or 0) from None
     found = []
     for category in categories:
         for event in sorted(category.iterdir()):
-            if not (event / "format").is_file():
+            if not ((event / "format").is_file() and (event / "id").is_file()):
                 continue
             spec = f"{category.name}:{event.name}"
             if ":" in pattern:

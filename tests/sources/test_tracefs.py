@@ -132,10 +132,15 @@ def test_listing_and_globs_on_a_tree(tmp_path: Path) -> None:
         ("sched", "sched_switch"),
         ("sched", "sched_wakeup"),
         ("irq", "softirq_entry"),
+        ("irq", "no_id"),
+        ("ftrace", "function"),
+        ("ftrace", "bprint"),
     ]:
         event = tmp_path / "events" / category / name
         event.mkdir(parents=True)
         (event / "format").write_text((FIXTURES / "sched_sched_switch.format").read_text())
+        if name not in ("no_id", "bprint"):
+            (event / "id").write_text("372\n")
     (tmp_path / "events" / "sched" / "enable").write_text("0")
     assert tracefs.list_tracepoints("*", tmp_path) == [
         "irq:softirq_entry", "sched:sched_switch", "sched:sched_wakeup",
@@ -147,6 +152,8 @@ def test_listing_and_globs_on_a_tree(tmp_path: Path) -> None:
     assert tracefs.list_tracepoints("*wake*", tmp_path) == ["sched:sched_wakeup"]
     assert tracefs.list_tracepoints("irq:*", tmp_path) == ["irq:softirq_entry"]
     assert tracefs.list_tracepoints("nothing", tmp_path) == []
+    assert tracefs.list_tracepoints("ftrace:*", tmp_path) == []
+    assert tracefs.list_tracepoints("function", tmp_path) == []
     assert tracefs.read_format("sched", "sched_wakeup", tmp_path).id == 372
     with pytest.raises(NotSupportedError, match="no tracepoint sched:nope"):
         tracefs.read_format("sched", "nope", tmp_path)
@@ -177,6 +184,8 @@ def test_every_live_format_parses() -> None:
     assert list_tracepoint_sources("tracepoint:syscalls:sys_enter_openat") == [
         "tracepoint:syscalls:sys_enter_openat"
     ]
+    assert list_tracepoint_sources("ftrace:*") == []
+    assert all((root / "events" / s.replace(":", "/") / "id").is_file() for s in specs)
 
 
 @pytest.mark.privileged
