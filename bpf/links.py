@@ -8,17 +8,22 @@ program. The kernel keeps a program attached only while those fds are open.
 from __future__ import annotations
 
 import ctypes
+import errno
+import functools
 import os
 import re
 from pathlib import Path
 from typing import Final
 
 from ebcap.bpf import _sys, fs
+from ebcap.bpf.asm import R0, exit_, mov64_imm
 from ebcap.bpf.prog import Program
 from ebcap.closing import ClosesOnExit
 from ebcap.errors import KernelError, NotSupportedError, UsageError
 
 _EVENT_NAME: Final = re.compile(r"^\w+$")
+_NO_FD: Final = 0xFFFF_FFFF
+"""-1 as the u32 target_fd: no perf event."""
 
 
 class Link(ClosesOnExit):
@@ -104,15 +109,7 @@ def attach_tracepoint(
     perf_fd = _sys.perf_event_open(attr, -1, 0, -1, _sys.PERF_FLAG_FD_CLOEXEC)
     link_fd: int | None = None
     try:
-        link_attr = _sys.LinkCreateAttr(
-            prog_fd=prog.fd, target_fd=perf_fd, attach_type=_sys.BPF_PERF_EVENT
-        )
-        try:
-            link_fd = _sys.bpf(
-                _sys.BPF_LINK_CREATE, link_attr, feature="BPF_LINK_CREATE for perf events"
-            )
-        except NotSupportedError:
-            _sys.ioctl(perf_fd, _sys.PERF_EVENT_IOC_SET_BPF, prog.fd)
+        link_fd = _attach_perf_event(prog, perf_fd)
         _sys.ioctl(perf_fd, _sys.PERF_EVENT_IOC_ENABLE, 0)
     except BaseException:
         for fd in (link_fd, perf_fd):
@@ -120,6 +117,35 @@ def attach_tracepoint(
                 os.close(fd)
         raise
     return Link(f"tracepoint/{category}:{name}", link_fd, perf_fd)
+
+
+def _attach_perf_event(prog: Program, perf_fd: int) -> int | None:
+    """BPF_LINK_CREATE (the link fd), or PERF_EVENT_IOC_SET_BPF (None) only where the
+    kernel has no perf links: any other refusal of the link is the error to report."""
+    attr = _sys.LinkCreateAttr(prog_fd=prog.fd, target_fd=perf_fd, attach_type=_sys.BPF_PERF_EVENT)
+    try:
+        return _sys.bpf(_sys.BPF_LINK_CREATE, attr)
+    except KernelError as exc:
+        if exc.errno != errno.EINVAL or perf_links_supported():
+            raise
+    _sys.ioctl(perf_fd, _sys.PERF_EVENT_IOC_SET_BPF, prog.fd)
+    return None
+
+
+@functools.cache
+def perf_links_supported() -> bool:
+    """Whether BPF_LINK_CREATE takes perf events (Linux 5.15), probed once as libbpf
+    does: a TRACEPOINT program linked to no fd is refused with EBADF where it does, and
+    with EINVAL (unknown command or attach type) where it does not."""
+    with Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, [mov64_imm(R0, 0), exit_()]) as probe:
+        attr = _sys.LinkCreateAttr(
+            prog_fd=probe.fd, target_fd=_NO_FD, attach_type=_sys.BPF_PERF_EVENT
+        )
+        try:
+            os.close(_sys.bpf(_sys.BPF_LINK_CREATE, attr))
+        except KernelError as exc:
+            return exc.errno == errno.EBADF
+    return True
 
 
 def loaded_link_ids() -> list[int]:
