@@ -15,11 +15,17 @@ import re
 from pathlib import Path
 from typing import Final
 
-from ebcap.bpf import _sys, fs
+from ebcap.bpf import _sys, fs, tracefs
 from ebcap.bpf.asm import R0, exit_, mov64_imm
 from ebcap.bpf.prog import Program
 from ebcap.closing import ClosesOnExit
-from ebcap.errors import KernelError, NotSupportedError, UsageError
+from ebcap.errors import (
+    EbcapError,
+    KernelError,
+    MissingCapabilityError,
+    NotSupportedError,
+    UsageError,
+)
 
 _EVENT_NAME: Final = re.compile(r"^\w+$")
 _NO_FD: Final = 0xFFFF_FFFF
@@ -96,9 +102,11 @@ def attach_tracepoint(
 
     Opens the tracepoint as a perf event, then attaches with BPF_LINK_CREATE
     (BPF_PERF_EVENT), or with PERF_EVENT_IOC_SET_BPF on kernels without
-    perf links. The perf event only counts (no sample period, no wakeups), as
-    libbpf opens it: the program runs all the same, and the kernel refuses a
-    sampling event at some tracepoints (irq_vectors:irq_work_exit).
+    perf links. EACCES there, with the capabilities held, is the kernel saying
+    the program reads beyond the tracepoint's record. The perf event only
+    counts (no sample period, no wakeups), as libbpf opens it: the program
+    runs all the same, and the kernel refuses a sampling event at some
+    tracepoints (irq_vectors:irq_work_exit).
     """
     root = fs.ensure_tracefs() if tracefs_root is None else tracefs_root
     attr = _sys.PerfEventAttr(
@@ -109,7 +117,12 @@ def attach_tracepoint(
     perf_fd = _sys.perf_event_open(attr, -1, 0, -1, _sys.PERF_FLAG_FD_CLOEXEC)
     link_fd: int | None = None
     try:
-        link_fd = _attach_perf_event(prog, perf_fd)
+        try:
+            link_fd = _attach_perf_event(prog, perf_fd)
+        except KernelError as exc:
+            if exc.errno != errno.EACCES or isinstance(exc, MissingCapabilityError):
+                raise
+            raise _reads_beyond_the_record(category, name, root, exc.errno) from None
         _sys.ioctl(perf_fd, _sys.PERF_EVENT_IOC_ENABLE, 0)
     except BaseException:
         for fd in (link_fd, perf_fd):
@@ -130,6 +143,22 @@ def _attach_perf_event(prog: Program, perf_fd: int) -> int | None:
             raise
     _sys.ioctl(perf_fd, _sys.PERF_EVENT_IOC_SET_BPF, prog.fd)
     return None
+
+
+def _reads_beyond_the_record(
+    category: str, name: str, root: str | os.PathLike[str], err: int
+) -> KernelError:
+    """EACCES from attaching a program this process may attach: the kernel refuses a
+    TRACEPOINT program that reads further into its context than the record reaches."""
+    try:
+        size = f" of {tracefs.read_format(category, name, root).record_size} bytes"
+    except EbcapError:
+        size = ""
+    return KernelError(
+        f"tracepoint {category}:{name}: the program reads beyond the tracepoint's "
+        f"record{size}, so the kernel refuses to attach it (errno {err})",
+        err,
+    )
 
 
 @functools.cache

@@ -41,7 +41,7 @@ from ebcap.bpf.links import (
 from ebcap.bpf.maps import Map
 from ebcap.bpf.prog import Program, loaded_program_ids
 from ebcap.bpf.programs.common import increment_counter
-from ebcap.errors import KernelError, NotSupportedError, UsageError
+from ebcap.errors import KernelError, MissingCapabilityError, NotSupportedError, UsageError
 
 pytestmark = pytest.mark.privileged
 
@@ -242,3 +242,38 @@ def test_program_on_a_counting_tracepoint_event_runs() -> None:
             time.sleep(0.01)
             assert total(counter) == seen  # detached
     assert seen >= sleeps
+
+
+SCHED_SWITCH_RECORD = 64  # next_prio, the last field, ends there
+
+
+@pytest.mark.parametrize("perf_links", [True, False])
+def test_a_program_reading_beyond_the_record_is_named_so(
+    monkeypatch: pytest.MonkeyPatch, perf_links_probe: None, perf_links: bool
+) -> None:
+    """The kernel answers EACCES to a TRACEPOINT program whose context reads reach
+    beyond the record (here 4000 bytes into sched_switch's 64): with the capabilities
+    held, that is what it means, through BPF_LINK_CREATE and PERF_EVENT_IOC_SET_BPF."""
+    real_bpf = _sys.bpf
+
+    def bpf_without_perf_links(cmd: int, attr: object, **kwargs: object) -> int:
+        if cmd == _sys.BPF_LINK_CREATE:
+            raise KernelError("bpf(BPF_LINK_CREATE): invalid argument", errno.EINVAL)
+        return real_bpf(cmd, attr, **kwargs)  # type: ignore[arg-type]
+
+    fds_before = set(os.listdir("/proc/self/fd"))
+    reads_far = [ldx_mem(DW, R0, R1, 4000), exit_()]
+    with Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, reads_far, name="ebcap_t_far") as prog:
+        if not perf_links:
+            monkeypatch.setattr(_sys, "bpf", bpf_without_perf_links)
+        with pytest.raises(KernelError) as err:
+            attach_tracepoint(prog, "sched", "sched_switch")
+        monkeypatch.undo()
+    message = str(err.value)
+    assert err.value.errno == errno.EACCES
+    assert not isinstance(err.value, MissingCapabilityError)
+    assert message == (
+        "tracepoint sched:sched_switch: the program reads beyond the tracepoint's record of "
+        f"{SCHED_SWITCH_RECORD} bytes, so the kernel refuses to attach it (errno 13)"
+    )
+    assert set(os.listdir("/proc/self/fd")) == fds_before
