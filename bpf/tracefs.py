@@ -56,8 +56,9 @@ NOT_TEXT: Final = frozenset({"buf"})
 """``const char *`` syscall arguments that are data, not strings (write, pwrite64)."""
 
 _SIGNED: Final = {"char": 1, "short": 2, "int": 4, "long": 8, "long long": 8}
-C_INTEGERS: Final = {
+C_INTEGERS: Final[dict[str, tuple[int, bool | None]]] = {
     **{name: (size, True) for name, size in _SIGNED.items()},
+    "char": (1, None),
     **{f"signed {name}": (size, True) for name, size in _SIGNED.items()},
     **{f"unsigned {name}": (size, False) for name, size in _SIGNED.items()},
     **{
@@ -89,7 +90,9 @@ C_INTEGERS: Final = {
 """Integer C types by name: (bytes, signed) on x86-64. A syscall tracepoint stores every
 argument in an 8-byte slot (``int dfd; size:8; signed:0``) holding the register as the
 caller left it: an ``int`` -100 arrives as 0xffffff9c from one program and as
-0xffffffffffffff9c from another. Its value is the declared type's low bytes."""
+0xffffffffffffff9c from another. Its value is the declared type's low bytes. Plain
+``char`` has no sign of its own (None): the kernel is built with -funsigned-char since
+6.2 and was signed on x86 before, and the format's ``signed`` says which."""
 
 
 class FieldKind(enum.Enum):
@@ -143,9 +146,11 @@ class TracepointField:
     def int_signed(self) -> bool:
         """Whether an integer field's value is signed: by its declared type where known
         (a syscall tracepoint says ``signed:0`` for every argument, ``off_t`` too), else
-        by the format's ``signed``."""
+        (plain ``char`` too) by the format's ``signed``."""
         declared = C_INTEGERS.get(self.type.removeprefix("const "))
-        return declared[1] if declared is not None and declared[0] == self.int_size else self.signed
+        if declared is None or declared[1] is None or declared[0] != self.int_size:
+            return self.signed
+        return declared[1]
 
     @property
     def is_common(self) -> bool:

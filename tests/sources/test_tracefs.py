@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from ebcap.bpf import fs, links, tracefs
@@ -97,6 +98,62 @@ def test_classify_declarations(
     field = tracefs.parse_field_line(f"\tfield:{decl};\toffset:8;\tsize:{size};\tsigned:0;")
     assert field is not None
     assert (field.kind, field.count, field.relative) == (kind, count, relative)
+
+
+CHARS = """name: jbd2_start_commit
+ID: 1285
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:char sync_commit;\toffset:8;\tsize:1;\tsigned:0;
+\tfield:char old_kernel;\toffset:9;\tsize:1;\tsigned:1;
+\tfield:const char c;\toffset:10;\tsize:1;\tsigned:0;
+\tfield:signed char s;\toffset:11;\tsize:1;\tsigned:1;
+\tfield:unsigned char u;\toffset:12;\tsize:1;\tsigned:0;
+
+print fmt: "sync %d", REC->sync_commit
+"""
+"""A kernel since 6.2 (-funsigned-char) says ``signed:0`` for a plain char; before, x86
+said ``signed:1``."""
+
+
+def test_plain_char_takes_its_sign_from_the_format() -> None:
+    from ebcap.capture.tracepoint_source import TracepointSource
+
+    fmt = tracefs.parse_format(CHARS, "jbd2")
+    signs = {f.name: (f.int_size, f.int_signed) for f in fmt.fields if not f.is_common}
+    assert signs == {
+        "sync_commit": (1, False), "old_kernel": (1, True), "c": (1, False),
+        "s": (1, True), "u": (1, False),
+    }  # fmt: skip
+    source = TracepointSource("jbd2", fmt.name, fmt=fmt)
+    types = {f.name: f.type for f in source.arrow_fields()}
+    assert (types["sync_commit"], types["old_kernel"]) == (pa.uint8(), pa.int8())
+    lseek = fixture("syscalls_sys_enter_lseek").field("offset")  # signed:0, declared off_t
+    assert (lseek.signed, lseek.int_signed) == (False, True)
+
+
+@pytest.mark.privileged
+def test_live_plain_chars_follow_their_format() -> None:
+    """This kernel's plain char fields (e.g. jbd2_start_commit's sync_commit) are
+    recorded with the format's sign: uint8 on a kernel built with -funsigned-char."""
+    from ebcap.capture.tracepoint_source import TracepointSource
+
+    chars = 0
+    for spec in tracefs.list_tracepoints():
+        fmt = tracefs.read_format(*tracefs.split_spec(spec))
+        for field in fmt.fields:
+            if field.kind is FieldKind.INT and field.type in ("char", "const char"):
+                assert field.int_signed == field.signed, (spec, field.name)
+                chars += 1
+    assert chars
+    if "jbd2:jbd2_start_commit" in tracefs.list_tracepoints("jbd2:*"):
+        source = TracepointSource("jbd2", "jbd2_start_commit")
+        types = {f.name: f.type for f in source.arrow_fields()}
+        assert types["sync_commit"] == pa.uint8()
 
 
 @pytest.mark.parametrize(
