@@ -14,7 +14,8 @@ bits its length (``__rel_loc``: the offset counts from the end of the field).
 The ``const char *`` arguments of ``syscalls:sys_enter_*`` tracepoints
 (``filename``, ``pathname``, ...) point into the calling process's memory:
 they are classified :attr:`FieldKind.USER_STRING` so the program reads the
-text (``buf`` of write(2) and pwrite64(2) is data, not text: it stays a pointer).
+text (message buffers such as ``buf`` of write(2) and ``u_msg_ptr`` of
+mq_timedsend(2) are data, not text: they stay pointers, see :data:`NOT_TEXT`).
 Parsing is pure text work, so it is tested on copies of real format files;
 reading and listing need a mounted tracefs (:func:`ebcap.bpf.fs.ensure_tracefs`).
 """
@@ -52,8 +53,10 @@ FTRACE_CATEGORY: Final = "ftrace"
 """Events of the ftrace tracers themselves (function, print, ...): they have a format,
 but no BPF program can be attached to them."""
 USER_STRING_TYPE: Final = "const char *"
-NOT_TEXT: Final = frozenset({"buf"})
-"""``const char *`` syscall arguments that are data, not strings (write, pwrite64)."""
+NOT_TEXT: Final = frozenset({"buf", "u_msg_ptr", "msgp"})
+"""Names of ``const char *`` syscall arguments that are data, not strings: bytes that may
+hold NULs, whose length is another argument (``buf`` of write and pwrite64, ``u_msg_ptr``
+of mq_timedsend; ``msgp`` of msgsnd, should a kernel declare it so)."""
 
 _SIGNED: Final = {"char": 1, "short": 2, "int": 4, "long": 8, "long long": 8}
 C_INTEGERS: Final[dict[str, tuple[int, bool | None]]] = {

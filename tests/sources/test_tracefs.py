@@ -73,6 +73,9 @@ def test_data_loc_pointer_array_and_bytes_fields() -> None:
     assert (sock.field("saddr").kind, sock.field("saddr").size) == (FieldKind.BYTES, 4)
     assert sock.field("saddr_v6").size == 16 and sock.field("skaddr").kind is FieldKind.POINTER
     assert (sock.field("sport").kind, sock.field("sport").size) == (FieldKind.INT, 2)
+    mq = fixture("syscalls_sys_enter_mq_timedsend")  # "const char * u_msg_ptr": a message
+    assert mq.field("u_msg_ptr").kind is FieldKind.POINTER
+    assert [f.name for f in mq.fields if f.kind is FieldKind.USER_STRING] == []
     buf = fixture("ftrace_bprint").field("buf")
     assert (buf.kind, buf.size) == (FieldKind.FLEXIBLE, 0)
 
@@ -229,7 +232,12 @@ def test_every_live_format_parses() -> None:
             "common_type", "common_flags", "common_preempt_count", "common_pid",
         ]  # fmt: skip
         assert all(f.end <= fmt.record_size for f in fmt.fields)
-    for spec in ("sched:sched_switch", "sched:sched_process_fork", "syscalls:sys_enter_openat"):
+    for spec in (
+        "sched:sched_switch",
+        "sched:sched_process_fork",
+        "syscalls:sys_enter_openat",
+        "syscalls:sys_enter_mq_timedsend",
+    ):
         category, name = tracefs.split_spec(spec)
         fmt = tracefs.read_format(category, name)
         assert fmt.id == links.tracepoint_id(category, name, root)
