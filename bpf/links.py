@@ -27,7 +27,7 @@ from ebcap.errors import (
     UsageError,
 )
 
-_EVENT_NAME: Final = re.compile(r"^\w+$")
+_EVENT_NAME: Final = re.compile(r"\w+")
 _NO_FD: Final = 0xFFFF_FFFF
 """-1 as the u32 target_fd: no perf event."""
 
@@ -70,7 +70,7 @@ class Link(ClosesOnExit):
 
 def attach_raw_tracepoint(prog: Program, name: str) -> Link:
     """BPF_RAW_TRACEPOINT_OPEN: run ``prog`` (RAW_TRACEPOINT) at raw tracepoint ``name``."""
-    if not _EVENT_NAME.match(name):
+    if not _EVENT_NAME.fullmatch(name):
         raise UsageError(f"bad raw tracepoint name {name!r}")
     raw_name = ctypes.create_string_buffer(name.encode())
     attr = _sys.RawTracepointOpenAttr(name=ctypes.addressof(raw_name), prog_fd=prog.fd)
@@ -81,7 +81,7 @@ def attach_raw_tracepoint(prog: Program, name: str) -> Link:
 def tracepoint_id(category: str, name: str, tracefs_root: str | os.PathLike[str]) -> int:
     """The perf config of tracepoint ``category:name``, from tracefs ``events/CAT/NAME/id``."""
     for part in (category, name):
-        if not _EVENT_NAME.match(part):
+        if not _EVENT_NAME.fullmatch(part):
             raise UsageError(f"bad tracepoint name {category}:{name}")
     path = Path(tracefs_root, "events", category, name, "id")
     try:

@@ -39,7 +39,7 @@ REL_LOC: Final = "__rel_loc"
 LOC_OFFSET_MASK: Final = 0xFFFF
 LOC_LENGTH_SHIFT: Final = 16
 
-_NAME: Final = re.compile(r"^\w+$")
+_NAME: Final = re.compile(r"\w+")
 _FIELD_LINE: Final = re.compile(
     r"^\s*field:(?P<decl>[^;]+);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);"
     r"\s*signed:(?P<signed>-?\d+);"
@@ -309,7 +309,7 @@ def parse_format(text: str, category: str = "") -> TracepointFormat:
 def split_spec(spec: str) -> tuple[str, str]:
     """``"CAT:NAME"`` as (category, name); UsageError if it is not that."""
     category, sep, name = spec.partition(":")
-    if not sep or not _NAME.match(category) or not _NAME.match(name):
+    if not sep or not _NAME.fullmatch(category) or not _NAME.fullmatch(name):
         raise UsageError(
             f"bad tracepoint {spec!r}: expected CATEGORY:NAME, e.g. sched:sched_switch"
         )
