@@ -2,7 +2,8 @@
 
 EPERM/EACCES names the capabilities the call checks that this process
 really lacks (CAP_NET_ADMIN for an XDP program, not CAP_BPF it has); when
-it holds them all, something else refused and the message says so. Only
+it holds them all, something else refused and the message says so (a caller
+that knows what, such as a tracepoint attach in ``links.py``, says that). Only
 ENOSYS, EOPNOTSUPP and the kernel's ENOTSUPP mean "not supported"; EINVAL
 does only where the caller knows it (``feature``): elsewhere it is the
 arguments.

@@ -101,16 +101,18 @@ class Instruction:
             raise UsageError(f"immediate {self.imm} does not fit in the instruction")
         if self.imm not in _S32 and self.sign_extends_imm:
             raise UsageError(
-                f"immediate {self.imm:#x} of a 64-bit operation would be sign-extended to "
+                f"immediate {self.imm:#x} of a 64-bit operation or store would be sign-extended to "
                 f"{(self.imm - (1 << 32)) & ((1 << 64) - 1):#x}: give it as "
                 f"{self.imm - (1 << 32)}, or load it with ld_imm64"
             )
 
     @property
     def sign_extends_imm(self) -> bool:
-        """A 64-bit ALU operation or comparison with an immediate: the kernel widens
-        the 32-bit immediate with its sign, so 0xffffffff means -1 there."""
+        """A 64-bit ALU operation, comparison or store with an immediate: the kernel
+        widens the 32-bit immediate with its sign, so 0xffffffff means -1 there."""
         cls, op = self.opcode & 0x07, self.opcode & 0xF0
+        if self.opcode == BPF_ST | BPF_MEM | DW:
+            return True
         if self.opcode & BPF_X:
             return False
         return cls == BPF_ALU64 or (cls == BPF_JMP and op in JMP_OPS.values())
@@ -208,7 +210,7 @@ def stx_mem(size: int, dst: int, src: int, off: int) -> Instruction:
 
 
 def st_mem(size: int, dst: int, off: int, imm: int) -> Instruction:
-    """*(size *)(dst + off) = imm."""
+    """*(size *)(dst + off) = imm (a DW store widens imm with its sign)."""
     return Instruction(BPF_ST | BPF_MEM | _size(size), dst=dst, off=off, imm=imm)
 
 

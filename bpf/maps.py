@@ -23,7 +23,7 @@ from ebcap.bpf.cpus import possible_cpus
 from ebcap.errors import KernelError, NotSupportedError, UsageError
 
 _MAP_FD_LINK: Final = "anon_inode:bpf-map"  # what /proc/self/fd/N points to for a map fd
-_OBJ_NAME: Final = re.compile(r"^[A-Za-z0-9_.]{0,15}$")
+_OBJ_NAME: Final = re.compile(r"[A-Za-z0-9_.]{0,15}")
 _U32_MAX: Final = 0xFFFFFFFF
 
 RINGBUF_MAX_BYTES: Final = 1 << 31
@@ -55,7 +55,7 @@ def map_type_name(map_type: int) -> str:
 
 def encode_obj_name(name: str) -> bytes:
     """A map or program name as the kernel accepts it: up to 15 of ``[A-Za-z0-9_.]``."""
-    if not _OBJ_NAME.match(name):
+    if not _OBJ_NAME.fullmatch(name):
         raise UsageError(f"bad BPF object name {name!r}: up to 15 characters of [A-Za-z0-9_.]")
     return name.encode()
 

@@ -43,6 +43,9 @@ VERIFIER_LOG_SIZE: Final = 4 << 20
 LOG_CUT: Final = f"[the verifier's log was longer than {VERIFIER_LOG_SIZE >> 20} MiB: its end]\n"
 """Put before a log the kernel cut (it answers ENOSPC, and keeps the end)."""
 
+U32_MAX: Final = 0xFFFF_FFFF
+"""The largest ``repeat`` and input size of a test run (u32 fields of bpf_attr)."""
+
 _LOG_NOISE: Final = ("processed ", "verification time", "stack depth", "max_states_per_insn")
 
 
@@ -181,8 +184,7 @@ class Program(OwnedFd):
 
     def test_run(self, data: bytes, repeat: int = 1, ctx: bytes | None = None) -> TestRunResult:
         """BPF_PROG_TEST_RUN: run the program ``repeat`` times on ``data`` (and ``ctx``)."""
-        if repeat < 1:
-            raise UsageError(f"repeat must be at least 1, not {repeat}")
+        check_test_run_input(len(data), repeat, None if ctx is None else len(ctx))
         data_buf = ctypes.create_string_buffer(data, len(data))
         attr = _sys.ProgTestRunAttr(
             prog_fd=self.fd,
@@ -209,6 +211,16 @@ class Program(OwnedFd):
         state = "closed" if self.closed else f"fd={self._fd}"
         kind = prog_type_name(self._info.type)
         return f"<Program {self._info.name!r} id={self._info.id} {kind} {state}>"
+
+
+def check_test_run_input(data_size: int, repeat: int, ctx_size: int | None = None) -> None:
+    """UsageError unless each fits its u32 field of BPF_PROG_TEST_RUN: ctypes would
+    keep the low 32 bits, and 2**32 + 3 runs would silently be 3."""
+    if not 1 <= repeat <= U32_MAX:
+        raise UsageError(f"repeat must be 1..{U32_MAX}, not {repeat}")
+    for what, size in (("data", data_size), ("ctx", ctx_size)):
+        if size is not None and size > U32_MAX:
+            raise UsageError(f"test run {what} of {size} bytes: at most {U32_MAX}")
 
 
 def _load(

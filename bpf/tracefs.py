@@ -14,7 +14,8 @@ bits its length (``__rel_loc``: the offset counts from the end of the field).
 The ``const char *`` arguments of ``syscalls:sys_enter_*`` tracepoints
 (``filename``, ``pathname``, ...) point into the calling process's memory:
 they are classified :attr:`FieldKind.USER_STRING` so the program reads the
-text (``buf`` of write(2) and pwrite64(2) is data, not text: it stays a pointer).
+text (message buffers such as ``buf`` of write(2) and ``u_msg_ptr`` of
+mq_timedsend(2) are data, not text: they stay pointers, see :data:`NOT_TEXT`).
 Parsing is pure text work, so it is tested on copies of real format files;
 reading and listing need a mounted tracefs (:func:`ebcap.bpf.fs.ensure_tracefs`).
 """
@@ -38,7 +39,7 @@ REL_LOC: Final = "__rel_loc"
 LOC_OFFSET_MASK: Final = 0xFFFF
 LOC_LENGTH_SHIFT: Final = 16
 
-_NAME: Final = re.compile(r"^\w+$")
+_NAME: Final = re.compile(r"\w+")
 _FIELD_LINE: Final = re.compile(
     r"^\s*field:(?P<decl>[^;]+);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);"
     r"\s*signed:(?P<signed>-?\d+);"
@@ -48,13 +49,19 @@ _DIM: Final = re.compile(r"\[([^\]]*)\]")
 _CHAR_TYPES: Final = frozenset({"char", "signed char", "const char"})
 _SCALAR_SIZES: Final = frozenset({1, 2, 4, 8})
 SYSCALLS_CATEGORY: Final = "syscalls"
+FTRACE_CATEGORY: Final = "ftrace"
+"""Events of the ftrace tracers themselves (function, print, ...): they have a format,
+but no BPF program can be attached to them."""
 USER_STRING_TYPE: Final = "const char *"
-NOT_TEXT: Final = frozenset({"buf"})
-"""``const char *`` syscall arguments that are data, not strings (write, pwrite64)."""
+NOT_TEXT: Final = frozenset({"buf", "u_msg_ptr", "msgp"})
+"""Names of ``const char *`` syscall arguments that are data, not strings: bytes that may
+hold NULs, whose length is another argument (``buf`` of write and pwrite64, ``u_msg_ptr``
+of mq_timedsend; ``msgp`` of msgsnd, should a kernel declare it so)."""
 
 _SIGNED: Final = {"char": 1, "short": 2, "int": 4, "long": 8, "long long": 8}
-C_INTEGERS: Final = {
+C_INTEGERS: Final[dict[str, tuple[int, bool | None]]] = {
     **{name: (size, True) for name, size in _SIGNED.items()},
+    "char": (1, None),
     **{f"signed {name}": (size, True) for name, size in _SIGNED.items()},
     **{f"unsigned {name}": (size, False) for name, size in _SIGNED.items()},
     **{
@@ -86,7 +93,9 @@ C_INTEGERS: Final = {
 """Integer C types by name: (bytes, signed) on x86-64. A syscall tracepoint stores every
 argument in an 8-byte slot (``int dfd; size:8; signed:0``) holding the register as the
 caller left it: an ``int`` -100 arrives as 0xffffff9c from one program and as
-0xffffffffffffff9c from another. Its value is the declared type's low bytes."""
+0xffffffffffffff9c from another. Its value is the declared type's low bytes. Plain
+``char`` has no sign of its own (None): the kernel is built with -funsigned-char since
+6.2 and was signed on x86 before, and the format's ``signed`` says which."""
 
 
 class FieldKind(enum.Enum):
@@ -140,9 +149,11 @@ class TracepointField:
     def int_signed(self) -> bool:
         """Whether an integer field's value is signed: by its declared type where known
         (a syscall tracepoint says ``signed:0`` for every argument, ``off_t`` too), else
-        by the format's ``signed``."""
+        (plain ``char`` too) by the format's ``signed``."""
         declared = C_INTEGERS.get(self.type.removeprefix("const "))
-        return declared[1] if declared is not None and declared[0] == self.int_size else self.signed
+        if declared is None or declared[1] is None or declared[0] != self.int_size:
+            return self.signed
+        return declared[1]
 
     @property
     def is_common(self) -> bool:
@@ -298,7 +309,7 @@ def parse_format(text: str, category: str = "") -> TracepointFormat:
 def split_spec(spec: str) -> tuple[str, str]:
     """``"CAT:NAME"`` as (category, name); UsageError if it is not that."""
     category, sep, name = spec.partition(":")
-    if not sep or not _NAME.match(category) or not _NAME.match(name):
+    if not sep or not _NAME.fullmatch(category) or not _NAME.fullmatch(name):
         raise UsageError(
             f"bad tracepoint {spec!r}: expected CATEGORY:NAME, e.g. sched:sched_switch"
         )
@@ -334,20 +345,22 @@ def read_format(
 def list_tracepoints(
     pattern: str = "*", tracefs_root: str | os.PathLike[str] | None = None
 ) -> list[str]:
-    """Sorted ``CAT:NAME`` of the tracepoints matching a shell glob.
+    """Sorted ``CAT:NAME`` of the tracepoints matching a shell glob that can be recorded.
 
     A pattern with a colon is matched against ``CAT:NAME``; one without is
-    matched against either part, so ``sched_*`` and ``sched`` both work.
+    matched against either part, so ``sched_*`` and ``sched`` both work. An
+    event without an ``id`` (no perf event can be opened on it) and the
+    :data:`FTRACE_CATEGORY` are left out.
     """
     events = _root(tracefs_root) / "events"
     try:
-        categories = sorted(p for p in events.iterdir() if p.is_dir())
+        categories = sorted(p for p in events.iterdir() if p.is_dir() and p.name != FTRACE_CATEGORY)
     except OSError as exc:
         raise KernelError(f"cannot list {events}: {exc.strerror}", exc.errno or 0) from None
     found = []
     for category in categories:
         for event in sorted(category.iterdir()):
-            if not (event / "format").is_file():
+            if not ((event / "format").is_file() and (event / "id").is_file()):
                 continue
             spec = f"{category.name}:{event.name}"
             if ":" in pattern:

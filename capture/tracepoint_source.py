@@ -123,7 +123,7 @@ class TracepointSource(Source):
         events = create_events_map(transport, buffer_bytes, stack)
         drops = create_counter_map("ebcap_drops", 8, stack)
         scratch = Map.create(
-            _sys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, self.event.size, 1, name="ebcap_tp_buf"
+            _sys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, self.event.scratch_size, 1, name="ebcap_tp_buf"
         )
         stack.callback(scratch.close)
         insns = program.build_tracepoint_program(

@@ -11,7 +11,11 @@ be larger than the 512-byte BPF stack)::
                                             one per __data_loc / __rel_loc field
                                             and per user string (see below)
 
-and hands it to the transport.
+and hands it to the transport. The scratch value is reused by every event on
+its CPU, and a string read stops at the NUL: each slot's data is first zeroed
+with one ``bpf_probe_read_kernel`` from ``string_bytes`` zero bytes kept after
+the event in the same value (nothing writes them), so no byte of an earlier,
+longer string stays behind a shorter one.
 
 The kernel overwrites the first 8 bytes of the record (the common header)
 with a ``struct pt_regs *`` before it runs a BPF program
@@ -133,6 +137,16 @@ class TracepointEventLayout:
     def record_offset(self) -> int:
         return HEADER_SIZE
 
+    @property
+    def zeros_offset(self) -> int:
+        """Scratch offset of the zero bytes a slot is cleared from (after the event)."""
+        return self.size
+
+    @property
+    def scratch_size(self) -> int:
+        """Bytes of the scratch value: the event, then a slot's worth of zeros."""
+        return self.size + max((slot.size for slot in self.slots), default=0)
+
 
 def event_layout(fmt: TracepointFormat, string_bytes: int) -> TracepointEventLayout:
     """Where everything goes for ``fmt``, strings truncated to ``string_bytes``."""
@@ -196,8 +210,21 @@ def _copy_user_string(fmt: TracepointFormat, slot: DynamicSlot) -> list[Item]:
     ]
 
 
+def _clear_slot(slot: DynamicSlot, zeros_offset: int) -> list[Item]:
+    """Zero a slot's data from the scratch value's zero bytes (r7 = event; R0-R3)."""
+    return [
+        mov64_reg(R1, R7),
+        add64_imm(R1, slot.data_offset),
+        mov64_imm(R2, slot.size),
+        mov64_reg(R3, R7),
+        add64_imm(R3, zeros_offset),
+        call("BPF_FUNC_probe_read_kernel"),
+    ]
+
+
 def _copy_dynamic(fmt: TracepointFormat, slot: DynamicSlot) -> list[Item]:
-    """Copy one dynamic field into its slot: r6 = record, r7 = event; R0-R3, R8 clobbered."""
+    """Copy one dynamic field into its (zeroed) slot: r6 = record, r7 = event; R0-R3,
+    R8 clobbered."""
     field = fmt.field(slot.name)
     if field.kind is FieldKind.USER_STRING:
         return _copy_user_string(fmt, slot)
@@ -255,7 +282,7 @@ def build_tracepoint_program(
     """The TRACEPOINT program for ``fmt``, labels resolved.
 
     ``scratch_map_fd`` is a one-slot PERCPU_ARRAY whose value holds
-    ``layout.size`` bytes: the event is built there, not on the stack.
+    ``layout.scratch_size`` bytes: the event is built there, not on the stack.
     """
     items: list[Item] = [
         mov64_reg(R6, R1),  # r6 = the raw record, kept across calls
@@ -266,6 +293,9 @@ def build_tracepoint_program(
         call("BPF_FUNC_map_lookup_elem"),
         jmp_imm("jeq", R0, 0, _DONE),
         mov64_reg(R7, R0),  # r7 = the event being built
+        # The verifier bounds this load, not the zeros read through a helper: a value
+        # too small for them fails the load instead of copying what lies beyond it.
+        ldx_mem(B, R0, R7, layout.scratch_size - 1),
         call("BPF_FUNC_ktime_get_ns"),
         stx_mem(DW, R7, R0, HEADER_TS),
         call("BPF_FUNC_get_smp_processor_id"),
@@ -284,7 +314,7 @@ def build_tracepoint_program(
             stx_mem(W, R7, R0, layout.record_offset + fmt.field(COMMON_PID).offset),  # the tid
         ]
     for slot in layout.slots:
-        items += _copy_dynamic(fmt, slot)
+        items += [*_clear_slot(slot, layout.zeros_offset), *_copy_dynamic(fmt, slot)]
     items += [
         *emit_event(
             transport,

@@ -139,6 +139,8 @@ def test_bad_operands_are_usage_errors(build: object) -> None:
         lambda: jmp_imm("jeq", R1, 0xFFFF_FFFF, "x"),
         lambda: add64_imm(R0, 0x8000_0000),
         lambda: mov64_imm(R0, 0xFFFF_FFFF),
+        lambda: st_mem(DW, R10, -8, 0xFFFF_FFFF),
+        lambda: st_mem(DW, R1, 0, 0x8000_0000),
     ],
 )
 def test_64_bit_operations_refuse_immediates_they_would_sign_extend(build: object) -> None:
@@ -150,6 +152,8 @@ def test_32_bit_operations_and_stores_take_the_whole_unsigned_range() -> None:
     assert mov32_imm(R0, 0xFFFF_FFFF).encode() == bytes.fromhex("b4000000ffffffff")
     assert st_mem(W, R1, 0, 0xFFFF_FFFF).encode() == bytes.fromhex("62010000ffffffff")
     assert jmp_imm("jeq", R1, -1, "x").imm == -1  # what 0xffffffff means there
+    assert st_mem(DW, R10, -8, -1).encode() == bytes.fromhex("7a0af8ffffffffff")
+    assert st_mem(DW, R10, -8, 0x7FFF_FFFF).imm == 0x7FFF_FFFF
 
 
 def test_instructions_are_frozen_values() -> None:

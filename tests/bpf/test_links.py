@@ -10,7 +10,7 @@ import errno
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -32,11 +32,16 @@ from ebcap.bpf.asm import (
     resolve,
 )
 from ebcap.bpf.fs import ensure_tracefs
-from ebcap.bpf.links import attach_raw_tracepoint, attach_tracepoint, loaded_link_ids
+from ebcap.bpf.links import (
+    attach_raw_tracepoint,
+    attach_tracepoint,
+    loaded_link_ids,
+    perf_links_supported,
+)
 from ebcap.bpf.maps import Map
 from ebcap.bpf.prog import Program, loaded_program_ids
 from ebcap.bpf.programs.common import increment_counter
-from ebcap.errors import KernelError, NotSupportedError, UsageError
+from ebcap.errors import KernelError, MissingCapabilityError, NotSupportedError, UsageError
 
 pytestmark = pytest.mark.privileged
 
@@ -153,22 +158,32 @@ def test_wrong_program_type_for_a_raw_tracepoint_fails_cleanly() -> None:
     assert set(loaded_link_ids()) <= before
 
 
+@pytest.fixture
+def perf_links_probe() -> Iterator[None]:
+    """A test that fakes the kernel's answer gets the probe run again, before and after."""
+    perf_links_supported.cache_clear()
+    yield
+    perf_links_supported.cache_clear()
+
+
 def test_tracepoint_falls_back_to_ioctl_without_perf_links(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, perf_links_probe: None
 ) -> None:
-    """Kernels before 5.15 have no BPF_LINK_CREATE for perf events: PERF_EVENT_IOC_SET_BPF."""
+    """Kernels before 5.15 refuse BPF_LINK_CREATE for perf events with EINVAL (an unknown
+    command or attach type), the probe included: PERF_EVENT_IOC_SET_BPF."""
     real_bpf = _sys.bpf
 
-    def bpf_without_perf_links(cmd: int, attr: object, *, feature: str | None = None) -> int:
+    def bpf_without_perf_links(cmd: int, attr: object, **kwargs: object) -> int:
         if cmd == _sys.BPF_LINK_CREATE:
-            raise NotSupportedError("bpf(BPF_LINK_CREATE): not here", "perf links", errno.EINVAL)
-        return real_bpf(cmd, attr, feature=feature)  # type: ignore[arg-type]
+            raise KernelError("bpf(BPF_LINK_CREATE): invalid argument", errno.EINVAL)
+        return real_bpf(cmd, attr, **kwargs)  # type: ignore[arg-type]
 
     with counter_map() as counter:
         program = counting_program(counter.fd, syscall_nr=None)
         with Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, program) as prog:
             monkeypatch.setattr(_sys, "bpf", bpf_without_perf_links)
             link = attach_tracepoint(prog, "syscalls", "sys_enter_getppid")
+            assert not perf_links_supported()
             monkeypatch.undo()
             with link:
                 assert link.id is None
@@ -178,12 +193,87 @@ def test_tracepoint_falls_back_to_ioctl_without_perf_links(
             assert total(counter) == 11
 
 
-def test_wrong_program_type_for_a_tracepoint_closes_the_perf_event() -> None:
+def test_wrong_program_type_for_a_tracepoint_reports_the_link_error(
+    monkeypatch: pytest.MonkeyPatch, perf_links_probe: None
+) -> None:
+    """EINVAL from BPF_LINK_CREATE on a kernel with perf links is the error itself:
+    no PERF_EVENT_IOC_SET_BPF after it to hide it, and the perf event is closed."""
+    ioctls: list[int] = []
+    real_ioctl = _sys.ioctl
+
+    def recording_ioctl(fd: int, request: int, arg: int = 0) -> int:
+        ioctls.append(request)
+        return real_ioctl(fd, request, arg)
+
     fds_before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(_sys, "ioctl", recording_ioctl)
     with (
         Program.load(_sys.BPF_PROG_TYPE_SOCKET_FILTER, [mov64_imm(R0, 0), exit_()]) as prog,
-        pytest.raises(KernelError, match="PERF_EVENT_IOC_SET_BPF") as err,
+        pytest.raises(KernelError, match=r"^bpf\(BPF_LINK_CREATE\): invalid argument") as err,
     ):
         attach_tracepoint(prog, "syscalls", "sys_enter_getppid")
-    assert err.value.errno == errno.EINVAL
+    assert err.value.errno == errno.EINVAL and not isinstance(err.value, NotSupportedError)
+    assert _sys.PERF_EVENT_IOC_SET_BPF not in ioctls
+    assert perf_links_supported()
+    assert set(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_tracepoint_that_refuses_sampling_attaches() -> None:
+    """irq_vectors:irq_work_exit refuses a sampling perf event (EPERM even to root):
+    the tracepoint is opened counting, as libbpf does."""
+    with (
+        Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, [mov64_imm(R0, 0), exit_()]) as prog,
+        attach_tracepoint(prog, "irq_vectors", "irq_work_exit") as link,
+    ):
+        assert link.id is not None and link.id in loaded_link_ids()
+
+
+def test_program_on_a_counting_tracepoint_event_runs() -> None:
+    """sched:sched_switch with the counting perf event: the program sees this process
+    switched out each time it sleeps."""
+    sleeps = 20
+    with counter_map() as counter:
+        program = counting_program(counter.fd, syscall_nr=None)
+        with Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, program, name="ebcap_t_tp") as prog:
+            with attach_tracepoint(prog, "sched", "sched_switch"):
+                for _ in range(sleeps):
+                    time.sleep(0.001)
+            seen = total(counter)
+            time.sleep(0.01)
+            assert total(counter) == seen  # detached
+    assert seen >= sleeps
+
+
+SCHED_SWITCH_RECORD = 64  # next_prio, the last field, ends there
+
+
+@pytest.mark.parametrize("perf_links", [True, False])
+def test_a_program_reading_beyond_the_record_is_named_so(
+    monkeypatch: pytest.MonkeyPatch, perf_links_probe: None, perf_links: bool
+) -> None:
+    """The kernel answers EACCES to a TRACEPOINT program whose context reads reach
+    beyond the record (here 4000 bytes into sched_switch's 64): with the capabilities
+    held, that is what it means, through BPF_LINK_CREATE and PERF_EVENT_IOC_SET_BPF."""
+    real_bpf = _sys.bpf
+
+    def bpf_without_perf_links(cmd: int, attr: object, **kwargs: object) -> int:
+        if cmd == _sys.BPF_LINK_CREATE:
+            raise KernelError("bpf(BPF_LINK_CREATE): invalid argument", errno.EINVAL)
+        return real_bpf(cmd, attr, **kwargs)  # type: ignore[arg-type]
+
+    fds_before = set(os.listdir("/proc/self/fd"))
+    reads_far = [ldx_mem(DW, R0, R1, 4000), exit_()]
+    with Program.load(_sys.BPF_PROG_TYPE_TRACEPOINT, reads_far, name="ebcap_t_far") as prog:
+        if not perf_links:
+            monkeypatch.setattr(_sys, "bpf", bpf_without_perf_links)
+        with pytest.raises(KernelError) as err:
+            attach_tracepoint(prog, "sched", "sched_switch")
+        monkeypatch.undo()
+    message = str(err.value)
+    assert err.value.errno == errno.EACCES
+    assert not isinstance(err.value, MissingCapabilityError)
+    assert message == (
+        "tracepoint sched:sched_switch: the program reads beyond the tracepoint's record of "
+        f"{SCHED_SWITCH_RECORD} bytes, so the kernel refuses to attach it (errno 13)"
+    )
     assert set(os.listdir("/proc/self/fd")) == fds_before

@@ -25,6 +25,7 @@ from ebcap.bpf.asm import (
 )
 from ebcap.bpf.prog import (
     LOG_CUT,
+    U32_MAX,
     Program,
     loaded_program_ids,
     program_name_by_id,
@@ -50,6 +51,14 @@ def test_test_run_returns_the_programs_value() -> None:
         result = prog.test_run(bytes(64), repeat=1000)
         assert result.retval == 42
         assert result.duration_ns < 1_000_000  # mean per run, not the total
+
+
+def test_test_run_refuses_a_repeat_beyond_u32() -> None:
+    """2**32 + 3 in the u32 field would run the program 3 times: refused before the call."""
+    with Program.load(SOCKET_FILTER, [mov64_imm(R0, 42), exit_()], name="ebcap_t_ret") as prog:
+        with pytest.raises(UsageError, match=r"repeat must be 1\.\.4294967295, not 4294967299"):
+            prog.test_run(bytes(64), repeat=2**32 + 3)
+        assert prog.test_run(bytes(64), repeat=U32_MAX // 1_000_000).retval == 42
 
 
 def test_test_run_sees_the_input_packet() -> None:

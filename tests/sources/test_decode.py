@@ -229,8 +229,17 @@ def test_user_string_columns() -> None:
     assert columns["filename"] == ["/etc", "/usr/li", None]
     assert columns["filename_ptr"] == [0x7FFF_0000_1000, 0x7FFF_0000_2000, 0]
     assert columns["filename_truncated"] == [False, True, None]
-    write = tracefs.parse_field_line("\tfield:const char * buf;\toffset:24;\tsize:8;\tsigned:0;")
-    assert write is not None and write.kind is tracefs.FieldKind.POINTER  # data, not text
+    for data in ("buf", "u_msg_ptr", "msgp"):  # write, mq_timedsend, msgsnd: data, not text
+        message = tracefs.parse_format(
+            MADE_UP.replace("s8 small", f"const char * {data}"), "syscalls"
+        )
+        assert message.field(data).kind is tracefs.FieldKind.POINTER
+        columns = {
+            f.name for f in TracepointSource("syscalls", "widths", fmt=message).arrow_fields()
+        }
+        assert data in columns and f"{data}_ptr" not in columns
+    text = tracefs.parse_format(MADE_UP.replace("s8 small", "const char * u_name"), "syscalls")
+    assert text.field("u_name").kind is tracefs.FieldKind.USER_STRING  # mq_open's name
     other = tracefs.parse_format(MADE_UP.replace("s8 small", "const char * small"), "test")
     assert other.field("small").kind is tracefs.FieldKind.POINTER  # only syscall arguments
 

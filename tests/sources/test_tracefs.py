@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from ebcap.bpf import fs, links, tracefs
@@ -72,6 +73,9 @@ def test_data_loc_pointer_array_and_bytes_fields() -> None:
     assert (sock.field("saddr").kind, sock.field("saddr").size) == (FieldKind.BYTES, 4)
     assert sock.field("saddr_v6").size == 16 and sock.field("skaddr").kind is FieldKind.POINTER
     assert (sock.field("sport").kind, sock.field("sport").size) == (FieldKind.INT, 2)
+    mq = fixture("syscalls_sys_enter_mq_timedsend")  # "const char * u_msg_ptr": a message
+    assert mq.field("u_msg_ptr").kind is FieldKind.POINTER
+    assert [f.name for f in mq.fields if f.kind is FieldKind.USER_STRING] == []
     buf = fixture("ftrace_bprint").field("buf")
     assert (buf.kind, buf.size) == (FieldKind.FLEXIBLE, 0)
 
@@ -97,6 +101,62 @@ def test_classify_declarations(
     field = tracefs.parse_field_line(f"\tfield:{decl};\toffset:8;\tsize:{size};\tsigned:0;")
     assert field is not None
     assert (field.kind, field.count, field.relative) == (kind, count, relative)
+
+
+CHARS = """name: jbd2_start_commit
+ID: 1285
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:char sync_commit;\toffset:8;\tsize:1;\tsigned:0;
+\tfield:char old_kernel;\toffset:9;\tsize:1;\tsigned:1;
+\tfield:const char c;\toffset:10;\tsize:1;\tsigned:0;
+\tfield:signed char s;\toffset:11;\tsize:1;\tsigned:1;
+\tfield:unsigned char u;\toffset:12;\tsize:1;\tsigned:0;
+
+print fmt: "sync %d", REC->sync_commit
+"""
+"""A kernel since 6.2 (-funsigned-char) says ``signed:0`` for a plain char; before, x86
+said ``signed:1``."""
+
+
+def test_plain_char_takes_its_sign_from_the_format() -> None:
+    from ebcap.capture.tracepoint_source import TracepointSource
+
+    fmt = tracefs.parse_format(CHARS, "jbd2")
+    signs = {f.name: (f.int_size, f.int_signed) for f in fmt.fields if not f.is_common}
+    assert signs == {
+        "sync_commit": (1, False), "old_kernel": (1, True), "c": (1, False),
+        "s": (1, True), "u": (1, False),
+    }  # fmt: skip
+    source = TracepointSource("jbd2", fmt.name, fmt=fmt)
+    types = {f.name: f.type for f in source.arrow_fields()}
+    assert (types["sync_commit"], types["old_kernel"]) == (pa.uint8(), pa.int8())
+    lseek = fixture("syscalls_sys_enter_lseek").field("offset")  # signed:0, declared off_t
+    assert (lseek.signed, lseek.int_signed) == (False, True)
+
+
+@pytest.mark.privileged
+def test_live_plain_chars_follow_their_format() -> None:
+    """This kernel's plain char fields (e.g. jbd2_start_commit's sync_commit) are
+    recorded with the format's sign: uint8 on a kernel built with -funsigned-char."""
+    from ebcap.capture.tracepoint_source import TracepointSource
+
+    chars = 0
+    for spec in tracefs.list_tracepoints():
+        fmt = tracefs.read_format(*tracefs.split_spec(spec))
+        for field in fmt.fields:
+            if field.kind is FieldKind.INT and field.type in ("char", "const char"):
+                assert field.int_signed == field.signed, (spec, field.name)
+                chars += 1
+    assert chars
+    if "jbd2:jbd2_start_commit" in tracefs.list_tracepoints("jbd2:*"):
+        source = TracepointSource("jbd2", "jbd2_start_commit")
+        types = {f.name: f.type for f in source.arrow_fields()}
+        assert types["sync_commit"] == pa.uint8()
 
 
 @pytest.mark.parametrize(
@@ -132,10 +192,15 @@ def test_listing_and_globs_on_a_tree(tmp_path: Path) -> None:
         ("sched", "sched_switch"),
         ("sched", "sched_wakeup"),
         ("irq", "softirq_entry"),
+        ("irq", "no_id"),
+        ("ftrace", "function"),
+        ("ftrace", "bprint"),
     ]:
         event = tmp_path / "events" / category / name
         event.mkdir(parents=True)
         (event / "format").write_text((FIXTURES / "sched_sched_switch.format").read_text())
+        if name not in ("no_id", "bprint"):
+            (event / "id").write_text("372\n")
     (tmp_path / "events" / "sched" / "enable").write_text("0")
     assert tracefs.list_tracepoints("*", tmp_path) == [
         "irq:softirq_entry", "sched:sched_switch", "sched:sched_wakeup",
@@ -147,6 +212,8 @@ def test_listing_and_globs_on_a_tree(tmp_path: Path) -> None:
     assert tracefs.list_tracepoints("*wake*", tmp_path) == ["sched:sched_wakeup"]
     assert tracefs.list_tracepoints("irq:*", tmp_path) == ["irq:softirq_entry"]
     assert tracefs.list_tracepoints("nothing", tmp_path) == []
+    assert tracefs.list_tracepoints("ftrace:*", tmp_path) == []
+    assert tracefs.list_tracepoints("function", tmp_path) == []
     assert tracefs.read_format("sched", "sched_wakeup", tmp_path).id == 372
     with pytest.raises(NotSupportedError, match="no tracepoint sched:nope"):
         tracefs.read_format("sched", "nope", tmp_path)
@@ -165,7 +232,12 @@ def test_every_live_format_parses() -> None:
             "common_type", "common_flags", "common_preempt_count", "common_pid",
         ]  # fmt: skip
         assert all(f.end <= fmt.record_size for f in fmt.fields)
-    for spec in ("sched:sched_switch", "sched:sched_process_fork", "syscalls:sys_enter_openat"):
+    for spec in (
+        "sched:sched_switch",
+        "sched:sched_process_fork",
+        "syscalls:sys_enter_openat",
+        "syscalls:sys_enter_mq_timedsend",
+    ):
         category, name = tracefs.split_spec(spec)
         fmt = tracefs.read_format(category, name)
         assert fmt.id == links.tracepoint_id(category, name, root)
@@ -177,6 +249,8 @@ def test_every_live_format_parses() -> None:
     assert list_tracepoint_sources("tracepoint:syscalls:sys_enter_openat") == [
         "tracepoint:syscalls:sys_enter_openat"
     ]
+    assert list_tracepoint_sources("ftrace:*") == []
+    assert all((root / "events" / s.replace(":", "/") / "id").is_file() for s in specs)
 
 
 @pytest.mark.privileged
