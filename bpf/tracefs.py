@@ -325,6 +325,11 @@ def read_format(
 ) -> TracepointFormat:
     """The format of tracepoint ``category:name`` on this kernel."""
     split_spec(f"{category}:{name}")
+    if category == FTRACE_CATEGORY:
+        raise UsageError(
+            f"{category}:{name} is an event of ftrace's own tracers: "
+            "it takes no BPF program, so ebcap cannot record it"
+        )
     path = _root(tracefs_root) / "events" / category / name / "format"
     try:
         text = path.read_text()

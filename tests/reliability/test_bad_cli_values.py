@@ -122,6 +122,7 @@ RECORDING = {
     "pin that does not exist": (["--pin", "/sys/fs/bpf/ebcap-nosuch"], "ebcap-nosuch"),
     "unknown tracepoint": (["-s", "tracepoint:nosuch:thing"], "nosuch:thing"),
     "malformed tracepoint": (["-s", "tracepoint:sched"], "tracepoint"),
+    "ftrace's own event": (["-s", "tracepoint:ftrace:function"], "takes no BPF program"),
     "unknown interface": (["-s", "xdp:ebcapnosuch0"], "ebcapnosuch0"),
     "tc without direction word": (["-s", "tc:lo:sideways"], "sideways"),
     "snaplen for syscalls": (["--snaplen", "100"], "--snaplen"),
