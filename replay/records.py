@@ -1,5 +1,7 @@
 """Machine-readable rows: JSON lines and CSV, every column, bytes as hex.
 
+Timestamps are ISO 8601; one with a time zone is written in UTC with ``Z``.
+
 Both encoders turn a whole record batch into bytes with Arrow compute (the
 JSON text of each column is built column-wise, then joined per row), so no
 Python code runs per event except for string values, which are escaped once
@@ -59,15 +61,24 @@ def json_values(column: pa.Array) -> pa.Array:
         finite = pc.is_finite(column)
         text = pc.if_else(finite, pc.cast(column, pa.string()), pa.scalar(None, pa.string()))
     elif pa.types.is_timestamp(kind):
-        iso = pc.strftime(column, format="%Y-%m-%dT%H:%M:%S")
-        suffix = "Z" if kind.tz in ("UTC", "+00:00") else ""
-        text = pc.binary_join_element_wise('"', iso, f'{suffix}"', "")
+        text = _iso_timestamps(column)
     else:
         values = column.to_pylist()
         text = pa.array(
             [None if v is None else json.dumps(v, default=str) for v in values], pa.string()
         )
     return pc.fill_null(text, "null")
+
+
+def _iso_timestamps(column: pa.Array) -> pa.Array:
+    """Timestamps as quoted ISO 8601: a zoned one in UTC with ``Z`` (whatever its zone:
+    "Etc/UTC", "Asia/Tokyo"), so no reader takes it for local time; a naive one as is."""
+    kind = column.type
+    zoned = kind.tz is not None
+    if zoned:
+        column = column.cast(pa.timestamp(kind.unit, tz="UTC"))  # the values are UTC already
+    iso = pc.strftime(column, format="%Y-%m-%dT%H:%M:%S")
+    return pc.binary_join_element_wise('"', iso, 'Z"' if zoned else '"', "")
 
 
 class JsonlEncoder:

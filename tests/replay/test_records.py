@@ -90,3 +90,25 @@ def test_csv_header_for_an_empty_capture(tmp_path: Path) -> None:
     ]
     empty = pa.RecordBatch.from_pylist([], schema=table.schema)
     assert CsvEncoder(table.schema).encode(empty) == b""
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Etc/UTC", "Asia/Tokyo", "+09:00", "America/New_York"])
+def test_json_writes_zoned_timestamps_in_utc_with_z(zone: str) -> None:
+    """DuckDB results say "Etc/UTC"; other writers any zone: the instant is the same."""
+    ns = [1_700_000_000_123_456_789, None]
+    batch = pa.record_batch(
+        {
+            "zoned": pa.array(ns, pa.timestamp("ns", tz=zone)),
+            "micro": pa.array([v // 1000 if v else None for v in ns], pa.timestamp("us", tz=zone)),
+            "naive": pa.array(ns, pa.timestamp("ns")),
+        }
+    )
+    text = bytes(JsonlEncoder().encode(batch)).decode()
+    assert [json.loads(line) for line in text.splitlines()] == [
+        {
+            "zoned": "2023-11-14T22:13:20.123456789Z",
+            "micro": "2023-11-14T22:13:20.123456Z",
+            "naive": "2023-11-14T22:13:20.123456789",
+        },
+        {"zoned": None, "micro": None, "naive": None},
+    ]
