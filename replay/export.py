@@ -5,7 +5,9 @@ keeps them binary and the capture's ``ebcap.*`` metadata) and gain ``time``,
 ``timestamp[ns, UTC]``: ``ts_ns`` plus the capture's CLOCK_REALTIME -
 CLOCK_MONOTONIC offset, so tools without ebcap see real dates. A source
 column already named ``time`` (a tracepoint field) keeps its name, and the
-wall-clock column becomes ``wall_time``. Batches
+wall-clock column becomes ``wall_time``. A column Parquet has no type for
+(an interval or a union, in a file another tool wrote) is refused before
+any file is created; CSV and JSON lines hold it as text. Batches
 stream through; nothing holds the whole capture. CSV and JSON lines can go
 to stdout (``-``); Parquet cannot (its writer needs a file). What the
 ordering met (a CPU's own disorder, a sort that spilled) comes back in the
@@ -91,6 +93,29 @@ def time_schema(schema: pa.Schema, time: pa.Field) -> pa.Schema:
     return schema.insert(schema.get_field_index("ts_ns") + 1, time)
 
 
+def check_parquet_types(schema: pa.Schema) -> None:
+    """UsageError naming the first column Parquet has no type for (an interval, a union:
+    columns of files other tools wrote), before any file is created."""
+    if _parquet_takes(schema):
+        return
+    for field in schema:
+        if not _parquet_takes(pa.schema([field])):
+            raise UsageError(
+                f"column {field.name!r} is {field.type}, which Parquet cannot hold: "
+                "export to .csv or .jsonl instead"
+            )
+    raise UsageError("Parquet cannot hold this capture's columns: export to .csv or .jsonl")
+
+
+def _parquet_takes(schema: pa.Schema) -> bool:
+    """Whether Arrow's Parquet writer maps every column of ``schema`` (tried in memory)."""
+    try:
+        pq.ParquetWriter(pa.BufferOutputStream(), schema).close()
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    return True
+
+
 def with_time(batch: pa.RecordBatch, offset_ns: int, field: pa.Field) -> pa.RecordBatch:
     """The batch with its wall-clock column ``field`` added."""
     time = wall_time(batch.column("ts_ns").to_numpy(), offset_ns).cast(field.type)
@@ -127,6 +152,7 @@ def export(
     report = OrderReport()
     batches = (with_time(batch, offset, time) for batch in _rows(reader, in_time_order, report))
     if chosen == PARQUET:
+        check_parquet_types(schema)
         with (
             AtomicPath(path, force=force, inputs=[reader.path]) as temp,
             pq.ParquetWriter(temp, schema, compression=PARQUET_COMPRESSION) as writer,

@@ -248,3 +248,26 @@ def test_times_past_the_year_2262_are_null(tmp_path: Path) -> None:
     assert run(["export", str(path), "-o", str(out)]) == 0
     times = pq.read_table(out).column("time").cast(pa.int64()).to_pylist()
     assert times == [t + REALTIME_OFFSET_NS for t in ts[:-1]] + [None]
+
+
+def test_a_column_parquet_cannot_hold_is_refused_before_any_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An interval column (another writer's file) has no Parquet type: one line, exit 2,
+    nothing written; CSV holds it as text."""
+    table = build_table(Synthetic(seed=95, events_per_cpu=3))
+    spans = [pa.MonthDayNano([0, 1, i]) for i in range(table.num_rows)]
+    table = table.append_column("span", pa.array(spans, pa.month_day_nano_interval()))
+    path = write_table(tmp_path / "i.arrow", table)
+    for force in ([], ["--force"]):
+        assert run(["export", str(path), "-o", str(tmp_path / "i.parquet"), *force]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            "ebcap: error: column 'span' is month_day_nano_interval, which Parquet cannot "
+            "hold: export to .csv or .jsonl instead\n"
+        )
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["i.arrow"]
+    assert run(["export", str(path), "-o", str(tmp_path / "i.csv")]) == 0
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "i.csv").read_text())))
+    want = ["1 day"] + [f"1 day 00:00:00.00000000{i}" for i in range(1, table.num_rows)]
+    assert [r["span"] for r in rows] == want
