@@ -30,7 +30,7 @@ from ebcap.errors import UsageError
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.order import OrderReport, in_order
-from ebcap.replay.records import CSV, JSONL, encoder_for
+from ebcap.replay.records import CSV, JSONL, encoded, encoder_for
 from ebcap.replay.scan import slice_schema
 from ebcap.replay.sink import STDOUT_NAMES, AtomicPath, Output, inner_suffix, is_compressed
 from ebcap.replay.text import wall_time
@@ -165,6 +165,7 @@ def export(
             encoder = encoder_for(chosen, schema)
             out.write(encoder.header())
             for batch in batches:
-                out.write(encoder.encode(batch))
+                for piece in encoded(encoder, batch):
+                    out.write(piece)
                 rows += batch.num_rows
     return ExportSummary(None if to_stdout(path) else Path(path), chosen, rows, report)

@@ -11,7 +11,7 @@ per distinct value.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol
 
 import pyarrow as pa
@@ -26,7 +26,7 @@ from ebcap.replay.display import (
     quoted,
 )
 from ebcap.replay.hexfmt import bytes_hex, hex_or_null
-from ebcap.replay.lines import Piece, join_lines
+from ebcap.replay.lines import Piece, bounded_ranges, join_lines
 from ebcap.replay.repeats import distinct_rows, repeats_enough
 
 JSONL: Final = "jsonl"
@@ -228,6 +228,13 @@ class CsvEncoder:
         out = pa.BufferOutputStream()
         pacsv.write_csv(batch, out, write_options=pacsv.WriteOptions(include_header=header))
         return out.getvalue().to_pybytes()
+
+
+def encoded(encoder: RowEncoder, batch: pa.RecordBatch) -> Iterator[bytes | memoryview]:
+    """``encoder.encode`` of ``batch`` a bounded range of rows at a time (see
+    :func:`~ebcap.replay.lines.bounded_ranges`): large payloads never make one huge text."""
+    for start, end in bounded_ranges(batch):
+        yield encoder.encode(batch.slice(start, end - start))
 
 
 def encoder_for(fmt: str, schema: pa.Schema) -> RowEncoder:

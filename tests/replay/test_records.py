@@ -162,3 +162,53 @@ def test_csv_writes_intervals_unions_and_other_types_as_text() -> None:
 def test_json_writes_intervals_as_text() -> None:
     text = bytes(JsonlEncoder().encode(odd_types())).decode()
     assert [json.loads(line) for line in text.splitlines()] == ODD_VALUES
+
+
+class Writes(Collect):
+    """A sink that also keeps the size of each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sizes.append(len(data))
+        super().write(data)
+
+
+CHUNK = 8192
+"""Bytes of payload per piece in the test below; the real default is 64 MiB."""
+
+
+@pytest.mark.parametrize(
+    ("fmt", "order"),
+    # sorted text lines hold no payload: their short preview is made before the sort
+    [
+        ("jsonl", "arrival"),
+        ("jsonl", "time"),
+        ("csv", "arrival"),
+        ("csv", "time"),
+        ("text", "arrival"),
+    ],
+)
+def test_large_payloads_are_written_a_bounded_piece_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, order: str
+) -> None:
+    """65,536 payloads of 16 KiB in one batch were 2 GiB of hex in one string (past what
+    Arrow holds) and ~9.5 GB of memory; pieces of bounded size give the same lines."""
+    table = build_table(Synthetic(seed=22, events_per_cpu=150, lost_every=9))
+    n = table.num_rows
+    payloads = [bytes([i % 251]) * (1000 + i % 700) if i % 11 else b"" for i in range(n)]
+    table = table.set_column(6, table.schema.field("data"), pa.array(payloads, pa.binary()))
+    write_table(tmp_path / "big.arrow", table, batch_rows=n)  # one batch
+    whole = replayed(tmp_path / "big.arrow", fmt, order=order)
+    monkeypatch.setattr("ebcap.replay.lines.TEXT_CHUNK_BYTES", CHUNK, raising=False)
+    sink = Writes()
+    with CaptureReader(tmp_path / "big.arrow") as reader:
+        write_replay(reader, sink, ReplayOptions(fmt=fmt, order=order))
+    assert sink.data.decode() == whole
+    assert len(sink.sizes) > n * 1350 // CHUNK // 2  # in many pieces
+    assert max(sink.sizes) <= 2 * CHUNK + 2 * 1700 + 4096  # hex of one piece and a row
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in whole.splitlines()]
+        assert sorted(r["data"] for r in rows) == sorted(p.hex() for p in payloads)
