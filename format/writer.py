@@ -34,6 +34,7 @@ from ebcap.format import checksum
 from ebcap.format import schema as fs
 from ebcap.format.conform import Rows, conform_batch, empty_batch
 from ebcap.format.counts import CpuCounts
+from ebcap.format.file_checks import descriptor_link
 from ebcap.format.write_behind import WriteBehind
 
 T = TypeVar("T")
@@ -157,9 +158,14 @@ class CaptureWriter:
             raise UsageError(f"output directory {parent} does not exist")
         if self.path.is_dir():
             raise UsageError(f"output {self.path} is a directory")
-        if self.path.exists() and not self.path.is_file():
+        what = None
+        if descriptor_link(self.path) is not None:  # /dev/stdout: never renamed over
+            what = "names an open descriptor, not a file of its own"
+        elif self.path.exists() and not self.path.is_file():
+            what = "is not a regular file"
+        if what is not None:
             raise UsageError(
-                f"output {self.path} is not a regular file: a capture is written as "
+                f"output {self.path} {what}: a capture is written as "
                 f"{self.path.name}{PARTIAL_SUFFIX} and then renamed into place"
             )
         if self.path.exists() and not self._force:

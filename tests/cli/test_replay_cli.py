@@ -222,3 +222,22 @@ def test_colour_on_a_terminal_unless_no_color(capture) -> None:
     assert b"\x1b" not in plain
     strip = re.compile(r"\x1b\[[0-9;]*m")
     assert [strip.sub("", line) for line in lines] == plain.decode().splitlines()
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_output_through_a_link_to_stdout_writes_to_stdout(
+    capture, tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes], force: list[str]
+) -> None:
+    """`-o /dev/stdout` when stdout is a regular file (here pytest's capture file): not
+    "exists, use --force", and with --force no rename over the link. A link of our own to
+    /proc/self/fd/1 stands in for /dev/stdout (never touched by a test)."""
+    path, table = capture
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    assert os.path.isfile(link)  # stdout is a regular file
+    assert run(["replay", str(path), "-f", "jsonl", "-o", str(link), *force]) == 0
+    out, err = capfdbinary.readouterr()
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == table.column("seq").to_pylist()
+    assert b"exists" not in err
+    assert os.readlink(link) == "/proc/self/fd/1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.arrow", "stdout"]

@@ -154,6 +154,25 @@ def test_refuses_to_overwrite_and_leaves_the_file_untouched(tmp_path: Path) -> N
     assert not partial_path(out).exists()
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_a_name_of_an_open_descriptor_is_refused(tmp_path: Path, force: bool) -> None:
+    """`-o /dev/stdout` (stdout a regular file): renaming the finished capture over the
+    name would replace the /dev/stdout symlink. A link of our own stands in for it."""
+    target = tmp_path / "file"
+    target.write_bytes(b"precious")
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        link = tmp_path / "stdout"
+        link.symlink_to(f"/proc/self/fd/{fd}")
+        with pytest.raises(UsageError, match="names an open descriptor"):
+            CaptureWriter(link, SCHEMA, force=force)
+        assert os.readlink(link) == f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "stdout"]
+
+
 def test_force_replaces_only_at_the_final_rename(tmp_path: Path) -> None:
     out = tmp_path / "cap.arrow"
     out.write_bytes(b"precious")
