@@ -11,6 +11,7 @@ of a cut-short packet, found by a first pass over the length columns.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import BinaryIO, Protocol, cast
 
 import pyarrow as pa
@@ -36,14 +37,34 @@ class ByteSink(Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> object: ...
 
 
+@dataclass(frozen=True)
+class PcapngSummary:
+    """What :func:`export_pcapng` wrote."""
+
+    packets: int
+    incomplete: int
+    """Samples left out: no ``cap_len``, ``pkt_len`` or ``ifindex`` (another tool's nulls)."""
+
+    def notes(self) -> list[str]:
+        """One line for each thing the user should know (nothing when all was written)."""
+        if not self.incomplete:
+            return []
+        rows = "row has" if self.incomplete == 1 else "rows have"
+        return [
+            f"{self.incomplete:,} packet {rows} no cap_len, pkt_len or ifindex: "
+            "left out of the pcapng"
+        ]
+
+
 def export_pcapng(
     reader: CaptureReader,
     out: ByteSink,
     *,
     in_time_order: bool = False,
     report: OrderReport | None = None,
-) -> int:
-    """Write the capture's packets to ``out``; return how many (loss rows are skipped)."""
+) -> PcapngSummary:
+    """Write the capture's packets to ``out``; say how many (loss rows are skipped, and
+    samples without a length or interface counted)."""
     metadata = reader.metadata
     offset = packet_offset(metadata)
     require_packet_columns(reader.schema.names)
@@ -61,7 +82,7 @@ def export_pcapng(
             write_packet_rows(writer, batch.rows, offset)
     finally:
         stream.close()
-    return writer.packets
+    return PcapngSummary(writer.packets, writer.incomplete)
 
 
 def _largest_cut(reader: CaptureReader) -> int:

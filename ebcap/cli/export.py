@@ -83,8 +83,8 @@ def _export_pcapng(
         CaptureReader(file) as reader,
         Output(output, force=force, inputs=[file]) as out,
     ):
-        packets = export_pcapng(reader, out, in_time_order=in_time_order, report=report)
-    for said in report.notes():
+        written = export_pcapng(reader, out, in_time_order=in_time_order, report=report)
+    for said in [*report.notes(), *written.notes()]:
         note(said)
     where = "stdout" if stdout else str(output)
-    typer.echo(f"wrote {count(packets)} packets to {where} (pcapng)", err=True)
+    typer.echo(f"wrote {count(written.packets)} packets to {where} (pcapng)", err=True)

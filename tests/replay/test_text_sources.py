@@ -127,3 +127,21 @@ def test_a_large_string_syscall_column_reads_as_a_call(tmp_path: Path) -> None:
     with CaptureReader(tmp_path / "l.arrow") as reader:
         write_replay(reader, sink, ReplayOptions())
     assert [parse(line)["body"] for line in sink.lines()] == ["read(0x0, 0x1, 0x2, 0x3, 0x4, 0x5)"]
+
+
+def test_packets_without_lengths_say_unknown(tmp_path: Path) -> None:
+    from cli.test_export_cli import packets_with_nulls
+
+    packets_with_nulls(tmp_path / "p.arrow")
+    sink = Collect()
+    with CaptureReader(tmp_path / "p.arrow") as reader:
+        write_replay(reader, sink, ReplayOptions())
+    bodies = [parse(line)["body"] for line in sink.lines()]
+    assert bodies[1] == (
+        "IPv4 198.51.100.1.51234 > 198.51.100.2.443: TCP, length 98 ifindex=3 rx_queue=0"
+    )  # no cap_len: the flags, read from the captured bytes, are unknown
+    assert bodies[2] == (
+        "IPv4 198.51.100.1.5353 > 198.51.100.2.53: UDP, length unknown (captured 128), "
+        "fragment id 4660 at 0 (more follow) ifindex=3 rx_queue=0"
+    )
+    assert bodies[6].endswith(", length 118 ifindex=- rx_queue=0")
