@@ -5,9 +5,11 @@ keeps them binary and the capture's ``ebcap.*`` metadata) and gain ``time``,
 ``timestamp[ns, UTC]``: ``ts_ns`` plus the capture's CLOCK_REALTIME -
 CLOCK_MONOTONIC offset, so tools without ebcap see real dates. A source
 column already named ``time`` (a tracepoint field) keeps its name, and the
-wall-clock column becomes ``wall_time``. A column Parquet has no type for
-(an interval or a union, in a file another tool wrote) is refused before
-any file is created; CSV and JSON lines hold it as text. Batches
+wall-clock column becomes ``wall_time``. A capture without the offset (an
+optional key) is exported without the column, and the summary says so. A
+column Parquet has no type for (an interval or a union, in a file another
+tool wrote) is refused before any file is created; CSV and JSON lines hold
+it as text. Batches
 stream through; nothing holds the whole capture. CSV and JSON lines can go
 to stdout (``-``); Parquet cannot (its writer needs a file). What the
 ordering met (a CPU's own disorder, a sort that spilled) comes back in the
@@ -52,6 +54,18 @@ class ExportSummary:
     fmt: str
     rows: int
     order: OrderReport
+    wall_clock: str | None = TIME_NAMES[0]
+    """The wall-clock column's name; None when the capture lacks its realtime offset."""
+
+    def notes(self) -> list[str]:
+        """What the user should know: what the ordering met, a missing wall clock."""
+        notes = list(self.order.notes())
+        if self.wall_clock is None:
+            notes.append(
+                f"the capture has no {fs.META_REALTIME_OFFSET}: exported without a "
+                "wall-clock column"
+            )
+        return notes
 
 
 def export_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
@@ -141,16 +155,15 @@ def export(
 ) -> ExportSummary:
     """Write the capture to ``path``; the file appears only once complete."""
     chosen = export_format(path, fmt)
-    offset = reader.metadata.get(fs.META_REALTIME_OFFSET)
-    if not isinstance(offset, int):
-        raise UsageError(
-            f"{reader.path} lacks {fs.META_REALTIME_OFFSET}: no wall-clock time to add"
-        )
-    time = time_field(reader.schema)
-    schema = time_schema(slice_schema(reader), time)  # the types the rows come in
+    offset = reader.metadata.get(fs.META_REALTIME_OFFSET)  # optional: FORMAT.md
+    time = time_field(reader.schema) if isinstance(offset, int) else None
+    schema = slice_schema(reader)  # the types the rows come in
     rows = 0
     report = OrderReport()
-    batches = (with_time(batch, offset, time) for batch in _rows(reader, in_time_order, report))
+    batches = _rows(reader, in_time_order, report)
+    if isinstance(offset, int) and time is not None:
+        schema = time_schema(schema, time)
+        batches = (with_time(batch, offset, time) for batch in batches)
     if chosen == PARQUET:
         check_parquet_types(schema)
         with (
@@ -168,4 +181,5 @@ def export(
                 for piece in encoded(encoder, batch):
                     out.write(piece)
                 rows += batch.num_rows
-    return ExportSummary(None if to_stdout(path) else Path(path), chosen, rows, report)
+    where = None if to_stdout(path) else Path(path)
+    return ExportSummary(where, chosen, rows, report, None if time is None else time.name)

@@ -27,6 +27,7 @@ from ebcap.format.pcapng import (
     write_packet_rows,
 )
 from ebcap.format.reader import CaptureReader
+from ebcap.format.schema import META_REALTIME_OFFSET
 from ebcap.replay.order import OrderReport, in_order
 from ebcap.replay.scan import CORE_KEYS, scan_columns
 
@@ -44,16 +45,24 @@ class PcapngSummary:
     packets: int
     incomplete: int
     """Samples left out: no ``cap_len``, ``pkt_len`` or ``ifindex`` (another tool's nulls)."""
+    wall_clock: bool = True
+    """False: the capture lacks its realtime offset; packet times are CLOCK_MONOTONIC."""
 
     def notes(self) -> list[str]:
         """One line for each thing the user should know (nothing when all was written)."""
-        if not self.incomplete:
-            return []
-        rows = "row has" if self.incomplete == 1 else "rows have"
-        return [
-            f"{self.incomplete:,} packet {rows} no cap_len, pkt_len or ifindex: "
-            "left out of the pcapng"
-        ]
+        notes = []
+        if self.incomplete:
+            rows = "row has" if self.incomplete == 1 else "rows have"
+            notes.append(
+                f"{self.incomplete:,} packet {rows} no cap_len, pkt_len or ifindex: "
+                "left out of the pcapng"
+            )
+        if not self.wall_clock:
+            notes.append(
+                f"the capture has no {META_REALTIME_OFFSET}: packet times are "
+                "CLOCK_MONOTONIC (since boot), not wall-clock"
+            )
+        return notes
 
 
 def export_pcapng(
@@ -82,7 +91,8 @@ def export_pcapng(
             write_packet_rows(writer, batch.rows, offset)
     finally:
         stream.close()
-    return PcapngSummary(writer.packets, writer.incomplete)
+    wall_clock = META_REALTIME_OFFSET in metadata
+    return PcapngSummary(writer.packets, writer.incomplete, wall_clock)
 
 
 def _largest_cut(reader: CaptureReader) -> int:

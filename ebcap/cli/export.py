@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
         "export",
         help=(
             "Convert a capture to Parquet (zstd), CSV or JSON lines (NAME.zst: compressed), "
-            "adding a wall-clock `time` column (UTC), or the packets of an xdp:/tc: capture "
+            "adding a wall-clock `time` column (UTC) when the capture has its realtime "
+            "offset, or the packets of an xdp:/tc: capture "
             "to pcapng. The format comes from the output name unless --format says; "
             "-o - writes csv, jsonl or pcapng to stdout.\n\n"
             "Examples:\n\n"
@@ -62,7 +63,7 @@ def export(
     with closed_pipe_ends_quietly(), CaptureReader(file) as reader:
         summary = run_export(reader, output, fmt=chosen, force=force, in_time_order=sorted_)
     where = "stdout" if summary.path is None else str(summary.path)
-    for said in summary.order.notes():
+    for said in summary.notes():
         note(said)
     typer.echo(f"wrote {count(summary.rows)} rows to {where} ({summary.fmt})", err=True)
 

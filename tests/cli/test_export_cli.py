@@ -353,3 +353,48 @@ def test_pcapng_leaves_out_packets_without_lengths_and_says_so(
         packets = write_pcapng(kept, reader.metadata, expected)
     assert err[1:] == [f"wrote {packets} packets to {out} (pcapng)"]
     assert out.read_bytes() == expected.getvalue()
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv", "jsonl"])
+def test_a_capture_without_its_realtime_offset_exports_without_wall_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    """ebcap.realtime_offset_ns is optional (FORMAT.md): every column but the wall clock."""
+    table = build_table(Synthetic(seed=97, events_per_cpu=10, lost_every=4))
+    meta = {k: v for k, v in table.schema.metadata.items() if k != b"ebcap.realtime_offset_ns"}
+    table = table.replace_schema_metadata(meta)
+    path = write_table(tmp_path / "n.arrow", table)
+    out = tmp_path / f"n.{suffix}"
+    assert run(["export", str(path), "-o", str(out)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "ebcap: note: the capture has no ebcap.realtime_offset_ns: exported without a "
+        "wall-clock column",
+        f"wrote {table.num_rows} rows to {out} ({suffix})",
+    ]
+    if suffix == "parquet":
+        got = pq.read_table(out)
+        names, seqs = got.schema.names, got.column("seq").to_pylist()
+    elif suffix == "csv":
+        rows = list(csv.DictReader(io.StringIO(out.read_text())))
+        names, seqs = list(rows[0]), [int(r["seq"]) for r in rows]
+    else:
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        names, seqs = list(rows[0]), [r["seq"] for r in rows]
+    assert names == table.schema.names
+    assert seqs == table.column("seq").to_pylist()
+
+
+def test_pcapng_of_a_capture_without_its_realtime_offset_says_times_are_monotonic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = packet_capture(tmp_path / "p.arrow")
+    meta = {k: v for k, v in table.schema.metadata.items() if k != b"ebcap.realtime_offset_ns"}
+    path = write_table(tmp_path / "n.arrow", table.replace_schema_metadata(meta))
+    out = tmp_path / "n.pcapng"
+    assert run(["export", str(path), "-o", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "ebcap: note: the capture has no ebcap.realtime_offset_ns: packet times are "
+        "CLOCK_MONOTONIC (since boot), not wall-clock"
+    )
+    assert err[1].startswith("wrote 15 packets to")
