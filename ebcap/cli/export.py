@@ -53,6 +53,7 @@ def export(
     from ebcap.replay.export import export_format, to_stdout
     from ebcap.replay.sink import check_output_path, inner_suffix
 
+    fmt = fmt.lower() if fmt is not None else None  # -f PCAPNG as -f CSV: any case
     stdout = to_stdout(output)
     if not stdout:
         check_output_path(output, force=force, inputs=[file])

@@ -70,7 +70,7 @@ def replay(
 
     if output is not None:
         check_output_path(output, force=force, inputs=[file])
-    chosen = fmt if fmt is not None else _format_from(output)
+    chosen = fmt.lower() if fmt is not None else _format_from(output)
     options = ReplayOptions(
         order=TIME if sorted_ else ARRIVAL,
         fmt=chosen,

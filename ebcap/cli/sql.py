@@ -54,7 +54,7 @@ def sql(
     from ebcap.replay.sql import SqlSession
     from ebcap.replay.table_text import table_lines
 
-    fmt = asked_format or _format_of(output)
+    fmt = asked_format.lower() if asked_format else _format_of(output)
     if fmt not in SQL_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(SQL_FORMATS)}, not {fmt!r}")
     if output is not None:

@@ -398,3 +398,12 @@ def test_pcapng_of_a_capture_without_its_realtime_offset_says_times_are_monotoni
         "CLOCK_MONOTONIC (since boot), not wall-clock"
     )
     assert err[1].startswith("wrote 15 packets to")
+
+
+@pytest.mark.parametrize(("fmt", "magic"), [("PCAPNG", b"\x0a\x0d\x0d\x0a"), ("Csv", b'"seq"')])
+def test_the_format_option_takes_any_case(tmp_path: Path, fmt: str, magic: bytes) -> None:
+    path = tmp_path / "p.arrow"
+    packet_capture(path)
+    out = tmp_path / "p.out"
+    assert run(["export", str(path), "-f", fmt, "-o", str(out)]) == 0
+    assert out.read_bytes().startswith(magic)

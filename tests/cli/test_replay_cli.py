@@ -241,3 +241,10 @@ def test_output_through_a_link_to_stdout_writes_to_stdout(
     assert b"exists" not in err
     assert os.readlink(link) == "/proc/self/fd/1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.arrow", "stdout"]
+
+
+def test_the_format_option_takes_any_case(capture, capsys: pytest.CaptureFixture[str]) -> None:
+    path, table = capture
+    assert run(["replay", str(path), "-f", "JSONL"]) == 0
+    out = capsys.readouterr().out
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == table.column("seq").to_pylist()

@@ -223,3 +223,9 @@ def test_intervals_and_unions_are_text_in_every_format(
     else:  # columns two spaces apart; the interval's own words one space apart
         got = [tuple(re.split(" {2,}", line.strip())) for line in out.splitlines()[2:]]
     assert got == want
+
+
+def test_the_format_option_takes_any_case(capture, capsys: pytest.CaptureFixture[str]) -> None:
+    path, table = capture
+    assert run(["sql", str(path), "SELECT count(*) AS n FROM events", "-f", "CSV"]) == 0
+    assert capsys.readouterr().out.splitlines() == ['"n"', str(table.num_rows)]
