@@ -34,7 +34,7 @@ from ebcap.format.reader import CaptureReader
 from ebcap.replay.order import OrderReport, in_order
 from ebcap.replay.records import CSV, JSONL, encoded, encoder_for
 from ebcap.replay.scan import slice_schema
-from ebcap.replay.sink import STDOUT_NAMES, AtomicPath, Output, inner_suffix, is_compressed
+from ebcap.replay.sink import AtomicPath, Output, inner_suffix, is_compressed, to_stdout
 from ebcap.replay.text import wall_time
 
 PARQUET: Final = "parquet"
@@ -87,11 +87,6 @@ def export_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
             "give a file name, or use --format csv or jsonl"
         )
     return chosen
-
-
-def to_stdout(path: str | os.PathLike[str] | None) -> bool:
-    """Whether an output name means stdout (``-``)."""
-    return path is None or str(path) in STDOUT_NAMES
 
 
 def time_field(schema: pa.Schema) -> pa.Field:

@@ -36,6 +36,11 @@ ZSTD_LEVEL: Final = 3
 STDOUT_NAMES: Final = (None, "-")
 
 
+def to_stdout(path: str | os.PathLike[str] | None) -> bool:
+    """Whether an output name means stdout (``-``, or none given)."""
+    return path is None or str(path) in STDOUT_NAMES
+
+
 def is_compressed(path: str | os.PathLike[str]) -> bool:
     return str(path).endswith(ZSTD_SUFFIX)
 

@@ -50,8 +50,8 @@ def export(
 ) -> None:
     from ebcap.format.reader import CaptureReader
     from ebcap.replay.export import export as run_export
-    from ebcap.replay.export import export_format, to_stdout
-    from ebcap.replay.sink import check_output_path, inner_suffix
+    from ebcap.replay.export import export_format
+    from ebcap.replay.sink import check_output_path, inner_suffix, to_stdout
 
     fmt = fmt.lower() if fmt is not None else None  # -f PCAPNG as -f CSV: any case
     stdout = to_stdout(output)

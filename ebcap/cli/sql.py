@@ -50,14 +50,14 @@ def sql(
 ) -> None:
     from ebcap.format.reader import CaptureReader
     from ebcap.replay.records import encoded, encoder_for
-    from ebcap.replay.sink import Output, check_output_path
+    from ebcap.replay.sink import Output, check_output_path, to_stdout
     from ebcap.replay.sql import SqlSession
     from ebcap.replay.table_text import table_lines
 
     fmt = asked_format.lower() if asked_format else _format_of(output)
     if fmt not in SQL_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(SQL_FORMATS)}, not {fmt!r}")
-    if output is not None:
+    if output is not None and not to_stdout(output):  # -o -: stdout, even if ./- exists
         check_output_path(output, force=force, inputs=[file])
     with CaptureReader(file) as reader, SqlSession(reader) as session:
         result = session.query(query)

@@ -248,3 +248,27 @@ def test_the_format_option_takes_any_case(capture, capsys: pytest.CaptureFixture
     assert run(["replay", str(path), "-f", "JSONL"]) == 0
     out = capsys.readouterr().out
     assert [json.loads(line)["seq"] for line in out.splitlines()] == table.column("seq").to_pylist()
+
+
+@pytest.mark.parametrize("command", ["replay", "sql", "export"])
+def test_dash_is_stdout_even_with_a_file_named_dash(
+    capture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfdbinary: pytest.CaptureFixture[bytes],
+    command: str,
+) -> None:
+    """``-o -`` is stdout; a file named ``-`` in the directory is neither an obstacle nor
+    written (``./-`` names it)."""
+    path, table = capture
+    monkeypatch.chdir(tmp_path)
+    Path("-").write_bytes(b"precious")
+    argv = {
+        "replay": ["replay", str(path), "-f", "jsonl"],
+        "sql": ["sql", str(path), "SELECT seq FROM events", "-f", "jsonl"],
+        "export": ["export", str(path), "-f", "jsonl"],
+    }[command]
+    assert run([*argv, "-o", "-"]) == 0
+    out = capfdbinary.readouterr().out
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == table.column("seq").to_pylist()
+    assert Path("-").read_bytes() == b"precious"
