@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import re
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -229,3 +230,23 @@ def test_the_format_option_takes_any_case(capture, capsys: pytest.CaptureFixture
     path, table = capture
     assert run(["sql", str(path), "SELECT count(*) AS n FROM events", "-f", "CSV"]) == 0
     assert capsys.readouterr().out.splitlines() == ['"n"', str(table.num_rows)]
+
+
+def test_a_column_duckdb_cannot_read_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DuckDB reads no dense union (another writer's column): one line, exit 2."""
+    from synthetic import build_table, write_table
+
+    table = build_table(Synthetic(seed=82, events_per_cpu=3))
+    n = table.num_rows
+    union = pa.UnionArray.from_dense(
+        pa.array([0] * n, pa.int8()), pa.array(range(n), pa.int32()), [pa.array(range(n))]
+    )
+    path = write_table(tmp_path / "u.arrow", table.append_column("u", union))
+    spills = set(Path(tempfile.gettempdir()).glob("ebcap-sql-*"))
+    assert run(["sql", str(path), "SELECT count(*) FROM events"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith("ebcap: error: SQL: ")
+    assert "internal error" not in err and "Union" in err
+    assert set(Path(tempfile.gettempdir()).glob("ebcap-sql-*")) == spills  # none left

@@ -277,3 +277,25 @@ def test_dictionary_source_columns_come_back_as_their_values(tmp_path: Path) -> 
             assert reader.schema.field("label").type == pa.string()
             got = reader.to_table().column("label").to_pylist()
         assert got == ["a", None, "b", "c", "a", "c"]
+
+
+def test_union_columns_are_recovered(tmp_path: Path) -> None:
+    """Another tool's union column: the writer's empty totals batch holds one too."""
+    kind = pa.sparse_union([pa.field("i", pa.int64()), pa.field("s", pa.string())])
+    schema = make_schema([pa.field("u", kind)], {fs.META_TRANSPORT: "perf", fs.META_SOURCE: "x"})
+    values = rows(0, 2)
+    columns = [
+        pa.DictionaryArray.from_arrays(pa.array(values["kind"], pa.int8()), pa.array(fs.KINDS))
+        if f.name == "kind"
+        else pa.array(values[f.name], f.type)
+        for f in fs.CORE_FIELDS
+    ]
+    union = pa.UnionArray.from_sparse(
+        pa.array([0, 1], pa.int8()), [pa.array([7, 0]), pa.array(["", "x"])], ["i", "s"]
+    )
+    path = tmp_path / "u.arrow"
+    with pa.ipc.new_file(str(path), schema) as writer:
+        writer.write_batch(pa.RecordBatch.from_arrays([*columns, union], schema=schema))
+    recover(path, tmp_path / "fixed.arrow")
+    with CaptureReader(tmp_path / "fixed.arrow") as reader:
+        assert reader.to_table().column("u").to_pylist() == [7, "x"]
