@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from synthetic import REALTIME_OFFSET_NS, Synthetic, build_table, write_capture, write_table
-from synthetic_packets import packet_capture
+from synthetic_packets import packet_capture, packets_with_nulls
 
 from ebcap.cli import run
 from ebcap.format.pcapng import write_pcapng
@@ -317,23 +317,6 @@ def test_large_payloads_go_out_a_bounded_piece_at_a_time(
     else:
         assert pieces == whole
     assert len(sizes) > 10 and max(sizes) <= 2 * 8192 + 2 * 1200 + 4096
-
-
-def packets_with_nulls(path: Path) -> tuple[pa.Table, list[int]]:
-    """The packet capture with null cap_len, pkt_len or ifindex on three samples (as
-    another tool may leave them); returns the table and those rows."""
-    import pyarrow.compute as pc
-
-    table = packet_capture(path)
-    holes = {"cap_len": 1, "pkt_len": 2, "ifindex": 6}
-    for name, row in holes.items():
-        index = table.schema.get_field_index(name)
-        hole = pa.array([i == row for i in range(table.num_rows)])
-        column = table.column(name).combine_chunks()
-        column = pc.if_else(hole, pa.scalar(None, column.type), column)
-        table = table.set_column(index, table.schema.field(index), column)
-    write_table(path, table, batch_rows=5)
-    return table, sorted(holes.values())
 
 
 def test_pcapng_leaves_out_packets_without_lengths_and_says_so(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from synthetic import Collect, Synthetic, metadata, parse, write_table
-from synthetic_packets import FRAMES, LOST_AT, packet_capture
+from synthetic_packets import FRAMES, LOST_AT, packet_capture, packets_with_nulls
 
 from ebcap.bpf.programs.packet import PACKET_OFFSET
 from ebcap.format import schema as fs
@@ -130,8 +130,6 @@ def test_a_large_string_syscall_column_reads_as_a_call(tmp_path: Path) -> None:
 
 
 def test_packets_without_lengths_say_unknown(tmp_path: Path) -> None:
-    from cli.test_export_cli import packets_with_nulls
-
     packets_with_nulls(tmp_path / "p.arrow")
     sink = Collect()
     with CaptureReader(tmp_path / "p.arrow") as reader:
