@@ -50,7 +50,7 @@ def conform_batch(rows: Rows, schema: pa.Schema) -> pa.RecordBatch:
 
 def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
     """No rows, but the same ``kind`` dictionary: an IPC file cannot replace dictionaries."""
-    return conform_batch({f.name: pa.array([], f.type) for f in schema}, schema)
+    return conform_batch({f.name: pa.nulls(0, f.type) for f in schema}, schema)  # unions too
 
 
 def _conform_column(values: Any, field: pa.Field) -> pa.Array:

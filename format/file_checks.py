@@ -4,16 +4,19 @@ The path must name a readable, non-empty regular file; its bytes must start
 like an Arrow IPC file; its schema must carry ebcap's metadata, a format
 version this ebcap knows, and the core columns first, in order, of their
 types. The reader and recovery both ask these questions, with the same
-one-line answers.
+one-line answers. Output names are checked for one thing here: whether they
+lead to an open descriptor (``/dev/stdout``), which no file may be renamed
+over.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 
@@ -162,3 +165,24 @@ def _check_columns(path: Path, schema: pa.Schema, names: list[str]) -> None:
         got = schema.field(index).type
         if got != want.type:
             raise BadFileError(f"{path}: column {want.name!r} is {got}, expected {want.type}")
+
+
+def descriptor_link(path: str | os.PathLike[str]) -> Path | None:
+    """The entry of a ``/proc/PID/fd`` directory that ``path`` leads to through its
+    symlinks (``/dev/stdout`` -> ``/proc/self/fd/1``), or None."""
+    current = os.path.abspath(path)
+    for _ in range(_MAX_LINKS):
+        if _DESCRIPTOR_DIR.fullmatch(os.path.realpath(os.path.dirname(current))):
+            return Path(current)
+        try:
+            target = os.readlink(current)
+        except OSError:  # not a symlink (or not there): the chain ends elsewhere
+            return None
+        current = os.path.normpath(os.path.join(os.path.dirname(current), target))
+    return None
+
+
+_DESCRIPTOR_DIR: Final = re.compile(r"/proc/\d+(/task/\d+)?/fd")
+"""Where ``/proc/self/fd``, ``/proc/thread-self/fd`` and ``/dev/fd`` lead."""
+_MAX_LINKS: Final = 40
+"""Symlinks followed at most (the kernel's own limit)."""

@@ -7,7 +7,9 @@ of the interface the capture's source names is written up front, so a
 capture without packets is still a file readers open. The snaplen is the
 ``--snaplen`` of the capture (``snaplen`` in ``ebcap.source_layout``). Packet
 timestamps are ``ts_ns`` (CLOCK_MONOTONIC) plus the capture's
-``ebcap.realtime_offset_ns``: wall-clock time, as pcapng wants.
+``ebcap.realtime_offset_ns``: wall-clock time, as pcapng wants. A sample row
+without ``cap_len``, ``pkt_len`` or ``ifindex`` (nulls another tool left)
+has no block to go in: it is left out and counted (:attr:`PcapngWriter.incomplete`).
 
 Block layouts follow draft-ietf-opsawg-pcapng; every block is written in
 this machine's byte order (the byte-order magic tells readers which), here
@@ -105,6 +107,8 @@ class PcapngWriter:
         self._names = dict(interface_names or {})
         self._interfaces: dict[int, int] = {}
         self.packets = 0
+        self.incomplete = 0
+        """Sample rows left out: null ``cap_len``, ``pkt_len`` or ``ifindex``."""
         options = [(OPT_SHB_USERAPPL, application.encode())]
         if os_name:
             options.append((OPT_SHB_OS, os_name.encode()))
@@ -214,10 +218,18 @@ def _samples(rows: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
 def write_packet_rows(writer: PcapngWriter, rows: pa.Table | pa.RecordBatch, offset: int) -> int:
     """Write the sample rows of a capture's table or batch; return how many.
 
-    ``offset`` is :func:`packet_offset` of the capture; ``lost`` rows are skipped.
+    ``offset`` is :func:`packet_offset` of the capture; ``lost`` rows are skipped,
+    and so are samples without a length or an interface (counted in
+    ``writer.incomplete``).
     """
     require_packet_columns(rows.column_names)
     rows = _samples(rows)
+    known = [pc.is_valid(rows[name]) for name in ("cap_len", "pkt_len", "ifindex")]
+    complete = pc.and_(pc.and_(known[0], known[1]), known[2])
+    kept = pc.sum(complete).as_py() or 0  # None: no rows
+    if kept != rows.num_rows:
+        writer.incomplete += rows.num_rows - kept
+        rows = rows.filter(complete)
     cap = rows["cap_len"].to_numpy(zero_copy_only=False)
     wire = rows["pkt_len"].to_numpy(zero_copy_only=False)
     ts = rows["ts_ns"].to_numpy(zero_copy_only=False)

@@ -214,15 +214,23 @@ def _recounted(totals: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _saved_schema(schema: pa.Schema) -> pa.Schema:
-    """The source's schema with the core columns exactly as ebcap writes them.
+    """The source's schema with the core columns exactly as ebcap writes them, and
+    dictionary-encoded source columns as their values (the writer takes those only).
 
-    Another tool may have marked them nullable; the rows kept hold no nulls there.
+    Another tool may have marked core columns nullable (the rows kept hold no nulls
+    there) or coded a column as a dictionary (the rows are decoded as they are written).
     """
     core = len(fs.CORE_FIELDS)
-    fields = [*fs.CORE_FIELDS, *(schema.field(i) for i in range(core, len(schema)))]
+    source = [schema.field(i) for i in range(core, len(schema))]
+    fields = [*fs.CORE_FIELDS, *(_plain(field) for field in source)]
     if fields == list(schema):
         return schema
     return pa.schema(fields, metadata=schema.metadata)
+
+
+def _plain(field: pa.Field) -> pa.Field:
+    kind = field.type
+    return field.with_type(kind.value_type) if pa.types.is_dictionary(kind) else field
 
 
 def _mark_recovered(

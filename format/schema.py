@@ -179,7 +179,30 @@ def decode_metadata(raw: Mapping[bytes, bytes] | Mapping[str, str] | None) -> di
                 out[key] = text
         except ValueError:
             raise ValueError(f"metadata {key} has a bad value {text[:40]!r}") from None
+        if key in _META_SHAPES and not _META_SHAPES[key][0](out[key]):
+            what = _META_SHAPES[key][1]
+            raise ValueError(f"metadata {key} is not {what} ({text[:40]!r})")
     return out
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _i64(value: Any) -> bool:
+    return -(2**63) <= value < 2**63
+
+
+_META_SHAPES: Final = {
+    META_COMMAND: (_strings, "a list of strings"),
+    META_RECOVERED: (_object, "a JSON object"),
+    META_REALTIME_OFFSET: (_i64, "a count of nanoseconds within 64 bits"),
+}
+"""Keys whose decoded value readers use as such: the shape it must have, and its name."""
 
 
 def encode_totals(totals: Mapping[str, Any]) -> str:

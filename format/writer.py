@@ -34,6 +34,7 @@ from ebcap.format import checksum
 from ebcap.format import schema as fs
 from ebcap.format.conform import Rows, conform_batch, empty_batch
 from ebcap.format.counts import CpuCounts
+from ebcap.format.file_checks import descriptor_link
 from ebcap.format.write_behind import WriteBehind
 
 T = TypeVar("T")
@@ -406,12 +407,18 @@ def check_destination(path: Path, *, force: bool) -> None:
         raise UsageError(f"output directory {parent} does not exist")
     if path.is_dir():
         raise UsageError(f"output {path} is a directory")
-    if path.exists() and not path.is_file():
+    what = None
+    if descriptor_link(path) is not None:  # /dev/stdout: never renamed over
+        what = "names an open descriptor, not a file of its own"
+    elif path.exists() and not path.is_file():
+        what = "is not a regular file"
+    if what is not None:
         raise UsageError(
-            f"output {path} is not a regular file: a capture is written as "
+            f"output {path} {what}: a capture is written as "
             f"{path.name}{PARTIAL_SUFFIX} and then renamed into place"
         )
-    if path.exists() and not force:
+    # lexists: a symbolic link to nothing is there all the same (the rename replaces it).
+    if os.path.lexists(path) and not force:
         raise OutputExistsError(f"{path} exists (use --force to overwrite it)")
 
 

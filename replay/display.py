@@ -28,6 +28,7 @@ _QUOTE: Final = ord('"')
 _BACKSLASH: Final = ord("\\")
 _DEL: Final = 0x7F
 _SPACE: Final = 0x20
+_NS_PER_S: Final = 1_000_000_000
 
 
 def value_strings(column: pa.Array, null: str = "-", *, quote: bool = False) -> pa.Array:
@@ -44,6 +45,8 @@ def value_strings(column: pa.Array, null: str = "-", *, quote: bool = False) -> 
         text = pc.if_else(column, "true", "false")
     elif _is_list(kind):
         text = _list_text(column)
+    elif pa.types.is_interval(kind):
+        text = interval_strings(column)
     else:
         try:
             text = pc.cast(column, pa.string())
@@ -51,6 +54,38 @@ def value_strings(column: pa.Array, null: str = "-", *, quote: bool = False) -> 
             values = column.to_pylist()
             text = pa.array([None if v is None else str(v) for v in values], pa.string())
     return pc.fill_null(text, null)
+
+
+def interval_strings(column: pa.Array) -> pa.Array:
+    """Month-day-nanosecond intervals as DuckDB writes them (``1 month 2 days 00:00:01.5``),
+    each distinct value once; nulls stay null. Arrow has no cast of intervals to text."""
+    encoded = pc.dictionary_encode(column)
+    texts = [interval_text(v) for v in encoded.dictionary.to_pylist()]
+    return pa.array(texts, pa.string()).take(encoded.indices)
+
+
+def interval_text(value: pa.MonthDayNano) -> str:
+    """``[N years] [N months] [N days] [-]HH:MM:SS[.fraction]``: the parts that are not
+    zero, each with its own sign (``00:00:00`` when all are)."""
+    months, days, nanos = value.months, value.days, value.nanoseconds
+    years = int(months / 12)  # toward zero: -14 months is -1 year -2 months
+    parts = [_unit(years, "year"), _unit(months - 12 * years, "month"), _unit(days, "day")]
+    words = [p for p in parts if p]
+    if nanos or not words:
+        seconds, fraction = divmod(abs(nanos), _NS_PER_S)
+        minutes, second = divmod(seconds, 60)
+        hours, minute = divmod(minutes, 60)
+        clock = f"{'-' if nanos < 0 else ''}{hours:02d}:{minute:02d}:{second:02d}"
+        if fraction:
+            clock += "." + f"{fraction:09d}".rstrip("0")
+        words.append(clock)
+    return " ".join(words)
+
+
+def _unit(count: int, name: str) -> str:
+    if count == 0:
+        return ""
+    return f"{count} {name}" if abs(count) == 1 else f"{count} {name}s"
 
 
 def common_form(column: pa.Array) -> pa.Array:

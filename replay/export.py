@@ -5,7 +5,11 @@ keeps them binary and the capture's ``ebcap.*`` metadata) and gain ``time``,
 ``timestamp[ns, UTC]``: ``ts_ns`` plus the capture's CLOCK_REALTIME -
 CLOCK_MONOTONIC offset, so tools without ebcap see real dates. A source
 column already named ``time`` (a tracepoint field) keeps its name, and the
-wall-clock column becomes ``wall_time``. Batches
+wall-clock column becomes ``wall_time``. A capture without the offset (an
+optional key) is exported without the column, and the summary says so. A
+column Parquet has no type for (an interval or a union, in a file another
+tool wrote) is refused before any file is created; CSV and JSON lines hold
+it as text. Batches
 stream through; nothing holds the whole capture. CSV and JSON lines can go
 to stdout (``-``); Parquet cannot (its writer needs a file). What the
 ordering met (a CPU's own disorder, a sort that spilled) comes back in the
@@ -28,9 +32,9 @@ from ebcap.errors import UsageError
 from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.order import OrderReport, in_order
-from ebcap.replay.records import CSV, JSONL, encoder_for
+from ebcap.replay.records import CSV, JSONL, encoded, encoder_for
 from ebcap.replay.scan import slice_schema
-from ebcap.replay.sink import STDOUT_NAMES, AtomicPath, Output, inner_suffix, is_compressed
+from ebcap.replay.sink import AtomicPath, Output, inner_suffix, is_compressed, to_stdout
 from ebcap.replay.text import wall_time
 
 PARQUET: Final = "parquet"
@@ -50,6 +54,18 @@ class ExportSummary:
     fmt: str
     rows: int
     order: OrderReport
+    wall_clock: str | None = TIME_NAMES[0]
+    """The wall-clock column's name; None when the capture lacks its realtime offset."""
+
+    def notes(self) -> list[str]:
+        """What the user should know: what the ordering met, a missing wall clock."""
+        notes = list(self.order.notes())
+        if self.wall_clock is None:
+            notes.append(
+                f"the capture has no {fs.META_REALTIME_OFFSET}: exported without a "
+                "wall-clock column"
+            )
+        return notes
 
 
 def export_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
@@ -73,11 +89,6 @@ def export_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     return chosen
 
 
-def to_stdout(path: str | os.PathLike[str] | None) -> bool:
-    """Whether an output name means stdout (``-``)."""
-    return path is None or str(path) in STDOUT_NAMES
-
-
 def time_field(schema: pa.Schema) -> pa.Field:
     """The wall-clock column for a capture of ``schema``: ``time`` unless a column has it."""
     free = [name for name in TIME_NAMES if name not in schema.names]
@@ -89,6 +100,29 @@ def time_field(schema: pa.Schema) -> pa.Field:
 def time_schema(schema: pa.Schema, time: pa.Field) -> pa.Schema:
     """The capture's schema with the wall-clock column ``time`` right after ``ts_ns``."""
     return schema.insert(schema.get_field_index("ts_ns") + 1, time)
+
+
+def check_parquet_types(schema: pa.Schema) -> None:
+    """UsageError naming the first column Parquet has no type for (an interval, a union:
+    columns of files other tools wrote), before any file is created."""
+    if _parquet_takes(schema):
+        return
+    for field in schema:
+        if not _parquet_takes(pa.schema([field])):
+            raise UsageError(
+                f"column {field.name!r} is {field.type}, which Parquet cannot hold: "
+                "export to .csv or .jsonl instead"
+            )
+    raise UsageError("Parquet cannot hold this capture's columns: export to .csv or .jsonl")
+
+
+def _parquet_takes(schema: pa.Schema) -> bool:
+    """Whether Arrow's Parquet writer maps every column of ``schema`` (tried in memory)."""
+    try:
+        pq.ParquetWriter(pa.BufferOutputStream(), schema).close()
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    return True
 
 
 def with_time(batch: pa.RecordBatch, offset_ns: int, field: pa.Field) -> pa.RecordBatch:
@@ -116,17 +150,17 @@ def export(
 ) -> ExportSummary:
     """Write the capture to ``path``; the file appears only once complete."""
     chosen = export_format(path, fmt)
-    offset = reader.metadata.get(fs.META_REALTIME_OFFSET)
-    if not isinstance(offset, int):
-        raise UsageError(
-            f"{reader.path} lacks {fs.META_REALTIME_OFFSET}: no wall-clock time to add"
-        )
-    time = time_field(reader.schema)
-    schema = time_schema(slice_schema(reader), time)  # the types the rows come in
+    offset = reader.metadata.get(fs.META_REALTIME_OFFSET)  # optional: FORMAT.md
+    time = time_field(reader.schema) if isinstance(offset, int) else None
+    schema = slice_schema(reader)  # the types the rows come in
     rows = 0
     report = OrderReport()
-    batches = (with_time(batch, offset, time) for batch in _rows(reader, in_time_order, report))
+    batches = _rows(reader, in_time_order, report)
+    if isinstance(offset, int) and time is not None:
+        schema = time_schema(schema, time)
+        batches = (with_time(batch, offset, time) for batch in batches)
     if chosen == PARQUET:
+        check_parquet_types(schema)
         with (
             AtomicPath(path, force=force, inputs=[reader.path]) as temp,
             pq.ParquetWriter(temp, schema, compression=PARQUET_COMPRESSION) as writer,
@@ -139,6 +173,8 @@ def export(
             encoder = encoder_for(chosen, schema)
             out.write(encoder.header())
             for batch in batches:
-                out.write(encoder.encode(batch))
+                for piece in encoded(encoder, batch):
+                    out.write(piece)
                 rows += batch.num_rows
-    return ExportSummary(None if to_stdout(path) else Path(path), chosen, rows, report)
+    where = None if to_stdout(path) else Path(path)
+    return ExportSummary(where, chosen, rows, report, None if time is None else time.name)

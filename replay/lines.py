@@ -27,6 +27,10 @@ Piece: TypeAlias = str | np.ndarray | pa.Array
 """A constant, a (rows, width) uint8 character block, or a string array (nulls: nothing)."""
 
 _I32_MAX: Final = 2**31 - 1
+TEXT_CHUNK_BYTES: Final = 64 << 20
+"""Bytes of payloads and strings whose text is built at once (:func:`bounded_ranges`): hex
+doubles them, escaping can add more, and a string array holds at most 2 GiB; memory stays
+a small multiple of this, whatever the batch."""
 _U64_MAX: Final = 2**64 - 1
 _PAIRS_WIDTH: Final = 8
 """Up to this many digits, values fit 32 bits and digits come from pair look-ups."""
@@ -58,6 +62,34 @@ def string_parts(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         else np.zeros(0, np.uint8)
     )
     return offsets, data
+
+
+def bounded_ranges(batch: pa.RecordBatch, limit: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges ``(start, end)`` covering ``batch``, in each of which the string and
+    binary values hold at most ``limit`` bytes together (default :data:`TEXT_CHUNK_BYTES`,
+    looked up at call time); a row larger alone is a range of its own. One range for most
+    batches.
+
+    65,536 events of 16 KiB (``--snaplen 16384``) are 2 GiB of hex as JSON lines: more
+    than a string array holds, and several copies of it in memory.
+    """
+    limit = TEXT_CHUNK_BYTES if limit is None else limit
+    rows = batch.num_rows
+    if batch.nbytes <= limit:
+        return [(0, rows)] if rows else []
+    weight = np.zeros(rows, dtype=np.int64)
+    for column in batch.columns:
+        if is_text(column.type):
+            weight += np.diff(string_parts(column)[0])
+    before = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(weight, out=before[1:])
+    ranges, start = [], 0
+    while start < rows:
+        end = int(np.searchsorted(before, before[start] + limit, side="right")) - 1
+        end = min(max(end, start + 1), rows)
+        ranges.append((start, end))
+        start = end
+    return ranges
 
 
 def uniform_chars(array: pa.Array) -> np.ndarray | None:

@@ -203,7 +203,8 @@ def time_order(
         on_scanned(report)
     read_schema = slice_schema(reader, columns)
     if prepare is not None:
-        read_schema = prepare(pa.RecordBatch.from_pylist([], schema=read_schema)).schema
+        empty = [pa.nulls(0, field.type) for field in read_schema]  # any type, unions too
+        read_schema = prepare(pa.RecordBatch.from_arrays(empty, schema=read_schema)).schema
     schema = read_schema.append(LATE_FIELD).append(ARRIVAL_FIELD)
     tracker = LatenessTracker()
     window = _Window(schema)

@@ -8,10 +8,11 @@
     ARP, Request who-has 198.51.100.2 tell 198.51.100.1, length 42
     LLDP, length 60 (captured 54)
 
-``length`` is the frame's length on the wire (``pkt_len``); ``captured``
-appears when the snapshot kept less. Addresses, protocol and ports come
-from the columns the recorder decoded (capture/packet_decode.py); TCP
-flags, ICMP types, IPv4 fragments and ARP come from the packet's first
+``length`` is the frame's length on the wire (``pkt_len``, ``unknown`` where
+another tool left it null); ``captured`` appears when the snapshot kept
+less. Addresses, protocol and ports come from the columns the recorder
+decoded (capture/packet_decode.py); TCP flags, ICMP types, IPv4 fragments
+and ARP come from the packet's first
 bytes in ``data`` (where they start is in the capture's source layout). A
 batch formats each distinct summary once: the packets of a flow repeat it.
 """
@@ -272,9 +273,10 @@ def _header_fields(head: np.ndarray, avail: np.ndarray, ethertype: np.ndarray) -
 def _summary(key: np.void, src: str | None, dst: str | None, arp: np.ndarray) -> str:
     """The summary of one row (see the module docstring for the forms)."""
     ethertype = int(key["ethertype"])
-    length = f", length {int(key['pkt_len'])}"
-    if 0 <= int(key["cap_len"]) < int(key["pkt_len"]):
-        length += f" (captured {int(key['cap_len'])})"
+    wire, cap = int(key["pkt_len"]), int(key["cap_len"])
+    length = f", length {wire}" if wire != NO_VALUE else ", length unknown"
+    if cap != NO_VALUE and (cap < wire or wire == NO_VALUE):
+        length += f" (captured {cap})"
     if ethertype == NO_VALUE:
         return f"frame shorter than an Ethernet header{length}"
     if ethertype in (ETH_P_IP, ETH_P_IPV6):

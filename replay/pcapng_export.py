@@ -11,6 +11,7 @@ of a cut-short packet, found by a first pass over the length columns.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import BinaryIO, Protocol, cast
 
 import pyarrow as pa
@@ -26,6 +27,7 @@ from ebcap.format.pcapng import (
     write_packet_rows,
 )
 from ebcap.format.reader import CaptureReader
+from ebcap.format.schema import META_REALTIME_OFFSET
 from ebcap.replay.order import OrderReport, in_order
 from ebcap.replay.scan import CORE_KEYS, scan_columns
 
@@ -36,14 +38,42 @@ class ByteSink(Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> object: ...
 
 
+@dataclass(frozen=True)
+class PcapngSummary:
+    """What :func:`export_pcapng` wrote."""
+
+    packets: int
+    incomplete: int
+    """Samples left out: no ``cap_len``, ``pkt_len`` or ``ifindex`` (another tool's nulls)."""
+    wall_clock: bool = True
+    """False: the capture lacks its realtime offset; packet times are CLOCK_MONOTONIC."""
+
+    def notes(self) -> list[str]:
+        """One line for each thing the user should know (nothing when all was written)."""
+        notes = []
+        if self.incomplete:
+            rows = "row has" if self.incomplete == 1 else "rows have"
+            notes.append(
+                f"{self.incomplete:,} packet {rows} no cap_len, pkt_len or ifindex: "
+                "left out of the pcapng"
+            )
+        if not self.wall_clock:
+            notes.append(
+                f"the capture has no {META_REALTIME_OFFSET}: packet times are "
+                "CLOCK_MONOTONIC (since boot), not wall-clock"
+            )
+        return notes
+
+
 def export_pcapng(
     reader: CaptureReader,
     out: ByteSink,
     *,
     in_time_order: bool = False,
     report: OrderReport | None = None,
-) -> int:
-    """Write the capture's packets to ``out``; return how many (loss rows are skipped)."""
+) -> PcapngSummary:
+    """Write the capture's packets to ``out``; say how many (loss rows are skipped, and
+    samples without a length or interface counted)."""
     metadata = reader.metadata
     offset = packet_offset(metadata)
     require_packet_columns(reader.schema.names)
@@ -61,7 +91,8 @@ def export_pcapng(
             write_packet_rows(writer, batch.rows, offset)
     finally:
         stream.close()
-    return writer.packets
+    wall_clock = META_REALTIME_OFFSET in metadata
+    return PcapngSummary(writer.packets, writer.incomplete, wall_clock)
 
 
 def _largest_cut(reader: CaptureReader) -> int:

@@ -23,6 +23,7 @@ from ebcap.format import schema as fs
 from ebcap.format.reader import CaptureReader
 from ebcap.format.schema import KIND_LOST_CODE, KIND_SAMPLE_CODE
 from ebcap.replay.display import lines_bytes
+from ebcap.replay.lines import bounded_ranges
 from ebcap.replay.order import (
     DEFAULT_MAX_WINDOW_ROWS,
     OnScanned,
@@ -239,9 +240,14 @@ def write_replay(
 
 
 def _ranges(rows: pa.RecordBatch, pacer: Pacer | None) -> Iterator[tuple[int, int]]:
+    """The row ranges written at once: a pacer's groups, cut where their payloads' text
+    would be too large to build in one piece (:func:`~ebcap.replay.lines.bounded_ranges`)."""
     if pacer is None:
-        return iter([(0, rows.num_rows)])
-    return pacer.groups(rows.column("ts_ns").to_numpy())
+        yield from bounded_ranges(rows)
+        return
+    for start, end in pacer.groups(rows.column("ts_ns").to_numpy()):
+        for low, high in bounded_ranges(rows.slice(start, end - start)):
+            yield start + low, start + high
 
 
 def _count(summary: ReplaySummary, rows: pa.RecordBatch) -> None:

@@ -1,5 +1,7 @@
 """Machine-readable rows: JSON lines and CSV, every column, bytes as hex.
 
+Timestamps are ISO 8601; one with a time zone is written in UTC with ``Z``.
+
 Both encoders turn a whole record batch into bytes with Arrow compute (the
 JSON text of each column is built column-wise, then joined per row), so no
 Python code runs per event except for string values, which are escaped once
@@ -9,15 +11,22 @@ per distinct value.
 from __future__ import annotations
 
 import json
-from typing import Final, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Final, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ebcap.replay.display import common_form, lines_bytes, needs_escape, quoted
+from ebcap.replay.display import (
+    common_form,
+    interval_strings,
+    lines_bytes,
+    needs_escape,
+    quoted,
+)
 from ebcap.replay.hexfmt import bytes_hex, hex_or_null
-from ebcap.replay.lines import Piece, join_lines
+from ebcap.replay.lines import Piece, bounded_ranges, join_lines
 from ebcap.replay.repeats import distinct_rows, repeats_enough
 
 JSONL: Final = "jsonl"
@@ -33,12 +42,14 @@ class RowEncoder(Protocol):
 
 
 def plain_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Dictionaries decoded and binary columns as hex strings (nulls kept): what text formats
-    can hold."""
+    """Dictionaries and run-end encoded columns decoded, binary columns as hex strings (nulls
+    kept): what text formats can hold."""
     arrays, fields = [], []
     for field, column in zip(batch.schema, batch.columns, strict=True):
         if pa.types.is_dictionary(field.type):
             column = column.dictionary_decode()
+        if pa.types.is_run_end_encoded(column.type):
+            column = pc.run_end_decode(column)
         column = common_form(column)
         if pa.types.is_binary(column.type):
             column = hex_or_null(column)
@@ -59,15 +70,33 @@ def json_values(column: pa.Array) -> pa.Array:
         finite = pc.is_finite(column)
         text = pc.if_else(finite, pc.cast(column, pa.string()), pa.scalar(None, pa.string()))
     elif pa.types.is_timestamp(kind):
-        iso = pc.strftime(column, format="%Y-%m-%dT%H:%M:%S")
-        suffix = "Z" if kind.tz in ("UTC", "+00:00") else ""
-        text = pc.binary_join_element_wise('"', iso, f'{suffix}"', "")
+        text = _iso_timestamps(column)
+    elif pa.types.is_interval(kind):
+        text = quoted(interval_strings(column))
     else:
-        values = column.to_pylist()
-        text = pa.array(
-            [None if v is None else json.dumps(v, default=str) for v in values], pa.string()
-        )
+        text = _each_as_text(column, json_text)
     return pc.fill_null(text, "null")
+
+
+def json_text(value: object) -> str:
+    """A Python value of a column as JSON (what JSON lacks, a date, as ``str``)."""
+    return json.dumps(value, default=str)
+
+
+def _each_as_text(column: pa.Array, spell: Callable[[Any], str]) -> pa.Array:
+    """``spell`` of each value, nulls kept (for types Arrow cannot turn into text itself)."""
+    return pa.array([None if v is None else spell(v) for v in column.to_pylist()], pa.string())
+
+
+def _iso_timestamps(column: pa.Array) -> pa.Array:
+    """Timestamps as quoted ISO 8601: a zoned one in UTC with ``Z`` (whatever its zone:
+    "Etc/UTC", "Asia/Tokyo"), so no reader takes it for local time; a naive one as is."""
+    kind = column.type
+    zoned = kind.tz is not None
+    if zoned:
+        column = column.cast(pa.timestamp(kind.unit, tz="UTC"))  # the values are UTC already
+    iso = pc.strftime(column, format="%Y-%m-%dT%H:%M:%S")
+    return pc.binary_join_element_wise('"', iso, 'Z"' if zoned else '"', "")
 
 
 class JsonlEncoder:
@@ -144,16 +173,38 @@ def json_pieces(column: pa.Array) -> list[Piece]:
 
 def csv_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
     """:func:`plain_columns`, and nested values (a tracepoint's integer array, a query's
-    lists and structs) as JSON text in their cell: CSV has no cells within cells."""
+    lists and structs) as JSON text in their cell: CSV has no cells within cells. A union's
+    text values stay as they are; intervals (a query's difference of two times) read as
+    DuckDB writes them; any other type Arrow's CSV writer does not take is its Python text."""
     batch = plain_columns(batch)
     arrays, fields = [], []
     for field, column in zip(batch.schema, batch.columns, strict=True):
-        if pa.types.is_nested(column.type):
-            text = [None if v is None else json.dumps(v, default=str) for v in column.to_pylist()]
-            column = pa.array(text, pa.string())
+        kind = column.type
+        if pa.types.is_interval(kind):
+            column = interval_strings(column)
+        elif pa.types.is_union(kind):  # one value of several types: text as is, else JSON
+            column = _each_as_text(column, lambda v: v if isinstance(v, str) else json_text(v))
+        elif pa.types.is_nested(kind):
+            column = _each_as_text(column, json_text)
+        elif not _csv_writes(kind):
+            column = _each_as_text(column, str)
         arrays.append(column)
         fields.append(pa.field(field.name, column.type, field.nullable))
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _csv_writes(kind: pa.DataType) -> bool:
+    """Whether Arrow's CSV writer takes a (plain, not nested) column of this type."""
+    return (
+        pa.types.is_null(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or (pa.types.is_temporal(kind) and not pa.types.is_interval(kind))
+    )
 
 
 class CsvEncoder:
@@ -163,7 +214,8 @@ class CsvEncoder:
         self.schema = schema
 
     def header(self) -> bytes:
-        empty = pa.RecordBatch.from_pylist([], schema=self.schema)
+        columns = [pa.nulls(0, field.type) for field in self.schema]  # any type, unions too
+        empty = pa.RecordBatch.from_arrays(columns, schema=self.schema)
         return self._csv(csv_columns(empty), header=True)
 
     def encode(self, batch: pa.RecordBatch) -> bytes | memoryview:
@@ -176,6 +228,13 @@ class CsvEncoder:
         out = pa.BufferOutputStream()
         pacsv.write_csv(batch, out, write_options=pacsv.WriteOptions(include_header=header))
         return out.getvalue().to_pybytes()
+
+
+def encoded(encoder: RowEncoder, batch: pa.RecordBatch) -> Iterator[bytes | memoryview]:
+    """``encoder.encode`` of ``batch`` a bounded range of rows at a time (see
+    :func:`~ebcap.replay.lines.bounded_ranges`): large payloads never make one huge text."""
+    for start, end in bounded_ranges(batch):
+        yield encoder.encode(batch.slice(start, end - start))
 
 
 def encoder_for(fmt: str, schema: pa.Schema) -> RowEncoder:

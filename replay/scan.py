@@ -14,6 +14,7 @@ from typing import Final
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ebcap.errors import BadFileError
 from ebcap.format import schema as fs
@@ -43,7 +44,7 @@ def iter_slices(
     schema = slice_schema(reader, columns)
     for batch in reader.iter_batches(_read_columns(reader, columns)):
         if batch.schema != schema:
-            batch = batch.cast(schema)
+            batch = _as_takeable(batch, schema)
         for piece in slices_of(batch, rows or SLICE_ROWS):
             yield normalise_kind(piece)
 
@@ -59,7 +60,10 @@ def slice_schema(reader: CaptureReader, columns: Sequence[str] | None = None) ->
 
 
 def takeable(kind: pa.DataType) -> pa.DataType:
-    """``kind`` with every string or binary view in it, nested ones too, as its large form."""
+    """``kind`` with every string or binary view in it, nested ones too, as its large form;
+    a run-end encoded column as its values."""
+    if pa.types.is_run_end_encoded(kind):
+        return takeable(kind.value_type)
     if kind == pa.string_view():
         return pa.large_string()
     if kind == pa.binary_view():
@@ -74,6 +78,16 @@ def takeable(kind: pa.DataType) -> pa.DataType:
         field = kind.value_field.with_type(takeable(kind.value_type))
         return pa.list_(field, kind.list_size)
     return kind
+
+
+def _as_takeable(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """``batch`` in the types of ``schema`` (:func:`takeable`): run-end encoded columns
+    decoded (Arrow casts no such column), the rest cast."""
+    columns = [
+        pc.run_end_decode(column) if pa.types.is_run_end_encoded(column.type) else column
+        for column in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names).cast(schema)
 
 
 def _read_columns(reader: CaptureReader, columns: Sequence[str] | None) -> list[str] | None:

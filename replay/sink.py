@@ -7,13 +7,17 @@ temporary name next to the target (mode 0600, events can hold secrets) that
 is renamed into place only when everything was written. ``NAME.zst`` is
 compressed with zstandard while streaming. An existing device, FIFO or socket
 (``/dev/null``, a named pipe) is written to directly: renaming a file over it
-would replace it, and writing to it clobbers nothing.
+would replace it, and writing to it clobbers nothing. So is a name of an open
+descriptor (``/dev/stdout``, ``/dev/fd/3``, ``/proc/self/fd/1``, or a link to
+one): this process's own descriptor is written through a duplicate of it, so
+``>> log`` keeps appending where a new opening would truncate.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -25,10 +29,16 @@ from typing import BinaryIO, Final, Self
 import zstandard
 
 from ebcap.errors import ClosedError, OutputExistsError, UsageError
+from ebcap.format.file_checks import descriptor_link
 
 ZSTD_SUFFIX: Final = ".zst"
 ZSTD_LEVEL: Final = 3
 STDOUT_NAMES: Final = (None, "-")
+
+
+def to_stdout(path: str | os.PathLike[str] | None) -> bool:
+    """Whether an output name means stdout (``-``, or none given)."""
+    return path is None or str(path) in STDOUT_NAMES
 
 
 def is_compressed(path: str | os.PathLike[str]) -> bool:
@@ -44,12 +54,27 @@ def inner_suffix(path: str | os.PathLike[str]) -> str:
 
 
 def is_special(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is an existing device, FIFO or socket (written in place)."""
+    """Whether ``path`` is an existing device, FIFO or socket, or names a descriptor
+    (``/dev/stdout``): written in place."""
+    if descriptor_link(path) is not None:
+        return True
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
     return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def own_descriptor(path: str | os.PathLike[str]) -> int | None:
+    """The descriptor of this process ``path`` names (``/dev/stdout``: 1), else None."""
+    link = descriptor_link(path)
+    if link is None or not link.name.isdigit():
+        return None
+    directory = os.path.realpath(link.parent)
+    pid = os.getpid()
+    if directory == f"/proc/{pid}/fd" or re.fullmatch(rf"/proc/{pid}/task/\d+/fd", directory):
+        return int(link.name)
+    return None
 
 
 def check_output_path(
@@ -130,6 +155,17 @@ class AtomicPath:
                 self.temp.unlink()
 
 
+def _open_in_place(path: Path) -> BinaryIO:
+    """A device, FIFO or socket opened for writing; a descriptor of ours duplicated."""
+    descriptor = own_descriptor(path)
+    try:
+        if descriptor is not None:
+            return os.fdopen(os.dup(descriptor), "wb")
+        return open(path, "wb")  # closed by commit or abort
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
 class Output:
     """A binary sink: stdout, or a file committed by rename on success.
 
@@ -154,11 +190,8 @@ class Output:
             self._raw = sys.stdout.buffer
             return
         self.path = check_output_path(path, force=force, inputs=inputs)
-        if is_special(self.path):  # a device or FIFO is written in place, never replaced
-            try:
-                self._raw = open(self.path, "wb")  # noqa: SIM115 (closed by commit or abort)
-            except OSError as exc:
-                raise UsageError(f"cannot write {self.path}: {exc.strerror}") from None
+        if is_special(self.path):  # a device, FIFO or descriptor is written in place
+            self._raw = _open_in_place(self.path)
             self._special = True
         else:
             fd, self._temp = temp_next_to(self.path)

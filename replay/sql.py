@@ -43,6 +43,9 @@ class SqlSession(ClosesOnExit):
         try:
             self._con = duckdb.connect(config={"temp_directory": str(self.spill_directory)})
             self._con.register(VIEW, pads.dataset(str(reader.path), format="arrow"))
+        except self._duckdb.Error as exc:  # a column type DuckDB lacks (a dense union)
+            self.close()
+            raise sql_error(exc) from None
         except BaseException:
             self.close()
             raise

@@ -1,7 +1,8 @@
 """Query results as an aligned text table, streamed a batch at a time.
 
 ``ebcap sql``'s default output. Column widths come from the header and the
-first batch (up to 65,536 rows); later batches are padded to those widths,
+first batch (up to 65,536 rows, fewer when their bytes and strings pass
+:data:`~ebcap.replay.lines.TEXT_CHUNK_BYTES`); later batches are padded to those widths,
 so memory holds one batch whatever the size of the result, and the first
 lines appear at once (``| head``). A later value wider than its column is
 printed whole and pushes the rest of its line to the right: nothing is cut.
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ebcap.replay.display import lines_bytes, value_strings
-from ebcap.replay.lines import Piece, join_lines
+from ebcap.replay.lines import Piece, bounded_ranges, join_lines
 
 NULL_TEXT: Final = "NULL"
 GAP: Final = "  "
@@ -35,7 +36,7 @@ def table_lines(
     """The header, a rule, then the rows of each batch, as text ending in newlines."""
     right = [_right_aligned(field) for field in schema]
     widths: list[int] | None = None
-    for batch in batches:
+    for batch in _bounded(batches):
         cells = [value_strings(column, null=NULL_TEXT) for column in batch.columns]
         if widths is None:
             widths = [
@@ -47,6 +48,15 @@ def table_lines(
             yield lines_bytes(_rows(cells, widths, right, batch.num_rows))
     if widths is None:
         yield _header(schema.names, [len(name) for name in schema.names], right)
+
+
+def _bounded(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Each batch in row ranges whose text is built at once (large payloads split)."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            yield batch
+        for start, end in bounded_ranges(batch):
+            yield batch.slice(start, end - start)
 
 
 def _widest(column: pa.Array) -> int:

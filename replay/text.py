@@ -8,7 +8,8 @@ One line per row::
     0.000130000 [000] #1240 IPv4 198.51.100.1.443 > 198.51.100.2.5123: TCP [P.], length 98 ifindex=3
     0.000131000 [001] #1237 prev_comm="bash" prev_pid=42  [moved ahead of 3 events, 12.0 us late]
 
-The body is a syscall with its arguments, a packet summary
+The body is a syscall with its arguments (a text ``syscall`` column and
+integer ``arg0``..``arg5``), a packet summary
 (:mod:`~ebcap.replay.packets`), or the source's columns as ``name=value``
 (strings quoted with JSON's escapes, bytes as hex, arrays as ``[1,2]``);
 ``name=value`` fields follow the call or the summary for the columns they
@@ -35,7 +36,7 @@ import pyarrow.compute as pc
 from ebcap.errors import UsageError
 from ebcap.format import schema as fs
 from ebcap.format.schema import KIND_LOST_CODE
-from ebcap.replay.display import value_strings
+from ebcap.replay.display import common_form, value_strings
 from ebcap.replay.hexfmt import bytes_hex, payload_lengths, u64_hex_columns
 from ebcap.replay.lines import (
     Decimal,
@@ -147,6 +148,21 @@ def microseconds(ns: np.ndarray, unit: str = " us") -> list[Piece | Decimal]:
     return [Decimal(tenths // np.uint64(10)), point_tenth, unit]
 
 
+def _has_syscall_columns(schema: pa.Schema) -> bool:
+    """Whether rows read as calls: a text ``syscall`` and integer ``arg0``..``arg5``.
+
+    Other writers (a ``--layout`` with ``syscall:u32``) may use the names for
+    other types; such rows show their columns as ``name=value`` instead.
+    """
+    names = schema.names
+    if SYSCALL_COLUMN not in names or not all(a in names for a in SYSCALL_ARGS):
+        return False
+    name = schema.field(SYSCALL_COLUMN).type
+    text = pa.types.is_string(name) or pa.types.is_large_string(name)
+    text = text or pa.types.is_string_view(name)
+    return text and all(pa.types.is_integer(schema.field(a).type) for a in SYSCALL_ARGS)
+
+
 class TextFormatter:
     """Turns replay batches into text lines; remembers the time origin."""
 
@@ -170,7 +186,7 @@ class TextFormatter:
         self.realtime_offset_ns = int(offset) if isinstance(offset, int) else 0
         self.origin: int | None = None
         extra = [name for name in schema.names if name not in fs.CORE_COLUMNS]
-        self.syscall_style = SYSCALL_COLUMN in extra and all(a in extra for a in SYSCALL_ARGS)
+        self.syscall_style = _has_syscall_columns(schema)
         self.packets = (
             PacketSummaries(metadata)
             if not self.syscall_style and is_packet_capture(schema, metadata)
@@ -279,7 +295,7 @@ class TextFormatter:
         pieces: list[Piece] = []
         if self.syscall_style:
             args = u64_hex_columns([rows.column(a) for a in SYSCALL_ARGS], ", ")
-            name = pc.fill_null(rows.column(SYSCALL_COLUMN), "?")
+            name = pc.fill_null(common_form(rows.column(SYSCALL_COLUMN)), "?")
             pieces += [*self._paint([name], _BOLD), "(", args, ")"]
         if self.packets is not None:
             pieces.append(self.packets.summaries(rows))

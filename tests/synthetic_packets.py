@@ -194,3 +194,18 @@ def packet_capture(path: Path) -> pa.Table:
     )
     write_table(path, table, batch_rows=5)
     return table
+
+
+def packets_with_nulls(path: Path) -> tuple[pa.Table, list[int]]:
+    """The packet capture with null cap_len, pkt_len or ifindex on three samples (as
+    another tool may leave them); returns the table and those rows."""
+    table = packet_capture(path)
+    holes = {"cap_len": 1, "pkt_len": 2, "ifindex": 6}
+    for name, row in holes.items():
+        index = table.schema.get_field_index(name)
+        hole = pa.array([i == row for i in range(table.num_rows)])
+        column = table.column(name).combine_chunks()
+        column = pc.if_else(hole, pa.scalar(None, column.type), column)
+        table = table.set_column(index, table.schema.field(index), column)
+    write_table(path, table, batch_rows=5)
+    return table, sorted(holes.values())

@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
         "export",
         help=(
             "Convert a capture to Parquet (zstd), CSV or JSON lines (NAME.zst: compressed), "
-            "adding a wall-clock `time` column (UTC), or the packets of an xdp:/tc: capture "
+            "adding a wall-clock `time` column (UTC) when the capture has its realtime "
+            "offset, or the packets of an xdp:/tc: capture "
             "to pcapng. The format comes from the output name unless --format says; "
             "-o - writes csv, jsonl or pcapng to stdout.\n\n"
             "Examples:\n\n"
@@ -49,9 +50,10 @@ def export(
 ) -> None:
     from ebcap.format.reader import CaptureReader
     from ebcap.replay.export import export as run_export
-    from ebcap.replay.export import export_format, to_stdout
-    from ebcap.replay.sink import check_output_path, inner_suffix
+    from ebcap.replay.export import export_format
+    from ebcap.replay.sink import check_output_path, inner_suffix, to_stdout
 
+    fmt = fmt.lower() if fmt is not None else None  # -f PCAPNG as -f CSV: any case
     stdout = to_stdout(output)
     if not stdout:
         check_output_path(output, force=force, inputs=[file])
@@ -62,7 +64,7 @@ def export(
     with closed_pipe_ends_quietly(), CaptureReader(file) as reader:
         summary = run_export(reader, output, fmt=chosen, force=force, in_time_order=sorted_)
     where = "stdout" if summary.path is None else str(summary.path)
-    for said in summary.order.notes():
+    for said in summary.notes():
         note(said)
     typer.echo(f"wrote {count(summary.rows)} rows to {where} ({summary.fmt})", err=True)
 
@@ -83,8 +85,8 @@ def _export_pcapng(
         CaptureReader(file) as reader,
         Output(output, force=force, inputs=[file]) as out,
     ):
-        packets = export_pcapng(reader, out, in_time_order=in_time_order, report=report)
-    for said in report.notes():
+        written = export_pcapng(reader, out, in_time_order=in_time_order, report=report)
+    for said in [*report.notes(), *written.notes()]:
         note(said)
     where = "stdout" if stdout else str(output)
-    typer.echo(f"wrote {count(packets)} packets to {where} (pcapng)", err=True)
+    typer.echo(f"wrote {count(written.packets)} packets to {where} (pcapng)", err=True)

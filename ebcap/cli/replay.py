@@ -65,12 +65,12 @@ def replay(
     from ebcap.replay.memory import use_streaming_pool
     from ebcap.replay.order import OrderReport
     from ebcap.replay.player import ReplayOptions, capture_cpus, write_replay
-    from ebcap.replay.sink import Output, check_output_path
+    from ebcap.replay.sink import Output, check_output_path, to_stdout
     from ebcap.replay.text import ARRIVAL, TIME
 
-    if output is not None:
+    if output is not None and not to_stdout(output):  # -o -: stdout, even if ./- exists
         check_output_path(output, force=force, inputs=[file])
-    chosen = fmt if fmt is not None else _format_from(output)
+    chosen = fmt.lower() if fmt is not None else _format_from(output)
     options = ReplayOptions(
         order=TIME if sorted_ else ARRIVAL,
         fmt=chosen,

@@ -49,15 +49,15 @@ def sql(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     from ebcap.format.reader import CaptureReader
-    from ebcap.replay.records import encoder_for
-    from ebcap.replay.sink import Output, check_output_path
+    from ebcap.replay.records import encoded, encoder_for
+    from ebcap.replay.sink import Output, check_output_path, to_stdout
     from ebcap.replay.sql import SqlSession
     from ebcap.replay.table_text import table_lines
 
-    fmt = asked_format or _format_of(output)
+    fmt = asked_format.lower() if asked_format else _format_of(output)
     if fmt not in SQL_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(SQL_FORMATS)}, not {fmt!r}")
-    if output is not None:
+    if output is not None and not to_stdout(output):  # -o -: stdout, even if ./- exists
         check_output_path(output, force=force, inputs=[file])
     with CaptureReader(file) as reader, SqlSession(reader) as session:
         result = session.query(query)
@@ -73,7 +73,8 @@ def sql(
                 encoder = encoder_for(fmt, result.schema)
                 out.write(encoder.header())
                 for batch in result:
-                    out.write(encoder.encode(batch))
+                    for piece in encoded(encoder, batch):
+                        out.write(piece)
 
 
 def _format_of(output: Path | None) -> str:
@@ -86,16 +87,17 @@ def _format_of(output: Path | None) -> str:
 
 def _write_json_array(out: Output, result: pa.RecordBatchReader) -> None:
     """Rows as one JSON array (JSON lines re-joined: a newline never occurs inside a row)."""
-    from ebcap.replay.records import JsonlEncoder
+    from ebcap.replay.records import JsonlEncoder, encoded
 
     encoder = JsonlEncoder()
     out.write(b"[")
     first = True
     for batch in result:
-        lines = bytes(encoder.encode(batch))
-        if not lines:
-            continue
-        out.write(b"\n" if first else b",\n")
-        out.write(lines[:-1].replace(b"\n", b",\n"))
-        first = False
+        for piece in encoded(encoder, batch):
+            lines = bytes(piece)
+            if not lines:
+                continue
+            out.write(b"\n" if first else b",\n")
+            out.write(lines[:-1].replace(b"\n", b",\n"))
+            first = False
     out.write(b"]\n" if first else b"\n]\n")

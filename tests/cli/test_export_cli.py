@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from synthetic import REALTIME_OFFSET_NS, Synthetic, build_table, write_capture, write_table
-from synthetic_packets import packet_capture
+from synthetic_packets import packet_capture, packets_with_nulls
 
 from ebcap.cli import run
 from ebcap.format.pcapng import write_pcapng
@@ -248,3 +248,145 @@ def test_times_past_the_year_2262_are_null(tmp_path: Path) -> None:
     assert run(["export", str(path), "-o", str(out)]) == 0
     times = pq.read_table(out).column("time").cast(pa.int64()).to_pylist()
     assert times == [t + REALTIME_OFFSET_NS for t in ts[:-1]] + [None]
+
+
+def test_a_column_parquet_cannot_hold_is_refused_before_any_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An interval column (another writer's file) has no Parquet type: one line, exit 2,
+    nothing written; CSV holds it as text."""
+    table = build_table(Synthetic(seed=95, events_per_cpu=3))
+    spans = [pa.MonthDayNano([0, 1, i]) for i in range(table.num_rows)]
+    table = table.append_column("span", pa.array(spans, pa.month_day_nano_interval()))
+    path = write_table(tmp_path / "i.arrow", table)
+    for force in ([], ["--force"]):
+        assert run(["export", str(path), "-o", str(tmp_path / "i.parquet"), *force]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            "ebcap: error: column 'span' is month_day_nano_interval, which Parquet cannot "
+            "hold: export to .csv or .jsonl instead\n"
+        )
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["i.arrow"]
+    assert run(["export", str(path), "-o", str(tmp_path / "i.csv")]) == 0
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "i.csv").read_text())))
+    want = ["1 day"] + [f"1 day 00:00:00.00000000{i}" for i in range(1, table.num_rows)]
+    assert [r["span"] for r in rows] == want
+
+
+@pytest.mark.parametrize(
+    "command", ["export-jsonl", "export-csv", "sql-jsonl", "sql-json", "sql-csv", "table"]
+)
+def test_large_payloads_go_out_a_bounded_piece_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Export and SQL results encode their batches in pieces too (see
+    tests/replay/test_records.py), with the same output as in one piece."""
+    from ebcap.replay.sink import Output
+
+    table = build_table(Synthetic(seed=96, events_per_cpu=60))
+    payloads = [bytes([i % 251]) * (900 + i % 300) for i in range(table.num_rows)]
+    table = table.set_column(6, table.schema.field("data"), pa.array(payloads, pa.binary()))
+    path = write_table(tmp_path / "big.arrow", table, batch_rows=table.num_rows)
+    kind, _, fmt = command.partition("-")
+    query = "SELECT seq, data FROM events ORDER BY seq"
+    args = {
+        "export": ["export", str(path), "-f", fmt],
+        "sql": ["sql", str(path), query, "-f", fmt],
+        "table": ["sql", str(path), query],
+    }[kind]
+
+    def output(name: str) -> bytes:
+        assert run([*args, "-o", str(tmp_path / name)]) == 0
+        return (tmp_path / name).read_bytes()
+
+    whole = output("whole")
+    sizes: list[int] = []
+    write = Output.write
+
+    def counted(self: Output, data: bytes | bytearray | memoryview) -> None:
+        sizes.append(len(data))
+        write(self, data)
+
+    monkeypatch.setattr(Output, "write", counted)
+    monkeypatch.setattr("ebcap.replay.lines.TEXT_CHUNK_BYTES", 8192, raising=False)
+    pieces = output("pieces")
+    if kind == "table":  # the widths come from the first piece: compare the cells
+        assert [line.split() for line in pieces.splitlines()[2:]] == [
+            line.split() for line in whole.splitlines()[2:]
+        ]
+    else:
+        assert pieces == whole
+    assert len(sizes) > 10 and max(sizes) <= 2 * 8192 + 2 * 1200 + 4096
+
+
+def test_pcapng_leaves_out_packets_without_lengths_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "p.arrow"
+    table, holes = packets_with_nulls(path)
+    out = tmp_path / "p.pcapng"
+    assert run(["export", str(path), "-o", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "ebcap: note: 3 packet rows have no cap_len, pkt_len or ifindex: left out of the pcapng"
+    )
+    expected = io.BytesIO()
+    kept = table.filter(pa.array([i not in holes for i in range(table.num_rows)]))
+    with CaptureReader(path) as reader:
+        packets = write_pcapng(kept, reader.metadata, expected)
+    assert err[1:] == [f"wrote {packets} packets to {out} (pcapng)"]
+    assert out.read_bytes() == expected.getvalue()
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv", "jsonl"])
+def test_a_capture_without_its_realtime_offset_exports_without_wall_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    """ebcap.realtime_offset_ns is optional (FORMAT.md): every column but the wall clock."""
+    table = build_table(Synthetic(seed=97, events_per_cpu=10, lost_every=4))
+    meta = {k: v for k, v in table.schema.metadata.items() if k != b"ebcap.realtime_offset_ns"}
+    table = table.replace_schema_metadata(meta)
+    path = write_table(tmp_path / "n.arrow", table)
+    out = tmp_path / f"n.{suffix}"
+    assert run(["export", str(path), "-o", str(out)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "ebcap: note: the capture has no ebcap.realtime_offset_ns: exported without a "
+        "wall-clock column",
+        f"wrote {table.num_rows} rows to {out} ({suffix})",
+    ]
+    if suffix == "parquet":
+        got = pq.read_table(out)
+        names, seqs = got.schema.names, got.column("seq").to_pylist()
+    elif suffix == "csv":
+        rows = list(csv.DictReader(io.StringIO(out.read_text())))
+        names, seqs = list(rows[0]), [int(r["seq"]) for r in rows]
+    else:
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        names, seqs = list(rows[0]), [r["seq"] for r in rows]
+    assert names == table.schema.names
+    assert seqs == table.column("seq").to_pylist()
+
+
+def test_pcapng_of_a_capture_without_its_realtime_offset_says_times_are_monotonic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = packet_capture(tmp_path / "p.arrow")
+    meta = {k: v for k, v in table.schema.metadata.items() if k != b"ebcap.realtime_offset_ns"}
+    path = write_table(tmp_path / "n.arrow", table.replace_schema_metadata(meta))
+    out = tmp_path / "n.pcapng"
+    assert run(["export", str(path), "-o", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "ebcap: note: the capture has no ebcap.realtime_offset_ns: packet times are "
+        "CLOCK_MONOTONIC (since boot), not wall-clock"
+    )
+    assert err[1].startswith("wrote 15 packets to")
+
+
+@pytest.mark.parametrize(("fmt", "magic"), [("PCAPNG", b"\x0a\x0d\x0d\x0a"), ("Csv", b'"seq"')])
+def test_the_format_option_takes_any_case(tmp_path: Path, fmt: str, magic: bytes) -> None:
+    path = tmp_path / "p.arrow"
+    packet_capture(path)
+    out = tmp_path / "p.out"
+    assert run(["export", str(path), "-f", fmt, "-o", str(out)]) == 0
+    assert out.read_bytes().startswith(magic)

@@ -125,3 +125,35 @@ def test_nullable_core_columns_without_nulls_are_read(
         assert code == 0, (name, err)
     with CaptureReader(out / "fixed.arrow") as reader:
         assert reader.to_table()["cpu"].to_pylist() == [0, 1, 1, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shape"),
+    [
+        (fs.META_RECOVERED, "[1]", "a JSON object"),
+        (fs.META_RECOVERED, '"x"', "a JSON object"),
+        (fs.META_COMMAND, "5", "a list of strings"),
+        (fs.META_COMMAND, '["ebcap", 5]', "a list of strings"),
+        (fs.META_REALTIME_OFFSET, str(10**30), "a count of nanoseconds within 64 bits"),
+        (fs.META_REALTIME_OFFSET, str(-(10**20)), "a count of nanoseconds within 64 bits"),
+    ],
+)
+def test_badly_shaped_metadata_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: str, shape: str
+) -> None:
+    """Keys the commands use as a list, an object or a 64-bit offset (info prints the
+    command and the recovery, replay --wall and export add the offset)."""
+    batch = columns(0, [0, 1])
+    schema = pa.schema([pa.field(n, batch[n].type) for n in fs.CORE_COLUMNS])
+    schema = schema.with_metadata({**META, key: value})
+    path = tmp_path / "meta.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        writer.write_batch(pa.RecordBatch.from_arrays(list(batch.values()), schema=schema))
+    out = tmp_path / "out"
+    out.mkdir()
+    results = outcomes(path, out, capsys)
+    capsys.readouterr()
+    results["replay --wall"] = (run(["replay", "--wall", str(path)]), *capsys.readouterr())
+    for result in results.values():
+        assert_refused(result, f"{path}: metadata {key} is not {shape} (")
+    assert list(out.iterdir()) == []

@@ -222,3 +222,53 @@ def test_colour_on_a_terminal_unless_no_color(capture) -> None:
     assert b"\x1b" not in plain
     strip = re.compile(r"\x1b\[[0-9;]*m")
     assert [strip.sub("", line) for line in lines] == plain.decode().splitlines()
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_output_through_a_link_to_stdout_writes_to_stdout(
+    capture, tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes], force: list[str]
+) -> None:
+    """`-o /dev/stdout` when stdout is a regular file (here pytest's capture file): not
+    "exists, use --force", and with --force no rename over the link. A link of our own to
+    /proc/self/fd/1 stands in for /dev/stdout (never touched by a test)."""
+    path, table = capture
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    assert os.path.isfile(link)  # stdout is a regular file
+    assert run(["replay", str(path), "-f", "jsonl", "-o", str(link), *force]) == 0
+    out, err = capfdbinary.readouterr()
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == table.column("seq").to_pylist()
+    assert b"exists" not in err
+    assert os.readlink(link) == "/proc/self/fd/1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.arrow", "stdout"]
+
+
+def test_the_format_option_takes_any_case(capture, capsys: pytest.CaptureFixture[str]) -> None:
+    path, table = capture
+    assert run(["replay", str(path), "-f", "JSONL"]) == 0
+    out = capsys.readouterr().out
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == table.column("seq").to_pylist()
+
+
+@pytest.mark.parametrize("command", ["replay", "sql", "export"])
+def test_dash_is_stdout_even_with_a_file_named_dash(
+    capture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfdbinary: pytest.CaptureFixture[bytes],
+    command: str,
+) -> None:
+    """``-o -`` is stdout; a file named ``-`` in the directory is neither an obstacle nor
+    written (``./-`` names it)."""
+    path, table = capture
+    monkeypatch.chdir(tmp_path)
+    Path("-").write_bytes(b"precious")
+    argv = {
+        "replay": ["replay", str(path), "-f", "jsonl"],
+        "sql": ["sql", str(path), "SELECT seq FROM events", "-f", "jsonl"],
+        "export": ["export", str(path), "-f", "jsonl"],
+    }[command]
+    assert run([*argv, "-o", "-"]) == 0
+    out = capfdbinary.readouterr().out
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == table.column("seq").to_pylist()
+    assert Path("-").read_bytes() == b"precious"

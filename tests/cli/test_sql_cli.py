@@ -6,6 +6,8 @@ import csv
 import io
 import itertools
 import json
+import re
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -185,3 +187,66 @@ def test_the_output_name_chooses_the_format(
         return
     assert out.read_text().splitlines()[0].strip().startswith(first_line)
     assert str(table.num_rows) in out.read_text()
+
+
+SPAN = (
+    "SELECT cpu, make_timestamp((max(ts_ns) // 1000)::BIGINT) "
+    "- make_timestamp((min(ts_ns) // 1000)::BIGINT) AS span, "
+    "INTERVAL '14 months -3 days 4 hours 0.5 seconds' AS odd, union_value(k := cpu) AS u "
+    "FROM events GROUP BY cpu ORDER BY cpu"
+)
+"""A time difference is an interval (month_day_nano), which CSV and Arrow's casts lack."""
+
+
+def span_text(table: pa.Table, cpu: int) -> str:
+    stamps = [r["ts_ns"] for r in table.to_pylist() if r["cpu"] == cpu]
+    micros = max(stamps) // 1000 - min(stamps) // 1000
+    seconds, fraction = divmod(micros, 10**6)
+    text = f"00:00:{seconds:02d}"
+    return text + (f".{fraction:06d}".rstrip("0") if fraction else "")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "table"])
+def test_intervals_and_unions_are_text_in_every_format(
+    capture, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    path, table = capture
+    assert run(["sql", str(path), SPAN, "-f", fmt]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    odd = "1 year 2 months -3 days 04:00:00.5"  # as DuckDB itself spells it
+    want = [(str(cpu), span_text(table, cpu), odd, str(cpu)) for cpu in range(3)]
+    if fmt == "csv":
+        got = [(r["cpu"], r["span"], r["odd"], r["u"]) for r in csv.DictReader(io.StringIO(out))]
+    elif fmt == "jsonl":
+        objs = [json.loads(line) for line in out.splitlines()]
+        got = [(str(o["cpu"]), o["span"], o["odd"], str(o["u"])) for o in objs]
+    else:  # columns two spaces apart; the interval's own words one space apart
+        got = [tuple(re.split(" {2,}", line.strip())) for line in out.splitlines()[2:]]
+    assert got == want
+
+
+def test_the_format_option_takes_any_case(capture, capsys: pytest.CaptureFixture[str]) -> None:
+    path, table = capture
+    assert run(["sql", str(path), "SELECT count(*) AS n FROM events", "-f", "CSV"]) == 0
+    assert capsys.readouterr().out.splitlines() == ['"n"', str(table.num_rows)]
+
+
+def test_a_column_duckdb_cannot_read_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DuckDB reads no dense union (another writer's column): one line, exit 2."""
+    from synthetic import build_table, write_table
+
+    table = build_table(Synthetic(seed=82, events_per_cpu=3))
+    n = table.num_rows
+    union = pa.UnionArray.from_dense(
+        pa.array([0] * n, pa.int8()), pa.array(range(n), pa.int32()), [pa.array(range(n))]
+    )
+    path = write_table(tmp_path / "u.arrow", table.append_column("u", union))
+    spills = set(Path(tempfile.gettempdir()).glob("ebcap-sql-*"))
+    assert run(["sql", str(path), "SELECT count(*) FROM events"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith("ebcap: error: SQL: ")
+    assert "internal error" not in err and "Union" in err
+    assert set(Path(tempfile.gettempdir()).glob("ebcap-sql-*")) == spills  # none left

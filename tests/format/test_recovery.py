@@ -243,3 +243,59 @@ def test_corruption_saves_a_prefix_or_fails_cleanly(
     assert report.rows_saved <= 20
     with CaptureReader(tmp / "fixed.arrow") as reader:
         assert reader.num_rows == report.rows_saved
+
+
+def test_dictionary_source_columns_come_back_as_their_values(tmp_path: Path) -> None:
+    """Another tool may code a source column as a dictionary (the writer takes none): the
+    recovered file holds its values, from a whole file and from one cut short."""
+    schema = make_schema(
+        [pa.field("label", pa.dictionary(pa.int32(), pa.string()))],
+        {fs.META_TRANSPORT: "perf", fs.META_SOURCE: "other-tool"},
+    )
+    kinds = pa.array(list(fs.KINDS))
+    names = pa.array(["a", "b", "c"])
+    labels = [[0, None, 1], [2, 0, 2]]
+    path = tmp_path / "d.arrow"
+    with pa.ipc.new_file(str(path), schema) as writer:
+        for b, codes in enumerate(labels):
+            values = rows(3 * b, 3)
+            columns = [
+                pa.DictionaryArray.from_arrays(pa.array(values["kind"], pa.int8()), kinds)
+                if f.name == "kind"
+                else pa.array(values[f.name], f.type)
+                for f in fs.CORE_FIELDS
+            ]
+            label = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), names)
+            writer.write_batch(pa.RecordBatch.from_arrays([*columns, label], schema=schema))
+    data = path.read_bytes()
+    cut = tmp_path / "cut.arrow"
+    cut.write_bytes(data[: len(data) - 40])  # no footer: the stream's batches are saved
+    for source in (path, cut):
+        out = tmp_path / f"fixed-{source.name}"
+        recover(source, out)
+        with CaptureReader(out) as reader:
+            assert reader.schema.field("label").type == pa.string()
+            got = reader.to_table().column("label").to_pylist()
+        assert got == ["a", None, "b", "c", "a", "c"]
+
+
+def test_union_columns_are_recovered(tmp_path: Path) -> None:
+    """Another tool's union column: the writer's empty totals batch holds one too."""
+    kind = pa.sparse_union([pa.field("i", pa.int64()), pa.field("s", pa.string())])
+    schema = make_schema([pa.field("u", kind)], {fs.META_TRANSPORT: "perf", fs.META_SOURCE: "x"})
+    values = rows(0, 2)
+    columns = [
+        pa.DictionaryArray.from_arrays(pa.array(values["kind"], pa.int8()), pa.array(fs.KINDS))
+        if f.name == "kind"
+        else pa.array(values[f.name], f.type)
+        for f in fs.CORE_FIELDS
+    ]
+    union = pa.UnionArray.from_sparse(
+        pa.array([0, 1], pa.int8()), [pa.array([7, 0]), pa.array(["", "x"])], ["i", "s"]
+    )
+    path = tmp_path / "u.arrow"
+    with pa.ipc.new_file(str(path), schema) as writer:
+        writer.write_batch(pa.RecordBatch.from_arrays([*columns, union], schema=schema))
+    recover(path, tmp_path / "fixed.arrow")
+    with CaptureReader(tmp_path / "fixed.arrow") as reader:
+        assert reader.to_table().column("u").to_pylist() == [7, "x"]

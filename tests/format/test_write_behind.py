@@ -11,7 +11,9 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from format.test_writer import SCHEMA, batches_on_disk, rows
+from synthetic import WRITER_SCHEMA as SCHEMA
+from synthetic import batches_on_disk
+from synthetic import writer_rows as rows
 
 from ebcap.errors import CaptureError
 from ebcap.format import CaptureReader, CaptureWriter, recover

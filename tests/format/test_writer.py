@@ -13,15 +13,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from synthetic import WRITER_SCHEMA as SCHEMA
+from synthetic import batches_on_disk
+from synthetic import writer_rows as rows
 
 from ebcap.errors import CaptureError, ClosedError, OutputExistsError, UsageError
 from ebcap.format import CaptureReader, CaptureWriter, make_schema, recover
 from ebcap.format import schema as fs
 from ebcap.format.writer import partial_path
-
-SCHEMA = make_schema(
-    [pa.field("pid", pa.uint32())], {fs.META_TRANSPORT: "ringbuf", fs.META_SOURCE: "test"}
-)
 
 
 class FakeClock:
@@ -30,41 +29,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def rows(start: int, n: int, *, cpus: int = 4, payload: int = 24) -> dict[str, object]:
-    """n rows with seq start..start+n-1; every 7th row a lost record of (seq % 5 + 1) events."""
-    seq = np.arange(start, start + n, dtype=np.uint64)
-    lost = seq % 7 == 0
-    return {
-        "seq": seq,
-        "cpu": (seq % cpus).astype(np.uint16),
-        "ts_ns": 1_000_000 + seq * 1000,
-        "kind": lost.astype(np.int8),
-        "lost": np.where(lost, seq % 5 + 1, 0),
-        "round": (seq // 10).astype(np.uint32),
-        "data": [bytes([int(s) % 256]) * payload for s in seq],
-        "pid": (seq + 1000).astype(np.uint32),
-    }
-
-
-def batches_on_disk(path: Path) -> list[int]:
-    """Row counts of the record batches fully on disk in a footer-less .partial.
-
-    Reads the IPC stream after the 8-byte magic with pyarrow alone, so the
-    test does not depend on ebcap's own recovery code.
-    """
-    data = path.read_bytes()
-    if len(data) <= 8:
-        return []
-    counts = []
-    try:
-        stream = pa.ipc.open_stream(pa.BufferReader(data[8:]))
-        for batch in stream:
-            counts.append(batch.num_rows)
-    except pa.ArrowInvalid:
-        pass  # a batch cut short at the end: the ones before it are what is on disk
-    return counts
 
 
 def open_fds() -> set[str]:
@@ -152,6 +116,25 @@ def test_refuses_to_overwrite_and_leaves_the_file_untouched(tmp_path: Path) -> N
     assert "\n" not in str(info.value)
     assert out.read_bytes() == b"precious"
     assert not partial_path(out).exists()
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_name_of_an_open_descriptor_is_refused(tmp_path: Path, force: bool) -> None:
+    """`-o /dev/stdout` (stdout a regular file): renaming the finished capture over the
+    name would replace the /dev/stdout symlink. A link of our own stands in for it."""
+    target = tmp_path / "file"
+    target.write_bytes(b"precious")
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        link = tmp_path / "stdout"
+        link.symlink_to(f"/proc/self/fd/{fd}")
+        with pytest.raises(UsageError, match="names an open descriptor"):
+            CaptureWriter(link, SCHEMA, force=force)
+        assert os.readlink(link) == f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "stdout"]
 
 
 def test_force_replaces_only_at_the_final_rename(tmp_path: Path) -> None:

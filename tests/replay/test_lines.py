@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from ebcap.replay.lines import (
     Decimal,
+    bounded_ranges,
     digit_counts,
     either,
     join_lines,
@@ -153,3 +154,23 @@ def test_relative_seconds_match_the_printed_form(stamps: list[int], origin: int)
 @pytest.mark.parametrize("rows", [1, 7, 70_000])
 def test_a_long_constant_line(rows: int) -> None:
     assert strings(join_lines(["a", "", "b"], rows)) == ["ab"] * rows
+
+
+def test_bounded_ranges_cut_where_values_pass_the_limit() -> None:
+    sizes = [10, 10, 25, 0, 5, 5, 5, 40, 1]
+    batch = pa.record_batch(
+        {
+            "n": pa.array(range(len(sizes))),
+            "data": pa.array([b"x" * s for s in sizes]),
+            "text": pa.array(["" if s else None for s in sizes], pa.large_string()),
+        }
+    )
+    assert bounded_ranges(batch, 1 << 20) == [(0, len(sizes))]
+    assert bounded_ranges(batch, 20) == [(0, 2), (2, 3), (3, 7), (7, 8), (8, 9)]
+    assert bounded_ranges(batch.slice(2, 5), 20) == [(0, 1), (1, 5)]
+    assert bounded_ranges(batch.slice(0, 0), 20) == []
+    for limit in range(1, 50):  # every range within the limit or one row; all rows, in order
+        ranges = bounded_ranges(batch, limit)
+        assert [r[0] for r in ranges[1:]] == [r[1] for r in ranges[:-1]]
+        assert ranges[0][0] == 0 and ranges[-1][1] == len(sizes)
+        assert all(sum(sizes[a:b]) <= limit or b - a == 1 for a, b in ranges)

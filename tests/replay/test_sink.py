@@ -100,3 +100,35 @@ def test_a_fifo_is_written_in_place(tmp_path: Path) -> None:
     reader.join(timeout=10)
     assert received == [b"through the pipe\n"]
     assert [p.name for p in tmp_path.iterdir()] == ["pipe"]  # no temporary file, no rename
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_name_of_an_open_descriptor_is_written_through_it(tmp_path: Path, force: bool) -> None:
+    """`-o /dev/stdout` with stdout a regular file (`> out`, `>> log`): the name leads to
+    /proc/self/fd/1, which is neither "an existing file" to refuse nor one to rename a
+    temporary file over (that would replace the /dev/stdout symlink). A link of our own
+    stands in for /dev/stdout; the descriptor is a file opened for appending."""
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"before\n")
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        link = tmp_path / "stdout"
+        link.symlink_to(f"/proc/self/fd/{fd}")
+        for name in (link, f"/dev/fd/{fd}", f"/proc/self/fd/{fd}"):
+            with Output(name, force=force) as out:
+                out.write(b"written\n")
+        assert os.readlink(link) == f"/proc/self/fd/{fd}"  # the link stays a link
+        os.write(fd, b"after\n")  # the descriptor is still ours, and still appends
+    finally:
+        os.close(fd)
+    assert log.read_bytes() == b"before\n" + b"written\n" * 3 + b"after\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "stdout"]
+
+
+def test_a_name_of_a_closed_descriptor_is_one_line(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY)
+    os.close(fd)
+    (tmp_path / "gone").symlink_to(f"/proc/self/fd/{fd}")
+    with pytest.raises(UsageError, match="Bad file descriptor"):
+        Output(tmp_path / "gone")
+    assert [p.name for p in tmp_path.iterdir()] == ["gone"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from synthetic import Collect, Synthetic, metadata, parse, write_table
-from synthetic_packets import FRAMES, LOST_AT, packet_capture
+from synthetic_packets import FRAMES, LOST_AT, packet_capture, packets_with_nulls
 
 from ebcap.bpf.programs.packet import PACKET_OFFSET
 from ebcap.format import schema as fs
@@ -70,3 +70,76 @@ def test_tracepoint_fields_are_name_value_with_strings_quoted(tmp_path: Path) ->
         "args=[0,0,0]",
         "common_pid=- prev_comm=- next_comm=- prev_state=- buf=- args=-",
     ]
+
+
+def _core_table(n: int, extra: dict[str, pa.Array]) -> pa.Table:
+    """``n`` sample rows on CPU 1 with the source columns ``extra``."""
+    fields = [pa.field(name, values.type) for name, values in extra.items()]
+    return pa.Table.from_arrays(
+        [
+            pa.array(range(n), pa.uint64()),
+            pa.array([1] * n, pa.uint16()),
+            pa.array([10 + i for i in range(n)], pa.uint64()),
+            pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int8()), pa.array(list(fs.KINDS))),
+            pa.array([0] * n, pa.uint64()),
+            pa.array([0] * n, pa.uint32()),
+            pa.array([b"\x01"] * n, pa.binary()),
+            *extra.values(),
+        ],
+        schema=fs.make_schema(fields, metadata=metadata(Synthetic())),
+    )
+
+
+@pytest.mark.parametrize("order", ["arrival", "time"])
+def test_a_syscall_column_that_is_not_text_shows_as_fields(tmp_path: Path, order: str) -> None:
+    """A ``--layout ts:u64,cpu:u32,syscall:u32,arg0:u64,...`` capture names its columns like
+    the syscalls source: a number in ``syscall`` is a field, not a call's name."""
+    args = {f"arg{i}": pa.array([i, 16 + i], pa.uint64()) for i in range(6)}
+    table = _core_table(2, {"syscall": pa.array([257, None], pa.uint32()), **args})
+    write_table(tmp_path / "nr.arrow", table)
+    sink = Collect()
+    with CaptureReader(tmp_path / "nr.arrow") as reader:
+        write_replay(reader, sink, ReplayOptions(order=order))
+    assert [parse(line)["body"] for line in sink.lines()] == [
+        "syscall=257 arg0=0 arg1=1 arg2=2 arg3=3 arg4=4 arg5=5",
+        "syscall=- arg0=16 arg1=17 arg2=18 arg3=19 arg4=20 arg5=21",
+    ]
+
+
+def test_syscall_text_with_arguments_that_are_not_integers_shows_as_fields(
+    tmp_path: Path,
+) -> None:
+    args = {f"arg{i}": pa.array([f"a{i}"], pa.string()) for i in range(6)}
+    table = _core_table(1, {"syscall": pa.array(["openat"]), **args})
+    write_table(tmp_path / "s.arrow", table)
+    sink = Collect()
+    with CaptureReader(tmp_path / "s.arrow") as reader:
+        write_replay(reader, sink, ReplayOptions())
+    body = 'syscall="openat" ' + " ".join(f'arg{i}="a{i}"' for i in range(6))
+    assert [parse(line)["body"] for line in sink.lines()] == [body]
+
+
+def test_a_large_string_syscall_column_reads_as_a_call(tmp_path: Path) -> None:
+    args = {f"arg{i}": pa.array([i], pa.int64()) for i in range(6)}
+    table = _core_table(1, {"syscall": pa.array(["read"], pa.large_string()), **args})
+    write_table(tmp_path / "l.arrow", table)
+    sink = Collect()
+    with CaptureReader(tmp_path / "l.arrow") as reader:
+        write_replay(reader, sink, ReplayOptions())
+    assert [parse(line)["body"] for line in sink.lines()] == ["read(0x0, 0x1, 0x2, 0x3, 0x4, 0x5)"]
+
+
+def test_packets_without_lengths_say_unknown(tmp_path: Path) -> None:
+    packets_with_nulls(tmp_path / "p.arrow")
+    sink = Collect()
+    with CaptureReader(tmp_path / "p.arrow") as reader:
+        write_replay(reader, sink, ReplayOptions())
+    bodies = [parse(line)["body"] for line in sink.lines()]
+    assert bodies[1] == (
+        "IPv4 198.51.100.1.51234 > 198.51.100.2.443: TCP, length 98 ifindex=3 rx_queue=0"
+    )  # no cap_len: the flags, read from the captured bytes, are unknown
+    assert bodies[2] == (
+        "IPv4 198.51.100.1.5353 > 198.51.100.2.53: UDP, length unknown (captured 128), "
+        "fragment id 4660 at 0 (more follow) ifindex=3 rx_queue=0"
+    )
+    assert bodies[6].endswith(", length 118 ifindex=- rx_queue=0")
