@@ -113,6 +113,8 @@ class Recorder:
         self.options = options
         self.transport = source.transport_of(options.transport)
         self.cpus = options.cpus or cpu_info.online_cpus()
+        self.work_path: Path | None = None
+        """The file being written until it is renamed to the output (once running)."""
 
     def run(
         self,
@@ -133,6 +135,7 @@ class Recorder:
             background=True,
             zstd_level=opts.zstd_level,
         )
+        self.work_path = writer.partial_path
         try:
             with ExitStack() as stack:
                 kernel = self.source.start(self.transport, opts.buffer_bytes, stack)

@@ -36,7 +36,7 @@ from ebcap.format.recovery_scan import (
     SkippedBatch,
     StreamScan,
 )
-from ebcap.format.writer import PARTIAL_SUFFIX, CaptureWriter, partial_path
+from ebcap.format.writer import CaptureWriter, free_work_path
 
 __all__ = [
     "REASON_COMPLETE",
@@ -51,7 +51,6 @@ REASON_COMPLETE: Final = "the file is complete"
 
 _NEVER: Final = 1 << 62
 """Row threshold that never triggers: recovery flushes once per source batch."""
-_WORK_NAMES: Final = 100
 """How many work file names to try before giving up (each one that exists is skipped)."""
 
 
@@ -135,7 +134,7 @@ def recover(
         if not plan.complete:
             schema = _mark_recovered(schema, source, damage, plan, scan.total)
         rows_complete = not plan.skipped and plan.totals is not None
-        work = _work_path(source, output)
+        work = free_work_path(output, "recover")  # never the input, nor anything else
         writer: CaptureWriter | None = None
         try:
             writer = CaptureWriter(output, schema, force=force, flush_rows=_NEVER, work_path=work)
@@ -257,19 +256,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # b does not exist (or cannot be looked at): not the same file
         return False
-
-
-def _work_path(source: Path, output: Path) -> Path:
-    """Where to write until done: OUTPUT.partial, unless that name is taken (by the
-    input, when recovering NAME.partial into NAME, or by anything else: it is
-    never replaced); then OUTPUT.recover.partial, OUTPUT.recover-2.partial, ..."""
-    names = [partial_path(output).name, f"{output.name}.recover{PARTIAL_SUFFIX}"]
-    names += [f"{output.name}.recover-{n}{PARTIAL_SUFFIX}" for n in range(2, _WORK_NAMES)]
-    for name in names:
-        candidate = output.with_name(name)
-        if not os.path.lexists(candidate):  # never the input, nor anything else
-            return candidate
-    raise UsageError(f"cannot find a free work file name next to {output}")
 
 
 def _discard(writer: CaptureWriter | None, work: Path, source: Path) -> None:

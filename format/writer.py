@@ -110,8 +110,11 @@ class CaptureWriter:
             raise UsageError(f"flush rows must be at least 1, got {flush_rows}")
         codec = zstd_codec(zstd_level)
         self.path = Path(path)
-        self.partial_path = partial_path(self.path) if work_path is None else Path(work_path)
-        self._replace_partial = force and work_path is None
+        if work_path is None:
+            # --force replaces NAME at the end, never a NAME.partial that is there: a
+            # crashed capture's, to recover, or a running one's.
+            work_path = free_work_path(self.path, "new") if force else partial_path(self.path)
+        self.partial_path = Path(work_path)
         _check_schema(schema)
         self.schema = schema.with_metadata(
             {**(schema.metadata or {}), fs.META_CHECKSUM.encode(): checksum.ALGORITHM.encode()}
@@ -158,13 +161,11 @@ class CaptureWriter:
     def _create_partial(self) -> BinaryIO:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            if self._replace_partial:
-                self.partial_path.unlink(missing_ok=True)
             fd = os.open(self.partial_path, flags, FILE_MODE)
         except FileExistsError:
             raise OutputExistsError(
                 f"{self.partial_path} exists (an unfinished capture? "
-                f"`ebcap recover` it, remove it, or use --force)"
+                f"`ebcap recover` it, remove it, or use --force to write beside it)"
             ) from None
         except OSError as exc:
             raise UsageError(f"cannot create {self.partial_path}: {exc.strerror}") from None
@@ -397,6 +398,21 @@ class CaptureWriter:
             self.close()
         else:
             self.abort()
+
+
+def free_work_path(output: Path, tag: str) -> Path:
+    """Where to write ``output`` until done: OUTPUT.partial, unless that name is taken
+    (it is never replaced); then OUTPUT.TAG.partial, OUTPUT.TAG-2.partial, ..."""
+    names = [partial_path(output).name, f"{output.name}.{tag}{PARTIAL_SUFFIX}"]
+    names += [f"{output.name}.{tag}-{n}{PARTIAL_SUFFIX}" for n in range(2, _WORK_NAMES)]
+    for name in names:
+        candidate = output.with_name(name)
+        if not os.path.lexists(candidate):
+            return candidate
+    raise UsageError(f"cannot find a free work file name next to {output}")
+
+
+_WORK_NAMES: Final = 100
 
 
 def check_destination(path: Path, *, force: bool) -> None:

@@ -179,7 +179,7 @@ def record(
     from ebcap.capture.realtime import resolve as resolve_priority
     from ebcap.capture.recorder import Recorder, RecordOptions
     from ebcap.capture.sources import TRANSPORTS, parse_source
-    from ebcap.format.writer import check_destination, zstd_codec
+    from ebcap.format.writer import check_destination, partial_path, zstd_codec
     from ebcap.replay.memory import use_streaming_pool
 
     if list_sources:
@@ -304,7 +304,7 @@ def record(
                 on_started=started(notes, ready_file),
             )
     except KeyboardInterrupt:
-        _interrupted(output, earlier)
+        _interrupted(output, recorder.work_path or partial_path(output), earlier)
     with closed_pipe_ends_quietly():  # `--json | head`: the file is complete all the same
         _print_summary(summary, as_json)
 
@@ -382,15 +382,12 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_ino, st.st_mtime_ns
 
 
-def _interrupted(output: Path, earlier: tuple[int, int] | None) -> NoReturn:
+def _interrupted(output: Path, partial: Path, earlier: tuple[int, int] | None) -> NoReturn:
     """A second Ctrl-C aborted the recording: say where the data went, exit 130.
 
-    ``earlier``: the output file as it was before the recording (with --force); still
-    there unchanged, it is not this capture.
+    ``partial``: the file the capture was written to; ``earlier``: the output file as it
+    was before the recording (with --force), still there unchanged: not this capture.
     """
-    from ebcap.format.writer import partial_path
-
-    partial = partial_path(output)
     finished = _file_identity(output) not in (None, earlier)
     if finished and not partial.exists():
         kept = f"the capture had just been finished: {output}"

@@ -161,6 +161,35 @@ def test_an_unfinished_capture_is_not_clobbered(tmp_path: Path) -> None:
     assert partial_path(out).read_bytes() == b"unfinished"
 
 
+def test_force_writes_beside_an_unfinished_capture_and_never_removes_it(tmp_path: Path) -> None:
+    """NAME.partial may be a crashed capture to recover, or a running one's."""
+    out = tmp_path / "cap.arrow"
+    partial_path(out).write_bytes(b"unfinished")
+    failed = CaptureWriter(out, SCHEMA, force=True)
+    assert failed.partial_path == tmp_path / "cap.arrow.new.partial"
+    failed.abort()  # nothing flushed: its own work file goes, the other stays
+    assert partial_path(out).read_bytes() == b"unfinished"
+    with CaptureWriter(out, SCHEMA, force=True) as writer:
+        writer.write(rows(0, 4))
+    with CaptureReader(out) as reader:
+        assert reader.num_rows == 4
+    assert partial_path(out).read_bytes() == b"unfinished"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cap.arrow", "cap.arrow.partial"]
+
+
+def test_a_symbolic_link_to_nothing_is_an_existing_output(tmp_path: Path) -> None:
+    out = tmp_path / "cap.arrow"
+    out.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputExistsError, match="exists"):
+        CaptureWriter(out, SCHEMA)
+    assert out.is_symlink()
+    with CaptureWriter(out, SCHEMA, force=True) as writer:  # the link itself is replaced
+        writer.write(rows(0, 4))
+    assert not out.is_symlink() and not (tmp_path / "nowhere").exists()
+    with CaptureReader(out) as reader:
+        assert reader.num_rows == 4
+
+
 def test_output_appearing_during_the_capture_is_kept(tmp_path: Path) -> None:
     out = tmp_path / "cap.arrow"
     writer = CaptureWriter(out, SCHEMA)
