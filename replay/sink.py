@@ -90,7 +90,8 @@ def check_output_path(
     parent = out.parent
     if not parent.is_dir():
         raise UsageError(f"output directory {parent} does not exist")
-    if out.exists() and not force and not is_special(out):
+    # lexists: a symbolic link to nothing is there all the same (the rename replaces it).
+    if os.path.lexists(out) and not force and not is_special(out):
         raise OutputExistsError(f"{out} exists; use --force to overwrite it")
     return out
 

@@ -53,6 +53,19 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert target.read_bytes() == b"new"
 
 
+def test_a_symbolic_link_to_nothing_needs_force_and_is_replaced_not_followed(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "out.txt"
+    target.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputExistsError, match="--force"):
+        Output(target)
+    with Output(target, force=True) as out:
+        out.write(b"new")
+    assert not target.is_symlink() and target.read_bytes() == b"new"
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_refuses_the_input_itself_even_through_another_name(tmp_path: Path) -> None:
     source = tmp_path / "in.arrow"
     source.write_bytes(b"capture")
