@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -246,6 +247,9 @@ def _mark_recovered(
     if plan.skipped:
         marker[fs.RECOVERED_SKIPPED] = [s.describe() for s in plan.skipped]
     meta = dict(schema.metadata or {})  # bytes as found: other keys pass through untouched
+    earlier = meta.get(fs.META_RECOVERED.encode())
+    if earlier is not None:  # its gaps are still in the rows: keep saying where
+        marker[fs.RECOVERED_EARLIER] = json.loads(earlier)
     text = fs.encode_metadata({fs.META_RECOVERED: marker})[fs.META_RECOVERED]
     meta[fs.META_RECOVERED.encode()] = text.encode()
     return schema.with_metadata(meta)

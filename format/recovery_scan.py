@@ -30,6 +30,7 @@ from ebcap.format.file_checks import ARROW_MAGIC_PADDED, DAMAGE_ERRORS, check_sc
 
 REASON_NO_FOOTER = "the stream ends cleanly but the footer is missing"
 REASON_CUT_AT_BOUNDARY = "the file ends between two batches"
+REASON_CUT_IN_EOS = "the file is cut inside the end-of-stream marker after its last batch"
 
 EOS_MARKER = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 """The end-of-stream message an IPC file writer puts before the footer."""
@@ -126,7 +127,13 @@ class StreamScan:
                 self.reason = REASON_NO_FOOTER if self.reached_eos else REASON_CUT_AT_BOUNDARY
                 return
             except DAMAGE_ERRORS as exc:
-                self.reason = f"{label} is cut short or corrupt ({one_line(exc)})"
+                rest = bytes(self._mm.read_at(len(EOS_MARKER), self.end))
+                # Past the 0xFFFFFFFF that every message starts with, zeros are the
+                # marker's: a batch's header length never is 0.
+                if 4 < len(rest) < len(EOS_MARKER) and EOS_MARKER.startswith(rest):
+                    self.reason = REASON_CUT_IN_EOS
+                else:
+                    self.reason = f"{label} is cut short or corrupt ({one_line(exc)})"
                 return
             problem = self._judge.problem(batch, custom)
             if problem:

@@ -120,6 +120,7 @@ RECOVERED_DAMAGE_OFFSET: Final = "damage_offset"  # byte offset where the source
 RECOVERED_REASON: Final = "reason"
 RECOVERED_SOURCE_BATCHES: Final = "source_batches"  # batches the source's footer indexes
 RECOVERED_SKIPPED: Final = "skipped_batches"  # damaged batches left out: the file has gaps
+RECOVERED_EARLIER: Final = "earlier"  # the source's own marker, when it was recovered too
 SKIPPED_BATCH: Final = "batch"  # 1-based number of the batch in the source
 SKIPPED_ROWS: Final = "rows"  # rows it held, null when its header is unreadable too
 SKIPPED_FIRST_SEQ: Final = "first_seq"  # its seq range, when its seq column is intact

@@ -299,3 +299,38 @@ def test_union_columns_are_recovered(tmp_path: Path) -> None:
     recover(path, tmp_path / "fixed.arrow")
     with CaptureReader(tmp_path / "fixed.arrow") as reader:
         assert reader.to_table().column("u").to_pylist() == [7, "x"]
+
+
+@pytest.mark.parametrize("into", [5, 6, 7])
+def test_a_cut_inside_the_end_of_stream_marker_is_named_so(
+    small: tuple[Path, bytes, pa.Table], tmp_path: Path, into: int
+) -> None:
+    """Not blamed on a batch 5 that never was: every batch, totals included, is saved."""
+    _, data, table = small
+    _, ends = batch_ends(data)
+    cut = tmp_path / "cut.partial"
+    cut.write_bytes(data[: ends[-1] + into])
+    report = recover(cut, tmp_path / "fixed.arrow")
+    assert report.reason == "the file is cut inside the end-of-stream marker after its last batch"
+    assert report.totals_present and report.rows_saved == table.num_rows
+
+
+def test_recovering_a_recovered_file_keeps_its_marker(
+    small: tuple[Path, bytes, pa.Table], tmp_path: Path
+) -> None:
+    """The first recovery's gaps are still in the rows: the second marker nests the first."""
+    _, data, _ = small
+    _, ends = batch_ends(data)
+    first = tmp_path / "first.partial"
+    first.write_bytes(data[: ends[1] + 10])
+    recover(first, tmp_path / "once.arrow")
+    with CaptureReader(tmp_path / "once.arrow") as reader:
+        earlier = reader.metadata[fs.META_RECOVERED]
+    again = tmp_path / "again.partial"
+    again.write_bytes((tmp_path / "once.arrow").read_bytes()[:-12])  # footer cut off
+    recover(again, tmp_path / "twice.arrow")
+    with CaptureReader(tmp_path / "twice.arrow") as reader:
+        marker = reader.metadata[fs.META_RECOVERED]
+    assert marker[fs.RECOVERED_FROM] == "again.partial"
+    assert marker[fs.RECOVERED_EARLIER] == earlier
+    assert earlier[fs.RECOVERED_FROM] == "first.partial"
