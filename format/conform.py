@@ -62,6 +62,8 @@ def _conform_column(values: Any, field: pa.Field) -> pa.Array:
         elif isinstance(values, pa.Array):
             array = values if values.type == field.type else values.cast(field.type)
         else:
+            if pa.types.is_integer(field.type) and _has_fraction(values):
+                raise ValueError("a value with a fraction")  # pa.array would truncate it
             array = pa.array(values, type=field.type)
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         raise ValueError(
@@ -70,6 +72,13 @@ def _conform_column(values: Any, field: pa.Field) -> pa.Array:
     if not field.nullable and array.null_count:
         raise ValueError(f"column {field.name!r} has nulls")
     return array
+
+
+def _has_fraction(values: Any) -> bool:
+    """Whether a sequence of Python values holds a float that is not a whole number."""
+    if isinstance(values, np.ndarray):
+        return False  # from an array, pa.array refuses a truncating cast itself
+    return any(isinstance(v, float) and not v.is_integer() for v in values)
 
 
 def _kind_array(values: Any) -> pa.DictionaryArray:

@@ -322,6 +322,7 @@ def test_no_fd_left_open(tmp_path: Path) -> None:
         (lambda r: r.update(data=[b"x"]), "different lengths"),
         (lambda r: r.update(seq=[3, 2, 4]), "strictly increasing"),
         (lambda r: r.update(lost=[-1, 0, 0]), "'lost'"),
+        (lambda r: r.update(ts_ns=[1.5, 2, 3]), "'ts_ns' does not fit uint64: a value with a"),
     ],
 )
 def test_rows_that_do_not_fit_the_schema_are_refused(tmp_path: Path, change, message) -> None:
