@@ -28,7 +28,7 @@ from ebcap.capture.batch import EventBatch
 from ebcap.capture.perf_reader import PerfBufferReader
 from ebcap.capture.ringbuf_reader import RingBufReader
 from ebcap.errors import ClosedError, KernelError, UsageError
-from ebcap.format.schema import KIND_LOST_CODE, KIND_SAMPLE_CODE
+from ebcap.format.schema import KIND_LOST_CODE, KIND_SAMPLE_CODE, UNKNOWN_CPU
 
 pytestmark = pytest.mark.privileged
 
@@ -130,6 +130,7 @@ def test_one_read_returns_every_event_of_every_cpu(
         t1 = time.monotonic_ns()
         assert reader.wait(2.0)
         batch = reader.read()
+        read_end = time.monotonic_ns()
         assert len(reader.read()) == 0  # the first read took everything
         counters = {cpu: producer.counters(cpu) for cpu in CPUS}
         # Whole records: perf header, time, cpu, raw size + 68 raw bytes; ring buffer 8 + 64.
@@ -150,8 +151,10 @@ def test_one_read_returns_every_event_of_every_cpu(
         np.testing.assert_array_equal(batch.cpu, events["cpu"])
         assert (batch.ts_ns >= events["ts"]).all() and (batch.ts_ns <= t1).all()
         assert (np.diff(batch.ts_ns.astype(np.int64))[np.diff(batch.cpu) == 0] > 0).all()
-    else:
-        assert not batch.cpu.any() and not batch.ts_ns.any()  # filled from the payload later
+    else:  # a record carries neither: the CPU unknown, the time when it had been read
+        assert set(batch.cpu.tolist()) == {UNKNOWN_CPU}  # a layout's cpu field replaces it
+        assert len(set(batch.ts_ns.tolist())) == 1
+        assert events["ts"].max() <= batch.ts_ns[0] <= read_end
         assert (np.diff(events["ts"].astype(np.int64)) > 0).all()  # produced one CPU after another
 
 
