@@ -52,7 +52,7 @@ def value_strings(column: pa.Array, null: str = "-", *, quote: bool = False) -> 
             text = pc.cast(column, pa.string())
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
             values = column.to_pylist()
-            text = pa.array([None if v is None else str(v) for v in values], pa.string())
+            text = pa.array([None if v is None else _item(v) for v in values], pa.string())
     return pc.fill_null(text, null)
 
 
@@ -179,6 +179,8 @@ def _item(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ",".join(map(_item, value)) + "]"
+    if isinstance(value, dict):  # a struct or a map's entries
+        return "{" + ",".join(f"{_literal(str(k))}:{_item(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 

@@ -79,8 +79,13 @@ def json_values(column: pa.Array) -> pa.Array:
 
 
 def json_text(value: object) -> str:
-    """A Python value of a column as JSON (what JSON lacks, a date, as ``str``)."""
-    return json.dumps(value, default=str)
+    """A Python value of a column as JSON: bytes inside lists and structs as hex, like
+    a bytes column; what JSON lacks otherwise (a date) as ``str``."""
+    return json.dumps(value, default=_json_default)
+
+
+def _json_default(value: object) -> str:
+    return value.hex() if isinstance(value, bytes | bytearray) else str(value)
 
 
 def _each_as_text(column: pa.Array, spell: Callable[[Any], str]) -> pa.Array:
