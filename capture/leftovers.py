@@ -64,17 +64,28 @@ class Owner:
 
     pid: int
     start: int
+    pidns: int | None = None
+    """Its PID namespace (inode): a pid means something only there (None: not known)."""
 
     @classmethod
     def me(cls) -> Owner:
         start = process_start_time(os.getpid())
         if start is None:  # pragma: no cover - /proc is always there for ourselves
             raise KernelError("cannot read /proc/self/stat")
-        return cls(os.getpid(), start)
+        return cls(os.getpid(), start, pidns_id())
 
     def alive(self) -> bool:
-        """Whether this very process still runs (a zombie does not)."""
+        """Whether this very process still runs (a zombie does not). One of another PID
+        namespace (a container sharing the network namespace) cannot be looked up from
+        here: it counts as alive, so that a running recorder is never taken apart."""
+        if self.pidns is not None and self.pidns != pidns_id():
+            return True
         return process_start_time(self.pid) == self.start
+
+
+def pidns_id() -> int:
+    """This process's PID namespace (its inode)."""
+    return os.stat("/proc/self/ns/pid").st_ino
 
 
 def process_start_time(pid: int) -> int | None:
@@ -168,28 +179,36 @@ def xdp_marker(index: int, prog_id: int) -> Path:
 
 def mark_xdp(index: int, prog_id: int, owner: Owner) -> None:
     XDP_MARKERS.mkdir(parents=True, exist_ok=True)
-    xdp_marker(index, prog_id).write_text(f"{owner.pid} {owner.start}")
+    pidns = "" if owner.pidns is None else f" {owner.pidns}"
+    xdp_marker(index, prog_id).write_text(f"{owner.pid} {owner.start}{pidns}")
 
 
 def xdp_owner(index: int, prog_id: int) -> Owner | None:
-    """The owner an XDP marker names, or None without a (readable) marker."""
+    """The owner an XDP marker names ("pid start [pidns]"), or None without a
+    (readable) marker."""
     try:
-        pid, start = xdp_marker(index, prog_id).read_text().split()
-        return Owner(int(pid), int(start))
+        numbers = [int(n) for n in xdp_marker(index, prog_id).read_text().split()]
     except (OSError, ValueError):
         return None
+    if len(numbers) not in (2, 3):
+        return None
+    return Owner(numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else None)
 
 
 def tc_filter_name(owner: Owner, prog_id: int) -> str:
-    return f"{TC_FILTER_PREFIX}{owner.pid}.{owner.start}.{prog_id}"
+    """``ebcap_tc.<pid>.<start>.<id>[.<pidns>]``: whose filter it is."""
+    pidns = "" if owner.pidns is None else f".{owner.pidns}"
+    return f"{TC_FILTER_PREFIX}{owner.pid}.{owner.start}.{prog_id}{pidns}"
 
 
 def filter_owner(name: str) -> Owner | None:
-    """The owner in an ``ebcap_tc.<pid>.<start>.<id>`` name, or None if it names none."""
+    """The owner a :func:`tc_filter_name` names, or None if it names none."""
     parts = name.removeprefix(TC_FILTER_PREFIX).split(".")
-    if not name.startswith(TC_FILTER_PREFIX) or len(parts) != 3 or not all(map(str.isdigit, parts)):
+    if not name.startswith(TC_FILTER_PREFIX) or len(parts) not in (3, 4):
         return None
-    return Owner(int(parts[0]), int(parts[1]))
+    if not all(map(str.isdigit, parts)):
+        return None
+    return Owner(int(parts[0]), int(parts[1]), int(parts[3]) if len(parts) == 4 else None)
 
 
 # --- what is a leftover ---------------------------------------------------------

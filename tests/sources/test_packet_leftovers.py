@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -320,3 +321,35 @@ def test_owner_start_time_is_read_from_proc() -> None:
     assert not leftovers.Owner(child.pid, start).alive()
     fields = Path(f"/proc/{os.getpid()}/stat").read_text().rpartition(")")[2].split()
     assert leftovers.Owner.me().start == int(fields[leftovers.STAT_STARTTIME - 3])
+
+
+def test_an_owner_in_another_pid_namespace_is_never_taken_for_gone() -> None:
+    """A recorder in a container that shares the network namespace knows itself as pid 1:
+    here, pid 1 is another process. Its hooks must stay while it may still run."""
+    with subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sleep", "30"]) as child:
+        deadline = time.monotonic() + 10
+        while (inner := _child_in_new_pidns(child.pid)) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        pidns = os.stat(f"/proc/{inner}/ns/pid").st_ino
+        assert pidns != leftovers.pidns_id()
+        as_it_names_itself = leftovers.Owner(1, leftovers.process_start_time(inner) or 0, pidns)
+        assert as_it_names_itself.alive()
+        name = leftovers.tc_filter_name(as_it_names_itself, 42)
+        assert leftovers.filter_owner(name) == as_it_names_itself
+        assert not leftovers.Owner(1, 0).alive()  # without its namespace: judged by pid here
+        child.kill()
+    me = leftovers.Owner.me()
+    assert (
+        me.pidns == leftovers.pidns_id()
+        and leftovers.filter_owner(leftovers.tc_filter_name(me, 7)) == me
+    )
+
+
+def _child_in_new_pidns(unshare_pid: int) -> int | None:
+    """The pid (here) of the process `unshare --fork` started, once there is one."""
+    try:
+        children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
+    except FileNotFoundError:
+        return None
+    return int(children[0]) if children else None
