@@ -12,6 +12,7 @@ interface and reports each removal through ``notify``).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from ebcap.capture import netlink_hooks as hooks
 from ebcap.capture.layout import PayloadLayout
 from ebcap.capture.packet_decode import PACKET_FIELDS, RxQueue, decode_packets
 from ebcap.capture.sources import KernelSide, Source, create_counter_map, create_events_map
-from ebcap.errors import NotSupportedError, UsageError
+from ebcap.errors import KernelError, NotSupportedError, UsageError
 from ebcap.format.pcapng import SNAPLEN_KEY
 
 TC_FILTER_HANDLE: Final = 1
@@ -151,6 +152,9 @@ class XdpSource(PacketSource):
         self.mode = mode
         self.replace = replace
         self.spec = f"xdp:{iface}"
+        self._replaced: list[tuple[int, Program, str]] = []
+        """The programs --replace-xdp detached (mode flag, program, how to name it):
+        held until ours is attached, to be put back if that fails."""
 
     def _prepare(self, ipr: IPRoute, index: int) -> None:
         for note in leftovers.remove_xdp_leftovers(ipr, index, self.iface):
@@ -163,10 +167,23 @@ class XdpSource(PacketSource):
                     f"{self.iface} already runs {which}; "
                     "--replace-xdp replaces it (it is not put back afterwards)"
                 )
-            hooks.detach_xdp(ipr, index, prog_id, mode_flag)
-            self._note(
-                f"replaced {which} on {self.iface}; it is not put back when the capture ends"
-            )
+            try:
+                held = Program(_sys.get_fd_by_id(_sys.BPF_PROG_GET_FD_BY_ID, prog_id))
+            except KernelError:  # gone meanwhile: nothing to detach or put back
+                continue
+            self._replaced.append((mode_flag, held, which))
+            hooks.detach_xdp(ipr, index, prog_id, mode_flag, held=held)
+
+    def _put_back(self, ipr: IPRoute, index: int) -> None:
+        """Attach again the programs --replace-xdp detached: ours never came in."""
+        modes = _put_back_modes()
+        for mode_flag, held, which in self._replaced:
+            mode = modes.get(mode_flag)
+            if mode is None:  # offloaded to hardware: not ebcap's to re-attach
+                self._note(f"{which} was detached from {self.iface} and could not be put back")
+                continue
+            hooks.attach_xdp(ipr, index, held, mode, f"putting {which} back on {self.iface}")
+            self._note(f"put {which} back on {self.iface}: the capture did not start")
 
     def _attach(self, ipr: IPRoute, index: int, prog: Program) -> Callable[[], None]:
         mode_flag = hooks.XDP_MODES[self.mode]
@@ -178,10 +195,21 @@ class XdpSource(PacketSource):
             )
         except BaseException as exc:
             leftovers.xdp_marker(index, prog_id).unlink(missing_ok=True)
-            if isinstance(exc, NotSupportedError) and self.mode == "native":
+            self._put_back(ipr, index)
+            if self.mode == "native" and isinstance(exc, KernelError) and _driver_refused(exc):
                 hint = f"{exc}; --xdp-mode generic works on any interface"
-                raise NotSupportedError(hint, exc.feature, exc.errno) from None
+                if isinstance(exc, NotSupportedError):
+                    raise NotSupportedError(hint, exc.feature, exc.errno) from None
+                raise KernelError(hint, exc.errno) from None
             raise
+        finally:
+            for _, held, _ in self._replaced:
+                held.close()
+        for _, _, which in self._replaced:
+            self._note(
+                f"replaced {which} on {self.iface}; it is not put back when the capture ends"
+            )
+        self._replaced = []
         done: list[bool] = []
 
         def detach() -> None:
@@ -193,6 +221,22 @@ class XdpSource(PacketSource):
             done.append(True)  # only now: a detach that failed is tried again at exit
 
         return detach
+
+
+def _put_back_modes() -> dict[int, str]:
+    return {flag: name for name, flag in hooks.XDP_MODES.items()}
+
+
+_NO_NATIVE: Final = frozenset({errno.EOPNOTSUPP, errno.ERANGE, errno.EINVAL})
+"""What a native attach fails with where the driver cannot run this program natively
+(no native XDP; an MTU too large for it, as veth says)."""
+
+
+def _driver_refused(exc: KernelError) -> bool:
+    """Whether a native attach failed because of the driver, not of ebcap or the user."""
+    if isinstance(exc, NotSupportedError):
+        return True
+    return type(exc) is KernelError and exc.errno in _NO_NATIVE
 
 
 class TcSource(PacketSource):

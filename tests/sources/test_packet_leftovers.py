@@ -181,6 +181,32 @@ def test_foreign_xdp_program_is_refused_and_replace_xdp_replaces_it(
     assert ebcap_programs_left(programs) == set()
 
 
+def test_a_replaced_xdp_program_is_put_back_when_ours_cannot_attach(
+    veth: netns.VethPair, tmp_path: Path
+) -> None:
+    """veth refuses native XDP at MTU 9000 (ERANGE): the program --replace-xdp had
+    detached is attached again, and the error suggests generic mode."""
+    with (
+        IPRoute() as ipr,
+        _load(_sys.BPF_PROG_TYPE_XDP, XDP_PASS, "someone_xdp") as other,
+    ):
+        hooks.attach_xdp(ipr, veth.host_index, other, "generic", "test attach")
+        subprocess.run(["ip", "link", "set", veth.host, "mtu", "9000"], check=True)
+        peer_mtu = ["ip", "-n", veth.netns, "link", "set", veth.peer, "mtu", "9000"]
+        subprocess.run(peer_mtu, check=True)
+        failing = ebcap_process(
+            "record", "-o", tmp_path / "no.arrow", "-s", f"xdp:{veth.host}",
+            "--xdp-mode", "native", "--replace-xdp", "--duration", "1",
+        )  # fmt: skip
+        _, stderr = failing.communicate(timeout=60)
+        assert failing.returncode == 1, stderr
+        assert "--xdp-mode generic works on any interface" in stderr
+        assert f"put XDP program 'someone_xdp' (id {other.id}) back on {veth.host}" in stderr
+        assert _state(veth)[0] == ["someone_xdp"]
+        hooks.detach_xdp(ipr, veth.host_index, other.id, hooks.XDP_MODES["generic"], held=other)
+    assert not (tmp_path / "no.arrow").exists()
+
+
 @pytest.mark.parametrize("clsact_before", [False, True], ids=["ebcap-adds-clsact", "clsact-there"])
 def test_ingress_and_egress_started_at_once(
     veth: netns.VethPair, tmp_path: Path, clsact_before: bool
