@@ -228,14 +228,36 @@ def filter_program_id(flt: Any) -> int | None:
     return int(prog_id) if prog_id else None
 
 
+def filter_pref(flt: Any) -> int:
+    """A filter's preference: tc runs a hook's filters from the lowest up."""
+    return int(flt["info"]) >> 16
+
+
+def pref_ahead_of_all(ipr: IPRoute, index: int, parent: int) -> int | None:
+    """The preference that runs a new filter before every filter on hook ``parent``;
+    None when one already has the lowest, 1."""
+    lowest = min(
+        (filter_pref(f) for hook, f in tc_filters(ipr, index) if hook == parent), default=2
+    )
+    return lowest - 1 if lowest > 1 else None
+
+
 def add_tc_filter(
-    ipr: IPRoute, index: int, parent: int, prog: Program, name: str, handle: int, what: str
+    ipr: IPRoute,
+    index: int,
+    parent: int,
+    prog: Program,
+    name: str,
+    handle: int,
+    what: str,
+    pref: int | None = None,
 ) -> None:
-    """A direct-action bpf filter running ``prog`` on hook ``parent``."""
+    """A direct-action bpf filter running ``prog`` on hook ``parent``, at preference
+    ``pref`` (None: the kernel picks one, after the filters there)."""
     with netlink_errors(what):
         ipr.tc(
             "add-filter", "bpf", index, handle, fd=prog.fd, name=name,
-            parent=parent, classid=1, direct_action=True,
+            parent=parent, classid=1, direct_action=True, prio=pref or 0,
         )  # fmt: skip
 
 

@@ -266,19 +266,39 @@ class TcSource(PacketSource):
         for note in leftovers.remove_tc_leftovers(ipr, index, self.iface):
             self._note(note)
 
+    @staticmethod
+    def _others_first(ipr: IPRoute, index: int, parent: int) -> bool:
+        """Whether a filter other than ebcap's runs first on hook ``parent``."""
+        ours = leftovers.TC_FILTER_PREFIX
+        return any(
+            hook == parent
+            and hooks.filter_pref(f) == 1
+            and not hooks.filter_name(f).startswith(ours)
+            for hook, f in hooks.tc_filters(ipr, index)
+        )
+
     def _attach(self, ipr: IPRoute, index: int, prog: Program) -> Callable[[], None]:
         if hooks.add_clsact(ipr, index, f"adding a clsact qdisc to {self.iface}"):
             leftovers.mark_clsact(index, self.iface)
         parent = hooks.TC_HOOKS[self.direction]
         name = leftovers.tc_filter_name(leftovers.Owner.me(), prog.id)
         try:
+            # First of the hook: a filter before it that ends classification (as a
+            # direct-action one may) would hide packets from it. It returns "unspec",
+            # so the filters after it run as before.
+            pref = hooks.pref_ahead_of_all(ipr, index, parent)
             hooks.add_tc_filter(
                 ipr, index, parent, prog, name, TC_FILTER_HANDLE,
-                f"adding a tc {self.direction} filter to {self.iface}",
+                f"adding a tc {self.direction} filter to {self.iface}", pref,
             )  # fmt: skip
         except BaseException:
             leftovers.remove_clsact_if_unused(ipr, index, self.iface)
             raise
+        if pref is None and self._others_first(ipr, index, parent):
+            self._note(
+                f"a tc {self.direction} filter of preference 1 on {self.iface} runs before "
+                "ebcap's: packets it ends classification for are not recorded"
+            )
         done: list[bool] = []
 
         def detach() -> None:

@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.privileged, pytest.mark.network]
 
 HEADERS = 14 + 20 + 8  # Ethernet, IPv4, UDP
 TC_ACT_UNSPEC = -1
+TC_ACT_OK = 0
 
 
 def _run(source: PacketSource, transport: str, stack: ExitStack) -> None:
@@ -314,6 +315,40 @@ def test_foreign_clsact_and_filters_are_left_alone(veth: netns.VethPair) -> None
         assert len(_state(veth)[1]) == 2
         assert not leftovers.clsact_marker(veth.host_index).exists()
     assert [n for n in leftovers.remove_leftovers() if veth.host in n] == []
+    assert _state(veth) == ([], ["someone"], True)
+
+
+def test_the_tc_filter_runs_before_one_that_ends_classification(
+    veth: netns.VethPair, tmp_path: Path
+) -> None:
+    """Someone's direct-action filter at preference 2 that says TC_ACT_OK ends the hook:
+    ebcap's goes first (preference 1) and sees every packet; theirs still runs after."""
+    with (
+        IPRoute() as ipr,
+        _load(_sys.BPF_PROG_TYPE_SCHED_CLS, TC_ACT_OK, "someone_tc") as other,
+    ):
+        assert hooks.add_clsact(ipr, veth.host_index, "test clsact")
+        parent = hooks.TC_HOOKS["ingress"]
+        hooks.add_tc_filter(ipr, veth.host_index, parent, other, "someone", 7, "test", pref=2)
+        ready, out = tmp_path / "ready", tmp_path / "tc.arrow"
+        recording = ebcap_process(
+            "record", "-o", out, "-s", f"tc:{veth.host}:ingress", "--ready-file", ready
+        )
+        wait_for(ready)
+        prefs = {
+            hooks.filter_name(f): hooks.filter_pref(f)
+            for _, f in hooks.tc_filters(ipr, veth.host_index)
+        }
+        sizes = [40, 400]
+        netns.send_udp(veth.netns, veth.peer_ip, veth.host_ip, 43010, 43011, sizes)
+        recording.send_signal(signal.SIGINT)
+        _, stderr = recording.communicate(timeout=60)
+    assert recording.returncode == 0, stderr
+    assert prefs["someone"] == 2 and [p for n, p in prefs.items() if n != "someone"] == [1]
+    with CaptureReader(out) as reader:
+        rows = samples_of(reader.to_table())
+    mine = rows.filter(pc.equal(rows["dst_port"], 43011))
+    assert mine["pkt_len"].to_pylist() == [size + HEADERS for size in sizes]
     assert _state(veth) == ([], ["someone"], True)
 
 
