@@ -7,6 +7,7 @@ and an exit code (2 for usage and bad files), so no command prints a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -89,8 +90,15 @@ for _info in app.registered_commands:
 
 def _fail(message: str, code: int) -> int:
     first = message.strip().splitlines()[0] if message.strip() else "failed"
-    sys.stderr.write(f"ebcap: error: {first}\n")
+    _to_stderr(f"ebcap: error: {first}\n")
     return code
+
+
+def _to_stderr(text: str) -> None:
+    """Best effort: a closed stderr leaves the exit status to say it."""
+    if sys.stderr is not None:
+        with contextlib.suppress(OSError):
+            sys.stderr.write(text)
 
 
 @functools.cache
@@ -100,7 +108,7 @@ def _command() -> Any:
 
 
 def _interrupted() -> int:
-    sys.stderr.write("ebcap: interrupted\n")
+    _to_stderr("ebcap: interrupted\n")
     return INTERRUPTED_EXIT
 
 
@@ -174,8 +182,9 @@ def _silence_stdout() -> None:
 def main() -> None:
     """Console-script entry point."""
     code = run()
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
+    if sys.stdout is not None:  # None: started with stdout closed
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
     sys.exit(code)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -66,4 +67,17 @@ def closed_pipe_ends_quietly() -> Iterator[None]:
 
 def note(message: str) -> None:
     """One ``ebcap: note:`` line on stderr (yellow on a terminal)."""
-    typer.secho(f"ebcap: note: {message}", err=True, fg="yellow")
+    say(f"ebcap: note: {message}", fg="yellow")
+
+
+def say(line: str, **style: Any) -> None:
+    """One line on stderr, if anyone can read it: a closed or broken stderr must not
+    cost a recording its file or its exit status."""
+    if sys.stderr is None:
+        return
+    with contextlib.suppress(OSError):  # EPIPE, EBADF
+        typer.secho(line, err=True, **style)
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr is not None and sys.stderr.isatty()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import typer
@@ -16,7 +20,7 @@ from ebcap.capture.ring_settings import (
     DEFAULT_RINGBUF_BYTES,
     DEFAULT_WAKEUP_EVENTS,
 )
-from ebcap.cli._common import note, print_table
+from ebcap.cli._common import note, print_table, say
 from ebcap.cli._values import (
     arrow_output_file,
     check_watermark,
@@ -28,7 +32,7 @@ from ebcap.cli._values import (
     rounding_note,
     unused_wakeup,
 )
-from ebcap.errors import CaptureError, UsageError
+from ebcap.errors import INTERRUPTED_EXIT, CaptureError, UsageError
 
 if TYPE_CHECKING:
     from ebcap.capture.bench import BenchReport
@@ -108,20 +112,43 @@ def bench(
     for said in filter(None, (unused_wakeup(wakeup, transport), rounded)):
         note(said)
     use_streaming_pool()  # memory stays flat over a long recording
-    with tempfile.TemporaryDirectory(prefix="ebcap-bench-") as tmp:
-        options = RecordOptions(
-            output=output or Path(tmp) / "bench.arrow",
-            transport=transport,
-            buffer_bytes=ring.bytes,
-            wakeup_events=wakeup_events,
-            watermark_bytes=watermark,
-            force=force,
-            command=["ebcap", *sys.argv[1:]],
-        )
-        report = run_bench(BenchSource(size), cpus, duration, options)
+    try:
+        with (
+            _interrupted_by(signal.SIGTERM, signal.SIGHUP),
+            tempfile.TemporaryDirectory(prefix="ebcap-bench-") as tmp,
+        ):
+            options = RecordOptions(
+                output=output or Path(tmp) / "bench.arrow",
+                transport=transport,
+                buffer_bytes=ring.bytes,
+                wakeup_events=wakeup_events,
+                watermark_bytes=watermark,
+                force=force,
+                command=["ebcap", *sys.argv[1:]],
+            )
+            report = run_bench(BenchSource(size), cpus, duration, options)
+    except KeyboardInterrupt:  # the temporary recording is gone by now
+        say("ebcap: interrupted")
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     _print(report, as_json)
     if not report.ok:
         raise CaptureError(f"integrity check failed: {report.problems}")
+
+
+@contextmanager
+def _interrupted_by(*signals: signal.Signals) -> Iterator[None]:
+    """These signals stop the bench as Ctrl-C does: the temporary recording is removed
+    on the way out instead of left behind by a killed process."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _print(r: BenchReport, as_json: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import typer
 
@@ -21,7 +22,7 @@ from ebcap.capture.ring_settings import (
     DEFAULT_RINGBUF_BYTES,
     DEFAULT_WAKEUP_EVENTS,
 )
-from ebcap.cli._common import closed_pipe_ends_quietly, note
+from ebcap.cli._common import closed_pipe_ends_quietly, note, say, stderr_is_terminal
 from ebcap.cli._values import (
     arrow_output_file,
     check_watermark,
@@ -39,6 +40,10 @@ from ebcap.errors import INTERRUPTED_EXIT, CaptureError, UsageError
 
 if TYPE_CHECKING:
     from ebcap.capture.recorder import Progress, RecordSummary
+
+
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Each ends a recording cleanly (a closed terminal sends SIGHUP)."""
 
 
 def register(app: typer.Typer) -> None:
@@ -239,7 +244,7 @@ def record(
         xdp_mode=xdp_mode,
         snaplen=snaplen,
         replace_xdp=replace_xdp,
-        notify=lambda message: typer.secho(f"ebcap: {message}", err=True, fg="yellow"),
+        notify=lambda message: say(f"ebcap: {message}", fg="yellow"),
     )
     actual_transport = src.transport_of(transport)
     notes: list[str | None] = []  # said once recording runs: a refusal stays one line
@@ -274,7 +279,7 @@ def record(
     # An asked priority this process may not use is refused before anything changes.
     resolve_priority(realtime)
     for leftover in remove_leftovers():  # what killed ebcap processes left on interfaces
-        typer.secho(f"ebcap: {leftover}", err=True, fg="yellow")
+        say(f"ebcap: {leftover}", fg="yellow")
     use_streaming_pool()  # memory stays flat over a long recording
     options = RecordOptions(
         output=output,
@@ -294,7 +299,7 @@ def record(
     check_destination(output, force=force)
     remove_old_ready_file(ready_file)
     recorder = Recorder(src, options)
-    live = _LiveProgress(enabled=sys.stderr.isatty() and not as_json)
+    live = _LiveProgress(enabled=stderr_is_terminal() and not as_json)
     earlier = _file_identity(output)  # a --force run replaces it only once finished
     try:
         with _stop_on_signals() as stop, live:
@@ -397,18 +402,20 @@ def _interrupted(output: Path, partial: Path, earlier: tuple[int, int] | None) -
         kept = "nothing had been written yet"
     if earlier is not None and not finished:
         kept += f"; {output} is the file of before, untouched"
-    typer.echo(f"ebcap: interrupted: {kept}", err=True)
+    say(f"ebcap: interrupted: {kept}")
     # The batch being written may still be compressing in Arrow's C++ on the writer
     # thread; tearing the interpreter down under it can crash the process (SIGSEGV).
     # Every kernel object is released by now and recovery takes whole batches only.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, AttributeError):  # closed, or None
+            stream.flush()
     os._exit(INTERRUPTED_EXIT)
 
 
 @contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
-    """First SIGINT/SIGTERM: finish cleanly. A second one: abort now (file stays recoverable)."""
+    """First SIGINT/SIGTERM/SIGHUP: finish cleanly. A second one: abort now (the file
+    stays recoverable)."""
     flag = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -416,7 +423,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             raise KeyboardInterrupt
         flag.set()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield flag
     finally:
@@ -501,4 +508,4 @@ def _print_summary(summary: RecordSummary, as_json: bool) -> None:
         f"{human_bytes(summary.file_bytes)} -> {summary.path}"
     )
     warn = bool(summary.lost or summary.drops)
-    typer.secho(line, err=True, fg="yellow" if warn else None, bold=warn)
+    say(line, fg="yellow" if warn else None, bold=warn)

@@ -221,7 +221,9 @@ def test_sigkill_loses_at_most_one_flush_interval_plus_the_write_in_flight(
 
 
 @pytest.mark.parametrize(
-    ("sig", "as_json"), [(signal.SIGINT, False), (signal.SIGTERM, True)], ids=["int", "term"]
+    ("sig", "as_json"),
+    [(signal.SIGINT, False), (signal.SIGTERM, True), (signal.SIGHUP, False)],
+    ids=["int", "term", "hup"],
 )
 def test_stop_signal_finishes_the_file(tmp_path: Path, sig: int, as_json: bool) -> None:
     programs = ebcap_programs()
@@ -417,3 +419,41 @@ def test_ctrl_c_ends_a_reading_command_with_one_line(big_capture: Path, argv: li
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and stderr == "ebcap: interrupted\n", stderr
+
+
+@pytest.mark.parametrize("closed", ["stdout", "stderr", "stderr-pipe"])
+def test_a_closed_or_broken_stream_costs_the_recording_nothing(tmp_path: Path, closed: str) -> None:
+    """`ebcap record ... 2>&-`, `>&-` or `2>&1 | head -0`: the file is finished and the
+    status is 0; notes (here the buffer rounding) and the summary are best effort."""
+    out = tmp_path / "run.arrow"
+    argv = [sys.executable, "-m", "ebcap", "record", "-o", str(out), "-b", "5000", "-d", "0.5"]
+    fd = {"stdout": 1, "stderr": 2}.get(closed)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if closed == "stderr-pipe" else subprocess.DEVNULL,
+        preexec_fn=(lambda: os.close(fd)) if fd is not None else None,
+    )
+    if proc.stderr is not None:
+        proc.stderr.close()  # the reader is gone before the first note
+    assert proc.wait(timeout=60) == 0
+    table, _, totals = read(out)
+    assert samples_of(table).num_rows == totals["events"] > 0
+
+
+def test_sigterm_to_bench_removes_its_temporary_recording(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    argv = [sys.executable, "-m", "ebcap", "bench", "-t", "ringbuf", "--duration", "10"]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob("ebcap-bench-*/bench.arrow.partial")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() == "ebcap: interrupted"
+    assert list(tmp_path.iterdir()) == []
