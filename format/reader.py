@@ -109,12 +109,17 @@ class CaptureReader(ClosesOnExit):
             raise ClosedError(f"reader for {self.path} is closed")
         return self._ipc
 
+    @property
+    def _hint(self) -> str:
+        """What saves the intact batches of a damaged file."""
+        return f"`ebcap recover {self.path} -o FIXED` saves the intact batches"
+
     def _label(self, index: int) -> str:
         """How messages name batch ``index``: "batch 6 of 15" (counting from 1)."""
         return batch_label(index, self.num_batches)
 
     def _damaged(self, what: str, exc: BaseException) -> BadFileError:
-        return BadFileError(f"{self.path}: {what} is damaged ({one_line(exc)})")
+        return BadFileError(f"{self.path}: {what} is damaged ({one_line(exc)}); {self._hint}")
 
     def _lost_totals(self) -> BadFileError:
         """ebcap ends every file with the batch carrying the totals; a footer without it is
@@ -160,7 +165,9 @@ class CaptureReader(ClosesOnExit):
             self._release_pages()
         problem = self._check.checksum_problem(last, custom)
         if problem:
-            raise BadFileError(f"{self.path}: {self._label(index)} is damaged ({problem})")
+            raise BadFileError(
+                f"{self.path}: {self._label(index)} is damaged ({problem}); {self._hint}"
+            )
         text = (custom or {}).get(fs.TOTALS_KEY.encode())
         if text is None:
             if self._check.required:
@@ -221,7 +228,9 @@ class CaptureReader(ClosesOnExit):
         self._require()
         problem = self._check.problem(batch, custom_metadata)
         if problem:
-            raise BadFileError(f"{self.path}: {self._label(index)} is damaged ({problem})")
+            raise BadFileError(
+                f"{self.path}: {self._label(index)} is damaged ({problem}); {self._hint}"
+            )
 
     def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
         """The record batches in file (= arrival) order, ``seq`` increasing across them.
@@ -236,7 +245,8 @@ class CaptureReader(ClosesOnExit):
                 first = batch.column("seq")[0].as_py()
                 if last_seq is not None and first <= last_seq:
                     raise BadFileError(
-                        f"{self.path}: {self._label(index)} is damaged (seq does not increase)"
+                        f"{self.path}: {self._label(index)} is damaged (seq does not increase); "
+                        f"{self._hint}"
                     )
                 last_seq = batch.column("seq")[-1].as_py()
             yield batch

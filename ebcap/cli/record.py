@@ -132,7 +132,8 @@ def record(
     zstd_level: int = typer.Option(
         1,
         "--zstd-level",
-        help="Compression of the file: 1 (default) .. 22 smaller; negative levels are faster.",
+        help="Compression of the file: 1 (default) .. 22 smaller; negative levels are "
+        "faster; 0 is zstd's own default (3).",
     ),
     realtime: int | None = typer.Option(
         None,
@@ -143,7 +144,9 @@ def record(
             "(default: 1 where allowed, e.g. as root)."
         ),
     ),
-    pid: int = typer.Option(0, "--pid", help="syscalls: only this process (tgid)."),
+    pid: int = typer.Option(
+        0, "--pid", help="syscalls: only this process (tgid); 0: every process."
+    ),
     comm: str | None = typer.Option(
         None, "--comm", help="syscalls: only tasks with this command name."
     ),
@@ -323,7 +326,7 @@ def check_pid(pid: int) -> None:
     except (OSError, ValueError):
         pid_max = 1 << 22  # PID_MAX_LIMIT on 64-bit
     if not 0 < pid < pid_max:
-        raise UsageError(f"--pid {pid} is not a process id: use 1..{pid_max - 1}")
+        raise UsageError(f"--pid {pid} is not a process id: use 1..{pid_max - 1} (0: all)")
 
 
 def check_ready_file(ready: Path | None, output: Path) -> None:

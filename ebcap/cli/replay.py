@@ -143,4 +143,8 @@ def _format_from(output: Path | None) -> str:
             f"{output}: replay writes JSON lines (one object per line), not one JSON "
             "document: name the output .jsonl"
         )
+    if suffix in (".parquet", ".pcapng"):
+        raise UsageError(
+            f"{output}: replay writes text, jsonl or csv; `ebcap export` writes {suffix[1:]}"
+        )
     raise UsageError(f"cannot tell the format of {output} from its name: give --format")

@@ -191,7 +191,9 @@ def test_two_damaged_batches_in_the_cli_summary(
         f"{bad} is unchanged: keep it to look into the skipped batches, or remove it",
     ]
     assert run(["replay", str(bad)]) == 2  # the same batches, numbered alike
-    assert "batch 5 of 16 is damaged (column 'data' does not match" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "batch 5 of 16 is damaged (column 'data' does not match" in said
+    assert f"; `ebcap recover {bad} -o FIXED` saves the intact batches" in said
     assert run(["info", "--json", str(fixed)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows"] == len(kept) * PER_BATCH

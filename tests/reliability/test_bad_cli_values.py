@@ -28,6 +28,7 @@ READING = {
     "replay negative limit": ["replay", "{in}", "--limit", "-1"],
     "replay zero speed": ["replay", "{in}", "--speed", "0"],
     "replay output is the input": ["replay", "{in}", "-o", "{in}"],
+    "replay into parquet": ["replay", "{in}", "-o", "{dir}/x.parquet"],
     "replay output in a missing directory": ["replay", "{in}", "-o", "{dir}/no/such/x.jsonl"],
     "replay output name without format": ["replay", "{in}", "-o", "{dir}/x.xyz"],
     "sql syntax error": ["sql", "{in}", "SELEC cpu FROM events"],
