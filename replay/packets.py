@@ -2,14 +2,15 @@
 
 ::
 
-    IPv4 198.51.100.1.443 > 198.51.100.2.51234: TCP [P.], length 98
-    IPv6 2001:db8::1 > 2001:db8::2: ICMPv6 echo request, length 118
-    IPv4 198.51.100.1 > 198.51.100.2: UDP, length 562, fragment id 4660 at 1480 (last)
-    ARP, Request who-has 198.51.100.2 tell 198.51.100.1, length 42
-    LLDP, length 60 (captured 54)
+    IPv4 198.51.100.1.443 > 198.51.100.2.51234: TCP [P.], frame 98
+    IPv6 2001:db8::1 > 2001:db8::2: ICMPv6 echo request, frame 118
+    IPv4 198.51.100.1 > 198.51.100.2: UDP, frame 562, fragment id 4660 at 1480 (last)
+    ARP, Request who-has 198.51.100.2 tell 198.51.100.1, frame 42
+    LLDP, frame 60 (captured 54)
 
-``length`` is the frame's length on the wire (``pkt_len``, ``unknown`` where
-another tool left it null); ``captured`` appears when the snapshot kept
+``frame`` is the frame's length on the wire (``pkt_len``, ``unknown`` where
+another tool left it null; tcpdump's ``length`` is the payload's, so the word
+differs); ``captured`` appears when the snapshot kept
 less. Addresses, protocol and ports come from the columns the recorder
 decoded (capture/packet_decode.py); TCP flags, ICMP types, IPv4 fragments
 and ARP come from the packet's first
@@ -274,7 +275,7 @@ def _summary(key: np.void, src: str | None, dst: str | None, arp: np.ndarray) ->
     """The summary of one row (see the module docstring for the forms)."""
     ethertype = int(key["ethertype"])
     wire, cap = int(key["pkt_len"]), int(key["cap_len"])
-    length = f", length {wire}" if wire != NO_VALUE else ", length unknown"
+    length = f", frame {wire}" if wire != NO_VALUE else ", frame length unknown"
     if cap != NO_VALUE and (cap < wire or wire == NO_VALUE):
         length += f" (captured {cap})"
     if ethertype == NO_VALUE:

@@ -5,7 +5,7 @@ One line per row::
     0.000123456 [001] #1234 openat(0xffffff9c, 0x7ffd3c1a, 0x80000, 0x0, 0x0, 0x0) pid=42
     0.000123402 [000] #1235 write(0x1, ...) pid=7 comm="sshd"  << 20.4 us late
     0.000124000 [001] #1236 *** CPU 1 lost 37 events ***
-    0.000130000 [000] #1240 IPv4 198.51.100.1.443 > 198.51.100.2.5123: TCP [P.], length 98 ifindex=3
+    0.000130000 [000] #1240 IPv4 198.51.100.1.443 > 198.51.100.2.5123: TCP [P.], frame 98 ifindex=3
     0.000131000 [001] #1237 prev_comm="bash" prev_pid=42  [moved ahead of 3 events, 12.0 us late]
 
 The body is a syscall with its arguments (a text ``syscall`` column and

@@ -70,78 +70,78 @@ FRAMES = [
         ethernet(0x0800, ipv4(6, tcp(443, 51234, 0x12))),
         54,
         256,
-        "IPv4 198.51.100.1.443 > 198.51.100.2.51234: TCP [S.], length 54",
+        "IPv4 198.51.100.1.443 > 198.51.100.2.51234: TCP [S.], frame 54",
     ),
     (
         ethernet(0x0800, ipv4(6, tcp(51234, 443, 0x18, b"x" * 44))),
         98,
         256,
-        "IPv4 198.51.100.1.51234 > 198.51.100.2.443: TCP [P.], length 98",
+        "IPv4 198.51.100.1.51234 > 198.51.100.2.443: TCP [P.], frame 98",
     ),
     (
         ethernet(0x0800, ipv4(17, udp(5353, 53, b"q" * 1472), ident=4660, flags_offset=0x2000)),
         1514,
         128,
-        "IPv4 198.51.100.1.5353 > 198.51.100.2.53: UDP, length 1514 (captured 128), "
+        "IPv4 198.51.100.1.5353 > 198.51.100.2.53: UDP, frame 1514 (captured 128), "
         "fragment id 4660 at 0 (more follow)",
     ),
     (
         ethernet(0x0800, ipv4(17, b"q" * 528, ident=4660, flags_offset=185)),
         562,
         1024,
-        "IPv4 198.51.100.1 > 198.51.100.2: UDP, length 562, fragment id 4660 at 1480 (last)",
+        "IPv4 198.51.100.1 > 198.51.100.2: UDP, frame 562, fragment id 4660 at 1480 (last)",
     ),
     (
         ethernet(0x0800, ipv4(1, struct.pack("!BBHHH", 0, 0, 0, 7, 1) + b"p" * 56)),
         98,
         256,
-        "IPv4 198.51.100.1 > 198.51.100.2: ICMP echo reply, length 98",
+        "IPv4 198.51.100.1 > 198.51.100.2: ICMP echo reply, frame 98",
     ),
     (
         ethernet(0x86DD, ipv6(58, struct.pack("!BBHHH", 128, 0, 0, 7, 1) + b"p" * 56)),
         118,
         256,
-        "IPv6 2001:db8::1 > 2001:db8::2: ICMPv6 echo request, length 118",
+        "IPv6 2001:db8::1 > 2001:db8::2: ICMPv6 echo request, frame 118",
     ),
     (
         ethernet(0x86DD, ipv6(17, udp(546, 547, b"d" * 30))),
         92,
         256,
-        "IPv6 2001:db8::1.546 > 2001:db8::2.547: UDP, length 92",
+        "IPv6 2001:db8::1.546 > 2001:db8::2.547: UDP, frame 92",
     ),
     (
         ethernet(0x0800, ipv4(17, udp(40000, 53, b"q" * 20)), vlan=100),
         66,
         256,
-        "IPv4 198.51.100.1.40000 > 198.51.100.2.53: UDP, length 66",
+        "IPv4 198.51.100.1.40000 > 198.51.100.2.53: UDP, frame 66",
     ),
     (
         ethernet(0x0806, arp(1, IP_A, IP_B, bytes(6))),
         42,
         256,
-        "ARP, Request who-has 198.51.100.2 tell 198.51.100.1, length 42",
+        "ARP, Request who-has 198.51.100.2 tell 198.51.100.1, frame 42",
     ),
     (
         ethernet(0x0806, arp(2, IP_B, IP_A, MAC_A)),
         42,
         256,
-        "ARP, Reply 198.51.100.2 is-at 02:00:00:00:00:01, length 42",
+        "ARP, Reply 198.51.100.2 is-at 02:00:00:00:00:01, frame 42",
     ),
     (
         ethernet(0x86DD, ipv6(6, tcp(443, 51234, 0x12))),  # flags at byte 67 of the frame
         74,
         256,
-        "IPv6 2001:db8::1.443 > 2001:db8::2.51234: TCP [S.], length 74",
+        "IPv6 2001:db8::1.443 > 2001:db8::2.51234: TCP [S.], frame 74",
     ),
     (
         ethernet(0x0800, bytes([0x42]) + ipv4(6, tcp(80, 81, 0x02))[1:]),  # IHL 2: bogus
         54,
         256,
-        "IPv4 198.51.100.1 > 198.51.100.2: TCP, length 54",
+        "IPv4 198.51.100.1 > 198.51.100.2: TCP, frame 54",
     ),
-    (ethernet(0x88CC, b"\x02\x07" + b"l" * 104), 120, 64, "LLDP, length 120 (captured 64)"),
-    (ethernet(0x88B5, b"e" * 46), 60, 256, "ethertype 0x88b5, length 60"),
-    (ethernet(0x002E, b"\xaa\xaa\x03" + b"s" * 43), 60, 256, "802.3 LLC, length 60"),
+    (ethernet(0x88CC, b"\x02\x07" + b"l" * 104), 120, 64, "LLDP, frame 120 (captured 64)"),
+    (ethernet(0x88B5, b"e" * 46), 60, 256, "ethertype 0x88b5, frame 60"),
+    (ethernet(0x002E, b"\xaa\xaa\x03" + b"s" * 43), 60, 256, "802.3 LLC, frame 60"),
 ]
 
 

@@ -136,10 +136,10 @@ def test_packets_without_lengths_say_unknown(tmp_path: Path) -> None:
         write_replay(reader, sink, ReplayOptions())
     bodies = [parse(line)["body"] for line in sink.lines()]
     assert bodies[1] == (
-        "IPv4 198.51.100.1.51234 > 198.51.100.2.443: TCP, length 98 ifindex=3 rx_queue=0"
+        "IPv4 198.51.100.1.51234 > 198.51.100.2.443: TCP, frame 98 ifindex=3 rx_queue=0"
     )  # no cap_len: the flags, read from the captured bytes, are unknown
     assert bodies[2] == (
-        "IPv4 198.51.100.1.5353 > 198.51.100.2.53: UDP, length unknown (captured 128), "
+        "IPv4 198.51.100.1.5353 > 198.51.100.2.53: UDP, frame length unknown (captured 128), "
         "fragment id 4660 at 0 (more follow) ifindex=3 rx_queue=0"
     )
-    assert bodies[6].endswith(", length 118 ifindex=- rx_queue=0")
+    assert bodies[6].endswith(", frame 118 ifindex=- rx_queue=0")
