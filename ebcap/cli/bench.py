@@ -106,6 +106,12 @@ def bench(
     ring = parse_buffer_size(buffer_size, transport)
     if transport == "perf":
         check_watermark(wakeup, watermark, ring.bytes)
+    record = _record_bytes(transport, size)
+    if record > ring.bytes:
+        raise UsageError(
+            f"--size {size}: a {record}-byte record cannot fit a {ring.bytes}-byte ring; "
+            "give a larger --buffer-size"
+        )
     rings = len(online_cpus()) if transport == "perf" else 1
     require_recording_capabilities("bench", "bench", transport, ring, rings)
     rounded = rounding_note(buffer_size, ring)
@@ -133,6 +139,14 @@ def bench(
     _print(report, as_json)
     if not report.ok:
         raise CaptureError(f"integrity check failed: {report.problems}")
+
+
+def _record_bytes(transport: str, size: int) -> int:
+    """Ring bytes one event of ``size`` takes: a perf sample's header, time, cpu and
+    raw size padded to 8 bytes, or a ring buffer record's 8-byte header."""
+    if transport == "perf":
+        return 8 + 8 + 8 + (4 + size + 7) // 8 * 8
+    return 8 + size
 
 
 @contextmanager

@@ -192,6 +192,8 @@ BENCH = {
     "event size too large": (["--size", "8192"], "--size"),
     "producer cpu not online": (["--producers", "4096"], "--producers"),
     "producers not a cpu list": (["--producers", "a"], "--producers: bad CPU list"),
+    "perf event larger than the ring": (["-t", "perf", "--size", "4096", "-b", "4K"], "cannot fit"),
+    "ring buffer event larger than the ring": (["--size", "4096", "-b", "4K"], "cannot fit"),
     "wakeup a superscript digit": (["--wakeup", "²"], "--wakeup"),
     "unknown transport": (["-t", "carrier-pigeon"], "--transport"),
     "zero duration": (["--duration", "0"], "--duration"),
