@@ -107,7 +107,7 @@ def bench(
     if transport == "perf":
         check_watermark(wakeup, watermark, ring.bytes)
     record = _record_bytes(transport, size)
-    if record > ring.bytes:
+    if record >= ring.bytes:  # the kernel wants room beyond one record
         raise UsageError(
             f"--size {size}: a {record}-byte record cannot fit a {ring.bytes}-byte ring; "
             "give a larger --buffer-size"
