@@ -241,7 +241,18 @@ def remove_xdp_leftovers(ipr: IPRoute, index: int, iface: str) -> list[str]:
             hooks.detach_xdp(ipr, index, prog_id, mode_flag)
             xdp_marker(index, prog_id).unlink(missing_ok=True)
             notes.append(f"removed XDP program {XDP_PROGRAM_NAME} (id {prog_id}) left on {iface}")
+        elif _out_of_reach(index, prog_id):
+            notes.append(
+                f"XDP program id {prog_id} on {iface} was left by an ebcap process that is "
+                "gone; removing it opens it by id, which needs CAP_SYS_ADMIN"
+            )
     return notes
+
+
+def _out_of_reach(index: int, prog_id: int) -> bool:
+    """A leftover by its marker whose program this process may not open by id."""
+    owner = xdp_owner(index, prog_id)
+    return owner is not None and not owner.alive() and not hooks.program_name(prog_id)
 
 
 def remove_tc_leftovers(ipr: IPRoute, index: int, iface: str) -> list[str]:

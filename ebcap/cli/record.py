@@ -178,6 +178,7 @@ def record(
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
+    from ebcap.bpf.caps import require_capabilities
     from ebcap.bpf.cpus import online_cpus, parse_cpu_list
     from ebcap.bpf.tracefs import split_spec
     from ebcap.capture.layout import parse_layout, unnamed_roles
@@ -279,6 +280,9 @@ def record(
     notes.append(rounding_note(buffer_size, ring))
     rings = len(chosen_cpus or online_cpus()) if actual_transport == "perf" else 1
     require_recording_capabilities("recording", kind, actual_transport, ring, rings)
+    if replace_xdp and kind == "xdp":
+        needs = {"CAP_SYS_ADMIN": "--replace-xdp opening the other XDP program by id"}
+        require_capabilities("recording", needs)
     # An asked priority this process may not use is refused before anything changes.
     resolve_priority(realtime)
     for leftover in remove_leftovers():  # what killed ebcap processes left on interfaces

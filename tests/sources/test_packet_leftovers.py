@@ -414,3 +414,23 @@ def _child_in_new_pidns(unshare_pid: int) -> int | None:
     except FileNotFoundError:
         return None
     return int(children[0]) if children else None
+
+
+def test_a_leftover_this_process_cannot_open_is_said(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With CAP_BPF + CAP_NET_ADMIN only, a killed recorder's XDP program cannot be opened
+    by id (CAP_SYS_ADMIN): it stays, and the next recording says so instead of nothing."""
+    monkeypatch.setattr(leftovers, "XDP_MARKERS", tmp_path)
+    dead = leftovers.Owner(os.getpid(), (leftovers.process_start_time(os.getpid()) or 0) + 1)
+    leftovers.mark_xdp(7, 4242, dead)
+    monkeypatch.setattr(hooks, "xdp_programs", lambda ipr, index: [(2, 4242)])
+    monkeypatch.setattr(hooks, "program_name", lambda prog_id: "")  # as EPERM leaves it
+    detached: list[int] = []
+    monkeypatch.setattr(hooks, "detach_xdp", lambda *args, **kw: detached.append(args[2]))
+    notes = leftovers.remove_xdp_leftovers(None, 7, "vx0")  # type: ignore[arg-type]
+    assert notes == [
+        "XDP program id 4242 on vx0 was left by an ebcap process that is gone; "
+        "removing it opens it by id, which needs CAP_SYS_ADMIN"
+    ]
+    assert detached == []
