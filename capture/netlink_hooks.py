@@ -130,27 +130,28 @@ def attach_xdp(ipr: IPRoute, index: int, prog: Program, mode: str, what: str) ->
 
 def detach_xdp(
     ipr: IPRoute, index: int, prog_id: int, mode_flag: int, held: Program | None = None
-) -> None:
-    """Detach program ``prog_id`` only if it is still the one attached.
+) -> bool:
+    """Detach program ``prog_id`` only if it is still the one attached; False if another
+    program had replaced it.
 
     ``held``: the program itself, when the caller holds it (its own capture).
     Otherwise it is opened by id, which takes CAP_SYS_ADMIN: a capture that
     holds its program detaches it with CAP_BPF and CAP_NET_ADMIN alone.
     """
     if held is not None:
-        _detach_expected(ipr, index, prog_id, mode_flag, held)
-        return
+        return _detach_expected(ipr, index, prog_id, mode_flag, held)
     try:
         expected = Program(_sys.get_fd_by_id(_sys.BPF_PROG_GET_FD_BY_ID, prog_id))
     except BpfObjectNotFoundError:
-        return
+        return True
     with expected:
-        _detach_expected(ipr, index, prog_id, mode_flag, expected)
+        return _detach_expected(ipr, index, prog_id, mode_flag, expected)
 
 
 def _detach_expected(
     ipr: IPRoute, index: int, prog_id: int, mode_flag: int, expected: Program
-) -> None:
+) -> bool:
+    """Detach ``expected``; False if another program had replaced it (left alone)."""
     attrs = [
         ("IFLA_XDP_FD", -1),
         ("IFLA_XDP_EXPECTED_FD", expected.fd),
@@ -159,9 +160,12 @@ def _detach_expected(
     try:
         ipr.link("set", index=index, xdp={"attrs": attrs})
     except NetlinkError as exc:
-        if exc.code not in (errno.EEXIST, errno.ENODEV):  # replaced or gone meanwhile
+        if exc.code == errno.EEXIST:  # replaced meanwhile
+            return False
+        if exc.code != errno.ENODEV:  # the interface is gone, and the program with it
             with netlink_errors(f"detaching XDP program {prog_id}"):
                 raise
+    return True
 
 
 # --- tc -------------------------------------------------------------------------

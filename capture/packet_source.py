@@ -216,9 +216,14 @@ class XdpSource(PacketSource):
             if done:
                 return
             with leftovers.hooks_lock():
-                hooks.detach_xdp(ipr, index, prog_id, mode_flag, held=prog)
+                ours = hooks.detach_xdp(ipr, index, prog_id, mode_flag, held=prog)
                 leftovers.xdp_marker(index, prog_id).unlink(missing_ok=True)
             done.append(True)  # only now: a detach that failed is tried again at exit
+            if not ours:
+                self._note(
+                    f"another XDP program replaced ebcap's on {self.iface} during the "
+                    "capture: the packets after that are not in the file"
+                )
 
         return detach
 

@@ -208,6 +208,27 @@ def test_a_replaced_xdp_program_is_put_back_when_ours_cannot_attach(
     assert not (tmp_path / "no.arrow").exists()
 
 
+def test_a_capture_whose_xdp_program_was_replaced_says_so(veth: netns.VethPair) -> None:
+    """Someone replaces ebcap's XDP program mid-capture: theirs stays, and the capture
+    ends with a note that the packets after that are missing."""
+    notes: list[str] = []
+    source = XdpSource(veth.host, mode="generic", notify=notes.append)
+    with (
+        IPRoute() as ipr,
+        _load(_sys.BPF_PROG_TYPE_XDP, XDP_PASS, "someone_xdp") as other,
+    ):
+        with ExitStack() as stack:
+            kernel = source.start("ringbuf", 1 << 16, stack)
+            assert kernel.attach is not None
+            kernel.attach()
+            [(flag, ours)] = hooks.xdp_programs(ipr, veth.host_index)
+            hooks.detach_xdp(ipr, veth.host_index, ours, flag)
+            hooks.attach_xdp(ipr, veth.host_index, other, "generic", "replacing it")
+        assert _state(veth)[0] == ["someone_xdp"]
+        hooks.detach_xdp(ipr, veth.host_index, other.id, hooks.XDP_MODES["generic"], held=other)
+    assert any(f"replaced ebcap's on {veth.host} during the capture" in n for n in notes), notes
+
+
 @pytest.mark.parametrize("clsact_before", [False, True], ids=["ebcap-adds-clsact", "clsact-there"])
 def test_ingress_and_egress_started_at_once(
     veth: netns.VethPair, tmp_path: Path, clsact_before: bool
