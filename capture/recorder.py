@@ -30,6 +30,7 @@ from ebcap.capture.readers import Reader, open_reader
 from ebcap.capture.ring_settings import DEFAULT_PERF_BUFFER_BYTES, DEFAULT_WAKEUP_EVENTS
 from ebcap.capture.sources import KernelSide, Source, read_percpu_u64
 from ebcap.errors import CaptureError, EbcapError
+from ebcap.format.file_checks import recover_command
 from ebcap.format.schema import KIND_SAMPLE_CODE, make_schema
 from ebcap.format.writer import DEFAULT_ZSTD_LEVEL, CaptureWriter, utc_now_iso
 from ebcap.replay.memory import fault_in
@@ -319,7 +320,7 @@ def _what_was_kept(writer: CaptureWriter) -> str | None:
         return None
     return (
         f"the {writer.rows_written:,} rows flushed before are in {partial} "
-        f"(`ebcap recover {partial} -o FIXED` makes a valid file of them)"
+        f"({recover_command(partial)} makes a valid file of them)"
     )
 
 

@@ -39,8 +39,13 @@ DAMAGE_ERRORS = (pa.ArrowException, OSError, UnicodeDecodeError)
 """What pyarrow raises on damaged bytes; turned into BadFileError, never passed on."""
 
 
+def recover_command(path: Path | str) -> str:
+    """The command that makes a valid file of what ``path`` holds intact."""
+    return f"`ebcap recover {path} -o FIXED`"
+
+
 def recover_hint(path: Path | str) -> str:
-    return f"run `ebcap recover {path} -o FIXED`"
+    return f"run {recover_command(path)}"
 
 
 def one_line(exc: BaseException) -> str:

@@ -31,6 +31,7 @@ from ebcap.format.file_checks import (
     check_message_layout,
     check_schema,
     one_line,
+    recover_command,
     recover_hint,
 )
 
@@ -109,17 +110,17 @@ class CaptureReader(ClosesOnExit):
             raise ClosedError(f"reader for {self.path} is closed")
         return self._ipc
 
-    @property
-    def _hint(self) -> str:
-        """What saves the intact batches of a damaged file."""
-        return f"`ebcap recover {self.path} -o FIXED` saves the intact batches"
-
     def _label(self, index: int) -> str:
         """How messages name batch ``index``: "batch 6 of 15" (counting from 1)."""
         return batch_label(index, self.num_batches)
 
-    def _damaged(self, what: str, exc: BaseException) -> BadFileError:
-        return BadFileError(f"{self.path}: {what} is damaged ({one_line(exc)}); {self._hint}")
+    def _damaged(self, what: str, problem: BaseException | str) -> BadFileError:
+        """``what`` is damaged, and how; and what saves the intact batches."""
+        how = one_line(problem) if isinstance(problem, BaseException) else problem
+        return BadFileError(
+            f"{self.path}: {what} is damaged ({how}); "
+            f"{recover_command(self.path)} saves the intact batches"
+        )
 
     def _lost_totals(self) -> BadFileError:
         """ebcap ends every file with the batch carrying the totals; a footer without it is
@@ -165,9 +166,7 @@ class CaptureReader(ClosesOnExit):
             self._release_pages()
         problem = self._check.checksum_problem(last, custom)
         if problem:
-            raise BadFileError(
-                f"{self.path}: {self._label(index)} is damaged ({problem}); {self._hint}"
-            )
+            raise self._damaged(self._label(index), problem)
         text = (custom or {}).get(fs.TOTALS_KEY.encode())
         if text is None:
             if self._check.required:
@@ -228,9 +227,7 @@ class CaptureReader(ClosesOnExit):
         self._require()
         problem = self._check.problem(batch, custom_metadata)
         if problem:
-            raise BadFileError(
-                f"{self.path}: {self._label(index)} is damaged ({problem}); {self._hint}"
-            )
+            raise self._damaged(self._label(index), problem)
 
     def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
         """The record batches in file (= arrival) order, ``seq`` increasing across them.
@@ -244,10 +241,7 @@ class CaptureReader(ClosesOnExit):
             if batch.num_rows and "seq" in batch.schema.names:
                 first = batch.column("seq")[0].as_py()
                 if last_seq is not None and first <= last_seq:
-                    raise BadFileError(
-                        f"{self.path}: {self._label(index)} is damaged (seq does not increase); "
-                        f"{self._hint}"
-                    )
+                    raise self._damaged(self._label(index), "seq does not increase")
                 last_seq = batch.column("seq")[-1].as_py()
             yield batch
         if self._check.required and fs.TOTALS_KEY.encode() not in (custom or {}):

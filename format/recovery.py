@@ -52,7 +52,6 @@ REASON_COMPLETE: Final = "the file is complete"
 
 _NEVER: Final = 1 << 62
 """Row threshold that never triggers: recovery flushes once per source batch."""
-"""How many work file names to try before giving up (each one that exists is skipped)."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from ebcap.format import checksum
 from ebcap.format import schema as fs
 from ebcap.format.conform import Rows, conform_batch, empty_batch
 from ebcap.format.counts import CpuCounts
-from ebcap.format.file_checks import descriptor_link
+from ebcap.format.file_checks import descriptor_link, recover_command
 from ebcap.format.write_behind import WriteBehind
 
 T = TypeVar("T")
@@ -370,7 +370,7 @@ class CaptureWriter:
         if self.batches_written:
             kept = (
                 f"the {self.rows_written} rows flushed before are recoverable with "
-                f"`ebcap recover {self.partial_path} -o FIXED`"
+                f"{recover_command(self.partial_path)}"
             )
         else:
             kept = "nothing had been flushed yet"
@@ -413,6 +413,7 @@ def free_work_path(output: Path, tag: str) -> Path:
 
 
 _WORK_NAMES: Final = 100
+"""How many work file names to try before giving up (each one that exists is skipped)."""
 
 
 def check_destination(path: Path, *, force: bool) -> None:
