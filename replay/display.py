@@ -33,9 +33,7 @@ _NS_PER_S: Final = 1_000_000_000
 
 def value_strings(column: pa.Array, null: str = "-", *, quote: bool = False) -> pa.Array:
     """Any column as display strings; ``quote``: strings as JSON string literals."""
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    column = common_form(column)
+    column = plain_form(column)
     kind = column.type
     if pa.types.is_binary(kind):
         text = hex_or_null(column)
@@ -86,6 +84,16 @@ def _unit(count: int, name: str) -> str:
     if count == 0:
         return ""
     return f"{count} {name}" if abs(count) == 1 else f"{count} {name}s"
+
+
+def plain_form(column: pa.Array) -> pa.Array:
+    """Dictionary and run-end encoded columns decoded, and strings and bytes in their
+    :func:`common_form`: what every text output starts from."""
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if pa.types.is_run_end_encoded(column.type):
+        column = pc.run_end_decode(column)
+    return common_form(column)
 
 
 def common_form(column: pa.Array) -> pa.Array:

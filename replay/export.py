@@ -41,8 +41,8 @@ PARQUET: Final = "parquet"
 EXPORT_FORMATS: Final = (PARQUET, CSV, JSONL)
 SUFFIXES: Final = {".parquet": PARQUET, ".pq": PARQUET, ".csv": CSV, ".jsonl": JSONL}
 TIME_FIELD: Final = pa.field("time", pa.timestamp("ns", tz="UTC"))
-"""Null where ``ts_ns`` plus the offset passes what the type holds (the year 2262)."""
-"""The wall-clock column, under the first of :data:`TIME_NAMES` the capture leaves free."""
+"""The wall-clock column, under the first of :data:`TIME_NAMES` the capture leaves free;
+null where ``ts_ns`` plus the offset passes what the type holds (the year 2262)."""
 TIME_NAMES: Final = ("time", "wall_time", "ebcap_wall_time")
 PARQUET_COMPRESSION: Final = "zstd"
 
@@ -151,12 +151,13 @@ def export(
     """Write the capture to ``path``; the file appears only once complete."""
     chosen = export_format(path, fmt)
     offset = reader.metadata.get(fs.META_REALTIME_OFFSET)  # optional: FORMAT.md
-    time = time_field(reader.schema) if isinstance(offset, int) else None
     schema = slice_schema(reader)  # the types the rows come in
     rows = 0
     report = OrderReport()
     batches = _rows(reader, in_time_order, report)
-    if isinstance(offset, int) and time is not None:
+    time: pa.Field | None = None
+    if isinstance(offset, int):
+        time = time_field(reader.schema)
         schema = time_schema(schema, time)
         batches = (with_time(batch, offset, time) for batch in batches)
     if chosen == PARQUET:

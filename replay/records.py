@@ -19,10 +19,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ebcap.replay.display import (
-    common_form,
     interval_strings,
     lines_bytes,
     needs_escape,
+    plain_form,
     quoted,
 )
 from ebcap.replay.hexfmt import bytes_hex, hex_or_null
@@ -46,11 +46,7 @@ def plain_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
     kept): what text formats can hold."""
     arrays, fields = [], []
     for field, column in zip(batch.schema, batch.columns, strict=True):
-        if pa.types.is_dictionary(field.type):
-            column = column.dictionary_decode()
-        if pa.types.is_run_end_encoded(column.type):
-            column = pc.run_end_decode(column)
-        column = common_form(column)
+        column = plain_form(column)
         if pa.types.is_binary(column.type):
             column = hex_or_null(column)
         arrays.append(column)
@@ -162,9 +158,7 @@ def _json_pieces(batch: pa.RecordBatch, *, first: bool) -> list[Piece]:
 
 def json_pieces(column: pa.Array) -> list[Piece]:
     """The JSON text of each value as pieces of a line (quotes apart, so they merge)."""
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    column = common_form(column)
+    column = plain_form(column)
     kind = column.type
     if not column.null_count:
         if pa.types.is_binary(kind):
@@ -207,7 +201,6 @@ def _csv_writes(kind: pa.DataType) -> bool:
         or pa.types.is_floating(kind)
         or pa.types.is_decimal(kind)
         or pa.types.is_string(kind)
-        or pa.types.is_large_string(kind)
         or (pa.types.is_temporal(kind) and not pa.types.is_interval(kind))
     )
 
