@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ebcap.errors import UsageError
-from ebcap.format.schema import CORE_COLUMNS
+from ebcap.format.schema import CORE_COLUMNS, UNKNOWN_CPU
 
 _SCALARS: dict[str, str] = {
     "u8": "<u1", "u16": "<u2", "u32": "<u4", "u64": "<u8",
@@ -227,5 +227,5 @@ def unnamed_roles(layout: PayloadLayout | None) -> str | None:
     if layout is None or layout.ts_field is None:
         said.append("ts_ns is when each event was read (the layout names no ts field)")
     if layout is None or layout.cpu_field is None:
-        said.append("cpu is 65535, unknown (the layout names no cpu field)")
+        said.append(f"cpu is {UNKNOWN_CPU}, unknown (the layout names no cpu field)")
     return "; ".join(said) or None

@@ -176,9 +176,8 @@ class XdpSource(PacketSource):
 
     def _put_back(self, ipr: IPRoute, index: int) -> None:
         """Attach again the programs --replace-xdp detached: ours never came in."""
-        modes = _put_back_modes()
         for mode_flag, held, which in self._replaced:
-            mode = modes.get(mode_flag)
+            mode = _MODE_NAMES.get(mode_flag)
             if mode is None:  # offloaded to hardware: not ebcap's to re-attach
                 self._note(f"{which} was detached from {self.iface} and could not be put back")
                 continue
@@ -228,8 +227,8 @@ class XdpSource(PacketSource):
         return detach
 
 
-def _put_back_modes() -> dict[int, str]:
-    return {flag: name for name, flag in hooks.XDP_MODES.items()}
+_MODE_NAMES: Final = {flag: name for name, flag in hooks.XDP_MODES.items()}
+"""The ``--xdp-mode`` of each attach flag (an offloaded program has none)."""
 
 
 _NO_NATIVE: Final = frozenset({errno.EOPNOTSUPP, errno.ERANGE, errno.EINVAL})

@@ -206,6 +206,7 @@ def record(
         raise UsageError(f"unexpected argument {pattern!r}: PATTERN goes with --list-sources")
     if output is None:
         raise UsageError("-o/--output is required")
+    check_destination(output, force=force)  # before anything (leftovers, a ready file) changes
     transport = asked_transport or "perf"
     if transport not in TRANSPORTS:
         raise UsageError(f"--transport: unknown transport {transport!r}: use perf or ringbuf")
@@ -257,12 +258,12 @@ def record(
             f"--transport {asked_transport} is not used: the pinned map is a "
             f"{'ring buffer' if actual_transport == 'ringbuf' else 'perf event array'}"
         )
-    if pin is not None and drops is None and actual_transport == "ringbuf":
-        notes.append(
-            "the kernel counts no losses for a ring buffer; without --drops "
-            "this capture cannot show the events its producer failed to reserve"
-        )
     if pin is not None and actual_transport == "ringbuf":
+        if drops is None:
+            notes.append(
+                "the kernel counts no losses for a ring buffer; without --drops "
+                "this capture cannot show the events its producer failed to reserve"
+            )
         notes.append(unnamed_roles(src.layout))
     if chosen_cpus is not None and actual_transport != "perf":
         raise UsageError(
@@ -303,7 +304,6 @@ def record(
         force=force,
         command=["ebcap", *sys.argv[1:]],
     )
-    check_destination(output, force=force)
     remove_old_ready_file(ready_file)
     recorder = Recorder(src, options)
     live = _LiveProgress(enabled=stderr_is_terminal() and not as_json)
@@ -400,11 +400,13 @@ def _interrupted(output: Path, partial: Path, earlier: tuple[int, int] | None) -
     ``partial``: the file the capture was written to; ``earlier``: the output file as it
     was before the recording (with --force), still there unchanged: not this capture.
     """
+    from ebcap.format.file_checks import recover_command
+
     finished = _file_identity(output) not in (None, earlier)
     if finished and not partial.exists():
         kept = f"the capture had just been finished: {output}"
     elif partial.exists():
-        kept = f"the batches flushed so far are in {partial} (`ebcap recover {partial} -o FIXED`)"
+        kept = f"the batches flushed so far are in {partial} ({recover_command(partial)})"
     else:
         kept = "nothing had been written yet"
     if earlier is not None and not finished:
