@@ -11,12 +11,18 @@ each transport x event size x producer layout runs, back to back:
 and reports medians of each, and ebcap/libbpf ratios of consumed/s.
 Run as root:  python3 bench/anchor_compare.py [--reps 3] [--duration 3]
 Writes bench/results/anchor_compare.csv and prints a Markdown table.
+
+`--producer-cpu 25,50,100` repeats every configuration with the producer's
+threads held to that share of one CPU each (a CPU cgroup's CFS quota; 100 =
+no limit). The producer then offers a bounded load whatever the consumer
+does, so the table shows up to which load each consumer loses nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import shutil
@@ -62,6 +68,57 @@ def result_line(text: str, who: str) -> dict[str, str]:
     raise RuntimeError(f"no RESULT {who} line in:\n{text}")
 
 
+class ProducerBudget:
+    """A CPU cgroup whose CFS quota holds the producer to a share of each of its CPUs.
+
+    Without it the ring buffer's producer runs as fast as the consumer's wakeups
+    let it: a consumer that catches up often slows it, one that does not lets it
+    run free. A quota bounds the offered load the same way for both consumers.
+    """
+
+    PERIOD_US = 5000  # short periods: a throttled producer bursts at most 5 ms
+
+    def __init__(self) -> None:
+        self.path, self.v2 = self._cpu_cgroup_root()
+        self.path = self.path / f"ebcap-anchor-{os.getpid()}"
+        self.path.mkdir(exist_ok=True)
+
+    @staticmethod
+    def _cpu_cgroup_root() -> tuple[Path, bool]:
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            _dev, mount, fstype, options, *_ = line.split()
+            controllers = Path(mount) / "cgroup.controllers"
+            if fstype == "cgroup2" and "cpu" in _words(controllers):
+                (Path(mount) / "cgroup.subtree_control").write_text("+cpu")
+                return Path(mount), True
+            if fstype == "cgroup" and "cpu" in options.split(","):
+                return Path(mount), False
+        raise RuntimeError("--producer-cpu needs the CPU cgroup controller (v1 or v2)")
+
+    def limit(self, percent: int, ncpus: int) -> None:
+        quota = self.PERIOD_US * percent * ncpus // 100 if percent < 100 else -1
+        if self.v2:
+            (self.path / "cpu.max").write_text(f"{'max' if quota < 0 else quota} {self.PERIOD_US}")
+        else:
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+
+    def join(self) -> None:
+        """Run in the forked child before exec, so every producer thread starts inside."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def remove(self) -> None:
+        self.path.rmdir()
+
+
+def _words(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+BUDGET: list[ProducerBudget] = []
+"""The producer's cgroup while --producer-cpu is given (empty: no limit)."""
+
+
 def start_producer(
     build: Path, transport: str, size: int, cpus: str, duration: float, ready: Path
 ) -> subprocess.Popen[str]:
@@ -84,6 +141,7 @@ def start_producer(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=BUDGET[0].join if BUDGET else None,
     )
     deadline = time.monotonic() + 20
     while not (PIN_DIR / "stats").exists():
@@ -159,7 +217,7 @@ def run_ebcap(
     produced = int(p["produced"])
     with ebcap.open(out) as reader:
         table = reader.to_table().select(["ts_ns", "kind", "lost"])
-        last_drain_ns = int(reader.totals["last_drain_ns"])
+        last_drain_ns = int((reader.totals or {})["last_drain_ns"])
     samples = table.filter(pc.equal(table["kind"].cast(pa.string()), "sample"))
     first_ts = int(pc.min(samples["ts_ns"]).as_py())
     received = samples.num_rows
@@ -181,10 +239,19 @@ def main() -> int:
     parser.add_argument("--transports", default="rb,pb")
     parser.add_argument("--layouts", default="1P,2P")
     parser.add_argument("--wakeup", type=int, default=64, help="perf wakeup_events for both")
+    parser.add_argument(
+        "--producer-cpu",
+        default="100",
+        help="share of one CPU per producer thread, in %%, a list (100 = no limit)",
+    )
     parser.add_argument("--ebcap-args", default="", help="more `ebcap record` arguments")
     parser.add_argument("--csv", default="anchor_compare.csv", help="file in bench/results/")
     args = parser.parse_args()
     EBCAP_ARGS[:] = args.ebcap_args.split()
+    budgets = [int(b) for b in args.producer_cpu.split(",")]
+    if not all(0 < b <= 100 for b in budgets):
+        print("anchor_compare: --producer-cpu takes percentages 1..100", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("anchor_compare: run as root", file=sys.stderr)
         return 2
@@ -193,28 +260,13 @@ def main() -> int:
     )
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="ebcap-anchor-") as scratch:
-        build = build_anchors(Path(scratch))
-        tmp = Path(scratch)
-        for transport in args.transports.split(","):
-            for size in (int(s) for s in args.sizes.split(",")):
-                for layout in args.layouts.split(","):
-                    cpus = "0" if layout == "1P" else "0,1"
-                    for rep in range(args.reps):
-                        for who, fn in (("libbpf", run_libbpf), ("ebcap", run_ebcap)):
-                            r = fn(build, transport, size, cpus, args.duration, args.wakeup, tmp)
-                            row = {
-                                "who": who,
-                                "transport": transport,
-                                "size": size,
-                                "layout": layout,
-                                "rep": rep,
-                                **r,
-                            }
-                            rows.append(row)
-                            print(json.dumps(row), flush=True)
-        subprocess.run([str(build / "producer"), "-X"], check=False, capture_output=True)
+    if budgets != [100]:
+        BUDGET.append(ProducerBudget())
+    try:
+        rows = run_all(args, budgets)
+    finally:
+        if BUDGET:
+            BUDGET.pop().remove()
     with open(results_dir / args.csv, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
         writer.writeheader()
@@ -223,30 +275,74 @@ def main() -> int:
     return 0
 
 
+def run_all(args: argparse.Namespace, budgets: list[int]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="ebcap-anchor-") as scratch:
+        build = build_anchors(Path(scratch))
+        tmp = Path(scratch)
+        configs = itertools.product(
+            budgets,
+            args.transports.split(","),
+            (int(size) for size in args.sizes.split(",")),
+            args.layouts.split(","),
+        )
+        for budget, transport, size, layout in configs:
+            cpus = "0" if layout == "1P" else "0,1"
+            if BUDGET:
+                BUDGET[0].limit(budget, len(cpus.split(",")))
+            for rep in range(args.reps):
+                for who, fn in (("libbpf", run_libbpf), ("ebcap", run_ebcap)):
+                    r = fn(build, transport, size, cpus, args.duration, args.wakeup, tmp)
+                    row = {
+                        "who": who,
+                        "producer_cpu": budget,
+                        "transport": transport,
+                        "size": size,
+                        "layout": layout,
+                        "rep": rep,
+                        **r,
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        subprocess.run([str(build / "producer"), "-X"], check=False, capture_output=True)
+    return rows
+
+
 def summarize(rows: list[dict[str, object]], wakeup: int) -> str:
     lines = [
         f"perf wakeup_events = {wakeup} for both consumers; medians of each configuration",
         "",
-        "| transport | size | layout | libbpf consumed/s | ebcap consumed/s | ratio | "
-        "libbpf loss % | ebcap loss % | ebcap unaccounted | ebcap B/event |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| producer CPU % | transport | size | layout | libbpf produced/s | libbpf consumed/s "
+        "| ebcap produced/s | ebcap consumed/s | ratio | libbpf loss % | ebcap loss % "
+        "| ebcap unaccounted | ebcap B/event |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    configs = sorted({(str(r["transport"]), int(str(r["size"])), str(r["layout"])) for r in rows})
+    Config = tuple[int, str, int, str]
+    configs = sorted(
+        {
+            (int(str(r.get("producer_cpu", 100))), str(r["transport"]), int(str(r["size"])),
+             str(r["layout"]))
+            for r in rows
+        }
+    )  # fmt: skip
     for config in configs:
 
-        def med(who: str, key: str, config: tuple[str, int, str] = config) -> float:
+        def med(who: str, key: str, config: Config = config) -> float:
             values = [
                 float(str(r[key]))
                 for r in rows
-                if r["who"] == who and (r["transport"], r["size"], r["layout"]) == config
+                if r["who"] == who
+                and (int(str(r.get("producer_cpu", 100))), r["transport"], r["size"], r["layout"])
+                == config
             ]
             return statistics.median(values) if values else float("nan")
 
         libbpf, ebcap = med("libbpf", "consumed_per_s"), med("ebcap", "consumed_per_s")
-        t, s, lay = config
+        budget, t, s, lay = config
         lines.append(
-            f"| {t} | {s} | {lay} | {libbpf / 1e6:.2f}M | {ebcap / 1e6:.2f}M "
-            f"| {ebcap / libbpf:.2f} | {med('libbpf', 'loss_pct'):.2f} "
+            f"| {budget} | {t} | {s} | {lay} | {med('libbpf', 'produced_per_s') / 1e6:.2f}M "
+            f"| {libbpf / 1e6:.2f}M | {med('ebcap', 'produced_per_s') / 1e6:.2f}M "
+            f"| {ebcap / 1e6:.2f}M | {ebcap / libbpf:.2f} | {med('libbpf', 'loss_pct'):.2f} "
             f"| {med('ebcap', 'loss_pct'):.2f} | {med('ebcap', 'unaccounted'):.0f} "
             f"| {med('ebcap', 'bytes_per_event'):.1f} |"
         )
