@@ -184,7 +184,8 @@ class FooterScan:
         self._judge = BatchJudge(schema, metadata)
         self.kept: list[int] = []
         self.skipped: list[SkippedBatch] = []
-        self._shapes: dict[int, BatchShape] = {}
+        self.shapes: dict[int, BatchShape] = {}
+        """(first seq, rows) of each intact batch, by index."""
         for index in range(self.num_batches):
             problem = self._problem(index)
             if problem:
@@ -198,7 +199,7 @@ class FooterScan:
         A footer that parses but points elsewhere (damaged offsets) must not decide
         which rows are saved.
         """
-        return all(self._shapes.get(i) == shape for i, shape in enumerate(stream.shapes))
+        return all(self.shapes.get(i) == shape for i, shape in enumerate(stream.shapes))
 
     @classmethod
     def open(
@@ -227,7 +228,7 @@ class FooterScan:
             return f"it does not read back ({one_line(exc)})"
         problem = self._judge.problem(batch, custom)
         if not problem:
-            self._shapes[index] = shape_of(batch)
+            self.shapes[index] = shape_of(batch)
         return problem
 
     def _what_it_held(self, index: int, problem: str) -> SkippedBatch:

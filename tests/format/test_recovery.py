@@ -99,7 +99,8 @@ def test_every_cut_of_a_small_file(small: tuple[Path, bytes, pa.Table], tmp_path
             continue
         report = recover(cut_path, fixed, force=True)
         want_rows = sum(per_batch_rows[:complete])
-        assert (report.batches_saved, report.rows_saved) == (complete, want_rows), cut
+        with_rows = sum(1 for n in per_batch_rows[:complete] if n)  # the totals batch is not one
+        assert (report.batches_saved, report.rows_saved) == (with_rows, want_rows), cut
         assert report.damage_offset == ends[complete - 1] == report.bytes_used
         assert report.totals_present == (complete == 4)
         with CaptureReader(fixed) as reader:
@@ -165,7 +166,7 @@ def test_a_valid_file_is_copied(small: tuple[Path, bytes, pa.Table], tmp_path: P
     report = recover(path, tmp_path / "copy.arrow")
     assert report.complete and report.damage_offset is None
     assert report.reason == "the file is complete"
-    assert (report.batches_saved, report.rows_saved, report.events_saved) == (4, 6, 5)
+    assert (report.batches_saved, report.rows_saved, report.events_saved) == (3, 6, 5)
     with CaptureReader(path) as original, CaptureReader(tmp_path / "copy.arrow") as copy:
         assert copy.to_table().equals(table)
         assert copy.totals == original.totals
