@@ -30,18 +30,14 @@ import pyarrow as pa
 from ebcap.errors import BadFileError, OutputWriteError, UsageError
 from ebcap.format import schema as fs
 from ebcap.format.file_checks import ARROW_MAGIC_PADDED, check_input_path, check_magic
-from ebcap.format.recovery_scan import (
-    REASON_CUT_AT_BOUNDARY,
-    REASON_NO_FOOTER,
-    FooterScan,
-    SkippedBatch,
-    StreamScan,
-)
+from ebcap.format.recovery_scan import FooterScan, SkippedBatch, StreamScan
+from ebcap.format.stream_end import REASON_CUT_AT_BOUNDARY, REASON_CUT_IN_EOS, REASON_NO_FOOTER
 from ebcap.format.writer import CaptureWriter, free_work_path
 
 __all__ = [
     "REASON_COMPLETE",
     "REASON_CUT_AT_BOUNDARY",
+    "REASON_CUT_IN_EOS",
     "REASON_NO_FOOTER",
     "RecoveryReport",
     "SkippedBatch",

@@ -299,3 +299,35 @@ def test_disk_full_leaves_the_input_and_nothing_else(
     )
     assert partial.read_bytes() == data
     assert sorted(p.name for p in small_fs.iterdir()) == ["run.arrow.partial"]
+
+
+@pytest.mark.parametrize("into", [2, 6])
+def test_every_command_says_the_file_is_cut_inside_its_end_of_stream_marker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], into: int
+) -> None:
+    """A file cut after its last batch, the one carrying the totals, lost no events:
+    `info` and `replay` refuse it in one line saying so, `recover` keeps everything."""
+    good = tmp_path / "run.arrow"
+    write(good)
+    data = good.read_bytes()
+    eos = data.rindex(b"\xff\xff\xff\xff\x00\x00\x00\x00")
+    cut = tmp_path / "run.arrow.partial"
+    cut.write_bytes(data[: eos + into])
+    reason = "the file is cut inside the end-of-stream marker after its last batch"
+    for command in ("info", "replay"):
+        assert run([command, str(cut)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == (
+            f"ebcap: error: {cut} is truncated ({reason}; every batch is whole): "
+            f"run `ebcap recover {cut} -o FIXED`\n"
+        )
+    fixed = tmp_path / "fixed.arrow"
+    assert run(["recover", str(cut), "-o", str(fixed)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"saved 3 batches, 30 rows (30 events) to {fixed} from the first {eos:,} "
+        f"of {eos + into:,} bytes",
+        f"damage starts at byte {eos:,}: {reason}",
+        "totals: kept from the end of the capture",
+        f"{cut} is unchanged and can now be removed",
+    ]
