@@ -34,6 +34,7 @@ from ebcap.format.file_checks import (
     recover_command,
     recover_hint,
 )
+from ebcap.format.stream_end import footerless_end
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,10 +77,7 @@ class CaptureReader(ClosesOnExit):
         tail = bytes(source.read_at(len(ARROW_MAGIC), max(0, size - len(ARROW_MAGIC))))
         min_size = len(ARROW_MAGIC_PADDED) + FOOTER_LENGTH_SIZE + len(ARROW_MAGIC)
         if size < min_size or tail != ARROW_MAGIC:
-            raise TruncatedFileError(
-                f"{self.path} is truncated (no Arrow footer; the capture did not finish): "
-                f"{recover_hint(self.path)}"
-            )
+            raise self._truncated()
         try:
             ipc = pa.ipc.open_file(source)
             file_schema = ipc.schema
@@ -121,6 +119,21 @@ class CaptureReader(ClosesOnExit):
             f"{self.path}: {what} is damaged ({how}); "
             f"{recover_command(self.path)} saves the intact batches"
         )
+
+    def _truncated(self) -> TruncatedFileError:
+        """No footer: where the stream ends says whether any batch was cut."""
+        end = None
+        if self._map is not None:
+            try:
+                end = footerless_end(self.path, pa.py_buffer(self._map))
+            finally:
+                self._release_pages()
+        how = (
+            "no Arrow footer; the capture did not finish"
+            if end is None
+            else f"{end}; every batch is whole"
+        )
+        return TruncatedFileError(f"{self.path} is truncated ({how}): {recover_hint(self.path)}")
 
     def _lost_totals(self) -> BadFileError:
         """ebcap ends every file with the batch carrying the totals; a footer without it is

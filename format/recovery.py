@@ -30,18 +30,14 @@ import pyarrow as pa
 from ebcap.errors import BadFileError, OutputWriteError, UsageError
 from ebcap.format import schema as fs
 from ebcap.format.file_checks import ARROW_MAGIC_PADDED, check_input_path, check_magic
-from ebcap.format.recovery_scan import (
-    REASON_CUT_AT_BOUNDARY,
-    REASON_NO_FOOTER,
-    FooterScan,
-    SkippedBatch,
-    StreamScan,
-)
+from ebcap.format.recovery_scan import FooterScan, SkippedBatch, StreamScan
+from ebcap.format.stream_end import REASON_CUT_AT_BOUNDARY, REASON_CUT_IN_EOS, REASON_NO_FOOTER
 from ebcap.format.writer import CaptureWriter, free_work_path
 
 __all__ = [
     "REASON_COMPLETE",
     "REASON_CUT_AT_BOUNDARY",
+    "REASON_CUT_IN_EOS",
     "REASON_NO_FOOTER",
     "RecoveryReport",
     "SkippedBatch",
@@ -61,6 +57,8 @@ class RecoveryReport:
     source: Path
     output: Path
     batches_saved: int
+    """Batches of rows saved: the empty batch that only carries the totals is not one
+    (``totals_present`` says whether the totals survived)."""
     rows_saved: int
     events_saved: int
     """Sample rows among ``rows_saved`` (the rest are lost-event records)."""
@@ -96,6 +94,9 @@ class _Plan:
 
     batches: Iterable[pa.RecordBatch]
     count: int
+    """Batches of the source to write, empty ones included."""
+    with_rows: int
+    """Those of them that hold rows: the batches a summary counts."""
     totals: dict[str, Any] | None
     reason: str
     complete: bool
@@ -152,7 +153,7 @@ def recover(
     return RecoveryReport(
         source=source,
         output=output,
-        batches_saved=plan.count,
+        batches_saved=plan.with_rows,
         rows_saved=writer.rows_written,
         events_saved=writer.counts.totals()[fs.TOTAL_EVENTS],
         bytes_used=plan.bytes_used,
@@ -177,7 +178,8 @@ def _plan(
 
     def prefix(reason: str, complete: bool = False) -> _Plan:
         batches = itertools.islice(StreamScan(source, mm), scan.batches)
-        return _Plan(batches, scan.batches, scan.totals, reason, complete, scan.end)
+        with_rows = sum(1 for _, rows in scan.shapes if rows)
+        return _Plan(batches, scan.batches, with_rows, scan.totals, reason, complete, scan.end)
 
     if footer is None:
         return prefix(scan.reason)
@@ -195,6 +197,7 @@ def _plan(
     return _Plan(
         (indexed.batch(i) for i in kept),
         len(kept),
+        sum(1 for i in kept if indexed.shapes[i][1]),
         indexed.totals,
         scan.reason,
         False,

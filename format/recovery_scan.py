@@ -27,14 +27,13 @@ from ebcap.format import schema as fs
 from ebcap.format.batch_checks import BatchCheck, batch_label
 from ebcap.format.conform import conform_batch
 from ebcap.format.file_checks import ARROW_MAGIC_PADDED, DAMAGE_ERRORS, check_schema, one_line
-
-REASON_NO_FOOTER = "the stream ends cleanly but the footer is missing"
-REASON_CUT_AT_BOUNDARY = "the file ends between two batches"
-REASON_CUT_IN_EOS = "the file is cut inside the end-of-stream marker after its last batch"
-
-EOS_MARKER = b"\xff\xff\xff\xff\x00\x00\x00\x00"
-"""The end-of-stream message an IPC file writer puts before the footer."""
-
+from ebcap.format.stream_end import (
+    EOS_MARKER,
+    REASON_CUT_AT_BOUNDARY,
+    REASON_CUT_IN_EOS,
+    REASON_NO_FOOTER,
+    cut_in_eos,
+)
 
 BatchShape = tuple[int | None, int]
 """A batch's first ``seq`` (None when empty) and row count."""
@@ -109,6 +108,8 @@ class StreamScan:
         self.end = mm.tell()
         self.reason = ""
         self.reached_eos = False
+        self._after_totals = False
+        """Whether the last good batch carried the totals (the writer's last batch)."""
         self.batches = 0
         self.shapes: list[BatchShape] = []
         """(first seq, rows) of each good batch, to check a footer against."""
@@ -128,9 +129,7 @@ class StreamScan:
                 return
             except DAMAGE_ERRORS as exc:
                 rest = bytes(self._mm.read_at(len(EOS_MARKER), self.end))
-                # Past the 0xFFFFFFFF that every message starts with, zeros are the
-                # marker's: a batch's header length never is 0.
-                if 4 < len(rest) < len(EOS_MARKER) and EOS_MARKER.startswith(rest):
+                if cut_in_eos(rest, self._after_totals):
                     self.reason = REASON_CUT_IN_EOS
                 else:
                     self.reason = f"{label} is cut short or corrupt ({one_line(exc)})"
@@ -140,6 +139,7 @@ class StreamScan:
                 self.reason = f"{label} is corrupt ({problem})"
                 return
             self.end = self._mm.tell()
+            self._after_totals = fs.TOTALS_KEY.encode() in (custom or {})
             self.batches += 1
             self.shapes.append(shape_of(batch))
             yield batch
@@ -184,7 +184,8 @@ class FooterScan:
         self._judge = BatchJudge(schema, metadata)
         self.kept: list[int] = []
         self.skipped: list[SkippedBatch] = []
-        self._shapes: dict[int, BatchShape] = {}
+        self.shapes: dict[int, BatchShape] = {}
+        """(first seq, rows) of each intact batch, by index."""
         for index in range(self.num_batches):
             problem = self._problem(index)
             if problem:
@@ -198,7 +199,7 @@ class FooterScan:
         A footer that parses but points elsewhere (damaged offsets) must not decide
         which rows are saved.
         """
-        return all(self._shapes.get(i) == shape for i, shape in enumerate(stream.shapes))
+        return all(self.shapes.get(i) == shape for i, shape in enumerate(stream.shapes))
 
     @classmethod
     def open(
@@ -227,7 +228,7 @@ class FooterScan:
             return f"it does not read back ({one_line(exc)})"
         problem = self._judge.problem(batch, custom)
         if not problem:
-            self._shapes[index] = shape_of(batch)
+            self.shapes[index] = shape_of(batch)
         return problem
 
     def _what_it_held(self, index: int, problem: str) -> SkippedBatch:

@@ -43,23 +43,24 @@ def recover(
 
 
 def _summary(report: RecoveryReport) -> list[str]:
+    """What was saved, where the damage is, and whether the totals survived.
+
+    Batches are counted as the rows they hold: the empty batch that only carries
+    the totals is told of in the totals line, not counted as a batch.
+    """
     saved = (
         f"{counted(report.batches_saved, 'batch', 'batches')}, {counted(report.rows_saved, 'row')} "
         f"({counted(report.events_saved, 'event')})"
     )
     kept = f"{report.source} is unchanged and can now be removed"
     if report.complete:
-        return [f"{report.source} is complete: copied {saved} to {report.output}", kept]
-    if report.skipped:
+        lines = [f"{report.source} is complete: copied {saved} to {report.output}"]
+    elif report.skipped:
         damaged = counted(len(report.skipped), "damaged batch", "damaged batches")
         kept = (
             f"{report.source} is unchanged: keep it to look into the skipped batches, or remove it"
         )
-        lines = [
-            f"saved {count(report.batches_saved)} of {count(report.source_batches or 0)} "
-            f"batches, {counted(report.rows_saved, 'row')} "
-            f"({counted(report.events_saved, 'event')}), to {report.output}; skipped {damaged}:"
-        ]
+        lines = [f"saved {saved}, to {report.output}; skipped {damaged}:"]
         for skipped in report.skipped:
             rows = "rows unknown" if skipped.rows is None else counted(skipped.rows, "row")
             seq = (
@@ -67,8 +68,7 @@ def _summary(report: RecoveryReport) -> list[str]:
                 if skipped.first_seq is None
                 else f", seq {skipped.first_seq}..{skipped.last_seq}"
             )
-            label = f"batch {skipped.index + 1} of {report.source_batches}"
-            lines.append(f"  skipped {label} ({rows}{seq}): {skipped.reason}")
+            lines.append(f"  skipped batch {skipped.index + 1} ({rows}{seq}): {skipped.reason}")
         lines.append(
             "the saved file has a gap where each skipped batch was; "
             "its ebcap.recovered metadata lists them"
@@ -79,14 +79,17 @@ def _summary(report: RecoveryReport) -> list[str]:
             f"of {count(report.source_size)} bytes",
             f"damage starts at byte {count(report.damage_offset or 0)}: {report.reason}",
         ]
+    lines.append(_totals(report))
+    lines.append(kept)
+    return lines
+
+
+def _totals(report: RecoveryReport) -> str:
     if not report.totals_recomputed:
-        lines.append("totals: kept from the end of the capture")
-    elif report.totals_present:
-        lines.append(
+        return "totals: kept from the end of the capture"
+    if report.totals_present:
+        return (
             "totals: events and lost recounted from the saved rows; "
             "end time, duration and drops kept from the capture"
         )
-    else:
-        lines.append("totals: recomputed from the saved rows (BPF drop counts unknown)")
-    lines.append(kept)
-    return lines
+    return "totals: recomputed from the saved rows (BPF drop counts unknown)"

@@ -134,11 +134,18 @@ def test_bad_files_give_one_line_and_exit_2(
 def test_truncated_file_points_to_recover(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _bad_inputs(tmp_path)["cut"]
+    path = _bad_inputs(tmp_path)["cut"]  # its footer cut off, its stream whole
     assert run(["info", str(path)]) == 2
     assert capsys.readouterr().err == (
-        f"ebcap: error: {path} is truncated (no Arrow footer; the capture did not finish): "
-        f"run `ebcap recover {path} -o FIXED`\n"
+        f"ebcap: error: {path} is truncated (the stream ends cleanly but the footer is "
+        f"missing; every batch is whole): run `ebcap recover {path} -o FIXED`\n"
+    )
+    mid = tmp_path / "mid.arrow"
+    mid.write_bytes(path.read_bytes()[:500])  # cut well before its last batch
+    assert run(["info", str(mid)]) == 2
+    assert capsys.readouterr().err == (
+        f"ebcap: error: {mid} is truncated (no Arrow footer; the capture did not finish): "
+        f"run `ebcap recover {mid} -o FIXED`\n"
     )
 
 

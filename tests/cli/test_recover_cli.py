@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from ebcap.cli import run
-from ebcap.format import CaptureReader, CaptureWriter, make_schema
+from ebcap.format import CaptureReader, CaptureWriter, make_schema, recover
 from ebcap.format import schema as fs
 
 SCHEMA = make_schema([], {fs.META_TRANSPORT: "perf", fs.META_SOURCE: "test"})
@@ -71,9 +71,42 @@ def test_recover_a_complete_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     write(good)
     assert run(["recover", str(good), "--output", str(tmp_path / "copy.arrow")]) == 0
     assert capsys.readouterr().out == (
-        f"{good} is complete: copied 4 batches, 30 rows (30 events) to {tmp_path / 'copy.arrow'}\n"
+        f"{good} is complete: copied 3 batches, 30 rows (30 events) to {tmp_path / 'copy.arrow'}\n"
+        "totals: kept from the end of the capture\n"
         f"{good} is unchanged and can now be removed\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("cut", "batches", "totals"),
+    [
+        ("none", 3, "totals: kept from the end of the capture"),
+        ("footer", 3, "totals: kept from the end of the capture"),
+        ("batch 3", 2, "totals: recomputed from the saved rows (BPF drop counts unknown)"),
+    ],
+)
+def test_batches_are_counted_alike_whole_or_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cut: str, batches: int, totals: str
+) -> None:
+    """The empty batch that carries the totals is never counted as a batch: whether it
+    was saved is the totals line's to say, for a whole file as for a cut one."""
+    good = tmp_path / "run.arrow"
+    ends = write(good)
+    data = good.read_bytes()
+    source = tmp_path / "source.arrow"
+    source.write_bytes({"none": data, "footer": data[:-12], "batch 3": data[: ends[1] + 5]}[cut])
+    fixed = tmp_path / "fixed.arrow"
+    assert run(["recover", str(source), "-o", str(fixed)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = batches * 10
+    assert f" {batches} batches, {rows} rows ({rows} events) to {fixed}" in lines[0]
+    assert lines[0].startswith(f"{source} is complete: copied" if cut == "none" else "saved")
+    assert lines[-2] == totals
+    report = recover(source, tmp_path / "again.arrow")
+    assert (report.batches_saved, report.rows_saved) == (batches, rows)
+    with CaptureReader(fixed) as reader:
+        written = [reader.batch(i).num_rows for i in range(reader.num_batches)]
+    assert [n for n in written if n] == [10] * batches
 
 
 def test_output_exists_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -266,3 +299,35 @@ def test_disk_full_leaves_the_input_and_nothing_else(
     )
     assert partial.read_bytes() == data
     assert sorted(p.name for p in small_fs.iterdir()) == ["run.arrow.partial"]
+
+
+@pytest.mark.parametrize("into", [2, 6])
+def test_every_command_says_the_file_is_cut_inside_its_end_of_stream_marker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], into: int
+) -> None:
+    """A file cut after its last batch, the one carrying the totals, lost no events:
+    `info` and `replay` refuse it in one line saying so, `recover` keeps everything."""
+    good = tmp_path / "run.arrow"
+    write(good)
+    data = good.read_bytes()
+    eos = data.rindex(b"\xff\xff\xff\xff\x00\x00\x00\x00")
+    cut = tmp_path / "run.arrow.partial"
+    cut.write_bytes(data[: eos + into])
+    reason = "the file is cut inside the end-of-stream marker after its last batch"
+    for command in ("info", "replay"):
+        assert run([command, str(cut)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == (
+            f"ebcap: error: {cut} is truncated ({reason}; every batch is whole): "
+            f"run `ebcap recover {cut} -o FIXED`\n"
+        )
+    fixed = tmp_path / "fixed.arrow"
+    assert run(["recover", str(cut), "-o", str(fixed)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"saved 3 batches, 30 rows (30 events) to {fixed} from the first {eos:,} "
+        f"of {eos + into:,} bytes",
+        f"damage starts at byte {eos:,}: {reason}",
+        "totals: kept from the end of the capture",
+        f"{cut} is unchanged and can now be removed",
+    ]

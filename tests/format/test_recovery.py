@@ -25,6 +25,7 @@ from ebcap.errors import (
 )
 from ebcap.format import CaptureReader, CaptureWriter, make_schema, recover
 from ebcap.format import schema as fs
+from ebcap.format.stream_end import EOS_MARKER, REASON_CUT_IN_EOS, REASON_NO_FOOTER
 
 SCHEMA = make_schema(
     [pa.field("pid", pa.uint32())], {fs.META_TRANSPORT: "perf", fs.META_SOURCE: "test"}
@@ -99,7 +100,8 @@ def test_every_cut_of_a_small_file(small: tuple[Path, bytes, pa.Table], tmp_path
             continue
         report = recover(cut_path, fixed, force=True)
         want_rows = sum(per_batch_rows[:complete])
-        assert (report.batches_saved, report.rows_saved) == (complete, want_rows), cut
+        with_rows = sum(1 for n in per_batch_rows[:complete] if n)  # the totals batch is not one
+        assert (report.batches_saved, report.rows_saved) == (with_rows, want_rows), cut
         assert report.damage_offset == ends[complete - 1] == report.bytes_used
         assert report.totals_present == (complete == 4)
         with CaptureReader(fixed) as reader:
@@ -165,7 +167,7 @@ def test_a_valid_file_is_copied(small: tuple[Path, bytes, pa.Table], tmp_path: P
     report = recover(path, tmp_path / "copy.arrow")
     assert report.complete and report.damage_offset is None
     assert report.reason == "the file is complete"
-    assert (report.batches_saved, report.rows_saved, report.events_saved) == (4, 6, 5)
+    assert (report.batches_saved, report.rows_saved, report.events_saved) == (3, 6, 5)
     with CaptureReader(path) as original, CaptureReader(tmp_path / "copy.arrow") as copy:
         assert copy.to_table().equals(table)
         assert copy.totals == original.totals
@@ -301,18 +303,73 @@ def test_union_columns_are_recovered(tmp_path: Path) -> None:
         assert reader.to_table().column("u").to_pylist() == [7, "x"]
 
 
-@pytest.mark.parametrize("into", [5, 6, 7])
+@pytest.mark.parametrize("into", range(1, len(EOS_MARKER) + 1))
 def test_a_cut_inside_the_end_of_stream_marker_is_named_so(
     small: tuple[Path, bytes, pa.Table], tmp_path: Path, into: int
 ) -> None:
-    """Not blamed on a batch 5 that never was: every batch, totals included, is saved."""
+    """Not blamed on a batch 5 that never was: after the batch carrying the totals the
+    writer puts only the marker, so even its first 0xFF bytes are the marker's. Every
+    batch, totals included, is saved; the reader says the same."""
     _, data, table = small
     _, ends = batch_ends(data)
+    assert data[ends[-1] : ends[-1] + len(EOS_MARKER)] == EOS_MARKER
     cut = tmp_path / "cut.partial"
     cut.write_bytes(data[: ends[-1] + into])
     report = recover(cut, tmp_path / "fixed.arrow")
-    assert report.reason == "the file is cut inside the end-of-stream marker after its last batch"
+    reason = REASON_NO_FOOTER if into == len(EOS_MARKER) else REASON_CUT_IN_EOS
+    assert report.reason == reason
+    assert report.damage_offset == ends[-1] and not report.skipped
+    assert report.totals_present and not report.totals_recomputed
+    assert (report.batches_saved, report.rows_saved) == (3, table.num_rows)
+    with CaptureReader(tmp_path / "fixed.arrow") as reader:
+        assert reader.to_table().equals(table)
+    with pytest.raises(TruncatedFileError) as info:
+        CaptureReader(cut)
+    assert str(info.value) == (
+        f"{cut} is truncated ({reason}; every batch is whole): run `ebcap recover {cut} -o FIXED`"
+    )
+
+
+@pytest.mark.parametrize("into", [1, 2, 3, 4, 5, 8, 100])
+def test_a_cut_inside_a_batch_of_events_is_still_a_cut_batch(
+    small: tuple[Path, bytes, pa.Table], tmp_path: Path, into: int
+) -> None:
+    """The same leading 0xFF bytes after a batch that does not carry the totals begin
+    the next batch: that batch is cut, and its rows are lost."""
+    _, data, table = small
+    _, ends = batch_ends(data)
+    assert data[ends[1] : ends[1] + 4] == b"\xff" * 4  # batch 3, two rows, begins so
+    cut = tmp_path / "cut.partial"
+    cut.write_bytes(data[: ends[1] + into])
+    report = recover(cut, tmp_path / "fixed.arrow")
+    assert report.reason.startswith("batch 3 (counting from 1) is cut short or corrupt (")
+    assert report.damage_offset == ends[1] and not report.totals_present
+    assert (report.batches_saved, report.rows_saved) == (2, 4)
+    with CaptureReader(tmp_path / "fixed.arrow") as reader:
+        assert reader.to_table().equals(table.slice(0, 4))
+    with pytest.raises(TruncatedFileError) as info:
+        CaptureReader(cut)
+    assert "(no Arrow footer; the capture did not finish)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "tail", [b"\x00", b"\xff\x00", b"\xff\xff\xff\xfe", b"\xff" * 5, b"\xff\xff\xff\xff\x00\x01"]
+)
+def test_other_bytes_after_the_totals_batch_are_damage(
+    small: tuple[Path, bytes, pa.Table], tmp_path: Path, tail: bytes
+) -> None:
+    """Only a prefix of the marker is the marker: anything else after the last batch is
+    damage, as before; the batches before it are saved all the same."""
+    _, data, table = small
+    _, ends = batch_ends(data)
+    cut = tmp_path / "cut.partial"
+    cut.write_bytes(data[: ends[-1]] + tail)
+    report = recover(cut, tmp_path / "fixed.arrow")
+    assert report.reason.startswith("batch 5 (counting from 1) is cut short or corrupt (")
     assert report.totals_present and report.rows_saved == table.num_rows
+    with pytest.raises(TruncatedFileError) as info:
+        CaptureReader(cut)
+    assert "(no Arrow footer; the capture did not finish)" in str(info.value)
 
 
 def test_recovering_a_recovered_file_keeps_its_marker(

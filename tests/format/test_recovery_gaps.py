@@ -86,7 +86,7 @@ def test_damaged_payload_in_a_middle_batch_costs_that_batch_only(
     bad.write_bytes(flip(data, spans[5][1] - 100))  # in batch 6's payload bytes
     report = recover(bad, tmp_path / "fixed.arrow")
     kept = [b for b in range(BATCHES) if b != 5]
-    assert report.batches_saved == BATCHES  # 14 data batches and the totals batch
+    assert report.batches_saved == BATCHES - 1  # 14 data batches; the totals batch is not one
     assert report.source_batches == BATCHES + 1
     assert report.rows_saved == len(kept) * PER_BATCH
     assert report.damage_offset == spans[5][0]
@@ -178,11 +178,11 @@ def test_two_damaged_batches_in_the_cli_summary(
     kept = [b for b in range(BATCHES) if b not in (4, 10)]
     events = sum(1 for k in rows_of(table, kept)["kind"].to_pylist() if k == fs.KIND_SAMPLE)
     assert capsys.readouterr().out.splitlines() == [
-        f"saved 14 of 16 batches, {len(kept) * PER_BATCH} rows ({events} events), "
+        f"saved 13 batches, {len(kept) * PER_BATCH} rows ({events} events), "
         f"to {fixed}; skipped 2 damaged batches:",
-        f"  skipped batch 5 of 16 ({PER_BATCH} rows, seq 160..199): "
+        f"  skipped batch 5 ({PER_BATCH} rows, seq 160..199): "
         "column 'data' does not match its checksum",
-        f"  skipped batch 11 of 16 ({PER_BATCH} rows, seq 400..439): "
+        f"  skipped batch 11 ({PER_BATCH} rows, seq 400..439): "
         "column 'data' does not match its checksum",
         "the saved file has a gap where each skipped batch was; "
         "its ebcap.recovered metadata lists them",
