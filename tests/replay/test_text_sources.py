@@ -18,7 +18,7 @@ from ebcap.replay.player import ReplayOptions, write_replay
 @pytest.mark.parametrize("order", ["arrival", "time"])
 def test_packet_rows_read_like_tcpdump(tmp_path: Path, order: str) -> None:
     packet_capture(tmp_path / "p.arrow")
-    assert PACKET_OFFSET == 28  # where the summary finds the packet: from the layout
+    assert PACKET_OFFSET == 32  # where the summary finds the packet: from the layout
     sink = Collect()
     with CaptureReader(tmp_path / "p.arrow") as reader:
         write_replay(reader, sink, ReplayOptions(order=order))
