@@ -65,6 +65,11 @@ JMP_OPS: Final[Mapping[str, int]] = MappingProxyType(
 )  # fmt: skip
 """Conditional jumps BPF_JEQ ... BPF_JSLE by lower-case name (unsigned unless 's')."""
 
+BPF_END: Final = 0xD0
+BPF_TO_BE: Final = 0x08
+"""Byte-order conversion (``BPF_ALU | BPF_END``): to big-endian, from this host's order."""
+ENDIAN_BITS: Final = (16, 32, 64)
+
 BPF_JA: Final = 0x00
 BPF_CALL: Final = 0x80
 BPF_EXIT: Final = 0x90
@@ -197,6 +202,13 @@ def mov64_reg(dst: int, src: int) -> Instruction:
 
 def add64_imm(dst: int, imm: int) -> Instruction:
     return alu64_imm("add", dst, imm)
+
+
+def to_be(dst: int, bits: int) -> Instruction:
+    """dst = htobe``bits``(dst), the upper bits cleared: a network-order field as a number."""
+    if bits not in ENDIAN_BITS:
+        raise UsageError(f"bad byte-order width {bits}; use 16, 32 or 64")
+    return Instruction(BPF_ALU | BPF_END | BPF_TO_BE, dst=dst, imm=bits)
 
 
 def ldx_mem(size: int, dst: int, src: int, off: int) -> Instruction:

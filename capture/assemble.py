@@ -2,8 +2,9 @@
 
 The readers know rings, not sources; the sources know payloads, not files.
 This is where the two meet: arrival numbering (``seq``), the drain ``round``,
-``ts_ns``/``cpu`` taken from the payload where the layout carries them, the
-source's decoded columns, and ``lost`` rows for drops counted inside BPF.
+the payloads as the source completes them, ``ts_ns``/``cpu`` taken from the
+payload where the layout carries them, the source's decoded columns, and
+``lost`` rows for drops counted inside BPF.
 Everything is vectorised over the batch.
 """
 
@@ -45,6 +46,7 @@ class RowAssembler:
         n = len(batch)
         if n == 0:
             return None
+        batch = self.source.stored_payloads(batch)
         cpu = batch.cpu.astype(np.uint16, copy=True)
         ts = batch.ts_ns.astype(np.uint64, copy=True)
         is_sample = batch.kind == KIND_SAMPLE_CODE

@@ -1,4 +1,4 @@
-"""Packet events to columns: Ethernet, VLAN tags, IPv4/IPv6 addresses, protocol, ports.
+"""Packet events to columns: Ethernet, VLAN id, IPv4/IPv6 addresses, protocol, ports.
 
 Vectorised over a batch with numpy: header offsets are computed per row, so
 VLAN tags and IPv4 options need no per-packet Python. A header counts only
@@ -25,6 +25,7 @@ from ebcap.format.packet_headers import (
     IPPROTO_UDPLITE,
     PacketBytes,
     network_header,
+    outer_vlan_id,
 )
 
 _PORTED: Final = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_UDPLITE)
@@ -51,6 +52,7 @@ PACKET_FIELDS: Final = (
     pa.field("pkt_len", pa.uint32()),
     pa.field("cap_len", pa.uint32()),
     pa.field("ethertype", pa.uint16()),
+    pa.field("vlan_id", pa.uint16()),
     pa.field("src_addr", pa.string()),
     pa.field("dst_addr", pa.string()),
     pa.field("ip_proto", pa.uint8()),
@@ -61,7 +63,8 @@ PACKET_FIELDS: Final = (
 
 
 def decode_packets(events: np.ndarray, rx_queue: RxQueue = RxQueue.AS_IS) -> dict[str, pa.Array]:
-    """Columns for packet events: Ethernet (with up to two VLAN tags), IPv4/IPv6, ports.
+    """Columns for packet events: Ethernet (with up to two VLAN tags, the outer one's id),
+    IPv4/IPv6, ports.
 
     A header counts only if its bytes were captured (``cap_len``); IPv6
     extension headers are not followed (``ip_proto`` is the first next header).
@@ -72,6 +75,7 @@ def decode_packets(events: np.ndarray, rx_queue: RxQueue = RxQueue.AS_IS) -> dic
     u8, be16 = packet.u8, packet.be16
     has_eth = avail >= ETH_HLEN
     ethertype, l3 = network_header(packet, avail)
+    vlan_id, tagged = outer_vlan_id(packet, avail)
     ipv4 = has_eth & (ethertype == ETH_P_IP) & (avail >= l3 + 20) & (u8(l3) >> 4 == 4)
     ipv6 = has_eth & (ethertype == ETH_P_IPV6) & (avail >= l3 + 40)
     proto = np.where(ipv4, u8(l3 + 9), np.where(ipv6, u8(l3 + 6), 0))
@@ -87,6 +91,7 @@ def decode_packets(events: np.ndarray, rx_queue: RxQueue = RxQueue.AS_IS) -> dic
         "pkt_len": pa.array(events["pkt_len"].astype(np.uint32)),
         "cap_len": pa.array(events["cap_len"].astype(np.uint32)),
         "ethertype": pa.array(ethertype.astype(np.uint16), mask=~has_eth),
+        "vlan_id": pa.array(vlan_id.astype(np.uint16), mask=~tagged),
         "src_addr": _addresses(head, l3, ipv4, ipv6, 12, 8),
         "dst_addr": _addresses(head, l3, ipv4, ipv6, 16, 24),
         "ip_proto": pa.array(proto.astype(np.uint8), mask=~(ipv4 | ipv6)),

@@ -3,7 +3,9 @@
 ``XdpSource`` attaches the XDP program in native (driver) or generic (skb)
 mode; ``TcSource`` adds a direct-action bpf filter on the clsact qdisc's
 ingress or egress hook, adding the qdisc only if the interface has none.
-Both programs only observe (see :mod:`ebcap.bpf.programs.packet`). The
+Both programs only observe (see :mod:`ebcap.bpf.programs.packet`); tc
+frames get back the VLAN tag the kernel had taken out
+(:mod:`ebcap.capture.vlan_tags`). The
 netlink operations are in :mod:`ebcap.capture.netlink_hooks`; who owns an
 attachment, and removing what a killed ebcap left, in
 :mod:`ebcap.capture.leftovers` (a start also clears the leftovers of its own
@@ -28,9 +30,11 @@ from ebcap.bpf.prog import Program
 from ebcap.bpf.programs import packet as program
 from ebcap.capture import leftovers
 from ebcap.capture import netlink_hooks as hooks
+from ebcap.capture.batch import EventBatch
 from ebcap.capture.layout import PayloadLayout
 from ebcap.capture.packet_decode import PACKET_FIELDS, RxQueue, decode_packets
 from ebcap.capture.sources import KernelSide, Source, create_counter_map, create_events_map
+from ebcap.capture.vlan_tags import reinsert_tags
 from ebcap.errors import KernelError, NotSupportedError, UsageError
 from ebcap.format.pcapng import SNAPLEN_KEY
 
@@ -265,6 +269,10 @@ class TcSource(PacketSource):
         self.direction = direction
         self.rx_queue = RxQueue.RECORDED_PLUS_ONE if direction == "ingress" else RxQueue.NONE
         self.spec = f"tc:{iface}:{direction}"
+
+    def stored_payloads(self, batch: EventBatch) -> EventBatch:
+        """Frames as on the wire: the VLAN tag the kernel had taken out is put back."""
+        return reinsert_tags(batch, self.snaplen)
 
     def _prepare(self, ipr: IPRoute, index: int) -> None:
         for note in leftovers.remove_tc_leftovers(ipr, index, self.iface):

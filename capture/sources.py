@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from ebcap.bpf import _sys, cpus, fs
 from ebcap.bpf.maps import Map, map_type_name
+from ebcap.capture.batch import EventBatch
 from ebcap.capture.layout import PayloadLayout
 from ebcap.errors import BpfObjectNotFoundError, NotSupportedError, UsageError
 
@@ -62,6 +63,11 @@ class Source(ABC):
     def decode(self, events: np.ndarray) -> dict[str, pa.Array]:
         """Decoded columns for a structured array of this source's payloads."""
         return self.layout.decode(events) if self.layout else {}
+
+    def stored_payloads(self, batch: EventBatch) -> EventBatch:
+        """The batch as the file keeps it, before decoding: a source may complete what its
+        program could not write (tc puts back the VLAN tags the kernel took out)."""
+        return batch
 
     @abstractmethod
     def start(self, transport: str, buffer_bytes: int, stack: ExitStack) -> KernelSide:

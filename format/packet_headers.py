@@ -24,6 +24,8 @@ ETH_P_8021Q: Final = 0x8100
 ETH_P_8021AD: Final = 0x88A8
 VLAN_TYPES: Final = (ETH_P_8021Q, ETH_P_8021AD)
 VLAN_HLEN: Final = 4
+VLAN_VID_MASK: Final = 0x0FFF
+"""The VLAN id bits of a tag's TCI (the rest: priority and DEI)."""
 MAX_VLAN_TAGS: Final = 2
 IPPROTO_ICMP: Final = 1
 IPPROTO_TCP: Final = 6
@@ -49,6 +51,14 @@ class PacketBytes:
 
     def be16(self, at: np.ndarray) -> np.ndarray:
         return (self.u8(at) << 8) | self.u8(at + 1)
+
+
+def outer_vlan_id(packet: PacketBytes, avail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(VLAN id, whether there is one) of each packet's outer 802.1Q/802.1ad tag, where
+    the tag was captured (``avail``: bytes captured per packet)."""
+    tagged = np.isin(packet.be16(np.full(len(packet.head), ETH_HLEN - 2)), VLAN_TYPES)
+    tagged &= avail >= ETH_HLEN + VLAN_HLEN
+    return packet.be16(np.full(len(packet.head), ETH_HLEN)) & VLAN_VID_MASK, tagged
 
 
 def network_header(packet: PacketBytes, avail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

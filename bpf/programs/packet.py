@@ -4,13 +4,22 @@ Both write the same event, built in a per-CPU scratch slot (a snapshot can be
 larger than the 512-byte BPF stack)::
 
     u64 ts_ns; u32 cpu; u32 ifindex; u32 queue; u32 pkt_len; u32 cap_len;
+    u16 vlan_proto; u16 vlan_tci;
     u8  packet[max(cap_len, PACKET_HEAD_BYTES)];
 
 ``cap_len = min(pkt_len, snaplen)`` bytes are copied with
 ``bpf_xdp_load_bytes`` / ``bpf_skb_load_bytes`` (which also read paged
 fragments, unlike direct packet access). The first :data:`PACKET_HEAD_BYTES`
 are always sent, zero-filled past ``cap_len``, so every event has a fixed
-part to decode headers from; the event is ``28 + max(cap_len, 96)`` bytes.
+part to decode headers from; the event is ``32 + max(cap_len, 96)`` bytes.
+
+``vlan_proto``/``vlan_tci`` are the outer VLAN tag the kernel took out of the
+frame into the skb before tc saw it (``__sk_buff`` ``vlan_present``,
+``vlan_proto``, ``vlan_tci``; 0 and 0 when none): every tagged frame on
+ingress, and on egress through a device that inserts tags itself (veth
+too). ``pkt_len`` and ``packet`` are the skb's, without the tag; the recorder
+puts it back (:mod:`ebcap.capture.vlan_tags`). XDP sees tags in the frame and
+writes 0 there.
 
 ``queue`` is what the hook offers, as is: XDP's ``rx_queue_index``; tc's
 ``skb->queue_mapping``, which on ingress holds the rx queue + 1 (0: none
@@ -44,6 +53,7 @@ from ebcap.bpf.asm import (
     R7,
     R8,
     R9,
+    H,
     Instruction,
     Item,
     W,
@@ -60,6 +70,7 @@ from ebcap.bpf.asm import (
     resolve,
     st_mem,
     stx_mem,
+    to_be,
 )
 from ebcap.bpf.programs.common import check_transport, increment_counter
 from ebcap.errors import UsageError
@@ -78,6 +89,10 @@ XDP_MD_RX_QUEUE_INDEX: Final = 16
 # struct __sk_buff
 SKB_LEN: Final = 0
 SKB_QUEUE_MAPPING: Final = 12
+SKB_VLAN_PRESENT: Final = 20
+SKB_VLAN_TCI: Final = 24
+SKB_VLAN_PROTO: Final = 28
+"""``skb->vlan_proto`` as stored: network byte order in the low 16 bits."""
 SKB_IFINDEX: Final = 40
 
 PACKET_HEAD_BYTES: Final = 96
@@ -94,13 +109,15 @@ PACKET_EVENT: Final = np.dtype(
         ("queue", "<u4"),  # XDP: rx_queue_index; tc: skb->queue_mapping
         ("pkt_len", "<u4"),  # bytes on the wire (XDP: all fragments)
         ("cap_len", "<u4"),  # bytes copied: min(pkt_len, snaplen)
+        ("vlan_proto", "<u2"),  # tc: TPID of the tag the kernel took out (0: none)
+        ("vlan_tci", "<u2"),  # tc: its TCI (priority, DEI, VLAN id)
         ("packet", "u1", (PACKET_HEAD_BYTES,)),  # the first bytes, zero past cap_len
     ]
 )
 """The fixed part of a packet event, packed little-endian: its one definition.
 The bytes past ``packet`` (up to ``cap_len``) follow it in the payload."""
 
-PACKET_OFFSET: Final = PACKET_EVENT.itemsize - PACKET_HEAD_BYTES  # 28
+PACKET_OFFSET: Final = PACKET_EVENT.itemsize - PACKET_HEAD_BYTES  # 32
 HOOK_XDP: Final = "xdp"
 HOOK_TC: Final = "tc"
 
@@ -127,6 +144,22 @@ def check_snaplen(snaplen: int) -> int:
 def scratch_size(snaplen: int) -> int:
     """Value size of the scratch map: the header and ``snaplen`` packet bytes."""
     return PACKET_OFFSET + max(check_snaplen(snaplen), PACKET_HEAD_BYTES)
+
+
+def _skb_vlan_tag() -> list[Item]:
+    """Store the tag the kernel took out of the frame (0, 0 when none). R1-R3 clobbered."""
+    return [
+        mov64_imm(R2, 0),
+        mov64_imm(R3, 0),
+        ldx_mem(W, R1, R6, SKB_VLAN_PRESENT),
+        jmp_imm("jeq", R1, 0, "no_tag"),
+        ldx_mem(W, R2, R6, SKB_VLAN_TCI),
+        ldx_mem(W, R3, R6, SKB_VLAN_PROTO),
+        to_be(R3, 16),  # the TPID as a number: 0x8100, 0x88a8
+        label("no_tag"),
+        stx_mem(H, R7, R3, _at("vlan_proto")),
+        stx_mem(H, R7, R2, _at("vlan_tci")),
+    ]
 
 
 def _emit_sized(transport: str, events_map_fd: int, drops_map_fd: int) -> list[Item]:
@@ -169,6 +202,7 @@ def build_packet_program(
     ``scratch_map_fd`` is a one-slot PERCPU_ARRAY of :func:`scratch_size` bytes.
     """
     check_snaplen(snaplen)
+    meta: list[Item]
     if hook == HOOK_XDP:
         verdict = XDP_PASS
         meta = [
@@ -176,6 +210,7 @@ def build_packet_program(
             stx_mem(W, R7, R1, _at("ifindex")),
             ldx_mem(W, R1, R6, XDP_MD_RX_QUEUE_INDEX),
             stx_mem(W, R7, R1, _at("queue")),
+            st_mem(W, R7, _at("vlan_proto"), 0),  # and vlan_tci: tags are in the frame
             mov64_reg(R1, R6),
             call(BPF_FUNC_xdp_get_buff_len),
             mov64_reg(R8, R0),
@@ -188,6 +223,7 @@ def build_packet_program(
             stx_mem(W, R7, R1, _at("ifindex")),
             ldx_mem(W, R1, R6, SKB_QUEUE_MAPPING),
             stx_mem(W, R7, R1, _at("queue")),
+            *_skb_vlan_tag(),
             ldx_mem(W, R8, R6, SKB_LEN),
         ]
         load = BPF_FUNC_skb_load_bytes

@@ -34,6 +34,7 @@ from ebcap.bpf.asm import (
     resolve,
     st_mem,
     stx_mem,
+    to_be,
 )
 from ebcap.errors import UsageError
 
@@ -60,6 +61,7 @@ def test_return_zero() -> None:
         (call("BPF_FUNC_perf_event_output"), "8500 0000 19000000"),
         (call("BPF_FUNC_ringbuf_reserve"), "8500 0000 83000000"),
         (call(5), "8500 0000 05000000"),
+        (to_be(R3, 16), "dc03 0000 10000000"),
     ],
 )
 def test_single_slot_encodings(insn: Instruction, encoding: str) -> None:
@@ -126,6 +128,7 @@ def test_unresolved_jump_cannot_be_encoded() -> None:
         lambda: jmp_imm("jbetween", R0, 1, "x"),
         lambda: call("BPF_FUNC_no_such_helper"),
         lambda: ld_imm64(R0, 1 << 64),
+        lambda: to_be(R0, 8),
     ],
 )
 def test_bad_operands_are_usage_errors(build: object) -> None:

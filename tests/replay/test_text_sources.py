@@ -18,12 +18,16 @@ from ebcap.replay.player import ReplayOptions, write_replay
 @pytest.mark.parametrize("order", ["arrival", "time"])
 def test_packet_rows_read_like_tcpdump(tmp_path: Path, order: str) -> None:
     packet_capture(tmp_path / "p.arrow")
-    assert PACKET_OFFSET == 28  # where the summary finds the packet: from the layout
+    assert PACKET_OFFSET == 32  # where the summary finds the packet: from the layout
     sink = Collect()
     with CaptureReader(tmp_path / "p.arrow") as reader:
         write_replay(reader, sink, ReplayOptions(order=order))
     bodies = [parse(line)["body"] for line in sink.lines()]
-    expected = [f"{summary} ifindex=3 rx_queue=0" for *_, summary in FRAMES]
+    tagged = [frame[12:14] == b"\x81\x00" for frame, *_ in FRAMES]  # VLAN 100
+    expected = [
+        f"{summary} ifindex=3 rx_queue=0 vlan_id={100 if vlan else '-'}"
+        for vlan, (*_, summary) in zip(tagged, FRAMES, strict=True)
+    ]
     expected.insert(LOST_AT, "*** CPU 0 lost 7 events ***")
     assert bodies == expected
 
@@ -136,10 +140,10 @@ def test_packets_without_lengths_say_unknown(tmp_path: Path) -> None:
         write_replay(reader, sink, ReplayOptions())
     bodies = [parse(line)["body"] for line in sink.lines()]
     assert bodies[1] == (
-        "IPv4 198.51.100.1.51234 > 198.51.100.2.443: TCP, frame 98 ifindex=3 rx_queue=0"
+        "IPv4 198.51.100.1.51234 > 198.51.100.2.443: TCP, frame 98 ifindex=3 rx_queue=0 vlan_id=-"
     )  # no cap_len: the flags, read from the captured bytes, are unknown
     assert bodies[2] == (
         "IPv4 198.51.100.1.5353 > 198.51.100.2.53: UDP, frame length unknown (captured 128), "
-        "fragment id 4660 at 0 (more follow) ifindex=3 rx_queue=0"
+        "fragment id 4660 at 0 (more follow) ifindex=3 rx_queue=0 vlan_id=-"
     )
-    assert bodies[6].endswith(", frame 118 ifindex=- rx_queue=0")
+    assert bodies[6].endswith(", frame 118 ifindex=- rx_queue=0 vlan_id=-")

@@ -4,7 +4,9 @@ Addresses come from 198.51.100.0/24 (a documentation range): one free /30
 per pair, so concurrent test runs do not collide. (192.0.2.0/24 is not used
 on the host side: this machine's own uplink sits in it.) IPv6 is off on both
 ends and the neighbours are static, so the only packets on the link are the
-ones a test sends (no router solicitations, no ARP).
+ones a test sends (no router solicitations, no ARP). :func:`send_frames`
+writes whole frames (:func:`tagged_udp_frame`: VLAN-tagged) onto the link
+through a packet socket, which needs no VLAN device in the kernel.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -140,4 +143,48 @@ def send_udp(
         {"netns": netns, "src": src, "dst": dst, "sport": sport, "dport": dport, "sizes": sizes}
     )
     subprocess.run([sys.executable, "-c", _SENDER, spec], check=True)
+    time.sleep(0.05)
+
+
+ETH_P_8021Q = 0x8100
+ETH_P_IP = 0x0800
+
+_FRAME_SENDER = textwrap.dedent(
+    """
+    import json, socket, sys
+    spec = json.loads(sys.argv[1])
+    from pyroute2 import netns
+    netns.setns(spec["netns"], flags=0)
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((spec["iface"], 0))
+    for frame in spec["frames"]:
+        s.send(bytes.fromhex(frame))
+    """
+)
+
+
+def _ip_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+
+
+def tagged_udp_frame(
+    pair: VethPair, tci: int, sport: int, dport: int, data: bytes, tpid: int = ETH_P_8021Q
+) -> bytes:
+    """A frame from the peer to the host end: an outer tag, IPv4 (peer_ip > host_ip), UDP."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+    src, dst = socket.inet_aton(pair.peer_ip), socket.inet_aton(pair.host_ip)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0, src, dst)
+    header = header[:10] + struct.pack("!H", _ip_checksum(header)) + header[12:]
+    macs = bytes.fromhex(pair.host_mac.replace(":", "") + pair.peer_mac.replace(":", ""))
+    return macs + struct.pack("!HHH", tpid, tci, ETH_P_IP) + header + udp
+
+
+def send_frames(pair: VethPair, frames: list[bytes]) -> None:
+    """Write ``frames`` as they are onto the peer end (inside the pair's namespace)."""
+    spec = json.dumps(
+        {"netns": pair.netns, "iface": pair.peer, "frames": [f.hex() for f in frames]}
+    )
+    subprocess.run([sys.executable, "-c", _FRAME_SENDER, spec], check=True)
     time.sleep(0.05)

@@ -325,12 +325,23 @@ def test_packet_headers() -> None:
         "192.0.2.4",
         "2001:db8::1",
     ]
+    assert columns["vlan_id"] == [None, None, None, 100, 100, None, None, None, None, None, None]
     assert columns["ip_proto"] == [17, 6, 17, 17, 6, None, 1, 17, None, None, 6]
     assert columns["src_port"] == [53, 443, 5353, 1, 22, None, None, None, None, None, None]
     assert columns["dst_port"] == [40000, 1, 5353, 2, 50000, None, None, None, None, None, None]
     assert columns["pkt_len"] == [len(f) for f in frames]
     assert columns["cap_len"] == [min(len(f), c) for f, c in zip(frames, caps, strict=True)]
     assert set(columns["ifindex"]) == {7}
+
+
+def test_vlan_id_is_the_outer_tags_without_its_priority() -> None:
+    """The outer tag's 12 id bits (priority and DEI left out); null where the tag was not
+    captured whole."""
+    frame = eth(0x0800) + ipv4(17, "192.0.2.1", "192.0.2.2", ports(1, 2))
+    tagged = frame[:12] + struct.pack(">HH", 0x88A8, 7 << 13 | 1 << 12 | 4094) + frame[12:]
+    columns = decode_packets(packet_events([tagged, tagged], [99, 17]))
+    assert columns["vlan_id"].to_pylist() == [4094, None]
+    assert columns["ethertype"].to_pylist() == [0x0800, 0x88A8]
 
 
 def test_rx_queue_means_the_receive_queue_at_every_hook() -> None:

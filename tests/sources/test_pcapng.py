@@ -133,6 +133,30 @@ def test_batches_stream_into_one_file() -> None:
     assert [b for _, b in read_with_dpkt(out.getvalue()).packets] == frames
 
 
+def test_files_of_the_older_packet_layout_export_as_before() -> None:
+    """Before ``vlan_proto``/``vlan_tci``, packets started at offset 28: the layout says so."""
+    meta = _layout_meta(XdpSource("veth7", snaplen=128))
+    fields = meta[s.META_SOURCE_LAYOUT]["fields"]
+    meta[s.META_SOURCE_LAYOUT]["fields"] = [
+        {**f, "offset": 28} if f["name"] == "packet" else f
+        for f in fields
+        if f["name"] not in ("vlan_proto", "vlan_tci")
+    ]
+    frame = bytes(range(60))
+    rows = pa.table(
+        {
+            "ts_ns": pa.array([5], pa.uint64()),
+            "data": pa.array([bytes(28) + frame + bytes(36)], pa.binary()),
+            "ifindex": pa.array([3], pa.uint32()),
+            "pkt_len": pa.array([60], pa.uint32()),
+            "cap_len": pa.array([60], pa.uint32()),
+        }
+    )
+    out = io.BytesIO()
+    assert write_pcapng(rows, meta, out) == 1
+    assert [b for _, b in read_with_dpkt(out.getvalue()).packets] == [frame]
+
+
 def test_write_pcapng_refuses_other_captures() -> None:
     with pytest.raises(UsageError, match="did not record packets"):
         write_pcapng(pa.table({"ts_ns": [1]}), {s.META_SOURCE: "syscalls"}, io.BytesIO())
