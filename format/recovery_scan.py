@@ -27,13 +27,7 @@ from ebcap.format import schema as fs
 from ebcap.format.batch_checks import BatchCheck, batch_label
 from ebcap.format.conform import conform_batch
 from ebcap.format.file_checks import ARROW_MAGIC_PADDED, DAMAGE_ERRORS, check_schema, one_line
-from ebcap.format.stream_end import (
-    EOS_MARKER,
-    REASON_CUT_AT_BOUNDARY,
-    REASON_CUT_IN_EOS,
-    REASON_NO_FOOTER,
-    cut_in_eos,
-)
+from ebcap.format.stream_end import EOS_MARKER, REASON_CUT_AT_BOUNDARY, whole_stream_end
 
 BatchShape = tuple[int | None, int]
 """A batch's first ``seq`` (None when empty) and row count."""
@@ -124,15 +118,15 @@ class StreamScan:
             try:
                 batch, custom = self._stream.read_next_batch_with_custom_metadata()
             except StopIteration:
-                self.reached_eos = bytes(self._mm.read_at(len(EOS_MARKER), self.end)) == EOS_MARKER
-                self.reason = REASON_NO_FOOTER if self.reached_eos else REASON_CUT_AT_BOUNDARY
+                rest = bytes(self._mm.read_at(len(EOS_MARKER), self.end))
+                self.reached_eos = rest == EOS_MARKER
+                end = whole_stream_end(rest, self._after_totals)
+                self.reason = end or REASON_CUT_AT_BOUNDARY
                 return
             except DAMAGE_ERRORS as exc:
                 rest = bytes(self._mm.read_at(len(EOS_MARKER), self.end))
-                if cut_in_eos(rest, self._after_totals):
-                    self.reason = REASON_CUT_IN_EOS
-                else:
-                    self.reason = f"{label} is cut short or corrupt ({one_line(exc)})"
+                end = whole_stream_end(rest, self._after_totals)
+                self.reason = end or f"{label} is cut short or corrupt ({one_line(exc)})"
                 return
             problem = self._judge.problem(batch, custom)
             if problem:

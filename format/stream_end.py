@@ -30,22 +30,28 @@ _CONTINUATION: Final = 4
 REASON_NO_FOOTER: Final = "the stream ends cleanly but the footer is missing"
 REASON_CUT_AT_BOUNDARY: Final = "the file ends between two batches"
 REASON_CUT_IN_EOS: Final = "the file is cut inside the end-of-stream marker after its last batch"
+REASON_CUT_BEFORE_EOS: Final = "the file ends after its last batch, before the end-of-stream marker"
 
 
-def cut_in_eos(rest: bytes, after_totals: bool) -> bool:
-    """Whether ``rest``, what follows the last whole message up to the end of the file,
-    is the end-of-stream marker cut short.
+def whole_stream_end(rest: bytes, after_totals: bool) -> str | None:
+    """How the stream ends when ``rest`` (up to 8 bytes after the last whole message)
+    holds no message: a REASON_* whose batches are all whole, or None (one was cut).
 
-    ``after_totals``: that message is an intact batch carrying the totals.
+    ``after_totals``: that message is an intact batch carrying the totals, the writer's
+    last batch.
     """
-    if not 0 < len(rest) < len(EOS_MARKER) or not EOS_MARKER.startswith(rest):
-        return False
-    return after_totals or len(rest) > _CONTINUATION
+    if rest == EOS_MARKER:
+        return REASON_NO_FOOTER
+    if not EOS_MARKER.startswith(rest):
+        return None
+    if not rest:
+        return REASON_CUT_BEFORE_EOS if after_totals else None
+    return REASON_CUT_IN_EOS if after_totals or len(rest) > _CONTINUATION else None
 
 
 def footerless_end(path: Path, data: pa.Buffer) -> str | None:
-    """:data:`REASON_NO_FOOTER` or :data:`REASON_CUT_IN_EOS` when the stream of
-    ``data``, a file without its footer, holds every batch whole; None otherwise.
+    """The reason :func:`whole_stream_end` gives when the stream of ``data``, a file
+    without its footer, holds every batch whole; None otherwise.
 
     Only message headers are walked (bodies are slices of ``data``); the last
     batch is decoded only when 1-4 bytes of 0xFF follow it.
@@ -72,7 +78,7 @@ def footerless_end(path: Path, data: pa.Buffer) -> str | None:
     if rest == EOS_MARKER:
         return REASON_NO_FOOTER
     after_totals = last is not None and _carries_totals(path, leading, last)
-    return REASON_CUT_IN_EOS if cut_in_eos(rest, after_totals) else None
+    return whole_stream_end(rest, after_totals)
 
 
 def _carries_totals(path: Path, leading: list[pa.ipc.Message], last: pa.ipc.Message) -> bool:

@@ -25,7 +25,13 @@ from ebcap.errors import (
 )
 from ebcap.format import CaptureReader, CaptureWriter, make_schema, recover
 from ebcap.format import schema as fs
-from ebcap.format.stream_end import EOS_MARKER, REASON_CUT_IN_EOS, REASON_NO_FOOTER
+from ebcap.format.stream_end import (
+    EOS_MARKER,
+    REASON_CUT_AT_BOUNDARY,
+    REASON_CUT_BEFORE_EOS,
+    REASON_CUT_IN_EOS,
+    REASON_NO_FOOTER,
+)
 
 SCHEMA = make_schema(
     [pa.field("pid", pa.uint32())], {fs.META_TRANSPORT: "perf", fs.META_SOURCE: "test"}
@@ -303,20 +309,23 @@ def test_union_columns_are_recovered(tmp_path: Path) -> None:
         assert reader.to_table().column("u").to_pylist() == [7, "x"]
 
 
-@pytest.mark.parametrize("into", range(1, len(EOS_MARKER) + 1))
+@pytest.mark.parametrize("into", range(len(EOS_MARKER) + 1))
 def test_a_cut_inside_the_end_of_stream_marker_is_named_so(
     small: tuple[Path, bytes, pa.Table], tmp_path: Path, into: int
 ) -> None:
     """Not blamed on a batch 5 that never was: after the batch carrying the totals the
-    writer puts only the marker, so even its first 0xFF bytes are the marker's. Every
-    batch, totals included, is saved; the reader says the same."""
+    writer puts only the marker, so even its first 0xFF bytes are the marker's, and a
+    file that ends right after that batch lost nothing either. Every batch, totals
+    included, is saved; the reader says the same."""
     _, data, table = small
     _, ends = batch_ends(data)
     assert data[ends[-1] : ends[-1] + len(EOS_MARKER)] == EOS_MARKER
     cut = tmp_path / "cut.partial"
     cut.write_bytes(data[: ends[-1] + into])
     report = recover(cut, tmp_path / "fixed.arrow")
-    reason = REASON_NO_FOOTER if into == len(EOS_MARKER) else REASON_CUT_IN_EOS
+    reason = {0: REASON_CUT_BEFORE_EOS, len(EOS_MARKER): REASON_NO_FOOTER}.get(
+        into, REASON_CUT_IN_EOS
+    )
     assert report.reason == reason
     assert report.damage_offset == ends[-1] and not report.skipped
     assert report.totals_present and not report.totals_recomputed
@@ -344,6 +353,25 @@ def test_a_cut_inside_a_batch_of_events_is_still_a_cut_batch(
     report = recover(cut, tmp_path / "fixed.arrow")
     assert report.reason.startswith("batch 3 (counting from 1) is cut short or corrupt (")
     assert report.damage_offset == ends[1] and not report.totals_present
+    assert (report.batches_saved, report.rows_saved) == (2, 4)
+    with CaptureReader(tmp_path / "fixed.arrow") as reader:
+        assert reader.to_table().equals(table.slice(0, 4))
+    with pytest.raises(TruncatedFileError) as info:
+        CaptureReader(cut)
+    assert "(no Arrow footer; the capture did not finish)" in str(info.value)
+
+
+def test_a_file_ending_between_batches_of_events_lost_the_rest(
+    small: tuple[Path, bytes, pa.Table], tmp_path: Path
+) -> None:
+    """Ending right after a batch that does not carry the totals is not the clean end
+    that ending after the totals batch is: what came after is gone."""
+    _, data, table = small
+    _, ends = batch_ends(data)
+    cut = tmp_path / "cut.partial"
+    cut.write_bytes(data[: ends[1]])
+    report = recover(cut, tmp_path / "fixed.arrow")
+    assert report.reason == REASON_CUT_AT_BOUNDARY and not report.totals_present
     assert (report.batches_saved, report.rows_saved) == (2, 4)
     with CaptureReader(tmp_path / "fixed.arrow") as reader:
         assert reader.to_table().equals(table.slice(0, 4))
