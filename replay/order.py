@@ -406,16 +406,34 @@ class _Window:
 
     def _take(self, positions: np.ndarray) -> pa.Table:
         table = pa.Table.from_batches(self.batches, schema=self.schema)
-        merged = [f.name for f in self.schema if merged_by_concatenation(f)]
-        if not merged:
+        empty = self._null_columns()
+        merged = {i for i, f in enumerate(self.schema) if merged_by_concatenation(f)} - empty
+        if not merged and not empty:
             return table.take(pa.array(positions, pa.int64()))
-        taken = table.drop_columns(merged).take(pa.array(positions, pa.int64()))
-        for name in merged:
-            index = self.schema.get_field_index(name)
+        apart = sorted(merged | empty)
+        kept = table.drop_columns([self.schema.field(i).name for i in apart])
+        taken = kept.take(pa.array(positions, pa.int64()))
+        for index in apart:  # in schema order, so each goes back where it was
             field = self.schema.field(index)
-            column = gathered_dictionary(field, [b.column(index) for b in self.batches], positions)
+            if index in empty:
+                column = pa.nulls(len(positions), field.type)
+            else:
+                columns = [b.column(index) for b in self.batches]
+                column = gathered_dictionary(field, columns, positions)
             taken = taken.add_column(index, field, column)
         return taken
+
+    def _null_columns(self) -> set[int]:
+        """The columns null in every held batch (a text replay's body columns, where the
+        bodies were made before the sort): made again, not copied row by row."""
+        if not self.batch_rows:
+            return set()
+        batches = self.batches
+        return {
+            index
+            for index, field in enumerate(self.schema)
+            if field.nullable and all(b.column(index).null_count == b.num_rows for b in batches)
+        }
 
     def _keep(self, held: np.ndarray) -> None:
         """Hold only the rows where ``held`` is set; let go of batches no longer needed."""

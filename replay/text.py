@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from ebcap.errors import UsageError
 from ebcap.format import schema as fs
 from ebcap.format.schema import KIND_LOST_CODE
+from ebcap.replay.bodies import Bodies
 from ebcap.replay.display import common_form, value_strings
 from ebcap.replay.hexfmt import bytes_hex, payload_lengths, u64_hex_columns
 from ebcap.replay.lines import (
@@ -50,7 +51,6 @@ from ebcap.replay.lines import (
     zero_padded,
 )
 from ebcap.replay.packets import SUMMARISED, PacketSummaries, is_packet_capture
-from ebcap.replay.repeats import distinct_rows
 
 ARRIVAL: Final = "arrival"
 TIME: Final = "time"
@@ -63,9 +63,6 @@ SYSCALL_ARGS: Final = tuple(f"arg{i}" for i in range(6))
 
 _LINE_COLUMNS: Final = frozenset({"seq", "cpu", "ts_ns", "kind", "lost"})
 """What every line shows before its body (the time, CPU and seq) or instead of it (loss)."""
-
-BODY_FIELD: Final = pa.field("__ebcap_body", pa.dictionary(pa.int32(), pa.string()), False)
-"""The text of each row's body, where :meth:`TextFormatter.prepare` made it in advance."""
 
 _RESET: Final = "\x1b[0m"
 _DIM: Final = "\x1b[2m"
@@ -198,6 +195,8 @@ class TextFormatter:
         elif self.packets is not None:
             hidden = set(SUMMARISED)
         self.field_columns: Sequence[str] = [name for name in extra if name not in hidden]
+        shown = [name for name in self.columns if name not in _LINE_COLUMNS]
+        self.bodies = Bodies(shown, self.field_columns, self._sample_body)
 
     def set_origin(self, ts_ns: int) -> None:
         """Times are printed relative to this timestamp (the replay's first row)."""
@@ -246,39 +245,17 @@ class TextFormatter:
         return join_lines(pieces, count)
 
     def prepare(self, rows: pa.RecordBatch) -> pa.RecordBatch:
-        """``rows`` with the columns of the body replaced by the body's text, dictionary-coded.
+        """``rows`` with their bodies made in advance, where that keeps the text bounded.
 
         Applied before the time sort: the sort then moves one small index per
-        row instead of every column the body shows.
+        row instead of every column the body shows (:mod:`~ebcap.replay.bodies`).
         """
-        dictionary, index = self._body_text(rows)
-        if index is None:
-            index = np.arange(rows.num_rows)
-        body = pa.DictionaryArray.from_arrays(
-            pa.array(index, pa.int32()), dictionary.cast(pa.string())
-        )
-        kept = [name for name in rows.schema.names if name not in self._body_columns()]
-        return rows.select(kept).append_column(BODY_FIELD, body)
-
-    def _body_columns(self) -> list[str]:
-        return [name for name in self.columns if name not in _LINE_COLUMNS]
-
-    def _body_text(self, rows: pa.RecordBatch) -> tuple[pa.Array, np.ndarray | None]:
-        """The distinct body texts and each row's index into them (None: one text a row)."""
-        if BODY_FIELD.name in rows.schema.names:
-            column = rows.column(BODY_FIELD.name)
-            return column.dictionary, column.indices.to_numpy()
-        repeats = distinct_rows([rows.column(name) for name in self._body_columns()])
-        if repeats is None:
-            return join_lines(self._sample_body(rows), rows.num_rows), None
-        example, index = repeats
-        chosen = rows.take(pa.array(example))
-        return join_lines(self._sample_body(chosen), chosen.num_rows), index
+        return self.bodies.prepare(rows)
 
     def _bodies(self, rows: pa.RecordBatch, lost: np.ndarray) -> pa.Array:
         """What follows the seq: the sample body (formatted once per distinct one where they
         repeat) or, on ``lost`` rows, the loss line."""
-        bodies, index = self._body_text(rows)
+        bodies, index = self.bodies.text(rows)
         if lost.any():  # loss lines join the bodies: one take places all
             loss = self._loss_lines(rows.filter(pa.array(lost)))
             start = np.arange(rows.num_rows) if index is None else index
