@@ -77,6 +77,7 @@ class ProducerBudget:
     """
 
     PERIOD_US = 5000  # short periods: a throttled producer bursts at most 5 ms
+    MIN_QUOTA_US = 1000  # the kernel's floor for a quota
 
     def __init__(self) -> None:
         self.path, self.v2 = self._cpu_cgroup_root()
@@ -96,11 +97,14 @@ class ProducerBudget:
         raise RuntimeError("--producer-cpu needs the CPU cgroup controller (v1 or v2)")
 
     def limit(self, percent: int, ncpus: int) -> None:
-        quota = self.PERIOD_US * percent * ncpus // 100 if percent < 100 else -1
+        # The period grows where the quota would fall below the kernel's floor.
+        period = max(self.PERIOD_US, -(-self.MIN_QUOTA_US * 100 // (percent * ncpus)))
+        quota = period * percent * ncpus // 100 if percent < 100 else -1
         if self.v2:
-            (self.path / "cpu.max").write_text(f"{'max' if quota < 0 else quota} {self.PERIOD_US}")
+            (self.path / "cpu.max").write_text(f"{'max' if quota < 0 else quota} {period}")
         else:
-            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text("-1")  # any period may follow
+            (self.path / "cpu.cfs_period_us").write_text(str(period))
             (self.path / "cpu.cfs_quota_us").write_text(str(quota))
 
     def join(self) -> None:
