@@ -162,9 +162,14 @@ class EventBatch:
 
 
 class BatchBuilder:
-    """Collects runs and single records of one ring walk, then builds the batch once."""
+    """Collects runs and single records of one ring walk, then builds the batch once.
 
-    def __init__(self) -> None:
+    Payloads may be views of ``borrowed`` (a reused span buffer, see
+    :class:`~ebcap.capture.ring_walk.SpanBuffer`): the batch never keeps one.
+    """
+
+    def __init__(self, borrowed: np.ndarray | None = None) -> None:
+        self._borrowed = borrowed
         self._cpu: list[np.ndarray] = []
         self._ts: list[np.ndarray] = []
         self._kind: list[np.ndarray] = []
@@ -202,6 +207,8 @@ class BatchBuilder:
         np.cumsum(lengths, out=offsets[1:])
         if len(self._values) == 1:  # the usual drain: one run, already our own memory
             values = self._values[0]
+            if self._borrowed is not None and np.may_share_memory(values, self._borrowed):
+                values = values.copy()  # a single record: a view of the span buffer
         elif self._values:
             values = np.concatenate(self._values)
         else:

@@ -24,7 +24,7 @@ from ebcap.bpf.maps import Map
 from ebcap.capture.batch import EventBatch
 from ebcap.capture.epoll_wait import EpollReader
 from ebcap.capture.perf_ring import SAMPLE_TYPE, walk_perf_ring
-from ebcap.capture.ring_walk import RingPosition
+from ebcap.capture.ring_walk import RingPosition, SpanBuffer
 from ebcap.errors import EbcapError, KernelError, MissingCapabilityError, UsageError
 
 _U64: Final = struct.Struct("<Q")
@@ -90,6 +90,7 @@ class PerfBufferReader(EpollReader):
             attr = _event_attr(wakeup_events, watermark_bytes)
             for cpu in self.cpus:
                 self._rings.append(self._open_ring(cpu, attr, pages_per_cpu))
+            self._span = SpanBuffer(self.buffer_bytes_per_cpu)  # the rings are drained in turn
         except BaseException:
             self._stack.close()
             raise
@@ -150,7 +151,13 @@ class PerfBufferReader(EpollReader):
             end = ring.data_offset + ring.data_size
             with memoryview(ring.area) as whole, whole[ring.data_offset : end] as data:
                 walk = walk_perf_ring(
-                    data, ring.data_size, head, tail, ring.cpu, payload_size=self._payload_size
+                    data,
+                    ring.data_size,
+                    head,
+                    tail,
+                    ring.cpu,
+                    payload_size=self._payload_size,
+                    into=self._span,
                 )
             # Only now, with the records copied out, may the kernel reuse their space.
             ring.tail.store(walk.tail)

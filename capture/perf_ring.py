@@ -19,7 +19,7 @@ import numpy as np
 
 from ebcap.bpf import _sys
 from ebcap.capture.batch import BatchBuilder, EventBatch
-from ebcap.capture.ring_walk import RingData, copy_span, run_length
+from ebcap.capture.ring_walk import RingData, SpanBuffer, copy_span, run_length
 from ebcap.errors import CaptureError
 
 SAMPLE_TYPE: Final = _sys.PERF_SAMPLE_TIME | _sys.PERF_SAMPLE_CPU | _sys.PERF_SAMPLE_RAW
@@ -73,6 +73,7 @@ def walk_perf_ring(
     cpu: int,
     *,
     payload_size: int | None = None,
+    into: SpanBuffer | None = None,
 ) -> PerfWalk:
     """The records in ``[tail, head)`` of the perf ring of ``cpu``.
 
@@ -81,11 +82,12 @@ def walk_perf_ring(
     Samples keep their raw bytes as delivered (padding included), except that
     those whose raw size is exactly ``payload_size`` padded are trimmed to it
     (see :func:`kept_bytes`). LOST records become
-    lost rows on ``cpu``. A record cut short by ``head`` is left for later.
+    lost rows on ``cpu``. A record cut short by ``head`` is left for later. The span
+    is copied out through ``into`` when given.
     """
     if head == tail:
         return PerfWalk(EventBatch.empty(), tail, 0)
-    chunk = copy_span(data, data_size, tail, head)
+    chunk = copy_span(data, data_size, tail, head, into)
     batch, used, unknown = parse_perf_records(chunk, cpu, payload_size=payload_size)
     return PerfWalk(batch, tail + used, unknown)
 
@@ -98,7 +100,7 @@ def parse_perf_records(
     Returns the batch, the bytes consumed (whole records only) and the count
     of records of unknown type. Raises CaptureError on a corrupt record.
     """
-    out = BatchBuilder()
+    out = BatchBuilder(borrowed=chunk)
     end, pos, unknown = len(chunk), 0, 0
     while end - pos >= _HEADER.size:
         rtype, _misc, size = _HEADER.unpack_from(chunk.data, pos)

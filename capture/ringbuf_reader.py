@@ -19,7 +19,7 @@ from ebcap.bpf._errors import kernel_error
 from ebcap.bpf.maps import Map
 from ebcap.capture.batch import EventBatch
 from ebcap.capture.epoll_wait import EpollReader
-from ebcap.capture.ring_walk import RingPosition
+from ebcap.capture.ring_walk import RingPosition, SpanBuffer
 from ebcap.capture.ringbuf_ring import walk_ringbuf
 from ebcap.errors import UsageError
 from ebcap.format.schema import UNKNOWN_CPU
@@ -53,6 +53,7 @@ class RingBufReader(EpollReader):
             self._consumer_pos = self._position(self._consumer, _POS_OFFSET)
             self._producer_pos = self._position(self._producer, _POS_OFFSET)
             self._epoll.add(fd)
+            self._span = SpanBuffer(self.buffer_bytes)
         except BaseException:
             self._stack.close()
             raise
@@ -89,7 +90,7 @@ class RingBufReader(EpollReader):
             return EventBatch.empty()
         start, end = self.page_size, self.page_size + 2 * self.buffer_bytes
         with memoryview(self._producer) as whole, whole[start:end] as data:
-            walk = walk_ringbuf(data, self.buffer_bytes, consumer, producer)
+            walk = walk_ringbuf(data, self.buffer_bytes, consumer, producer, self._span)
         # A record carries neither: unless the payload's layout names them (which then
         # replace these), the time is when it had been read (every record the walk took
         # was committed by then) and the CPU unknown.

@@ -22,7 +22,7 @@ import numpy as np
 
 from ebcap.bpf import _sys
 from ebcap.capture.batch import BatchBuilder, EventBatch
-from ebcap.capture.ring_walk import RingData, copy_span, run_length
+from ebcap.capture.ring_walk import RingData, SpanBuffer, copy_span, run_length
 from ebcap.errors import CaptureError
 
 RINGBUF_RECORD_HEADER: Final = np.dtype([("len", "<u4"), ("pg_off", "<u4")])
@@ -48,11 +48,18 @@ def record_span(length: int) -> int:
     return (length + _sys.BPF_RINGBUF_HDR_SZ + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def walk_ringbuf(data: RingData, size: int, consumer_pos: int, producer_pos: int) -> RingbufWalk:
-    """The committed records in ``[consumer_pos, producer_pos)`` of a ring of ``size`` bytes."""
+def walk_ringbuf(
+    data: RingData,
+    size: int,
+    consumer_pos: int,
+    producer_pos: int,
+    into: SpanBuffer | None = None,
+) -> RingbufWalk:
+    """The committed records in ``[consumer_pos, producer_pos)`` of a ring of ``size`` bytes
+    (copied out through ``into`` when given)."""
     if consumer_pos == producer_pos:
         return RingbufWalk(EventBatch.empty(), consumer_pos, 0)
-    chunk = copy_span(data, size, consumer_pos, producer_pos)
+    chunk = copy_span(data, size, consumer_pos, producer_pos, into)
     batch, used, discarded = parse_ringbuf_records(chunk)
     return RingbufWalk(batch, consumer_pos + used, discarded)
 
@@ -63,7 +70,7 @@ def parse_ringbuf_records(chunk: np.ndarray) -> tuple[EventBatch, int, int]:
     Returns the batch, the bytes consumed and the count of discarded records.
     Stops at the first busy record; raises CaptureError on a corrupt one.
     """
-    out = BatchBuilder()
+    out = BatchBuilder(borrowed=chunk)
     end, pos, discarded = len(chunk), 0, 0
     while end - pos >= _sys.BPF_RINGBUF_HDR_SZ:
         header = _HEADER.unpack_from(chunk.data, pos)[0]

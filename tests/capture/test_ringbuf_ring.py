@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from ebcap.bpf import _sys
 from ebcap.capture.batch import EventBatch
+from ebcap.capture.ring_walk import SpanBuffer
 from ebcap.capture.ringbuf_ring import RINGBUF_RECORD_HEADER, record_span, walk_ringbuf
 from ebcap.errors import CaptureError
 from ebcap.format.schema import KIND_SAMPLE_CODE
@@ -183,3 +184,34 @@ def test_random_rings_match_the_reference(
     total = sum(map(len, records))
     size = max(4096, 1 << (total - 1).bit_length())
     check_against_reference(records, size, consumer)
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [b"first-1!"],  # one record: a view of the span buffer until the batch copies it
+        [b"first-1!", b"first-2!"],  # a run of equal records
+        [b"first-1!", b"longer-first-3!!"],  # records of two lengths
+    ],
+    ids=["one", "run", "mixed"],
+)
+def test_a_reused_span_buffer_never_changes_an_earlier_batch(records: list[bytes]) -> None:
+    """The readers copy every drain's span into the same memory; what a walk returned
+    must own its bytes, or the next drain would rewrite the rows the writer still holds."""
+    into = SpanBuffer(64)
+    ring, producer = fake_ring([record(r) for r in records], 1024, 0)
+    first = walk_ringbuf(bytes(ring), 1024, 0, producer, into)
+    assert payloads_of(first.batch) == records
+    other, other_producer = fake_ring([record(b"X" * len(r)) for r in records], 1024, 0)
+    second = walk_ringbuf(bytes(other), 1024, 0, other_producer, into)
+    assert payloads_of(second.batch) == [b"X" * len(r) for r in records]
+    assert payloads_of(first.batch) == records
+
+
+def test_the_span_buffer_is_reused_and_grown_in_memory_already_touched() -> None:
+    into = SpanBuffer(16)
+    a = into.take(16)
+    assert np.shares_memory(a, into.take(8))  # reused
+    big = into.take(1 << 20)  # grown: a new array, every page written once
+    assert len(big) == 1 << 20 and not np.shares_memory(a, big)
+    assert not big.any()
