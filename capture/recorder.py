@@ -33,7 +33,7 @@ from ebcap.errors import CaptureError, EbcapError
 from ebcap.format.file_checks import recover_command
 from ebcap.format.schema import KIND_SAMPLE_CODE, make_schema
 from ebcap.format.writer import DEFAULT_ZSTD_LEVEL, CaptureWriter, utc_now_iso
-from ebcap.replay.memory import fault_in
+from ebcap.replay.memory import DRAIN_WARM_BYTES, fault_in
 
 POLL_INTERVAL_S = 0.1
 DROP_POLL_INTERVAL_S = 0.5
@@ -144,7 +144,7 @@ class Recorder:
                 stack.callback(reader.close)
                 drops = _DropTracker(kernel, self.source, self.cpus)  # before any event flows
                 writer.on_worker(fault_in)  # both threads' memory, before events flow
-                fault_in()
+                fault_in(DRAIN_WARM_BYTES)
                 stack.enter_context(realtime.frozen_heap())
                 if kernel.attach is not None:
                     kernel.attach()

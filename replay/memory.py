@@ -14,6 +14,8 @@ after which batch-sized buffers are reused from the heap.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from typing import Final
 
@@ -30,6 +32,24 @@ WARM_BYTES: Final = 48 << 20
 """Below glibc's trim threshold (twice the mmap threshold, 62 MiB once primed), so the
 pages stay with the allocator when freed."""
 
+WARM_PIECE_BYTES: Final = 1 << 20
+"""Far below the mmap threshold, so the pieces come from, and go back to, the heap."""
+
+DRAIN_WARM_BYTES: Final = 128 << 20
+"""What a recorder's drain thread touches first: its batches live on while they wait
+for the writer, so a burst the writer takes a while to write needs this much and more."""
+
+RECORDING_KEEP_BYTES: Final = 512 << 20
+"""Freed heap a recording process keeps: twice the batches that may wait for the writer
+(:data:`ebcap.format.writer.WRITE_BEHIND_BYTES`), so a burst's pages are faulted in once."""
+
+
+def use_recording_memory() -> str:
+    """The streaming pool, and freed memory kept for the next burst; the pool's name."""
+    name = use_streaming_pool()
+    keep_freed_memory(RECORDING_KEEP_BYTES)
+    return name
+
 
 def use_streaming_pool() -> str:
     """Make the system allocator Arrow's default pool, unless the user chose one; its name."""
@@ -41,15 +61,51 @@ def use_streaming_pool() -> str:
     return pa.default_memory_pool().backend_name
 
 
+M_TRIM_THRESHOLD: Final = -1
+"""mallopt(3) parameter number (malloc.h)."""
+
+
+def keep_freed_memory(nbytes: int) -> bool:
+    """Have glibc keep up to ``nbytes`` of freed heap for reuse; False where there is no
+    glibc ``mallopt``.
+
+    By default glibc hands the top of the heap back to the kernel once more than the
+    trim threshold (62 MiB once primed) is free there, and the next burst faults those
+    pages in again. A recorder that queued a burst's batches for its writer then pays
+    for every page twice, in the thread that drains the rings. Setting the threshold
+    also freezes glibc's mmap threshold where :func:`use_streaming_pool` primed it.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_TRIM_THRESHOLD, min(nbytes, 2**31 - 1)))
+
+
 def fault_in(nbytes: int = WARM_BYTES) -> None:
-    """Touch ``nbytes`` of Arrow's default pool on this thread, then free them.
+    """Touch ``nbytes`` of this thread's heap, then free them.
 
     Each thread allocates from an arena of its own, whose pages are faulted in
     the first time they are used: a recording's first batches cost ~0.2 us a
     256-byte row more than the later ones (measured), just when the rings are
-    filling. Done before the producer starts, the batches reuse pages already
-    there.
+    filling, and on a VM whose host takes freed guest memory back a page can
+    cost tens of microseconds. Done before the producer starts, the batches
+    reuse pages already there. The memory is taken in pieces well below the
+    mmap threshold: glibc maps a single block this large on its own and unmaps
+    it when freed, which would leave nothing behind. numpy allocates from the
+    C library too; its heap is touched as well when Arrow's pool is another.
     """
-    buffer = pa.allocate_buffer(nbytes)
-    np.frombuffer(buffer, dtype=np.uint8).fill(1)
-    del buffer
+    count = nbytes // WARM_PIECE_BYTES
+    pieces = [pa.allocate_buffer(WARM_PIECE_BYTES) for _ in range(count)]
+    for piece in pieces:
+        np.frombuffer(piece, dtype=np.uint8).fill(1)
+    del pieces
+    if pa.default_memory_pool().backend_name != "system":
+        arrays = [np.empty(WARM_PIECE_BYTES, dtype=np.uint8) for _ in range(count)]
+        for array in arrays:
+            array.fill(1)
+        del arrays

@@ -86,7 +86,7 @@ def bench(
     from ebcap.capture.bench import BenchSource, run_bench
     from ebcap.capture.privileges import require_recording_capabilities
     from ebcap.capture.recorder import RecordOptions
-    from ebcap.replay.memory import use_streaming_pool
+    from ebcap.replay.memory import use_recording_memory
 
     if transport not in ("perf", "ringbuf"):
         raise UsageError(f"--transport: unknown transport {transport!r}: use perf or ringbuf")
@@ -117,7 +117,7 @@ def bench(
     rounded = rounding_note(buffer_size, ring)
     for said in filter(None, (unused_wakeup(wakeup, transport), rounded)):
         note(said)
-    use_streaming_pool()  # memory stays flat over a long recording
+    use_recording_memory()  # flat over a long recording; a burst's pages faulted in once
     try:
         with (
             _interrupted_by(signal.SIGTERM, signal.SIGHUP),

@@ -189,7 +189,7 @@ def record(
     from ebcap.capture.recorder import Recorder, RecordOptions
     from ebcap.capture.sources import TRANSPORTS, parse_source
     from ebcap.format.writer import check_destination, partial_path, zstd_codec
-    from ebcap.replay.memory import use_streaming_pool
+    from ebcap.replay.memory import use_recording_memory
 
     if list_sources:
         from ebcap.capture.sources import list_sources as matching_sources
@@ -288,7 +288,7 @@ def record(
     resolve_priority(realtime)
     for leftover in remove_leftovers():  # what killed ebcap processes left on interfaces
         say(f"ebcap: {leftover}", fg="yellow")
-    use_streaming_pool()  # memory stays flat over a long recording
+    use_recording_memory()  # flat over a long recording; a burst's pages faulted in once
     options = RecordOptions(
         output=output,
         transport=actual_transport,

@@ -203,9 +203,9 @@ def test_both_threads_fault_their_memory_in_before_events_flow(
     calls: list[str] = []
     real = recorder.fault_in
 
-    def noted() -> None:
+    def noted(*size: int) -> None:
         calls.append(threading.current_thread().name)
-        real()
+        real(*size)
 
     monkeypatch.setattr(recorder, "fault_in", noted)
     options = RecordOptions(output=tmp_path / "warm.arrow", transport="ringbuf", duration_s=0.2)
