@@ -131,7 +131,7 @@ class CaptureReader(ClosesOnExit):
         how = (
             "no Arrow footer; the capture did not finish"
             if end is None
-            else f"{end}; every batch is whole"
+            else f"{end}; no batch is cut short"
         )
         return TruncatedFileError(f"{self.path} is truncated ({how}): {recover_hint(self.path)}")
 

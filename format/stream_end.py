@@ -2,12 +2,11 @@
 
 The writer closes the stream with the end-of-stream marker (0xFFFFFFFF, then
 a 0 length) and then writes the footer. Every message starts with the same
-0xFFFFFFFF, so a file cut 1-4 bytes into the marker ends like one cut 1-4
-bytes into a batch. It is the marker when the last whole message is the
-batch carrying the totals: the writer puts nothing but the marker and the
-footer after it. Past 4 bytes, zeros are the marker's: a message's header
-length is never 0. Recovery and the reader decide this here, so both say
-the same.
+0xFFFFFFFF, and a message whose header length is a multiple of 256 goes on
+with zeros, so a file cut up to 7 bytes into the marker ends like one cut as
+far into a batch. It is the marker when the last whole message is the batch
+carrying the totals: the writer puts nothing but the marker and the footer
+after it. Recovery and the reader decide this here, so both say the same.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ from ebcap.format.file_checks import ARROW_MAGIC_PADDED, DAMAGE_ERRORS, check_sc
 
 EOS_MARKER: Final = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 """The end-of-stream message an IPC file writer puts before the footer."""
-_CONTINUATION: Final = 4
-"""Bytes of 0xFF that start the marker and every message alike."""
 
 REASON_NO_FOOTER: Final = "the stream ends cleanly but the footer is missing"
 REASON_CUT_AT_BOUNDARY: Final = "the file ends between two batches"
@@ -44,9 +41,9 @@ def whole_stream_end(rest: bytes, after_totals: bool) -> str | None:
         return REASON_NO_FOOTER
     if not EOS_MARKER.startswith(rest):
         return None
-    if not rest:
-        return REASON_CUT_BEFORE_EOS if after_totals else None
-    return REASON_CUT_IN_EOS if after_totals or len(rest) > _CONTINUATION else None
+    if not after_totals:
+        return None
+    return REASON_CUT_IN_EOS if rest else REASON_CUT_BEFORE_EOS
 
 
 def footerless_end(path: Path, data: pa.Buffer) -> str | None:
@@ -54,7 +51,7 @@ def footerless_end(path: Path, data: pa.Buffer) -> str | None:
     without its footer, holds every batch whole; None otherwise.
 
     Only message headers are walked (bodies are slices of ``data``); the last
-    batch is decoded only when 1-4 bytes of 0xFF follow it.
+    batch is decoded only when part of the marker, or nothing, follows it.
     """
     if data.size <= len(ARROW_MAGIC_PADDED):
         return None

@@ -138,7 +138,7 @@ def test_truncated_file_points_to_recover(
     assert run(["info", str(path)]) == 2
     assert capsys.readouterr().err == (
         f"ebcap: error: {path} is truncated (the stream ends cleanly but the footer is "
-        f"missing; every batch is whole): run `ebcap recover {path} -o FIXED`\n"
+        f"missing; no batch is cut short): run `ebcap recover {path} -o FIXED`\n"
     )
     mid = tmp_path / "mid.arrow"
     mid.write_bytes(path.read_bytes()[:500])  # cut well before its last batch

@@ -319,7 +319,7 @@ def test_every_command_says_the_file_is_cut_inside_its_end_of_stream_marker(
         captured = capsys.readouterr()
         assert captured.out == ""
         assert captured.err == (
-            f"ebcap: error: {cut} is truncated ({reason}; every batch is whole): "
+            f"ebcap: error: {cut} is truncated ({reason}; no batch is cut short): "
             f"run `ebcap recover {cut} -o FIXED`\n"
         )
     fixed = tmp_path / "fixed.arrow"

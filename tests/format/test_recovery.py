@@ -31,6 +31,7 @@ from ebcap.format.stream_end import (
     REASON_CUT_BEFORE_EOS,
     REASON_CUT_IN_EOS,
     REASON_NO_FOOTER,
+    whole_stream_end,
 )
 
 SCHEMA = make_schema(
@@ -335,7 +336,7 @@ def test_a_cut_inside_the_end_of_stream_marker_is_named_so(
     with pytest.raises(TruncatedFileError) as info:
         CaptureReader(cut)
     assert str(info.value) == (
-        f"{cut} is truncated ({reason}; every batch is whole): run `ebcap recover {cut} -o FIXED`"
+        f"{cut} is truncated ({reason}; no batch is cut short): run `ebcap recover {cut} -o FIXED`"
     )
 
 
@@ -419,3 +420,15 @@ def test_recovering_a_recovered_file_keeps_its_marker(
     assert marker[fs.RECOVERED_FROM] == "again.partial"
     assert marker[fs.RECOVERED_EARLIER] == earlier
     assert earlier[fs.RECOVERED_FROM] == "first.partial"
+
+
+@pytest.mark.parametrize("into", range(len(EOS_MARKER)))
+def test_part_of_the_marker_after_a_batch_of_events_is_a_cut_batch(into: int) -> None:
+    """0xFFFFFFFF and then zeros also begin a message whose header length is a multiple
+    of 256: after a batch that does not carry the totals, even 5-7 bytes of the marker
+    may be the start of a batch cut short, so nothing is called whole there."""
+    rest = EOS_MARKER[:into]
+    assert whole_stream_end(rest, after_totals=False) is None
+    after_totals = REASON_CUT_IN_EOS if into else REASON_CUT_BEFORE_EOS
+    assert whole_stream_end(rest, after_totals=True) == after_totals
+    assert whole_stream_end(EOS_MARKER, after_totals=False) == REASON_NO_FOOTER
