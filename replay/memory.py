@@ -62,7 +62,8 @@ def use_streaming_pool() -> str:
 
 
 M_TRIM_THRESHOLD: Final = -1
-"""mallopt(3) parameter number (malloc.h)."""
+M_MMAP_THRESHOLD: Final = -3
+"""mallopt(3) parameter numbers (malloc.h)."""
 
 
 def keep_freed_memory(nbytes: int) -> bool:
@@ -72,8 +73,11 @@ def keep_freed_memory(nbytes: int) -> bool:
     By default glibc hands the top of the heap back to the kernel once more than the
     trim threshold (62 MiB once primed) is free there, and the next burst faults those
     pages in again. A recorder that queued a burst's batches for its writer then pays
-    for every page twice, in the thread that drains the rings. Setting the threshold
-    also freezes glibc's mmap threshold where :func:`use_streaming_pool` primed it.
+    for every page twice, in the thread that drains the rings. Setting the trim
+    threshold turns glibc's dynamic mmap threshold off, so the mmap threshold is set
+    too, to what :func:`use_streaming_pool` primes (it does not prime when the user
+    chose Arrow's pool): left at its 128 KiB start, every batch-sized block would be
+    mapped and unmapped again.
     """
     name = ctypes.util.find_library("c")
     try:
@@ -83,7 +87,8 @@ def keep_freed_memory(nbytes: int) -> bool:
     if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_TRIM_THRESHOLD, min(nbytes, 2**31 - 1)))
+    kept = mallopt(M_MMAP_THRESHOLD, PRIME_BYTES)
+    return bool(kept and mallopt(M_TRIM_THRESHOLD, min(nbytes, 2**31 - 1)))
 
 
 def fault_in(nbytes: int = WARM_BYTES) -> None:

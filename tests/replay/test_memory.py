@@ -53,12 +53,16 @@ print(faults() - before)
 """
 
 
-def test_memory_faulted_in_first_is_what_later_batches_reuse() -> None:
+@pytest.mark.parametrize("pool", [None, "system", "mimalloc"])
+def test_memory_faulted_in_first_is_what_later_batches_reuse(pool: str | None) -> None:
     """glibc maps one block as large as the warm-up on its own and unmaps it when freed,
     so warming up in one piece left nothing behind: later batches faulted ~3,000 pages
-    in again (each costing up to tens of microseconds on a VM). In pieces, they stay."""
+    in again (each costing up to tens of microseconds on a VM). In pieces, they stay,
+    also when the user chose Arrow's pool (no priming of the mmap threshold then)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop(POOL_ENVIRONMENT, None)
+    if pool is not None:
+        env[POOL_ENVIRONMENT] = pool
     done = subprocess.run(
         [sys.executable, "-c", _AFTER_FAULT_IN], capture_output=True, text=True, env=env
     )
