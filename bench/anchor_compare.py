@@ -107,12 +107,19 @@ class ProducerBudget:
             (self.path / "cpu.cfs_period_us").write_text(str(period))
             (self.path / "cpu.cfs_quota_us").write_text(str(quota))
 
-    def join(self) -> None:
-        """Run in the forked child before exec, so every producer thread starts inside."""
-        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` run by a shell that first moves itself into the cgroup, so every
+        producer thread starts inside."""
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs"), *argv]
 
     def remove(self) -> None:
-        self.path.rmdir()
+        """Move what is left inside to the parent cgroup, then remove this one."""
+        try:
+            for pid in _words(self.path / "cgroup.procs"):
+                (self.path.parent / "cgroup.procs").write_text(pid)
+            self.path.rmdir()
+        except OSError as exc:
+            print(f"anchor_compare: cannot remove {self.path}: {exc.strerror}", file=sys.stderr)
 
 
 def _words(path: Path) -> list[str]:
@@ -128,43 +135,54 @@ def start_producer(
 ) -> subprocess.Popen[str]:
     subprocess.run([str(build / "producer"), "-X"], check=False, capture_output=True)
     ready.unlink(missing_ok=True)
+    argv = [
+        str(build / "producer"),
+        "-t",
+        transport,
+        "-s",
+        str(size),
+        "-C",
+        cpus,
+        "-d",
+        str(duration),
+        "-W",
+        str(ready),
+    ]
     proc = subprocess.Popen(
-        [
-            str(build / "producer"),
-            "-t",
-            transport,
-            "-s",
-            str(size),
-            "-C",
-            cpus,
-            "-d",
-            str(duration),
-            "-W",
-            str(ready),
-        ],
+        BUDGET[0].wrap(argv) if BUDGET else argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=BUDGET[0].join if BUDGET else None,
     )
     deadline = time.monotonic() + 20
     while not (PIN_DIR / "stats").exists():
         if time.monotonic() > deadline or proc.poll() is not None:
+            stop(proc)
             raise RuntimeError(f"producer did not pin its maps: {proc.communicate()[0]}")
         time.sleep(0.01)
     return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` if it still runs (a run that failed half way), and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def run_libbpf(
     build: Path, transport: str, size: int, cpus: str, duration: float, wakeup: int, tmp: Path
 ) -> dict[str, float]:
     ready = tmp / "ready"
-    producer = start_producer(build, transport, size, cpus, duration, ready)
     args = [str(build / "consumer"), "-t", transport, "-s", str(size), "-c", "1", "-R", str(ready)]
     if transport == "pb" and wakeup > 1:
         args += ["-w", str(wakeup)]
-    consumer = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60)
-    p_out = producer.communicate(timeout=60)[0]
+    producer = start_producer(build, transport, size, cpus, duration, ready)
+    try:
+        consumer = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60)
+        p_out = producer.communicate(timeout=60)[0]
+    finally:
+        stop(producer)
     c = result_line(consumer.stdout, "consumer")
     p = result_line(p_out, "producer")
     return {
@@ -206,14 +224,20 @@ def run_ebcap(
         f"{PIN_DIR / 'stats'}:{1 if transport == 'rb' else 2}",
         *EBCAP_ARGS,
     ]
-    # Consumer on CPU1 like the anchor's `-c 1`.
-    recorder = subprocess.Popen(
-        ["taskset", "-c", "1", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    p_out = producer.communicate(timeout=duration + 60)[0]
-    time.sleep(0.5)  # the anchor consumer stops after 500 ms idle; give ebcap the same
-    recorder.send_signal(signal.SIGINT)
-    r_out, r_err = recorder.communicate(timeout=120)
+    try:
+        # Consumer on CPU1 like the anchor's `-c 1`.
+        recorder = subprocess.Popen(
+            ["taskset", "-c", "1", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            p_out = producer.communicate(timeout=duration + 60)[0]
+            time.sleep(0.5)  # the anchor consumer stops after 500 ms idle; give ebcap the same
+            recorder.send_signal(signal.SIGINT)
+            r_out, r_err = recorder.communicate(timeout=120)
+        finally:
+            stop(recorder)
+    finally:
+        stop(producer)
     if recorder.returncode != 0:
         raise RuntimeError(f"ebcap record failed: {r_err}")
     summary = json.loads(r_out)

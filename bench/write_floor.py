@@ -98,11 +98,14 @@ def main() -> int:
     parser.add_argument("--levels", default="1,-1,-5,none")
     parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    if not all(size >= 16 and size % 8 == 0 for size in sizes):
+        parser.error("--sizes: the anchor's events are multiples of 8 bytes, at least 16")
     print(f"writer thread, ns per event (median of {args.reps} batches of {ROWS} rows)")
     print(f"the unpaced anchor producer makes one event every ~{PRODUCER_NS:.0f} ns\n")
     print("| event size | zstd level | ns/event | share of the producer's interval | B/event |")
     print("|---|---|---|---|---|")
-    for size in (int(s) for s in args.sizes.split(",")):
+    for size in sizes:
         batch = anchor_batch(size)
         for level in args.levels.split(","):
             ns, per_event = write_cost(batch, level, args.reps)
