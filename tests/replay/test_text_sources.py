@@ -48,22 +48,12 @@ def test_tracepoint_fields_are_name_value_with_strings_quoted(tmp_path: Path) ->
         pa.binary(),
         pa.list_(pa.int32(), 3),
     )
-    n = len(rows)
     spec = Synthetic(extra_meta={fs.META_SOURCE: "tracepoint:sched:sched_switch"})
-    fields = [pa.field(name, kind) for name, kind in zip(names, types, strict=True)]
-    table = pa.Table.from_arrays(
-        [
-            pa.array(range(n), pa.uint64()),
-            pa.array([1] * n, pa.uint16()),
-            pa.array([10 + i for i in range(n)], pa.uint64()),
-            pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int8()), pa.array(list(fs.KINDS))),
-            pa.array([0] * n, pa.uint64()),
-            pa.array([0] * n, pa.uint32()),
-            pa.array([b"\x01"] * n, pa.binary()),
-            *(pa.array([r[i] for r in rows], kind) for i, kind in enumerate(types)),
-        ],
-        schema=fs.make_schema(fields, metadata=metadata(spec)),
-    )
+    columns = {
+        name: pa.array([r[i] for r in rows], kind)
+        for i, (name, kind) in enumerate(zip(names, types, strict=True))
+    }
+    table = _core_table(len(rows), columns, spec)
     write_table(tmp_path / "tp.arrow", table)
     sink = Collect()
     with CaptureReader(tmp_path / "tp.arrow") as reader:
@@ -76,8 +66,8 @@ def test_tracepoint_fields_are_name_value_with_strings_quoted(tmp_path: Path) ->
     ]
 
 
-def _core_table(n: int, extra: dict[str, pa.Array]) -> pa.Table:
-    """``n`` sample rows on CPU 1 with the source columns ``extra``."""
+def _core_table(n: int, extra: dict[str, pa.Array], spec: Synthetic | None = None) -> pa.Table:
+    """``n`` sample rows on CPU 1 with the source columns ``extra`` (metadata of ``spec``)."""
     fields = [pa.field(name, values.type) for name, values in extra.items()]
     return pa.Table.from_arrays(
         [
@@ -90,7 +80,7 @@ def _core_table(n: int, extra: dict[str, pa.Array]) -> pa.Table:
             pa.array([b"\x01"] * n, pa.binary()),
             *extra.values(),
         ],
-        schema=fs.make_schema(fields, metadata=metadata(Synthetic())),
+        schema=fs.make_schema(fields, metadata=metadata(spec or Synthetic())),
     )
 
 
