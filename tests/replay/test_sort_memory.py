@@ -13,27 +13,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+from peak_memory import PRELUDE
 from synthetic import late_first_event_capture
 
-MEASURE = r"""
+MEASURE = (
+    PRELUDE
+    + r"""
 import sys
 import numpy as np
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.memory import use_streaming_pool
 from ebcap.replay.order import OrderReport, time_order
 
-def kib(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-
 path, window, spill = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 use_streaming_pool()
 with CaptureReader(path) as reader:
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # the high-water mark starts again from here
-    before = kib("VmRSS")
+    before = reset_peak()
     report = OrderReport()
     rows, last = 0, -1
     for batch in time_order(reader, max_window_rows=window, spill_dir=spill, report=report):
@@ -41,8 +36,9 @@ with CaptureReader(path) as reader:
         assert ts[0] >= last and bool(np.all(ts[1:] >= ts[:-1]))
         last = int(ts[-1])
         rows += batch.rows.num_rows
-    print(kib("VmHWM") - before, rows, report.spilled_runs, report.run_merges)
+    print(grown_kib(before), rows, report.spilled_runs, report.run_merges)
 """
+)
 
 
 def peak_growth_kib(path: Path, spill: Path) -> tuple[int, int, int, int]:

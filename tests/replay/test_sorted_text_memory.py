@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from peak_memory import PRELUDE
 from synthetic import Collect, Synthetic, build_table, write_table
 
 from ebcap.format.reader import CaptureReader
@@ -96,18 +97,14 @@ def test_large_fields_give_the_same_sorted_lines_a_bounded_piece_at_a_time(
     assert any("moved ahead of" in line and "blob=" in line for line in lines)
 
 
-MEASURE = r"""
+MEASURE = (
+    PRELUDE
+    + r"""
 import sys
 import ebcap.replay.lines
 from ebcap.format.reader import CaptureReader
 from ebcap.replay.memory import use_streaming_pool
 from ebcap.replay.player import ReplayOptions, write_replay
-
-def kib(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
 
 class Count:
     written = 0
@@ -120,13 +117,12 @@ path, chunk = sys.argv[1], int(sys.argv[2])
 ebcap.replay.lines.TEXT_CHUNK_BYTES = chunk
 use_streaming_pool()
 with CaptureReader(path) as reader:
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # the high-water mark starts again from here
-    before = kib("VmRSS")
+    before = reset_peak()
     out = Count()
     write_replay(reader, out, ReplayOptions(order="time"))
-    print(kib("VmHWM") - before, out.written)
+    print(grown_kib(before), out.written)
 """
+)
 
 ROW_BYTES = 16_384
 PIECE_BYTES = 2 << 20
