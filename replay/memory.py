@@ -15,8 +15,8 @@ after which batch-sized buffers are reused from the heap.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
@@ -79,11 +79,7 @@ def keep_freed_memory(nbytes: int) -> bool:
     chose Arrow's pool): left at its 128 KiB start, every batch-sized block would be
     mapped and unmapped again.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library linked in
     if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
@@ -104,13 +100,13 @@ def fault_in(nbytes: int = WARM_BYTES) -> None:
     it when freed, which would leave nothing behind. numpy allocates from the
     C library too; its heap is touched as well when Arrow's pool is another.
     """
-    count = nbytes // WARM_PIECE_BYTES
-    pieces = [pa.allocate_buffer(WARM_PIECE_BYTES) for _ in range(count)]
-    for piece in pieces:
-        np.frombuffer(piece, dtype=np.uint8).fill(1)
-    del pieces
+    heaps: list[Callable[[], np.ndarray]] = [
+        lambda: np.frombuffer(pa.allocate_buffer(WARM_PIECE_BYTES), dtype=np.uint8)
+    ]
     if pa.default_memory_pool().backend_name != "system":
-        arrays = [np.empty(WARM_PIECE_BYTES, dtype=np.uint8) for _ in range(count)]
-        for array in arrays:
-            array.fill(1)
-        del arrays
+        heaps.append(lambda: np.empty(WARM_PIECE_BYTES, dtype=np.uint8))
+    for allocate in heaps:
+        pieces = [allocate() for _ in range(nbytes // WARM_PIECE_BYTES)]
+        for piece in pieces:  # all of them held at once, so none reuses another's pages
+            piece.fill(1)
+        del pieces
