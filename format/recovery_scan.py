@@ -27,7 +27,12 @@ from ebcap.format import schema as fs
 from ebcap.format.batch_checks import BatchCheck, batch_label
 from ebcap.format.conform import conform_batch
 from ebcap.format.file_checks import ARROW_MAGIC_PADDED, DAMAGE_ERRORS, check_schema, one_line
-from ebcap.format.stream_end import EOS_MARKER, REASON_CUT_AT_BOUNDARY, whole_stream_end
+from ebcap.format.stream_end import (
+    EOS_MARKER,
+    REASON_CUT_AT_BOUNDARY,
+    REASON_NO_FOOTER,
+    whole_stream_end,
+)
 
 BatchShape = tuple[int | None, int]
 """A batch's first ``seq`` (None when empty) and row count."""
@@ -101,7 +106,6 @@ class StreamScan:
         self.total: int | None = None
         self.end = mm.tell()
         self.reason = ""
-        self.reached_eos = False
         self._after_totals = False
         """Whether the last good batch carried the totals (the writer's last batch)."""
         self.batches = 0
@@ -118,15 +122,11 @@ class StreamScan:
             try:
                 batch, custom = self._stream.read_next_batch_with_custom_metadata()
             except StopIteration:
-                rest = bytes(self._mm.read_at(len(EOS_MARKER), self.end))
-                self.reached_eos = rest == EOS_MARKER
-                end = whole_stream_end(rest, self._after_totals)
-                self.reason = end or REASON_CUT_AT_BOUNDARY
+                self.reason = self._whole_end() or REASON_CUT_AT_BOUNDARY
                 return
             except DAMAGE_ERRORS as exc:
-                rest = bytes(self._mm.read_at(len(EOS_MARKER), self.end))
-                end = whole_stream_end(rest, self._after_totals)
-                self.reason = end or f"{label} is cut short or corrupt ({one_line(exc)})"
+                cut = f"{label} is cut short or corrupt ({one_line(exc)})"
+                self.reason = self._whole_end() or cut
                 return
             problem = self._judge.problem(batch, custom)
             if problem:
@@ -137,6 +137,16 @@ class StreamScan:
             self.batches += 1
             self.shapes.append(shape_of(batch))
             yield batch
+
+    def _whole_end(self) -> str | None:
+        """Why the stream stopping after the last good batch lost no batch; None if it did."""
+        rest = bytes(self._mm.read_at(len(EOS_MARKER), self.end))
+        return whole_stream_end(rest, self._after_totals)
+
+    @property
+    def reached_eos(self) -> bool:
+        """The stream ends with its end-of-stream marker, whole."""
+        return self.reason == REASON_NO_FOOTER
 
 
 @dataclass(frozen=True)

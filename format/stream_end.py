@@ -39,9 +39,7 @@ def whole_stream_end(rest: bytes, after_totals: bool) -> str | None:
     """
     if rest == EOS_MARKER:
         return REASON_NO_FOOTER
-    if not EOS_MARKER.startswith(rest):
-        return None
-    if not after_totals:
+    if not after_totals or not EOS_MARKER.startswith(rest):
         return None
     return REASON_CUT_IN_EOS if rest else REASON_CUT_BEFORE_EOS
 
@@ -72,9 +70,10 @@ def footerless_end(path: Path, data: pa.Buffer) -> str | None:
         pass
     start = len(ARROW_MAGIC_PADDED) + end
     rest = data.slice(start, min(len(EOS_MARKER), data.size - start)).to_pybytes()
-    if rest == EOS_MARKER:
-        return REASON_NO_FOOTER
-    after_totals = last is not None and _carries_totals(path, leading, last)
+    if not EOS_MARKER.startswith(rest):  # neither the marker nor a part of it: a cut batch
+        return None
+    partial = rest != EOS_MARKER  # only then does the last batch decide
+    after_totals = partial and last is not None and _carries_totals(path, leading, last)
     return whole_stream_end(rest, after_totals)
 
 
