@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 from ebcap.format import checksum
+from ebcap.format import schema as fs
+from ebcap.format.writer import zstd_codec
 
 ROWS = 65_536
 PAD_XOR = np.uint64(0x5A5AA5A5C3C33C3C)
@@ -78,7 +80,7 @@ class CountingSink(io.RawIOBase):
 
 def write_cost(batch: pa.RecordBatch, level: str, reps: int) -> tuple[float, float]:
     """CPU ns per event of the writer's work, and file bytes per event."""
-    codec = None if level == "none" else pa.Codec("zstd", int(level))
+    codec = None if level == "none" else zstd_codec(int(level))
     options = pa.ipc.IpcWriteOptions(compression=codec, use_threads=False)
     times = []
     schema_crc = checksum.schema_crc(batch.schema)
@@ -87,7 +89,7 @@ def write_cost(batch: pa.RecordBatch, level: str, reps: int) -> tuple[float, flo
         for _ in range(reps):
             start = time.thread_time()
             crcs = checksum.batch_checksums(batch, schema_crc)
-            w.write_batch(batch, custom_metadata={"ebcap.checksums": crcs})
+            w.write_batch(batch, custom_metadata={fs.CHECKSUMS_KEY: crcs})
             times.append(time.thread_time() - start)
     return statistics.median(times) / ROWS * 1e9, sink.written / (reps * ROWS)
 
