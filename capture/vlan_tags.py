@@ -25,7 +25,7 @@ from typing import Final
 
 import numpy as np
 
-from ebcap.bpf.programs.packet import PACKET_EVENT, PACKET_OFFSET
+from ebcap.bpf.programs.packet import PACKET_EVENT, PACKET_OFFSET, field_offset
 from ebcap.capture.batch import EventBatch
 from ebcap.format.packet_headers import ETH_ALEN, VLAN_HLEN
 from ebcap.format.schema import KIND_SAMPLE_CODE
@@ -35,17 +35,10 @@ TAG_AT: Final = 2 * ETH_ALEN
 _U32: Final = np.arange(4)
 
 
-def _offset(field: str) -> int:
-    fields = PACKET_EVENT.fields
-    if fields is None:  # pragma: no cover - PACKET_EVENT is a structured dtype
-        raise TypeError("PACKET_EVENT has no fields")
-    return int(fields[field][1])
-
-
-_PROTO: Final = _offset("vlan_proto")
-_TCI: Final = _offset("vlan_tci")
-_PKT_LEN: Final = _offset("pkt_len")
-_CAP_LEN: Final = _offset("cap_len")
+_PROTO: Final = field_offset("vlan_proto")
+_TCI: Final = field_offset("vlan_tci")
+_PKT_LEN: Final = field_offset("pkt_len")
+_CAP_LEN: Final = field_offset("cap_len")
 
 
 def _read_u16(values: np.ndarray, at: np.ndarray) -> np.ndarray:

@@ -126,8 +126,8 @@ _DONE: Final = "done"
 _EMITTED: Final = "emitted"
 
 
-def _at(field: str) -> int:
-    """Offset of ``field`` in the event."""
+def field_offset(field: str) -> int:
+    """Offset of ``field`` in the event (:data:`PACKET_EVENT`)."""
     fields = PACKET_EVENT.fields
     if fields is None:  # pragma: no cover - PACKET_EVENT is a structured dtype
         raise TypeError("PACKET_EVENT has no fields")
@@ -157,8 +157,8 @@ def _skb_vlan_tag() -> list[Item]:
         ldx_mem(W, R3, R6, SKB_VLAN_PROTO),
         to_be(R3, 16),  # the TPID as a number: 0x8100, 0x88a8
         label("no_tag"),
-        stx_mem(H, R7, R3, _at("vlan_proto")),
-        stx_mem(H, R7, R2, _at("vlan_tci")),
+        stx_mem(H, R7, R3, field_offset("vlan_proto")),
+        stx_mem(H, R7, R2, field_offset("vlan_tci")),
     ]
 
 
@@ -207,10 +207,10 @@ def build_packet_program(
         verdict = XDP_PASS
         meta = [
             ldx_mem(W, R1, R6, XDP_MD_INGRESS_IFINDEX),
-            stx_mem(W, R7, R1, _at("ifindex")),
+            stx_mem(W, R7, R1, field_offset("ifindex")),
             ldx_mem(W, R1, R6, XDP_MD_RX_QUEUE_INDEX),
-            stx_mem(W, R7, R1, _at("queue")),
-            st_mem(W, R7, _at("vlan_proto"), 0),  # and vlan_tci: tags are in the frame
+            stx_mem(W, R7, R1, field_offset("queue")),
+            st_mem(W, R7, field_offset("vlan_proto"), 0),  # and vlan_tci: tags are in the frame
             mov64_reg(R1, R6),
             call(BPF_FUNC_xdp_get_buff_len),
             mov64_reg(R8, R0),
@@ -220,9 +220,9 @@ def build_packet_program(
         verdict = TC_ACT_UNSPEC
         meta = [
             ldx_mem(W, R1, R6, SKB_IFINDEX),
-            stx_mem(W, R7, R1, _at("ifindex")),
+            stx_mem(W, R7, R1, field_offset("ifindex")),
             ldx_mem(W, R1, R6, SKB_QUEUE_MAPPING),
-            stx_mem(W, R7, R1, _at("queue")),
+            stx_mem(W, R7, R1, field_offset("queue")),
             *_skb_vlan_tag(),
             ldx_mem(W, R8, R6, SKB_LEN),
         ]
@@ -240,11 +240,11 @@ def build_packet_program(
         jmp_imm("jeq", R0, 0, _DONE),
         mov64_reg(R7, R0),  # r7 = the event being built
         call("BPF_FUNC_ktime_get_ns"),
-        stx_mem(DW, R7, R0, _at("ts_ns")),
+        stx_mem(DW, R7, R0, field_offset("ts_ns")),
         call("BPF_FUNC_get_smp_processor_id"),
-        stx_mem(W, R7, R0, _at("cpu")),
+        stx_mem(W, R7, R0, field_offset("cpu")),
         *meta,  # r8 = packet length
-        stx_mem(W, R7, R8, _at("pkt_len")),
+        stx_mem(W, R7, R8, field_offset("pkt_len")),
         mov64_reg(R9, R8),  # r9 = cap_len = min(pkt_len, snaplen)
         jmp_imm("jle", R9, snaplen, "capped"),
         mov64_imm(R9, snaplen),
@@ -260,7 +260,7 @@ def build_packet_program(
         jmp_imm("jeq", R0, 0, "copied"),
         mov64_imm(R9, 0),  # the load failed: report nothing copied
         label("copied"),
-        stx_mem(W, R7, R9, _at("cap_len")),
+        stx_mem(W, R7, R9, field_offset("cap_len")),
         jmp_imm("jge", R9, PACKET_HEAD_BYTES, "sized"),  # r9 = event size
         mov64_imm(R9, PACKET_HEAD_BYTES),
         label("sized"),
